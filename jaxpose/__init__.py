@@ -1,0 +1,1 @@
+"""jaxpose: classic CNN human-pose estimators in JAX/Flax."""

@@ -1,0 +1,1 @@
+"""Keypoint <-> training target codecs (pure functions)."""

@@ -1,0 +1,1 @@
+"""Pose models: one pure linen module family per file."""

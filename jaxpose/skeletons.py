@@ -1,0 +1,67 @@
+"""Joint sets: names, left/right flip pairs, limbs and the columns of the papers' tables.
+
+Every data set is served in one of these joint orders; joint arrays are always K x 2 in
+0-based pixel coordinates (x, y), pixel centres at integers.
+"""
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Skeleton:
+  """A joint set. `flip_pairs` are (left, right) index pairs swapped by a horizontal flip."""
+
+  name: str
+  joints: tuple[str, ...]
+  flip_pairs: tuple[tuple[int, int], ...]
+  limbs: tuple[tuple[int, int], ...]  # Stick pairs for drawing.
+  # Table columns: name -> joint indices pooled into that column.
+  groups: tuple[tuple[str, tuple[int, ...]], ...]
+
+  @property
+  def num_joints(self) -> int:
+    return len(self.joints)
+
+  @property
+  def flip_permutation(self) -> np.ndarray:
+    """Index array p such that flipped_joints = joints[p] after mirroring x."""
+    perm = np.arange(self.num_joints)
+    for a, b in self.flip_pairs:
+      perm[a], perm[b] = b, a
+    return perm
+
+  @property
+  def scored_joints(self) -> tuple[int, ...]:
+    """Joints that appear in some table column (MPII leaves pelvis and thorax out)."""
+    return tuple(sorted({j for _, idx in self.groups for j in idx}))
+
+  def index(self, name: str) -> int:
+    return self.joints.index(name)
+
+
+# MPII order (the official release and every MPII evaluator use it).
+MPII = Skeleton(
+    name="mpii",
+    joints=("r_ankle", "r_knee", "r_hip", "l_hip", "l_knee", "l_ankle", "pelvis",
+            "thorax", "upper_neck", "head_top", "r_wrist", "r_elbow", "r_shoulder",
+            "l_shoulder", "l_elbow", "l_wrist"),
+    flip_pairs=((0, 5), (1, 4), (2, 3), (10, 15), (11, 14), (12, 13)),
+    limbs=((0, 1), (1, 2), (2, 6), (3, 6), (3, 4), (4, 5), (6, 7), (7, 8), (8, 9),
+           (10, 11), (11, 12), (12, 7), (13, 7), (13, 14), (14, 15)),
+    groups=(("Head", (8, 9)), ("Shoulder", (12, 13)), ("Elbow", (11, 14)),
+            ("Wrist", (10, 15)), ("Hip", (2, 3)), ("Knee", (1, 4)), ("Ankle", (0, 5))),
+)
+
+# The columns of every PCKh/PCK table, in the papers' order.
+TABLE_COLUMNS = ("Head", "Shoulder", "Elbow", "Wrist", "Hip", "Knee", "Ankle")
+
+SKELETONS = {"mpii": MPII}
+
+
+def get(name: str) -> Skeleton:
+  try:
+    return SKELETONS[name]
+  except KeyError:
+    raise ValueError(f"Unknown skeleton {name!r}; known: {sorted(SKELETONS)}") from None
