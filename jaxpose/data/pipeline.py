@@ -1,0 +1,226 @@
+"""tf.data input pipeline shared by every data set and model family.
+
+Batches are a pure function of (seed, step, process): example positions are laid out on an
+endless sequence of per-epoch permutations, process p of P reads positions
+[step*B + p*B/P, step*B + (p+1)*B/P) of the global batch B, and every random augmentation is a
+stateless function of (seed, position). So resuming at step s needs nothing but s, processes read
+disjoint shards that together cover every example, and two runs with one seed see the same data.
+
+Per example: decode -> one affine warp (centre/scale crop, rotation, scale jitter, flip) applied
+to pixels and joints alike -> colour jitter -> targets from the model's codec.
+"""
+
+import dataclasses
+import math
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from jaxpose import skeletons
+
+# Per-example target function: (joints [K,2] input px, visible [K], input_size) -> dict of tensors.
+TargetFn = Callable[[tf.Tensor, tf.Tensor, int], dict]
+
+FEATURES = ("joints", "visible", "occluded", "center", "scale", "head_box", "norm_size", "id")
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """One split held in memory: encoded images plus per-person annotations (leading dim N)."""
+
+  name: str
+  images: tf.Tensor  # [N] encoded JPEG/PNG bytes.
+  annotations: dict  # name -> [N, ...] numpy arrays (see jaxpose.data feature dict).
+  skeleton: skeletons.Skeleton
+
+  @property
+  def num_examples(self) -> int:
+    return int(self.images.shape[0])
+
+
+def source_from_dataset(ds: tf.data.Dataset, name: str, skeleton: skeletons.Skeleton) -> Source:
+  """Reads a tf.data.Dataset of feature dicts (image still encoded) into a Source."""
+  images, annotations = [], {k: [] for k in FEATURES}
+  for ex in ds.batch(4096).as_numpy_iterator():
+    images.append(ex["image"])
+    for k in FEATURES:
+      annotations[k].append(ex[k])
+  if not images:
+    raise ValueError(f"Data set {name!r} is empty.")
+  return Source(name=name, images=tf.constant(np.concatenate(images)),
+                annotations={k: np.concatenate(v) for k, v in annotations.items()},
+                skeleton=skeleton)
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry.
+
+
+def crop_transform(center, scale, rotation, size: int, flip=False):
+  """3x3 matrix mapping original-image pixels to crop pixels (TF ops; eager on numpy too).
+
+  The crop is the square of side 200*scale around `center`, rotated by `rotation` degrees
+  (counter-clockwise as seen on screen), resampled to `size` x `size`, then mirrored
+  left-right when `flip`. Pixel centres are at integers in both frames.
+  """
+  center = tf.cast(center, tf.float32)
+  s = size / (200.0 * tf.cast(scale, tf.float32))
+  a = tf.cast(rotation, tf.float32) * (math.pi / 180.0)
+  cos, sin = tf.cos(a) * s, tf.sin(a) * s
+  half = (size - 1) / 2.0
+  # Image y points down, so an on-screen counter-clockwise turn is [[c, s], [-s, c]].
+  tx = half - (cos * center[0] + sin * center[1])
+  ty = half - (-sin * center[0] + cos * center[1])
+  m = tf.stack([tf.stack([cos, sin, tx]), tf.stack([-sin, cos, ty]),
+                tf.constant([0.0, 0.0, 1.0])])
+  mirror = tf.constant([[-1.0, 0.0, size - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+  return tf.cond(tf.cast(flip, tf.bool), lambda: mirror @ m, lambda: m)
+
+
+def transform_points(matrix, points):
+  """[K, 2] points through a 3x3 affine matrix (TF)."""
+  return tf.linalg.matvec(matrix[None, :2, :2], points) + matrix[None, :2, 2]
+
+
+def warp_image(image, matrix, size: int):
+  """Resamples `image` [H, W, C] float32 into the `size` x `size` crop given by `matrix`."""
+  inv = tf.linalg.inv(matrix)
+  # ImageProjectiveTransformV3 maps output pixel (x, y) to input (a0 x + a1 y + a2, ...).
+  coeffs = tf.concat([tf.reshape(inv[:2, :], [6]), tf.zeros([2])], axis=0)
+  out = tf.raw_ops.ImageProjectiveTransformV3(
+      images=image[None], transforms=coeffs[None], output_shape=tf.constant([size, size]),
+      fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")
+  return out[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-example processing.
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment:
+  """The paper's augmentation (Newell et al.; ranges as in the authors' code)."""
+
+  rotation: float = 30.0  # Degrees, uniform in +-rotation ...
+  rotation_prob: float = 0.6  # ... applied with this probability (else 0), as the reference.
+  scale: float = 0.25  # Scale factor uniform in [1 - scale, 1 + scale].
+  flip: bool = True  # Horizontal flip with probability 0.5, left/right joints swapped.
+  color: float = 0.2  # Per-channel gain uniform in [1 - color, 1 + color].
+
+
+def decode_image(encoded):
+  image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+  image.set_shape([None, None, 3])
+  return tf.cast(image, tf.float32) / 255.0
+
+
+def normalize(image):
+  """[0, 1] pixels -> roughly zero-mean inputs."""
+  return image - 0.5
+
+
+def _augment_params(aug: Augment, seed):
+  u = tf.random.stateless_uniform([5], seed=seed)
+  rot = tf.where(u[0] < aug.rotation_prob, (2 * u[1] - 1) * aug.rotation, 0.0)
+  scale = 1.0 + (2 * u[2] - 1) * aug.scale
+  flip = (u[3] < 0.5) & aug.flip
+  gains = tf.random.stateless_uniform([3], seed=seed + 1, minval=1 - aug.color,
+                                      maxval=1 + aug.color)
+  return rot, scale, flip, gains
+
+
+def process_example(encoded, ann, *, input_size: int, skeleton: skeletons.Skeleton,
+                    target_fn: TargetFn | None, augment: Augment | None, seed=None):
+  """One person -> model input. `seed` (shape [2] int) drives the stateless augmentation."""
+  image = decode_image(encoded)
+  rot, scale, flip, gains = 0.0, 1.0, False, tf.ones([3])
+  if augment is not None:
+    rot, scale, flip, gains = _augment_params(augment, seed)
+  matrix = crop_transform(ann["center"], ann["scale"] * scale, rot, input_size, flip)
+  crop = warp_image(image, matrix, input_size)
+  crop = tf.clip_by_value(crop * gains, 0.0, 1.0)
+  joints = transform_points(matrix, tf.cast(ann["joints"], tf.float32))
+  visible = tf.cast(ann["visible"], tf.float32)
+  if augment is not None:
+    perm = tf.constant(skeleton.flip_permutation)
+    joints = tf.where(flip, tf.gather(joints, perm), joints)
+    visible = tf.where(flip, tf.gather(visible, perm), visible)
+  out = {"image": normalize(crop), "joints": joints, "visible": visible, "transform": matrix}
+  if target_fn is not None:
+    out.update(target_fn(joints, visible, input_size))
+  return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets.
+
+
+def _gather(source: Source, index):
+  ann = {k: tf.gather(tf.constant(v), index) for k, v in source.annotations.items()}
+  return tf.gather(source.images, index), ann
+
+
+def train_dataset(source: Source, *, input_size: int, target_fn: TargetFn, augment: Augment,
+                  global_batch_size: int, seed: int, start_step: int = 0,
+                  process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
+  """Endless training batches of this process's share, starting at `start_step`."""
+  if global_batch_size % process_count:
+    raise ValueError(f"Global batch size {global_batch_size} is not divisible by the number "
+                     f"of processes {process_count}.")
+  local = global_batch_size // process_count
+  n = source.num_examples
+  # Constants captured once, not per element.
+  ann_consts = {k: tf.constant(v) for k, v in source.annotations.items()}
+
+  def positions(step):
+    first = step * global_batch_size + process_index * local
+    return tf.data.Dataset.range(first, first + local)
+
+  def load(position):
+    epoch, offset = position // n, position % n
+    perm = tf.random.experimental.stateless_shuffle(
+        tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+    index = perm[offset]
+    ann = {k: tf.gather(v, index) for k, v in ann_consts.items()}
+    ex_seed = tf.stack([tf.constant(seed, tf.int64) + 1, position])
+    return process_example(tf.gather(source.images, index), ann, input_size=input_size,
+                           skeleton=source.skeleton, target_fn=target_fn, augment=augment,
+                           seed=ex_seed)
+
+  ds = tf.data.Dataset.range(start_step, 2**62).flat_map(positions)
+  ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.batch(local, drop_remainder=True)
+  return ds.prefetch(2)
+
+
+def eval_layout(num_examples: int, local_batch_size: int, process_index: int,
+                process_count: int) -> tuple[np.ndarray, np.ndarray]:
+  """Example indices and validity mask of this process's padded evaluation slots.
+
+  Process p takes examples p, p + P, ...; all processes get the same number of full batches, the
+  tail is padded (mask 0), so every example is evaluated exactly once.
+  """
+  per_process = -(-num_examples // process_count)
+  slots = -(-per_process // local_batch_size) * local_batch_size
+  positions = process_index + process_count * np.arange(slots)
+  mask = positions < num_examples
+  return np.minimum(positions, num_examples - 1), mask
+
+
+def eval_dataset(source: Source, *, input_size: int, local_batch_size: int,
+                 process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
+  """One deterministic pass over the split: batches with `index` and `mask` (padding = 0)."""
+  indices, mask = eval_layout(source.num_examples, local_batch_size, process_index,
+                              process_count)
+
+  def load(index, valid):
+    encoded, ann = _gather(source, index)
+    out = process_example(encoded, ann, input_size=input_size, skeleton=source.skeleton,
+                          target_fn=None, augment=None)
+    out.update(index=index, mask=valid)
+    return out
+
+  ds = tf.data.Dataset.from_tensor_slices((indices, mask))
+  ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return ds.batch(local_batch_size, drop_remainder=True).prefetch(2)

@@ -1,0 +1,108 @@
+"""Predict over a split (flip test, decode, back to original pixels) and score it."""
+
+import time
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpose import metrics
+from jaxpose import parallel
+from jaxpose.data import pipeline
+from jaxpose.families import Family
+
+EVAL_KEYS = ("image", "transform")
+
+
+def make_predict_step(family: Family, mesh, flip_test: bool):
+  """Jitted (variables, batch) -> (joints [B,K,2] original px, scores [B,K]), replicated."""
+
+  def predict(variables, batch):
+    images = batch["image"]
+    outputs = family.model.apply(variables, images, train=False)
+    flipped = None
+    if flip_test:
+      flipped = family.model.apply(variables, images[:, :, ::-1, :], train=False)
+    joints, scores = family.predict_fn(outputs, flipped)
+    inv = jnp.linalg.inv(batch["transform"])  # Crop pixels -> original pixels.
+    joints = jnp.einsum("bkj,bij->bki", joints, inv[:, :2, :2]) + inv[:, None, :2, 2]
+    return joints, scores
+
+  return jax.jit(predict, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
+                 out_shardings=parallel.replicated(mesh))
+
+
+def predict_split(variables, family: Family, source: pipeline.Source, mesh, *,
+                  local_batch_size: int, flip_test: bool = True, predict_step=None):
+  """Predictions for every example of `source`, in source order: ([N,K,2], [N,K])."""
+  predict_step = predict_step or make_predict_step(family, mesh, flip_test)
+  n, k = source.num_examples, source.skeleton.num_joints
+  preds = np.full((n, k, 2), np.nan, np.float32)
+  scores = np.zeros((n, k), np.float32)
+  seen = np.zeros(n, bool)
+  pc, pi = jax.process_count(), jax.process_index()
+  ds = pipeline.eval_dataset(source, input_size=family.input_size,
+                             local_batch_size=local_batch_size, process_index=pi,
+                             process_count=pc)
+  for batch in ds.as_numpy_iterator():
+    # Every process needs the global index/mask to place the replicated predictions.
+    index = _allgather(batch["index"], mesh)
+    mask = _allgather(batch["mask"], mesh)
+    inputs = parallel.global_batch({k_: batch[k_] for k_ in EVAL_KEYS}, mesh)
+    joints, score = jax.device_get(predict_step(variables, inputs))
+    preds[index[mask]] = joints[mask]
+    scores[index[mask]] = score[mask]
+    seen[index[mask]] = True
+  if not seen.all():
+    raise RuntimeError(f"Evaluation missed {np.sum(~seen)} examples of {source.name}.")
+  return preds, scores
+
+
+def _allgather(x: np.ndarray, mesh) -> np.ndarray:
+  if jax.process_count() == 1:
+    return x
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def score(preds: np.ndarray, source: pipeline.Source) -> dict[str, float]:
+  """PCKh@0.5 table (official semantics) plus PCKh@0.1 Total and AUC, in percent."""
+  ann = source.annotations
+  args = (preds, ann["joints"], ann["visible"], ann["norm_size"], source.skeleton)
+  table = metrics.pck_table(*args, threshold=0.5)
+  table["PCKh@0.1"] = metrics.pck_table(*args, threshold=0.1)["Total"]
+  table["AUC"] = metrics.auc(*args)
+  return table
+
+
+def evaluate(variables, family: Family, source: pipeline.Source, mesh, *,
+             local_batch_size: int, flip_test: bool = True, predict_step=None):
+  """Predicts and scores a split. Returns (table dict, preds [N,K,2])."""
+  start = time.time()
+  preds, _ = predict_split(variables, family, source, mesh, local_batch_size=local_batch_size,
+                           flip_test=flip_test, predict_step=predict_step)
+  table = score(preds, source)
+  logging.info("Evaluated %d examples of %s in %.1fs: PCKh@0.5 %.2f", source.num_examples,
+               source.name, time.time() - start, table["Total"])
+  return table, preds
+
+
+def load_checkpoint(path: str, mesh):
+  """A workdir or checkpoint step folder -> (config, family, variables, step).
+
+  The model is rebuilt from the config stored with the checkpoint; parameters are restored onto
+  `mesh` (any size, resharded).
+  """
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from jaxpose import checkpoints, families, train  # pylint: disable=g-import-not-at-top
+  directory, step = checkpoints.resolve(path)
+  manager = checkpoints.manager(directory, read_only=True)
+  step = manager.latest_step() if step is None else step
+  meta = checkpoints.read_meta(manager, step)
+  config = ml_collections.ConfigDict(meta["config"])
+  family = families.create_family(config)
+  tx = train.create_optimizer(config, num_train_examples=1)  # Only the state's shapes matter.
+  abstract = train.create_train_state(family, tx, jax.random.key(0), mesh, abstract=True)
+  state = checkpoints.restore_state(manager, step, abstract)
+  return config, family, {"params": state.params, "batch_stats": state.batch_stats}, step
