@@ -66,23 +66,30 @@ def _allgather(x: np.ndarray, mesh) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def score(preds: np.ndarray, source: pipeline.Source) -> dict[str, float]:
-  """PCKh@0.5 table (official semantics) plus PCKh@0.1 Total and AUC, in percent."""
+def score(preds: np.ndarray, source: pipeline.Source,
+          convention: str = "official") -> dict[str, float]:
+  """PCKh@0.5 table (official semantics by default) plus PCKh@0.1 Total and AUC, in percent."""
   ann = source.annotations
   args = (preds, ann["joints"], ann["visible"], ann["norm_size"], source.skeleton)
-  table = metrics.pck_table(*args, threshold=0.5)
-  table["PCKh@0.1"] = metrics.pck_table(*args, threshold=0.1)["Total"]
-  table["AUC"] = metrics.auc(*args)
+  table = metrics.pck_table(*args, threshold=0.5, convention=convention)
+  table["PCKh@0.1"] = metrics.pck_table(*args, threshold=0.1, convention=convention)["Total"]
+  table["AUC"] = metrics.auc(*args, convention=convention)
   return table
 
 
+def format_table(table: dict[str, float], source: pipeline.Source, title: str) -> str:
+  columns = list(metrics.pck_columns(source.skeleton)) + ["PCKh@0.1", "AUC"]
+  return metrics.format_table(table, columns, title=title)
+
+
 def evaluate(variables, family: Family, source: pipeline.Source, mesh, *,
-             local_batch_size: int, flip_test: bool = True, predict_step=None):
+             local_batch_size: int, flip_test: bool = True, predict_step=None,
+             convention: str = "official"):
   """Predicts and scores a split. Returns (table dict, preds [N,K,2])."""
   start = time.time()
   preds, _ = predict_split(variables, family, source, mesh, local_batch_size=local_batch_size,
                            flip_test=flip_test, predict_step=predict_step)
-  table = score(preds, source)
+  table = score(preds, source, convention)
   logging.info("Evaluated %d examples of %s in %.1fs: PCKh@0.5 %.2f", source.num_examples,
                source.name, time.time() - start, table["Total"])
   return table, preds
@@ -106,3 +113,24 @@ def load_checkpoint(path: str, mesh):
   abstract = train.create_train_state(family, tx, jax.random.key(0), mesh, abstract=True)
   state = checkpoints.restore_state(manager, step, abstract)
   return config, family, {"params": state.params, "batch_stats": state.batch_stats}, step
+
+
+def evaluate_checkpoint(path: str, *, split: str | None = None, flip_test: bool = True,
+                        batch_size: int | None = None, convention: str = "official") -> dict:
+  """eval.py --ckpt: restores, predicts the split, scores. Returns a JSON-able dict with
+  "table" ({column: percent, ..., "AUC": ...}) and "text" (the printable table)."""
+  from jaxpose.data import datasets  # pylint: disable=g-import-not-at-top
+  mesh = parallel.make_mesh()
+  config, family, variables, step = load_checkpoint(path, mesh)
+  split = split or config.dataset.eval_split
+  source = datasets.load_source(config.dataset, split)
+  batch_size = batch_size or config.eval_batch_size
+  parallel.check_batch_size(batch_size, mesh)
+  table, _ = evaluate(variables, family, source, mesh,
+                      local_batch_size=batch_size // jax.process_count(), flip_test=flip_test,
+                      convention=convention)
+  title = (f"{config.model.name} step {step} on {source.name} ({source.num_examples} people), "
+           f"PCKh@0.5 ({convention}{', flip test' if flip_test else ''})")
+  return {"table": table, "text": format_table(table, source, title), "step": int(step),
+          "checkpoint": str(path), "dataset": source.name, "num_examples": source.num_examples,
+          "flip_test": flip_test, "convention": convention}

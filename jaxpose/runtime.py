@@ -3,6 +3,7 @@
 import os
 
 from absl import flags
+from absl import logging as absl_logging
 import jax
 
 _COORDINATOR = None
@@ -22,6 +23,7 @@ def setup() -> None:
   """Hides accelerators from TensorFlow (input pipeline only), enables the persistent XLA
   compilation cache, and starts the distributed runtime when asked."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  absl_logging.get_absl_handler().addFilter(_QuietLibraries())
   tf.config.set_visible_devices([], "GPU")
   cache = os.environ.get("JAXPOSE_COMPILATION_CACHE",
                          os.path.join(os.path.expanduser("~"), ".cache", "jaxpose", "xla"))
@@ -33,3 +35,10 @@ def setup() -> None:
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   else:
     parallel.initialize_distributed()
+
+
+class _QuietLibraries:
+  """Drops INFO records from orbax (a dozen lines per save), keeps its warnings and errors."""
+
+  def filter(self, record) -> bool:
+    return record.levelno >= 30 or "/orbax/" not in record.pathname

@@ -57,7 +57,33 @@ MPII = Skeleton(
 # The columns of every PCKh/PCK table, in the papers' order.
 TABLE_COLUMNS = ("Head", "Shoulder", "Elbow", "Wrist", "Hip", "Knee", "Ankle")
 
-SKELETONS = {"mpii": MPII}
+# Leeds Sports Pose order (`joints.mat`); also the order of every published LSP result file.
+LSP = Skeleton(
+    name="lsp",
+    joints=("r_ankle", "r_knee", "r_hip", "l_hip", "l_knee", "l_ankle", "r_wrist",
+            "r_elbow", "r_shoulder", "l_shoulder", "l_elbow", "l_wrist", "neck", "head_top"),
+    flip_pairs=((0, 5), (1, 4), (2, 3), (6, 11), (7, 10), (8, 9)),
+    limbs=((0, 1), (1, 2), (3, 4), (4, 5), (6, 7), (7, 8), (9, 10), (10, 11), (8, 12),
+           (9, 12), (12, 13), (2, 8), (3, 9), (2, 3)),
+    groups=(("Head", (12, 13)), ("Shoulder", (8, 9)), ("Elbow", (7, 10)), ("Wrist", (6, 11)),
+            ("Hip", (2, 3)), ("Knee", (1, 4)), ("Ankle", (0, 5))),
+)
+
+# FLIC, in the order of the published FLIC result files (bearpaw/eval_pose
+# `flic-joints-test-oc.mat`). The neck is not labelled in FLIC: it is the midpoint of the
+# shoulders. FLIC is labelled observer-centric ("r_" = the shoulder on the image's left for a
+# person facing the camera).
+FLIC = Skeleton(
+    name="flic",
+    joints=("nose", "neck", "r_shoulder", "r_elbow", "r_wrist", "r_hip", "l_shoulder",
+            "l_elbow", "l_wrist", "l_hip"),
+    flip_pairs=((2, 6), (3, 7), (4, 8), (5, 9)),
+    limbs=((0, 1), (1, 2), (2, 3), (3, 4), (1, 6), (6, 7), (7, 8), (2, 5), (6, 9), (5, 9)),
+    groups=(("Head", (0, 1)), ("Shoulder", (2, 6)), ("Elbow", (3, 7)), ("Wrist", (4, 8)),
+            ("Hip", (5, 9))),
+)
+
+SKELETONS = {"mpii": MPII, "lsp": LSP, "flic": FLIC}
 
 
 def get(name: str) -> Skeleton:

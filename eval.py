@@ -1,0 +1,66 @@
+r"""Evaluates a checkpoint, or another system's prediction file, with the official metrics.
+
+  python eval.py --ckpt runs/qs                       # a workdir: its latest checkpoint
+  python eval.py --ckpt runs/qs/checkpoints/3000      # one checkpoint step
+  python eval.py --preds FILE --dataset mpii_val --gt ../shared/data/mpii/detections_our_format.mat
+
+Prints the table in the papers' layout (Head Shoulder Elbow Wrist Hip Knee Ankle Total, AUC);
+--output_json PATH writes {"table": {column: percent, ..., "AUC": ...}, ...}.
+"""
+
+import json
+
+from absl import app
+from absl import flags
+
+from jaxpose import runtime
+
+_CKPT = flags.DEFINE_string("ckpt", None, "Workdir or checkpoint step folder to evaluate.")
+_PREDS = flags.DEFINE_string("preds", None, "Prediction file (.mat/.h5/.npy/.npz/.json).")
+_DATASET = flags.DEFINE_enum("dataset", "mpii_val", ["mpii_val", "lsp_test", "flic_test"],
+                             "With --preds: the evaluation split the file predicts.")
+_GT = flags.DEFINE_string("gt", None, "With --preds: the official ground-truth file.")
+_CONVENTION = flags.DEFINE_enum("convention", "official", ["official", "pytorch-pose", "mmpose"],
+                                "Metric convention (MPII); official by default.")
+_SPLIT = flags.DEFINE_string("split", None, "With --ckpt: split to evaluate (default: the "
+                             "config's evaluation split).")
+_FLIP = flags.DEFINE_bool("flip_test", True, "Average with the flipped image's heat maps.")
+_BATCH = flags.DEFINE_integer("batch_size", None, "Global evaluation batch size.")
+_OUTPUT_JSON = flags.DEFINE_string("output_json", None, "Write the numbers here as JSON.")
+runtime.define_distributed_flags()
+
+
+def _write_json(path, payload):
+  with open(path, "w") as f:
+    json.dump(payload, f, indent=2, sort_keys=False)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if (_CKPT.value is None) == (_PREDS.value is None):
+    raise app.UsageError("Give exactly one of --ckpt or --preds.")
+  if _PREDS.value is not None:
+    from jaxpose import prediction_files  # pylint: disable=g-import-not-at-top
+    if _GT.value is None:
+      raise app.UsageError("--preds needs --gt, the official ground-truth file.")
+    result = prediction_files.evaluate_file(_PREDS.value, _DATASET.value, _GT.value,
+                                            _CONVENTION.value)
+    print(result.text)
+    if _OUTPUT_JSON.value:
+      _write_json(_OUTPUT_JSON.value, {"table": result.table, "tables": result.tables,
+                                       "dataset": result.dataset,
+                                       "convention": result.convention})
+    return
+  runtime.setup()
+  from jaxpose import evaluate  # pylint: disable=g-import-not-at-top  (after jax set-up)
+  result = evaluate.evaluate_checkpoint(_CKPT.value, split=_SPLIT.value,
+                                        flip_test=_FLIP.value, batch_size=_BATCH.value,
+                                        convention=_CONVENTION.value)
+  print(result["text"])
+  if _OUTPUT_JSON.value:
+    _write_json(_OUTPUT_JSON.value, {k: v for k, v in result.items() if k != "text"})
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,74 @@
+r"""Parameter count and forward cost of a config's model, without compiling a training step.
+
+  python -m jaxpose.summary configs/hourglass_mpii.py
+  python -m jaxpose.summary configs/hourglass_mpii.py:2      # config argument after ':'
+
+Prints `params: N` (trainable parameters), the BatchNorm statistics, and the forward GFLOPs per
+image from XLA's cost analysis of the lowered (not compiled) forward pass. XLA counts a
+multiply-add as 2 FLOPs; papers that quote "FLOPs" often mean multiply-adds (half of this).
+"""
+
+import importlib.util
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def load_config(spec: str):
+  """'path/to/config.py[:arg]' -> ConfigDict (as ml_collections' config_flags does)."""
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("_jaxpose_config", path)
+  if module_spec is None:
+    raise FileNotFoundError(f"Config file {path!r} not found.")
+  module = importlib.util.module_from_spec(module_spec)
+  try:
+    module_spec.loader.exec_module(module)
+  except FileNotFoundError:
+    raise FileNotFoundError(f"Config file {path!r} not found.") from None
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def count(tree) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def summarize(config) -> dict:
+  """{"params", "batch_stats", "gflops", "input_shape", "output_shapes"} for one image."""
+  from jaxpose import families  # pylint: disable=g-import-not-at-top
+  family = families.create_family(config)
+  model = family.model
+  size = family.input_size
+  image = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), image)
+  forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
+  outputs = jax.eval_shape(forward, variables, image)
+  cost = forward.lower(variables, image).cost_analysis() or {}
+  if isinstance(cost, (list, tuple)):  # Older JAX: one dict per device.
+    cost = cost[0] if cost else {}
+  return {
+      "params": count(variables["params"]),
+      "batch_stats": count(variables.get("batch_stats", {})),
+      "gflops": float(cost.get("flops", float("nan"))) / 1e9,
+      "input_shape": image.shape,
+      "output_shapes": [o.shape for o in jax.tree.leaves(outputs)],
+  }
+
+
+def main(argv) -> None:
+  if len(argv) != 2:
+    sys.exit("usage: python -m jaxpose.summary CONFIG_FILE[:ARG]")
+  config = load_config(argv[1])
+  s = summarize(config)
+  print(f"model: {config.model.name} {dict(config.model)}")
+  print(f"input: {s['input_shape']}  outputs: {len(s['output_shapes'])} x "
+        f"{s['output_shapes'][-1]}")
+  print(f"params: {s['params']}")
+  print(f"batch_stats: {s['batch_stats']} (BatchNorm running means and variances)")
+  print(f"gflops: {s['gflops']:.2f} per image forward (XLA cost analysis; "
+        f"{s['gflops'] / 2:.2f} G multiply-adds)")
+
+
+if __name__ == "__main__":
+  main(sys.argv)
