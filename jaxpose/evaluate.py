@@ -6,6 +6,7 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tensorflow as tf
 
 from jaxpose import metrics
 from jaxpose import parallel
@@ -45,7 +46,7 @@ def predict_split(variables, family: Family, source: pipeline.Source, mesh, *,
   ds = pipeline.eval_dataset(source, input_size=family.input_size,
                              local_batch_size=local_batch_size, process_index=pi,
                              process_count=pc)
-  for batch in ds.as_numpy_iterator():
+  for batch in _batches(ds, source):
     # Every process needs the global index/mask to place the replicated predictions.
     index = _allgather(batch["index"], mesh)
     mask = _allgather(batch["mask"], mesh)
@@ -57,6 +58,19 @@ def predict_split(variables, family: Family, source: pipeline.Source, mesh, *,
   if not seen.all():
     raise RuntimeError(f"Evaluation missed {np.sum(~seen)} examples of {source.name}.")
   return preds, scores
+
+
+def _batches(ds, source):
+  """Iterates `ds`; an image that fails to decode is reported by example."""
+  it = ds.as_numpy_iterator()
+  while True:
+    try:
+      yield next(it)
+    except StopIteration:
+      return
+    except tf.errors.OpError as e:
+      pipeline.check_decodable(source, range(source.num_examples))
+      raise RuntimeError(f"Evaluation input pipeline failed on {source.name}: {e}") from e
 
 
 def _allgather(x: np.ndarray, mesh) -> np.ndarray:

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import tensorflow as tf
 
 from jaxpose import checkpoints
 from jaxpose import evaluate
@@ -109,7 +110,7 @@ def train_step(state: TrainState, batch, rng, *, family: families.Family):
 
   (loss, (batch_stats, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-  metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
   return new_state, metrics
 
 
@@ -164,6 +165,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   is_chief = jax.process_index() == 0
   writer = metric_writers.create_default_writer(str(workdir), just_logging=not is_chief)
   family = families.create_family(config)
+  # Refuse a workdir of another model before any expensive set-up.
+  manager = checkpoints.manager(workdir / "checkpoints", config)
+  if manager.latest_step() is not None:
+    meta = checkpoints.read_meta(manager, manager.latest_step())
+    checkpoints.check_compatible(meta, config, str(workdir))
 
   train_source = datasets.load_source(config.dataset, config.dataset.train_split)
   eval_source = datasets.load_source(config.dataset, config.dataset.eval_split)
@@ -172,12 +178,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   rng = jax.random.key(config.seed)
   state = create_train_state(family, tx, jax.random.fold_in(rng, 0), mesh)
 
-  manager = checkpoints.manager(workdir / "checkpoints", config)
   start_step = 0
   if manager.latest_step() is not None:
     start_step = manager.latest_step()
-    meta = checkpoints.read_meta(manager, start_step)
-    checkpoints.check_compatible(meta, config, str(workdir))
     state = checkpoints.restore_state(manager, start_step, state)
     logging.info("Resumed from %s at step %d.", workdir / "checkpoints", start_step)
   elif is_chief:
@@ -210,7 +213,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                mesh.devices.size, config.batch_size)
   step = start_step
   while step < num_steps:
-    batch = parallel.global_batch(next(train_iter), mesh)
+    batch = parallel.global_batch(_next_batch(train_iter, train_source, config, step), mesh)
     step_rng = jax.random.fold_in(rng, step)
     state, metrics = step_fn(state, batch, step_rng)
     step += 1
@@ -243,6 +246,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   manager.wait_until_finished()
   writer.flush()
   return table or {}
+
+
+def _next_batch(train_iter, source, config, step):
+  """The next local batch; an image that fails to decode is reported by example."""
+  try:
+    return next(train_iter)
+  except tf.errors.OpError as e:
+    pipeline.check_decodable(source, pipeline.train_step_indices(
+        source, step=step, global_batch_size=config.batch_size, seed=config.seed,
+        process_index=jax.process_index(), process_count=jax.process_count()))
+    raise RuntimeError(f"Input pipeline failed at step {step}: {e}") from e
 
 
 def _eta(seconds: float) -> str:

@@ -18,7 +18,16 @@ def _builder(dataset: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   if dataset.name == "synthetic":
     from jaxpose.data import synthetic  # pylint: disable=g-import-not-at-top
     return synthetic.SyntheticPose(config=dataset.config, data_dir=data_dir)
-  raise ValueError(f"Unknown config.dataset.name {dataset.name!r}; known: 'synthetic'.")
+  if dataset.name in ("mpii", "lsp", "flic"):
+    # Built from manually downloaded files (docs/DATA.md), by default in
+    # DATA_DIR/downloads/manual/NAME.
+    from jaxpose.data import prepare  # pylint: disable=g-import-not-at-top
+    manual_dir = (dataset.get("manual_dir")
+                  or prepare.default_manual_dir(data_dir, dataset.name))
+    return prepare.get_builder(dataset.name, dataset.config, data_dir,
+                               os.path.expanduser(manual_dir))
+  raise ValueError(f"Unknown config.dataset.name {dataset.name!r}; known: 'synthetic', "
+                   f"'mpii', 'lsp', 'flic'.")
 
 
 def prepare(dataset: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:

@@ -161,6 +161,38 @@ def _gather(source: Source, index):
   return tf.gather(source.images, index), ann
 
 
+def example_index(position, num_examples: int, seed: int):
+  """Example read at a global position of the endless training stream (one permutation of
+  the split per epoch, a pure function of (seed, epoch))."""
+  position = tf.cast(position, tf.int64)
+  epoch, offset = position // num_examples, position % num_examples
+  perm = tf.random.experimental.stateless_shuffle(
+      tf.range(num_examples, dtype=tf.int64),
+      seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+  return perm[offset]
+
+
+def train_step_indices(source: Source, *, step: int, global_batch_size: int, seed: int,
+                       process_index: int = 0, process_count: int = 1) -> list[int]:
+  """Example indices this process reads for training step `step` (for error reports)."""
+  local = global_batch_size // process_count
+  first = step * global_batch_size + process_index * local
+  return [int(example_index(p, source.num_examples, seed)) for p in range(first, first + local)]
+
+
+def check_decodable(source: Source, indices) -> None:
+  """Raises ValueError naming every example among `indices` whose image does not decode."""
+  bad = []
+  for i in sorted(set(int(i) for i in indices)):
+    try:
+      decode_image(source.images[i])
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
+      bad.append(f"index {i} (id {int(source.annotations['id'][i])}): "
+                 f"{e.message.splitlines()[0] if hasattr(e, 'message') else e}")
+  if bad:
+    raise ValueError(f"Undecodable image(s) in {source.name}: " + "; ".join(bad))
+
+
 def train_dataset(source: Source, *, input_size: int, target_fn: TargetFn, augment: Augment,
                   global_batch_size: int, seed: int, start_step: int = 0,
                   process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
@@ -178,10 +210,7 @@ def train_dataset(source: Source, *, input_size: int, target_fn: TargetFn, augme
     return tf.data.Dataset.range(first, first + local)
 
   def load(position):
-    epoch, offset = position // n, position % n
-    perm = tf.random.experimental.stateless_shuffle(
-        tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
-    index = perm[offset]
+    index = example_index(position, n, seed)
     ann = {k: tf.gather(v, index) for k, v in ann_consts.items()}
     ex_seed = tf.stack([tf.constant(seed, tf.int64) + 1, position])
     return process_example(tf.gather(source.images, index), ann, input_size=input_size,
@@ -189,7 +218,7 @@ def train_dataset(source: Source, *, input_size: int, target_fn: TargetFn, augme
                            seed=ex_seed)
 
   ds = tf.data.Dataset.range(start_step, 2**62).flat_map(positions)
-  ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.map(tf.autograph.experimental.do_not_convert(load), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(local, drop_remainder=True)
   return ds.prefetch(2)
 
@@ -222,5 +251,5 @@ def eval_dataset(source: Source, *, input_size: int, local_batch_size: int,
     return out
 
   ds = tf.data.Dataset.from_tensor_slices((indices, mask))
-  ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.map(tf.autograph.experimental.do_not_convert(load), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.batch(local_batch_size, drop_remainder=True).prefetch(2)

@@ -1,0 +1,186 @@
+"""Trainer: a real step lowers the loss, the step traces once, resume is exact, bad input."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow as tf
+
+from configs import quickstart
+from jaxpose import checkpoints
+from jaxpose import evaluate
+from jaxpose import families
+from jaxpose import parallel
+from jaxpose import skeletons
+from jaxpose import train
+from jaxpose.data import pipeline
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(tmp_path, **overrides):
+  c = quickstart.get_config("tiny")
+  c.dataset.data_dir = str(tmp_path / "tfds")
+  for k, v in overrides.items():
+    c[k] = v
+  return c
+
+
+def _source(n=12, size=48, seed=0):
+  """Random images with joints at bright dots: enough signal to lower the loss."""
+  rng = np.random.default_rng(seed)
+  images, joints = [], []
+  for _ in range(n):
+    img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+    pts = rng.uniform(8, size - 8, (16, 2)).astype(np.float32)
+    for x, y in pts:
+      img[int(y), int(x)] = 255
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    images.append(buf.getvalue())
+    joints.append(pts)
+  ann = {"joints": np.asarray(joints), "visible": np.ones((n, 16), np.float32),
+         "occluded": np.zeros((n, 16), np.float32),
+         "center": np.full((n, 2), size / 2, np.float32),
+         "scale": np.full((n,), size / 200, np.float32),
+         "head_box": np.zeros((n, 4), np.float32), "norm_size": np.full((n,), 5.0, np.float32),
+         "id": np.arange(n, dtype=np.int64)}
+  return pipeline.Source("dots", tf.constant(images), ann, skeletons.MPII)
+
+
+def _setup(config):
+  mesh = parallel.make_mesh()
+  family = families.create_family(config)
+  tx = train.create_optimizer(config, 100)
+  state = train.create_train_state(family, tx, jax.random.key(0), mesh)
+  return mesh, family, state
+
+
+def _batch(family, source, config, mesh, step=0):
+  ds = pipeline.train_dataset(source, input_size=family.input_size, target_fn=family.target_fn,
+                              augment=pipeline.Augment(), global_batch_size=config.batch_size,
+                              seed=0, start_step=step)
+  return parallel.global_batch(next(ds.as_numpy_iterator()), mesh)
+
+
+def test_real_training_steps_lower_the_loss_and_the_step_traces_once(tmp_path):
+  config = _config(tmp_path)
+  config.optimizer.warmup_steps = 0
+  mesh, family, state = _setup(config)
+  traces = []
+  loss_fn = family.loss_fn
+
+  def counting_loss(outputs, batch):
+    traces.append(1)
+    return loss_fn(outputs, batch)
+
+  family = families.Family(family.name, family.model, family.input_size, family.target_fn,
+                           counting_loss, family.predict_fn)
+  step = train.make_train_step(family, mesh)
+  batch = _batch(family, _source(), config, mesh)
+  losses = []
+  for i in range(8):
+    state, metrics = step(state, batch, jax.random.key(i))
+    losses.append(float(metrics["loss"]))
+  assert losses[-1] < losses[0] - 0.05, losses
+  assert len(traces) == 1
+  assert int(state.step) == 8
+
+
+def test_loss_choices_and_missing_joints_are_ignored(tmp_path):
+  config = _config(tmp_path)
+  mesh, family, _ = _setup(config)
+  batch = jax.device_get(_batch(family, _source(), config, mesh))
+  outputs = (jnp.asarray(np.random.default_rng(0).normal(size=batch["targets"].shape)),)
+  for kind in ("mse", "softmax_ce"):
+    loss, _ = families.heatmap_losses(outputs, batch, kind)
+    weights = batch["target_weight"].copy()
+    weights[:, 3] = 0
+    changed = dict(batch, target_weight=weights)
+    noisy = outputs[0].at[..., 3].add(100.0)
+    l1, _ = families.heatmap_losses(outputs, changed, kind)
+    l2, _ = families.heatmap_losses((noisy,), changed, kind)
+    assert np.isfinite(loss) and l1 == pytest.approx(float(l2), rel=1e-6)
+  with pytest.raises(ValueError, match="Unknown loss"):
+    families.heatmap_losses(outputs, batch, "l1")
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+  """One uninterrupted 6-step quickstart:tiny run, shared by the tests below."""
+  tmp = tmp_path_factory.mktemp("full")
+  table = train.train_and_evaluate(_config(tmp), str(tmp / "work"))
+  return tmp, table
+
+
+def test_train_resume_is_bit_exact_and_eval_deterministic(full_run, tmp_path):
+  tmp, table = full_run
+  assert 0 <= table["Total"] <= 100
+  half = _config(tmp, num_train_steps=3)
+  train.train_and_evaluate(half, str(tmp_path / "resumed"))
+  assert (tmp_path / "resumed" / "checkpoints" / "3").exists()
+  train.train_and_evaluate(_config(tmp), str(tmp_path / "resumed"))  # Resumes at step 3.
+  mesh = parallel.make_mesh()
+  _, _, v_full, s1 = evaluate.load_checkpoint(str(tmp / "work"), mesh)
+  _, _, v_res, s2 = evaluate.load_checkpoint(str(tmp_path / "resumed"), mesh)
+  assert s1 == s2 == 6
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(v_full), jax.device_get(v_res))
+  r1 = evaluate.evaluate_checkpoint(str(tmp / "work"))
+  r2 = evaluate.evaluate_checkpoint(str(tmp / "work" / "checkpoints" / "6"))
+  assert r1["table"] == r2["table"]
+  assert r1["table"]["Total"] == pytest.approx(table["Total"])
+  assert "Head Shoulder Elbow Wrist Hip Knee Ankle Total" in " ".join(r1["text"].split())
+
+
+def test_workdir_with_another_models_checkpoint_is_refused(full_run):
+  tmp, _ = full_run
+  other = _config(tmp, num_train_steps=8)
+  other.model.features = 8
+  with pytest.raises(ValueError, match="different model"):
+    train.train_and_evaluate(other, str(tmp / "work"))
+  assert sorted(int(p.name) for p in (tmp / "work" / "checkpoints").iterdir()
+                if p.name.isdigit()) == [3, 6]  # Nothing written, nothing lost.
+
+
+def test_missing_checkpoint_is_named(tmp_path):
+  with pytest.raises(FileNotFoundError, match="nowhere"):
+    evaluate.load_checkpoint(str(tmp_path / "nowhere"), parallel.make_mesh())
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(FileNotFoundError, match="No checkpoint"):
+    evaluate.load_checkpoint(str(tmp_path / "empty"), parallel.make_mesh())
+
+
+def test_undecodable_image_is_named(tmp_path):
+  src = _source(n=6)
+  images = src.images.numpy().tolist()
+  images[4] = b"\xff\xd8\xff\xe0 this is not a jpeg"
+  bad = pipeline.Source("broken", tf.constant(images), src.annotations, src.skeleton)
+  with pytest.raises(ValueError, match=r"index 4 \(id 4\)"):
+    pipeline.check_decodable(bad, range(6))
+  config = _config(tmp_path)
+  mesh, family, state = _setup(config)
+  with pytest.raises(ValueError, match="Undecodable image.*index 4"):
+    evaluate.predict_split({"params": state.params, "batch_stats": state.batch_stats}, family,
+                           bad, mesh, local_batch_size=2)
+
+
+def test_non_finite_loss_stops_with_step_number():
+  history = [(1, {"loss": np.float32(1.0)}), (2, {"loss": np.float32(np.nan)})]
+  with pytest.raises(train.NonFiniteLossError, match="loss=nan at step 2"):
+    train._check_finite(history)
+
+
+def test_unknown_config_key_is_an_error_naming_it(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "train.py", "--config", "configs/quickstart.py:tiny",
+       "--workdir", str(tmp_path / "w"), "--config.learning_rat=0.1"],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0
+  assert "learning_rat" in proc.stderr
