@@ -1,0 +1,255 @@
+"""Tests for the synthetic human-pose data set (renderer, TFDS builder, preview)."""
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from jaxpose import skeletons
+from jaxpose.data import synthetic
+
+MPII = skeletons.MPII
+LAYERS = synthetic.LAYERS
+NUM_RENDERS = 300  # Examples behind the frequency statistics.
+
+
+@pytest.fixture(scope="module")
+def renders():
+  return [synthetic.render(synthetic.TRAIN_SEED, i) for i in range(NUM_RENDERS)]
+
+
+def _inside(example):
+  height, width = example["image"].shape[:2]
+  x, y = example["joints"][:, 0], example["joints"][:, 1]
+  return (x >= 0) & (x <= width - 1) & (y >= 0) & (y <= height - 1)
+
+
+def test_render_is_deterministic():
+  a = synthetic.render_example(synthetic.TRAIN_SEED, 7)
+  b = synthetic.render_example(synthetic.TRAIN_SEED, 7)
+  assert a["image"].tobytes() == b["image"].tobytes()
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+  c = synthetic.render_example(synthetic.TRAIN_SEED, 8)
+  assert a["image"].shape != c["image"].shape or not np.array_equal(a["image"], c["image"])
+  assert not np.allclose(a["joints"], c["joints"])
+
+
+def test_train_and_validation_streams_differ():
+  assert synthetic.TRAIN_SEED != synthetic.VALIDATION_SEED
+  assert synthetic.SPLIT_SEEDS == {"train": synthetic.TRAIN_SEED,
+                                   "validation": synthetic.VALIDATION_SEED}
+  for index in range(5):
+    train = synthetic.render_example(synthetic.TRAIN_SEED, index)
+    validation = synthetic.render_example(synthetic.VALIDATION_SEED, index)
+    assert not np.allclose(train["joints"], validation["joints"])
+
+
+def test_feature_shapes_and_dtypes(renders):
+  k = MPII.num_joints
+  sides = set()
+  for index, (example, _) in enumerate(renders[:50]):
+    assert set(example) == {"image", "joints", "visible", "occluded", "center", "scale",
+                            "head_box", "norm_size", "id"}
+    image = example["image"]
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+    assert synthetic.MIN_SIDE <= image.shape[0] <= synthetic.MAX_SIDE
+    assert synthetic.MIN_SIDE <= image.shape[1] <= synthetic.MAX_SIDE
+    sides.update(image.shape[:2])
+    expected = {"joints": (np.float32, (k, 2)), "visible": (np.float32, (k,)),
+                "occluded": (np.float32, (k,)), "center": (np.float32, (2,)),
+                "scale": (np.float32, ()), "head_box": (np.float32, (4,)),
+                "norm_size": (np.float32, ()), "id": (np.int64, ())}
+    for key, (dtype, shape) in expected.items():
+      assert example[key].dtype == dtype, key
+      assert np.shape(example[key]) == shape, key
+    assert example["id"] == index
+    assert set(np.unique(example["visible"])) <= {0.0, 1.0}
+    assert set(np.unique(example["occluded"])) <= {0.0, 1.0}
+    assert np.all(np.isfinite(example["joints"]))
+    x1, y1, x2, y2 = example["head_box"]
+    assert x2 > x1 and y2 > y1
+    assert example["scale"] > 0 and example["norm_size"] > 0
+  assert len(sides) > 10  # Image sizes vary.
+
+
+def test_visible_exactly_inside_image(renders):
+  for example, _ in renders:
+    inside = _inside(example)
+    np.testing.assert_array_equal(example["visible"] > 0, inside)
+    # Occlusion is only flagged for annotated joints.
+    assert not np.any((example["occluded"] > 0) & ~inside)
+
+
+def test_truncation_frequency(renders):
+  visible = np.stack([example["visible"] for example, _ in renders])
+  truncated = 1.0 - visible.mean()
+  assert 0.01 <= truncated <= 0.08, truncated
+  images_with_truncation = np.mean(visible.min(axis=1) == 0)
+  assert 0.08 <= images_with_truncation <= 0.35, images_with_truncation
+  # Truncation comes with pushing people to a border (or zooming in), not by chance.
+  modes = np.array([info.truncation_mode for _, info in renders])
+  assert np.mean(visible[modes] == 0) > 3 * np.mean(visible[~modes] == 0)
+
+
+def test_occlusion_frequency(renders):
+  visible = np.stack([example["visible"] for example, _ in renders])
+  occluded = np.stack([example["occluded"] for example, _ in renders])
+  fraction = occluded.sum() / visible.sum()
+  assert 0.05 <= fraction <= 0.2, fraction
+  counts = np.array([info.num_occluders for _, info in renders])
+  assert set(counts) == {0, 1, 2}
+  with_occluders = occluded[counts > 0].sum() / visible[counts > 0].sum()
+  without = occluded[counts == 0].sum() / visible[counts == 0].sum()
+  assert with_occluders > 2 * without > 0  # Occluder shapes plus self-occlusion.
+
+
+def test_occluded_joints_are_covered(renders):
+  """A visible joint is occluded exactly when its pixel shows something else than its limbs."""
+  for example, info in renders[:100]:
+    for k in np.flatnonzero(example["visible"] * (1 - example["occluded"])):
+      if MPII.joints[k] == "head_top":
+        continue  # Probed a little inside the head.
+      x, y = np.clip(np.round(example["joints"][k]).astype(int), 0, None)
+      label = info.label_map[y, x]
+      assert label != 0 and label != 255, (MPII.joints[k], label)
+
+
+def test_back_views(renders):
+  back = np.mean([info.back_view for _, info in renders])
+  assert 0.22 <= back <= 0.38, back
+
+
+def test_rotation_range(renders):
+  rotations = np.array([info.rotation_deg for _, info in renders])
+  assert rotations.min() < -25 and rotations.max() > 25
+  assert np.all(np.abs(rotations) <= synthetic.MAX_ROTATION_DEG)
+
+
+def test_left_marking_only_on_left_limbs(renders):
+  """The white band with black edges is drawn on left limbs and nowhere else."""
+  for example, info in renders:
+    labels = info.label_map
+    for layer, colour in ((LAYERS["mark_core"], synthetic._MARK_CORE_COLOUR),
+                          (LAYERS["mark_edge"], synthetic._MARK_EDGE_COLOUR)):
+      marked = (labels >= 32 * layer) & (labels < 32 * (layer + 1))
+      parts = {synthetic._PARTS[p - 1] for p in np.unique(labels[marked] % 32)}
+      assert parts <= set(synthetic.MARKED_PARTS)
+      # The rendered pixels carry the marking colour (before JPEG).
+      np.testing.assert_array_equal(example["image"][marked],
+                                    np.broadcast_to(colour, (marked.sum(), 3)))
+  assert all(part.startswith("l_") for part in synthetic.MARKED_PARTS)
+
+
+def test_left_marking_seen_whenever_limb_seen(renders):
+  seen, marked = 0, 0
+  for _, info in renders:
+    for part in synthetic.MARKED_PARTS:
+      if info.part_pixels(part, (LAYERS["base"], LAYERS["outline"])) >= 50:
+        seen += 1
+        marked += info.part_pixels(part, (LAYERS["mark_edge"], LAYERS["mark_core"])) > 0
+    for part in ("r_upper_arm", "r_forearm", "r_thigh", "r_shin"):
+      assert info.part_pixels(part, (LAYERS["mark_edge"], LAYERS["mark_core"])) == 0
+  assert seen > 500 and marked / seen > 0.97
+
+
+def test_face_only_in_front_views(renders):
+  front_faces = []
+  for _, info in renders:
+    face = info.part_pixels("head", (LAYERS["face"],))
+    if info.back_view:
+      assert face == 0
+    elif info.part_pixels("head") > 50:
+      front_faces.append(face > 0)
+  assert np.mean(front_faces) > 0.95
+
+
+def test_norm_size_is_mpii_head_size(renders):
+  for example, _ in renders[:100]:
+    x1, y1, x2, y2 = example["head_box"]
+    np.testing.assert_allclose(example["norm_size"], 0.6 * np.hypot(x2 - x1, y2 - y1),
+                               rtol=1e-5)
+
+
+def test_head_box_holds_head_joints(renders):
+  for example, _ in renders[:100]:
+    x1, y1, x2, y2 = example["head_box"]
+    for name in ("head_top", "upper_neck"):
+      x, y = example["joints"][MPII.index(name)]
+      assert x1 - 1 <= x <= x2 + 1 and y1 - 1 <= y <= y2 + 1, name
+
+
+def test_center_and_scale_hold_the_person(renders):
+  fill = []
+  for example, _ in renders:
+    half = 100.0 * example["scale"]
+    offsets = np.abs(example["joints"] - example["center"])
+    # The person (and so every joint) fits in the box less its 25% margin.
+    assert np.all(offsets <= half / 1.25 + 1e-3)
+    fill.append(offsets.max() / (half / 1.25))
+  assert np.median(fill) > 0.7  # Joints reach most of the way to the box edge.
+
+
+def test_limbs_are_drawn_along_the_skeleton(renders):
+  """Midpoints of limbs land on the person (or on something drawn over it)."""
+  hits, total = 0, 0
+  for example, info in renders[:100]:
+    joints, height, width = example["joints"], *info.label_map.shape
+    for a, b in MPII.limbs:
+      x, y = np.round(0.5 * (joints[a] + joints[b])).astype(int)
+      if 0 <= x < width and 0 <= y < height:
+        total += 1
+        hits += info.label_map[y, x] != 0
+  assert hits / total > 0.98
+
+
+def test_num_examples():
+  assert synthetic.num_examples("train") == 12_000
+  assert synthetic.num_examples("validation") == 1_000
+  assert synthetic.num_examples("train", "tiny") == 64
+  assert synthetic.num_examples("validation", "tiny") == 32
+  with pytest.raises(ValueError):
+    synthetic.num_examples("test")
+  with pytest.raises(ValueError):
+    synthetic.num_examples("train", "huge")
+
+
+def test_tiny_tfds_config_matches_renderer(tmp_path):
+  data_dir = str(tmp_path / "tfds")
+  dataset = synthetic.load("validation", config="tiny", data_dir=data_dir)
+  examples = list(dataset.as_numpy_iterator())
+  assert len(examples) == synthetic.num_examples("validation", "tiny")
+  assert [int(e["id"]) for e in examples] == list(range(len(examples)))
+  for example in examples[:8]:
+    reference = synthetic.render_example(synthetic.VALIDATION_SEED, int(example["id"]))
+    assert example["image"].shape == reference["image"].shape
+    assert example["image"].dtype == np.uint8
+    # JPEG at quality 90 on cluttered images: close, not equal.
+    assert np.mean(np.abs(example["image"].astype(float) - reference["image"])) < 12
+    for key in ("joints", "visible", "occluded", "center", "scale", "head_box", "norm_size"):
+      np.testing.assert_array_equal(example[key], reference[key], err_msg=key)
+  train = synthetic.load("train", config="tiny", data_dir=data_dir)  # Already built.
+  assert int(train.cardinality()) == synthetic.num_examples("train", "tiny")
+  first = next(iter(train.take(1).as_numpy_iterator()))
+  np.testing.assert_array_equal(
+      first["joints"], synthetic.render_example(synthetic.TRAIN_SEED, 0)["joints"])
+
+
+def test_pooled_generation_keeps_order(tmp_path, monkeypatch):
+  builder = synthetic.SyntheticPose(config="tiny", data_dir=str(tmp_path))
+  serial = list(builder._generate_examples(synthetic.TRAIN_SEED, 10))
+  monkeypatch.setattr(synthetic, "_POOL_MIN_EXAMPLES", 0)
+  monkeypatch.setattr(synthetic, "_POOL_CHUNK", 3)
+  pooled = list(builder._generate_examples(synthetic.TRAIN_SEED, 10))
+  assert [key for key, _ in pooled] == list(range(10))
+  for (_, a), (_, b) in zip(serial, pooled):
+    assert a["image"] == b["image"]  # Identical JPEG bytes.
+    np.testing.assert_array_equal(a["joints"], b["joints"])
+
+
+def test_preview_cli(tmp_path):
+  path = tmp_path / "preview.png"
+  synthetic.main(["--preview", str(path), "--split", "validation", "--num", "6",
+                  "--ncols", "3"])
+  with Image.open(path) as image:
+    width, height = image.size
+  assert width >= 3 * synthetic.MIN_SIDE and height >= 2 * synthetic.MIN_SIDE
