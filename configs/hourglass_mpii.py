@@ -23,8 +23,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       name="hourglass", num_stacks=int(arg or 8), features=256, depth=4, num_blocks=1))
   c.dataset = ml_collections.ConfigDict(dict(
-      name="mpii", config="default", data_dir="", skeleton="mpii", train_split="train",
-      eval_split="validation"))
+      name="mpii", config="default", data_dir="", manual_dir="", skeleton="mpii",
+      train_split="train", eval_split="validation"))
   c.input_size = 256
   c.output_size = 64
   c.sigma = 1.0  # Heat-map Gaussian std in output pixels (1 at 64x64; scale with resolution).
@@ -32,8 +32,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.augment = ml_collections.ConfigDict(dict(
       rotation=30.0, rotation_prob=0.6, scale=0.25, flip=True, color=0.2))
   c.optimizer = ml_collections.ConfigDict(dict(
-      name="rmsprop", learning_rate=2.5e-4, decay_epochs=(60, 90), decay_factor=0.1,
-      warmup_steps=0))
+      name="rmsprop", learning_rate=2.5e-4, schedule="piecewise", decay_epochs=(60, 90),
+      decay_factor=0.1, warmup_steps=0))
   c.batch_size = 6  # Global, over all devices and hosts.
   c.eval_batch_size = 48
   c.num_epochs = 100

@@ -3,10 +3,13 @@ r"""Quickstart: a small Stacked Hourglass on the built-in synthetic people, size
   python train.py --config configs/quickstart.py --workdir runs/qs
   python eval.py --ckpt runs/qs
 
-1 stack, 64 features, 128x128 input, 32x32 heat maps. Unlike the paper configs it trains with a
-per-joint softmax cross-entropy on the Gaussian targets and Adam: on CPU, from scratch, plain MSE
-on sigma-1 targets sits near zero for the first ~500 steps while cross-entropy learns at once.
-Everything else (pipeline, augmentation, flip test, decoding, metric) is the paper's.
+1 stack, 48 features, depth 3, 128x128 input, 32x32 heat maps (sigma 1), batch 16, 1800 steps:
+about 9-10 minutes on a 2-core CPU. Unlike the paper configs it trains with a per-joint softmax
+cross-entropy on the Gaussian targets and Adam (2e-3, warm-up, cosine decay): on CPU, from
+scratch, plain MSE on sigma-1 targets sits near zero for the first ~500 steps while
+cross-entropy learns at once. Augmentation is flips, +-15% scale and colour jitter only (the
+synthetic people are already rotated in the data). Pipeline, flip test, decoding and metric are
+the paper's.
 `get_config("tiny")` is a seconds-long version for smoke tests.
 """
 
@@ -16,7 +19,7 @@ from configs import hourglass_mpii
 def get_config(arg: str | None = None):
   c = hourglass_mpii.get_config()
   c.model.num_stacks = 1
-  c.model.features = 64
+  c.model.features = 48
   c.model.depth = 3
   c.dataset.name = "synthetic"
   c.input_size = 128
@@ -26,14 +29,17 @@ def get_config(arg: str | None = None):
   c.optimizer.name = "adam"
   c.optimizer.learning_rate = 2e-3
   c.optimizer.warmup_steps = 100
-  c.optimizer.decay_epochs = (4.0,)
-  c.optimizer.decay_factor = 0.2
+  c.optimizer.schedule = "cosine"
   c.batch_size = 16
   c.eval_batch_size = 64
-  c.num_epochs = 5
+  # The synthetic people are already rotated +-30 deg in the data: no rotation on top, and a
+  # milder scale jitter, so ten minutes of CPU go to the validation distribution.
+  c.augment.rotation_prob = 0.0
+  c.augment.scale = 0.15
+  c.num_train_steps = 1800
   c.log_every_steps = 50
-  c.eval_every_steps = 500
-  c.checkpoint_every_steps = 500
+  c.eval_every_steps = 250
+  c.checkpoint_every_steps = 250
   if arg == "tiny":
     c.model.features = 16
     c.model.depth = 2

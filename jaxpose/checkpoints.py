@@ -26,7 +26,8 @@ def manager(directory, config=None, *, read_only=False) -> ocp.CheckpointManager
   ])
   options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=not read_only,
                                          read_only=read_only, cleanup_tmp_directories=True)
-  return ocp.CheckpointManager(epath.Path(directory), options=options,
+  # Orbax needs an absolute path (a relative one fails inside the async save).
+  return ocp.CheckpointManager(epath.Path(directory).absolute(), options=options,
                                item_names=("state", "meta"))
 
 

@@ -80,19 +80,31 @@ def _allgather(x: np.ndarray, mesh) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+# The headline metric per joint set: (name, threshold). MPII: PCKh@0.5 (head size); LSP and
+# FLIC: PCK@0.2 (torso size). `norm_size` in the feature dict is the matching normaliser.
+HEADLINE = {"mpii": ("PCKh", 0.5), "lsp": ("PCK", 0.2), "flic": ("PCK", 0.2)}
+
+
 def score(preds: np.ndarray, source: pipeline.Source,
           convention: str = "official") -> dict[str, float]:
-  """PCKh@0.5 table (official semantics by default) plus PCKh@0.1 Total and AUC, in percent."""
+  """The data set's headline table (official semantics by default), in percent.
+
+  MPII: PCKh@0.5 per column, Total, UBody, PCKh@0.1 Total and AUC (thresholds 0..0.5).
+  LSP/FLIC: PCK@0.2 per column, Total and AUC over the same normalised thresholds.
+  """
   ann = source.annotations
   args = (preds, ann["joints"], ann["visible"], ann["norm_size"], source.skeleton)
-  table = metrics.pck_table(*args, threshold=0.5, convention=convention)
-  table["PCKh@0.1"] = metrics.pck_table(*args, threshold=0.1, convention=convention)["Total"]
+  name, threshold = HEADLINE[source.skeleton.name]
+  table = metrics.pck_table(*args, threshold=threshold, convention=convention)
+  if name == "PCKh":
+    table["PCKh@0.1"] = metrics.pck_table(*args, threshold=0.1, convention=convention)["Total"]
   table["AUC"] = metrics.auc(*args, convention=convention)
   return table
 
 
 def format_table(table: dict[str, float], source: pipeline.Source, title: str) -> str:
-  columns = list(metrics.pck_columns(source.skeleton)) + ["PCKh@0.1", "AUC"]
+  extra = [c for c in ("PCKh@0.1", "AUC") if c in table]
+  columns = list(metrics.pck_columns(source.skeleton)) + extra
   return metrics.format_table(table, columns, title=title)
 
 
@@ -104,8 +116,9 @@ def evaluate(variables, family: Family, source: pipeline.Source, mesh, *,
   preds, _ = predict_split(variables, family, source, mesh, local_batch_size=local_batch_size,
                            flip_test=flip_test, predict_step=predict_step)
   table = score(preds, source, convention)
-  logging.info("Evaluated %d examples of %s in %.1fs: PCKh@0.5 %.2f", source.num_examples,
-               source.name, time.time() - start, table["Total"])
+  name, threshold = HEADLINE[source.skeleton.name]
+  logging.info("Evaluated %d examples of %s in %.1fs: %s@%s %.2f", source.num_examples,
+               source.name, time.time() - start, name, threshold, table["Total"])
   return table, preds
 
 
@@ -143,8 +156,9 @@ def evaluate_checkpoint(path: str, *, split: str | None = None, flip_test: bool 
   table, _ = evaluate(variables, family, source, mesh,
                       local_batch_size=batch_size // jax.process_count(), flip_test=flip_test,
                       convention=convention)
+  name, threshold = HEADLINE[source.skeleton.name]
   title = (f"{config.model.name} step {step} on {source.name} ({source.num_examples} people), "
-           f"PCKh@0.5 ({convention}{', flip test' if flip_test else ''})")
+           f"{name}@{threshold} ({convention}{', flip test' if flip_test else ''})")
   return {"table": table, "text": format_table(table, source, title), "step": int(step),
           "checkpoint": str(path), "dataset": source.name, "num_examples": source.num_examples,
           "flip_test": flip_test, "convention": convention}

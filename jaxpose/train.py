@@ -59,9 +59,16 @@ def total_steps(config, num_train_examples: int) -> int:
 def create_optimizer(config, num_train_examples: int) -> optax.GradientTransformation:
   """The config's optimiser with its step-wise learning-rate schedule."""
   opt = config.optimizer
-  epoch = steps_per_epoch(config, num_train_examples)
-  boundaries = {int(e * epoch): opt.decay_factor for e in opt.decay_epochs}
-  schedule = optax.piecewise_constant_schedule(opt.learning_rate, boundaries)
+  if opt.schedule == "piecewise":  # x decay_factor at each of decay_epochs.
+    epoch = steps_per_epoch(config, num_train_examples)
+    boundaries = {int(e * epoch): opt.decay_factor for e in opt.decay_epochs}
+    schedule = optax.piecewise_constant_schedule(opt.learning_rate, boundaries)
+  elif opt.schedule == "cosine":  # Cosine decay to 0 at the last step.
+    decay = max(1, total_steps(config, num_train_examples) - opt.warmup_steps)
+    schedule = optax.cosine_decay_schedule(opt.learning_rate, decay)
+  else:
+    raise ValueError(f"Unknown config.optimizer.schedule {opt.schedule!r}; known: "
+                     "'piecewise', 'cosine'.")
   if opt.warmup_steps:
     warm = optax.linear_schedule(0.0, opt.learning_rate, opt.warmup_steps)
     schedule = optax.join_schedules([warm, schedule], [opt.warmup_steps])
@@ -159,7 +166,7 @@ def _check_finite(history: list[tuple[int, dict]]) -> dict[str, float]:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains `config` in `workdir` (resuming from its latest checkpoint). Returns the last
   evaluation's table."""
-  workdir = epath.Path(workdir)
+  workdir = epath.Path(workdir).absolute()
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
   is_chief = jax.process_index() == 0
@@ -208,6 +215,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   preemption = _Preemption()
   preemption.install()
   history, table, last_log = [], None, (start_step, time.time())
+  train_seconds, eval_seconds = 0.0, 0.0  # Wall-clock spent training vs evaluating (this run).
+  run_start = time.time()
   logging.info("Training %s for %d steps (%d per epoch) on %d devices, batch %d.",
                family.name, num_steps, steps_per_epoch(config, train_source.num_examples),
                mesh.devices.size, config.batch_size)
@@ -233,7 +242,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                    _eta((num_steps - step) / max(rate, 1e-9)))
     pckh = None
     if step % config.eval_every_steps == 0 or last_step:
+      jax.block_until_ready(state.params)
+      train_seconds = time.time() - run_start - eval_seconds
+      t0 = time.time()
       table = run_eval(step)
+      eval_seconds += time.time() - t0
+      writer.write_scalars(step, {"eval/train_minutes": train_seconds / 60})
+      logging.info("eval at step %d after %.1f min of training: PCKh@0.5 %.2f", step,
+                   train_seconds / 60, table["Total"])
       pckh = table["Total"]
     if step % config.checkpoint_every_steps == 0 or last_step or preemption.requested:
       if history:

@@ -167,6 +167,7 @@ def plot_pck_curves(
     curves: Mapping[str, np.ndarray],
     path: str,
     title: str,
+    xlabel: str = "normalised distance threshold",
 ) -> None:
   """Writes a PNG of PCK against the normalised threshold, one line per joint group.
 
@@ -192,9 +193,9 @@ def plot_pck_curves(
   axes = figure.add_subplot(1, 1, 1)
   for name, curve in values.items():
     axes.plot(thresholds, curve * 100.0 if as_fraction else curve, label=name, linewidth=1.5)
-  axes.set_xlim(float(thresholds.min(initial=0.0)), float(thresholds.max(initial=1.0)))
+  axes.set_xlim(float(thresholds.min(initial=0.0)), float(thresholds.max(initial=0.0)) or 1.0)
   axes.set_ylim(0, 100)
-  axes.set_xlabel("normalised distance threshold")
+  axes.set_xlabel(xlabel)
   axes.set_ylabel("detection rate (%)")
   axes.set_title(title)
   axes.grid(True, alpha=0.3)

@@ -120,11 +120,12 @@ def full_run(tmp_path_factory):
   return tmp, table
 
 
-def test_train_resume_is_bit_exact_and_eval_deterministic(full_run, tmp_path):
+def test_train_resume_is_bit_exact_and_eval_deterministic(full_run, tmp_path, monkeypatch):
   tmp, table = full_run
   assert 0 <= table["Total"] <= 100
   half = _config(tmp, num_train_steps=3)
-  train.train_and_evaluate(half, str(tmp_path / "resumed"))
+  monkeypatch.chdir(tmp_path)
+  train.train_and_evaluate(half, "resumed")  # A relative workdir, as users type it.
   assert (tmp_path / "resumed" / "checkpoints" / "3").exists()
   train.train_and_evaluate(_config(tmp), str(tmp_path / "resumed"))  # Resumes at step 3.
   mesh = parallel.make_mesh()

@@ -11,7 +11,8 @@ Three annotation layouts give the same people (BuilderConfigs):
                img_train, single_person). The split comes from the lists shipped in
                `jaxpose/data/splits/mpii.npz`: the validation people by (RELEASE image index,
                person index), the train people by image name and count; within a train image
-               the people are its `single_person` rectangles that have joints.
+               the people are its `single_person` rectangles that have joints (all its
+               rectangles with joints if only those match the count; neither is an error).
   "hourglass"  pose-hg-train's `train.h5` / `valid.h5` (joints integer-truncated there, up to
                1 px off; no head boxes: `head_box` is 0, `norm_size` is the file's `normalize`).
   "mmpose"     mmpose/HRNet JSON (`mpii_train.json` / `mpii_val.json`, or `train.json` /
@@ -25,7 +26,7 @@ centre = objpos with y + 15 x MPII scale, scale = 1.25 x MPII scale (the hourgla
 convention, so `valid.h5`'s centre is ours + 1 px); head_box = x1, y1, x2, y2; norm_size =
 0.6 x head-box diagonal.
 
-  builder = mpii.MpiiPose(data_dir="~/tensorflow_datasets", manual_dir="~/data/mpii")
+  builder = mpii.MpiiPose(data_dir="/data/tfds", manual_dir="/data/downloads/mpii")
   builder.download_and_prepare()
 """
 
@@ -175,9 +176,12 @@ def _field(record, name: str):
 
 
 def _number(value) -> float:
-  """A MATLAB scalar (numeric, or a string such as '1') as a float."""
+  """A MATLAB scalar (numeric, logical, or a string such as '1' or 'true') as a float."""
   item = np.asarray(value).ravel()[0]
-  return float(item.strip() if isinstance(item, str) else item)
+  if isinstance(item, str):
+    item = item.strip().lower()
+    item = {"true": 1.0, "false": 0.0}.get(item, item)
+  return float(item)
 
 
 def _structs(value) -> list:
@@ -227,13 +231,14 @@ def parse_annorect(rect) -> dict[str, np.ndarray] | None:
           "head_box": head_box, "norm_size": norm_size}
 
 
-def _people(images: list[str], rows: list[dict]) -> People:
+_SHAPES = {"joints": (NUM_JOINTS, 2), "visible": (NUM_JOINTS,), "occluded": (NUM_JOINTS,),
+           "center": (2,), "scale": (), "head_box": (4,), "norm_size": ()}
+
+
+def rows_to_people(images: list[str], rows: list[dict]) -> People:
+  """`parse_annorect` results (one per image name) -> People."""
   return People(images=images, **{f: np.stack([np.asarray(r[f]) for r in rows]) if rows
-                                  else np.zeros((0,) + _EMPTY[f]) for f in prepare.ARRAY_FIELDS})
-
-
-_EMPTY = {"joints": (NUM_JOINTS, 2), "visible": (NUM_JOINTS,), "occluded": (NUM_JOINTS,),
-          "center": (2,), "scale": (), "head_box": (4,), "norm_size": ()}
+                                  else np.zeros((0,) + _SHAPES[f]) for f in prepare.ARRAY_FIELDS})
 
 
 def parse_annolist(annolist) -> list[list[dict | None]]:
@@ -263,8 +268,8 @@ def read_release(path: str, images: Sequence[str] | None = None,
   release = m["RELEASE"].ravel()[0]
   annolist = release["annolist"].ravel()
   img_train = release["img_train"].ravel()
-  single = release["single_person"].ravel() if _field(release, "single_person") is not None \
-      else None
+  single = _field(release, "single_person")
+  single = None if single is None else single.ravel()
   names = [str(_field(entry, "image").ravel()[0]["name"].ravel()[0]) for entry in annolist]
   keep = None if images is None else set(images)
 
@@ -303,20 +308,22 @@ def read_release(path: str, images: Sequence[str] | None = None,
     i = index[name]
     if int(_number(img_train[i])) != 1:
       raise AnnotationError(f"{where(i)} is a test image (img_train = 0).")
-    parsed = [(r, parse_annorect(rect)) for r, rect in enumerate(rects(i))]
-    annotated = [(r, row) for r, row in parsed if row is not None]
-    chosen = annotated
-    if single is not None and len(annotated) != count:
-      singles = {int(v) - 1 for v in np.asarray(single[i]).ravel()}
-      chosen = [(r, row) for r, row in annotated if r in singles]
+    annotated = [(r, row) for r, row in enumerate(map(parse_annorect, rects(i)))
+                 if row is not None]
+    singles = annotated
+    if single is not None:
+      wanted = {int(v) - 1 for v in np.asarray(single[i]).ravel()}
+      singles = [(r, row) for r, row in annotated if r in wanted]
+    # The single people with joints; all people with joints if that is what the count says.
+    chosen = singles if len(singles) == count else annotated
     if len(chosen) != count:
       raise AnnotationError(f"{where(i)} holds {len(annotated)} annotated people "
-                            f"({len(chosen)} single) but the standard split has {count} train "
+                            f"({len(singles)} single) but the standard split has {count} train "
                             f"people there.")
     train_names += [name] * count
     train_rows += [row for _, row in chosen]
-  return {"train": _people(train_names, train_rows),
-          "validation": _people(valid_names, valid_rows)}
+  return {"train": rows_to_people(train_names, train_rows),
+          "validation": rows_to_people(valid_names, valid_rows)}
 
 
 # ----------------------------------------------------------------------------------------

@@ -44,6 +44,11 @@ class ImageError(ValueError):
 # ----------------------------------------------------------------------------------------
 # People: the annotations of one split, one row per person.
 
+# Per-person array fields and their number of dimensions (person axis included).
+ARRAY_FIELDS = ("joints", "visible", "occluded", "center", "scale", "head_box", "norm_size")
+_NDIM = {"joints": 3, "visible": 2, "occluded": 2, "center": 2, "scale": 1, "head_box": 2,
+         "norm_size": 1}
+
 
 @dataclasses.dataclass
 class People:
@@ -65,8 +70,8 @@ class People:
   def __post_init__(self):
     n = len(self.images)
     self.images = [str(name) for name in self.images]
-    for field, dims in (("joints", 3), ("visible", 2), ("occluded", 2), ("center", 2),
-                        ("scale", 1), ("head_box", 2), ("norm_size", 1)):
+    for field in ARRAY_FIELDS:
+      dims = _NDIM[field]
       value = np.asarray(getattr(self, field), np.float32)
       if value.ndim != dims or value.shape[0] != n:
         raise ValueError(f"People.{field} has shape {value.shape}; expected {dims} dims "
@@ -100,9 +105,6 @@ class People:
     out = {f: getattr(self, f)[i] for f in ARRAY_FIELDS}
     out["id"] = np.int64(i)
     return out
-
-
-ARRAY_FIELDS = ("joints", "visible", "occluded", "center", "scale", "head_box", "norm_size")
 
 
 def concatenate(parts: Sequence[People]) -> People:
@@ -172,7 +174,7 @@ class ManualConfig(tfds.core.BuilderConfig):
 
 
 def default_manual_dir(data_dir: str | os.PathLike, name: str) -> str:
-  """Where a data set's downloaded files go unless told otherwise: DATA_DIR/downloads/manual/NAME."""
+  """Where a data set's downloaded files go by default: DATA_DIR/downloads/manual/NAME."""
   return os.path.join(os.path.expanduser(os.fspath(data_dir)), "downloads", "manual", name)
 
 
@@ -330,7 +332,10 @@ def main(argv: Sequence[str] | None = None) -> None:
   manual_dir = args.manual_dir or default_manual_dir(data_dir, args.name)
   start = time.perf_counter()
   builder = get_builder(args.name, args.config, data_dir, manual_dir)
-  builder.download_and_prepare(download_config=download_config(manual_dir))
+  try:
+    builder.download_and_prepare(download_config=download_config(manual_dir))
+  except (FileNotFoundError, AnnotationError, ImageError) as e:
+    raise SystemExit(f"Cannot build {args.name}: {e}") from None
   sizes = ", ".join(f"{split} {info.num_examples}" for split, info in builder.info.splits.items())
   print(f"Built {builder.info.full_name} from {manual_dir} into {builder.data_dir} in "
         f"{time.perf_counter() - start:.0f} s: {sizes} people.")

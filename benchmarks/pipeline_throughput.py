@@ -1,0 +1,279 @@
+r"""Input-pipeline throughput: the full training augmentation at 256x256 on MPII-sized JPEGs.
+
+  python benchmarks/pipeline_throughput.py                 # 1 core: images/s per core
+  python benchmarks/pipeline_throughput.py --threads 0     # every core
+  python benchmarks/pipeline_throughput.py --profile       # where the time goes, per stage
+
+Data: generated photo-like JPEGs of 1280x720 (MPII's usual size; quality 90, ~450 KB, near
+MPII's average of 12.9 GB / 24984 images = ~520 KB; the decode time grows with the file size)
+with one person each at MPII-typical scales (hourglass scale 1.9-5.6, box side 380-1120 px),
+held in memory as `datasets.load_source` holds a real split.
+Batches come from `pipeline.train_dataset` with the heat-map targets of the Stacked Hourglass
+family (`families.create_family(configs/hourglass_mpii.py)`: 64x64 maps, sigma 1) and the
+paper's augmentation. The goal is >= 300 images/s per core.
+
+--profile times the stages on the same examples: JPEG decode alone, decode + uint8 -> float
+conversion, decode + warp, the full example, and a prototype (`cropped_process_example`,
+below) that decodes only the part of the JPEG the crop can touch (`decode_and_crop_jpeg`),
+at 1/2, 1/4 or 1/8 resolution where the crop downsamples by at least that much (libjpeg's DCT
+scaling), and converts to float after the warp.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import tensorflow as tf
+
+from configs import hourglass_mpii
+from jaxpose import families
+from jaxpose import skeletons
+from jaxpose.data import pipeline
+
+INPUT_SIZE = 256
+GOAL = 300.0  # images/s per core
+IMAGE_SIZE = (720, 1280)  # height, width
+
+
+# ----------------------------------------------------------------------------------------
+# Data.
+
+
+def photo_like(rng: np.random.Generator, size=IMAGE_SIZE) -> np.ndarray:
+  """An image with a roughly 1/f spectrum (octaves of upsampled noise), like a photo."""
+  height, width = size
+  image = np.zeros((height, width, 3), np.float32)
+  for octave in range(1, 8):
+    cells = 2 ** octave
+    h, w = max(2, height * cells // width), cells
+    noise = rng.normal(0.0, 1.0, (h, w, 3)).astype(np.float32)
+    up = tf.image.resize(noise[None], (height, width), method="bilinear")[0].numpy()
+    image += up * (0.6 ** octave)
+  image = (image - image.min()) / (image.max() - image.min())
+  image += rng.normal(0.0, 0.08, image.shape).astype(np.float32)  # Texture and noise.
+  return (np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def make_source(num_images: int, seed: int = 0, quality: int = 90) -> pipeline.Source:
+  """`num_images` encoded 1280x720 JPEGs, one MPII-like person each."""
+  rng = np.random.default_rng(seed)
+  k = skeletons.MPII.num_joints
+  images, joints, centers, scales = [], [], [], []
+  for _ in range(num_images):
+    images.append(tf.io.encode_jpeg(photo_like(rng), quality=quality).numpy())
+    scale = rng.uniform(1.9, 5.6)  # Hourglass scale (x1.25 included): MPII's middle 90%.
+    center = np.array([rng.uniform(400, 880), rng.uniform(250, 470)])
+    joints.append(center + rng.uniform(-60, 60, (k, 2)) * scale)
+    centers.append(center)
+    scales.append(scale)
+  n = num_images
+  annotations = {
+      "joints": np.asarray(joints, np.float32), "visible": np.ones((n, k), np.float32),
+      "occluded": np.zeros((n, k), np.float32), "center": np.asarray(centers, np.float32),
+      "scale": np.asarray(scales, np.float32), "head_box": np.zeros((n, 4), np.float32),
+      "norm_size": np.ones((n,), np.float32), "id": np.arange(n, dtype=np.int64)}
+  return pipeline.Source("mpii-like", tf.constant(images), annotations, skeletons.MPII)
+
+
+# ----------------------------------------------------------------------------------------
+# The prototype: decode only what the crop needs.
+
+
+def cropped_process_example(encoded, ann, *, input_size: int, skeleton, target_fn, augment,
+                            seed):
+  """`pipeline.process_example` (same matrix, joints, targets) with a cheaper decode.
+
+  The crop's footprint in the original image (the inverse-warped corners of the output
+  square, plus 2 px) is the only part decoded (`decode_and_crop_jpeg`); where the crop
+  shrinks the image by 2x, 4x or 8x, libjpeg decodes straight to that resolution (its DCT
+  scaling, a box-like pre-filter that also reduces the bilinear warp's aliasing). The warp
+  matrix is composed with the crop offset and the DCT scale, so joints and targets are the
+  ones `process_example` gives; pixels differ only by the pre-filter.
+  """
+  # pylint: disable-next=protected-access
+  rot, scale, flip, gains = pipeline._augment_params(augment, seed)
+  matrix = pipeline.crop_transform(ann["center"], ann["scale"] * scale, rot, input_size, flip)
+  shape = tf.cast(tf.io.extract_jpeg_shape(encoded)[:2], tf.float32)[::-1]  # (w, h)
+  inv = tf.linalg.inv(matrix)
+  last = float(input_size - 1)
+  corners = tf.constant([[0.0, 0.0], [last, 0.0], [0.0, last], [last, last]])
+  footprint = pipeline.transform_points(inv, corners)
+  lo = tf.clip_by_value(tf.reduce_min(footprint, 0) - 2.0, 0.0, shape - 1.0)
+  hi = tf.clip_by_value(tf.reduce_max(footprint, 0) + 2.0, lo, shape - 1.0)
+  # Original pixels per output pixel -> the largest DCT ratio (1, 2, 4, 8) not above it.
+  shrink = 200.0 * ann["scale"] * scale / input_size
+  branch = tf.cast(shrink >= 2.0, tf.int32) + tf.cast(shrink >= 4.0, tf.int32) + tf.cast(
+      shrink >= 8.0, tf.int32)
+
+  def decode(ratio: int):
+    def fn():
+      # The window is given in the pixels of the 1/ratio image.
+      first = tf.floor(lo / ratio)
+      end = tf.minimum(tf.math.ceil(hi / ratio), tf.math.ceil(shape / ratio) - 1.0)
+      size = end - first + 1.0
+      window = tf.cast(tf.stack([first[1], first[0], size[1], size[0]]), tf.int32)
+      image = tf.io.decode_and_crop_jpeg(encoded, window, channels=3, ratio=ratio)
+      # Decoded pixel u sits at original ratio * (first + u) + (ratio - 1) / 2.
+      offset = ratio * first + (ratio - 1.0) / 2.0
+      to_original = tf.stack([tf.stack([float(ratio), 0.0, offset[0]]),
+                              tf.stack([0.0, float(ratio), offset[1]]),
+                              tf.constant([0.0, 0.0, 1.0])])
+      return image, to_original
+    return fn
+
+  image, to_original = tf.switch_case(branch, [decode(r) for r in (1, 2, 4, 8)])
+  image.set_shape([None, None, 3])
+  crop = pipeline.warp_image(tf.cast(image, tf.float32), matrix @ to_original, input_size)
+  crop = tf.clip_by_value(crop * (gains / 255.0), 0.0, 1.0)
+  joints = pipeline.transform_points(matrix, tf.cast(ann["joints"], tf.float32))
+  visible = tf.cast(ann["visible"], tf.float32)
+  perm = tf.constant(skeleton.flip_permutation)
+  joints = tf.where(flip, tf.gather(joints, perm), joints)
+  visible = tf.where(flip, tf.gather(visible, perm), visible)
+  out = {"image": pipeline.normalize(crop), "joints": joints, "visible": visible,
+         "transform": matrix}
+  out.update(target_fn(joints, visible, input_size))
+  return out
+
+
+# ----------------------------------------------------------------------------------------
+# Measuring.
+
+
+def _options(threads: int) -> tf.data.Options:
+  options = tf.data.Options()
+  if threads:
+    options.threading.private_threadpool_size = threads
+  options.threading.max_intra_op_parallelism = 1
+  return options
+
+
+def _rate(ds: tf.data.Dataset, batch_size: int, batches: int, warmup: int) -> float:
+  """Images/s over `batches` batches after `warmup` batches."""
+  it = iter(ds)
+  for _ in range(warmup):
+    next(it)
+  start = time.perf_counter()
+  for _ in range(batches):
+    next(it)
+  return batches * batch_size / (time.perf_counter() - start)
+
+
+def train_rate(source, target_fn, threads: int, batch_size: int, batches: int) -> float:
+  """Images/s of `pipeline.train_dataset` (the real training input)."""
+  ds = pipeline.train_dataset(source, input_size=INPUT_SIZE, target_fn=target_fn,
+                              augment=pipeline.Augment(), global_batch_size=batch_size, seed=0)
+  return _rate(ds.with_options(_options(threads)), batch_size, batches, warmup=3)
+
+
+def stage_rates(source, target_fn, threads: int, batch_size: int,
+                batches: int) -> dict[str, float]:
+  """Images/s of the per-example stages on the same examples (same map/batch layout)."""
+  n = source.num_examples
+  ann_consts = {k: tf.constant(v) for k, v in source.annotations.items()}
+  aug = pipeline.Augment()
+
+  def example(i):
+    index = i % n
+    ann = {k: tf.gather(v, index) for k, v in ann_consts.items()}
+    return tf.gather(source.images, index), ann, tf.stack([tf.constant(1, tf.int64), i])
+
+  def only_decode(i):
+    encoded, _, _ = example(i)
+    return tf.io.decode_jpeg(encoded, channels=3)[:1, :1]
+
+  def decode_float(i):
+    encoded, _, _ = example(i)
+    return pipeline.decode_image(encoded)[:1, :1]
+
+  def decode_warp(i):
+    encoded, ann, seed = example(i)
+    return pipeline.process_example(encoded, ann, input_size=INPUT_SIZE,
+                                     skeleton=source.skeleton, target_fn=None, augment=aug,
+                                     seed=seed)["image"]
+
+  def full(i):
+    encoded, ann, seed = example(i)
+    return pipeline.process_example(encoded, ann, input_size=INPUT_SIZE,
+                                    skeleton=source.skeleton, target_fn=target_fn,
+                                    augment=aug, seed=seed)
+
+  def cropped(i):
+    encoded, ann, seed = example(i)
+    return cropped_process_example(encoded, ann, input_size=INPUT_SIZE,
+                                   skeleton=source.skeleton, target_fn=target_fn,
+                                   augment=aug, seed=seed)
+
+  rates = {}
+  for name, fn in (("decode JPEG (uint8)", only_decode),
+                   ("decode + to float32", decode_float),
+                   ("decode + warp (no targets)", decode_warp),
+                   ("full example (process_example)", full),
+                   ("prototype: crop/DCT-scaled decode", cropped)):
+    ds = tf.data.Dataset.range(2**62).map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size).prefetch(2).with_options(_options(threads))
+    rates[name] = _rate(ds, batch_size, batches, warmup=3)
+  return rates
+
+
+def check_prototype(source, target_fn) -> float:
+  """Max |joints| difference between the prototype and `process_example` (must be ~0), and
+  the mean absolute pixel difference of the crops (the DCT pre-filter's effect)."""
+  aug = pipeline.Augment()
+  joint_err, pixel_err = 0.0, []
+  for i in range(min(source.num_examples, 16)):
+    ann = {k: tf.constant(v[i]) for k, v in source.annotations.items()}
+    seed = tf.constant([1, i], tf.int64)
+    kwargs = dict(input_size=INPUT_SIZE, skeleton=source.skeleton, target_fn=target_fn,
+                  augment=aug, seed=seed)
+    a = pipeline.process_example(source.images[i], ann, **kwargs)
+    b = cropped_process_example(source.images[i], ann, **kwargs)
+    joint_err = max(joint_err, float(tf.reduce_max(tf.abs(a["joints"] - b["joints"]))))
+    pixel_err.append(float(tf.reduce_mean(tf.abs(a["image"] - b["image"]))))
+  return joint_err, float(np.mean(pixel_err))
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+  parser.add_argument("--images", type=int, default=48, help="Distinct JPEGs in memory.")
+  parser.add_argument("--batch_size", type=int, default=32)
+  parser.add_argument("--batches", type=int, default=30, help="Timed batches per figure.")
+  parser.add_argument("--threads", type=int, default=1,
+                      help="tf.data threads (0: TF's default, every core).")
+  parser.add_argument("--profile", action="store_true", help="Time each stage too.")
+  args = parser.parse_args(argv)
+  if args.threads:
+    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+  cores = args.threads or len(os.sched_getaffinity(0))
+
+  start = time.perf_counter()
+  source = make_source(args.images)
+  kb = np.mean([len(x) for x in source.images.numpy()]) / 1024
+  print(f"{args.images} JPEGs of {IMAGE_SIZE[1]}x{IMAGE_SIZE[0]}, mean {kb:.0f} KB "
+        f"(made in {time.perf_counter() - start:.0f} s); batch {args.batch_size}, "
+        f"{args.batches} timed batches, {cores} core(s), load average "
+        f"{os.getloadavg()[0]:.1f}")
+  target_fn = families.create_family(hourglass_mpii.get_config()).target_fn
+
+  rate = train_rate(source, target_fn, args.threads, args.batch_size, args.batches)
+  print(f"pipeline.train_dataset, full augmentation + heat maps at {INPUT_SIZE}x{INPUT_SIZE}: "
+        f"{rate:.0f} images/s = {rate / cores:.0f} images/s per core "
+        f"(goal {GOAL:.0f})")
+  if args.profile:
+    for name, r in stage_rates(source, target_fn, args.threads, args.batch_size,
+                               args.batches).items():
+      print(f"  {name:36s} {r / cores:7.0f} images/s per core  {1e3 * cores / r:6.2f} ms")
+    joint_err, pixel_err = check_prototype(source, target_fn)
+    print(f"  prototype vs process_example: joints differ by <= {joint_err:.2g} px, crops by "
+          f"{pixel_err:.3f} on average (pixels in [0, 1]; DCT pre-filter)")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,34 @@
+"""python -m jaxpose.summary: parameter count and GFLOPs without compiling a train step."""
+
+import os
+import subprocess
+import sys
+
+from jaxpose import summary
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_summarize_two_stack_paper_model():
+  s = summary.summarize(summary.load_config(os.path.join(REPO, "configs/hourglass2_mpii.py")))
+  assert s["params"] == 6_730_912
+  assert s["batch_stats"] > 0
+  assert len(s["output_shapes"]) == 2 and s["output_shapes"][-1] == (1, 64, 64, 16)
+  assert 10 < s["gflops"] < 40  # About a quarter of the 8-stack model's 55.6.
+
+
+def test_cli_prints_params_line_for_the_paper_config():
+  proc = subprocess.run([sys.executable, "-m", "jaxpose.summary", "configs/hourglass_mpii.py"],
+                        cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  assert "params: 25594624" in proc.stdout.splitlines()
+  assert "gflops:" in proc.stdout
+
+
+def test_missing_config_file_is_named():
+  try:
+    summary.load_config("configs/nope.py")
+  except FileNotFoundError as e:
+    assert "configs/nope.py" in str(e)
+  else:
+    raise AssertionError("no error")
