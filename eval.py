@@ -5,7 +5,9 @@ r"""Evaluates a checkpoint, or another system's prediction file, with the offici
   python eval.py --preds FILE --dataset mpii_val --gt ../shared/data/mpii/detections_our_format.mat
 
 Prints the table in the papers' layout (Head Shoulder Elbow Wrist Hip Knee Ankle Total, AUC);
---output_json PATH writes {"table": {column: percent, ..., "AUC": ...}, ...}.
+--output_json PATH writes {"table": {column: percent, ..., "AUC": ...}, ...}. With --ckpt it also
+writes predictions, PCK-vs-threshold curves and best/worst skeleton overlays (for MPII, the
+benchmark's pred_keypoints_mpii.mat) into WORKDIR/eval/<split>_step<step>/.
 """
 
 import json
@@ -27,6 +29,9 @@ _SPLIT = flags.DEFINE_string("split", None, "With --ckpt: split to evaluate (def
 _FLIP = flags.DEFINE_bool("flip_test", True, "Average with the flipped image's heat maps.")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Global evaluation batch size.")
 _OUTPUT_JSON = flags.DEFINE_string("output_json", None, "Write the numbers here as JSON.")
+_WRITE_OUTPUTS = flags.DEFINE_bool(
+    "write_outputs", True, "With --ckpt: also write predictions, PCK curves, best/worst "
+    "overlays (and for MPII the benchmark .mat) into WORKDIR/eval/<split>_step<step>/.")
 runtime.define_distributed_flags()
 
 
@@ -56,8 +61,11 @@ def main(argv):
   from jaxpose import evaluate  # pylint: disable=g-import-not-at-top  (after jax set-up)
   result = evaluate.evaluate_checkpoint(_CKPT.value, split=_SPLIT.value,
                                         flip_test=_FLIP.value, batch_size=_BATCH.value,
-                                        convention=_CONVENTION.value)
+                                        convention=_CONVENTION.value,
+                                        write_outputs=_WRITE_OUTPUTS.value)
   print(result["text"])
+  for path in result["outputs"]:
+    print(f"wrote {path}")
   if _OUTPUT_JSON.value:
     _write_json(_OUTPUT_JSON.value, {k: v for k, v in result.items() if k != "text"})
 

@@ -33,10 +33,12 @@ def read_scalars(workdir: str) -> dict[str, dict[int, float]]:
   """{tag: {step: value}} from the run's event files (later runs overwrite earlier steps)."""
   out: dict[str, dict[int, float]] = {}
   for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))):
-    for event in tf.compat.v1.train.summary_iterator(path):
+    for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+      event = tf.compat.v1.Event.FromString(record)
       for v in event.summary.value:
-        value = float(tf.make_ndarray(v.tensor)) if v.HasField("tensor") else v.simple_value
-        out.setdefault(v.tag, {})[event.step] = value
+        value = tf.make_ndarray(v.tensor) if v.HasField("tensor") else np.array(v.simple_value)
+        if value.size == 1 and value.dtype.kind == "f":  # Scalars only (not hparams, text).
+          out.setdefault(v.tag, {})[event.step] = float(value)
   return out
 
 

@@ -3,9 +3,9 @@ r"""Quickstart: a small Stacked Hourglass on the built-in synthetic people, size
   python train.py --config configs/quickstart.py --workdir runs/qs
   python eval.py --ckpt runs/qs
 
-1 stack, 48 features, depth 3, 128x128 input, 32x32 heat maps (sigma 1), batch 16, 1800 steps:
+1 stack, 48 features, depth 3, 128x128 input, 32x32 heat maps (sigma 1), batch 8, 3400 steps:
 about 9-10 minutes on a 2-core CPU. Unlike the paper configs it trains with a per-joint softmax
-cross-entropy on the Gaussian targets and Adam (2e-3, warm-up, cosine decay): on CPU, from
+cross-entropy on the Gaussian targets and Adam (1.5e-3, warm-up, cosine decay): on CPU, from
 scratch, plain MSE on sigma-1 targets sits near zero for the first ~500 steps while
 cross-entropy learns at once. Augmentation is flips, +-15% scale and colour jitter only (the
 synthetic people are already rotated in the data). Pipeline, flip test, decoding and metric are
@@ -27,19 +27,19 @@ def get_config(arg: str | None = None):
   c.sigma = 1.0
   c.loss = "softmax_ce"
   c.optimizer.name = "adam"
-  c.optimizer.learning_rate = 2e-3
+  c.optimizer.learning_rate = 1.5e-3
   c.optimizer.warmup_steps = 100
   c.optimizer.schedule = "cosine"
-  c.batch_size = 16
+  c.batch_size = 8  # As many images/s as 16 on a CPU, twice the updates.
   c.eval_batch_size = 64
   # The synthetic people are already rotated +-30 deg in the data: no rotation on top, and a
   # milder scale jitter, so ten minutes of CPU go to the validation distribution.
   c.augment.rotation_prob = 0.0
   c.augment.scale = 0.15
-  c.num_train_steps = 1800
-  c.log_every_steps = 50
-  c.eval_every_steps = 250
-  c.checkpoint_every_steps = 250
+  c.num_train_steps = 3400
+  c.log_every_steps = 100
+  c.eval_every_steps = 425
+  c.checkpoint_every_steps = 425
   if arg == "tiny":
     c.model.features = 16
     c.model.depth = 2

@@ -143,9 +143,12 @@ def load_checkpoint(path: str, mesh):
 
 
 def evaluate_checkpoint(path: str, *, split: str | None = None, flip_test: bool = True,
-                        batch_size: int | None = None, convention: str = "official") -> dict:
+                        batch_size: int | None = None, convention: str = "official",
+                        write_outputs: bool = True) -> dict:
   """eval.py --ckpt: restores, predicts the split, scores. Returns a JSON-able dict with
-  "table" ({column: percent, ..., "AUC": ...}) and "text" (the printable table)."""
+  "table" ({column: percent, ..., "AUC": ...}), "text" (the printable table) and "outputs"
+  (files written into WORKDIR/eval/<split>_step<step>/ when `write_outputs`)."""
+  from jaxpose import checkpoints  # pylint: disable=g-import-not-at-top
   from jaxpose.data import datasets  # pylint: disable=g-import-not-at-top
   mesh = parallel.make_mesh()
   config, family, variables, step = load_checkpoint(path, mesh)
@@ -153,12 +156,82 @@ def evaluate_checkpoint(path: str, *, split: str | None = None, flip_test: bool 
   source = datasets.load_source(config.dataset, split)
   batch_size = batch_size or config.eval_batch_size
   parallel.check_batch_size(batch_size, mesh)
-  table, _ = evaluate(variables, family, source, mesh,
-                      local_batch_size=batch_size // jax.process_count(), flip_test=flip_test,
-                      convention=convention)
+  table, preds = evaluate(variables, family, source, mesh,
+                          local_batch_size=batch_size // jax.process_count(),
+                          flip_test=flip_test, convention=convention)
   name, threshold = HEADLINE[source.skeleton.name]
   title = (f"{config.model.name} step {step} on {source.name} ({source.num_examples} people), "
            f"{name}@{threshold} ({convention}{', flip test' if flip_test else ''})")
+  outputs = []
+  if write_outputs and jax.process_index() == 0:
+    workdir = checkpoints.resolve(path)[0].absolute().parent
+    out_dir = workdir / "eval" / f"{split}_step{step}"
+    outputs = write_eval_outputs(str(out_dir), preds, source, config, convention)
   return {"table": table, "text": format_table(table, source, title), "step": int(step),
           "checkpoint": str(path), "dataset": source.name, "num_examples": source.num_examples,
-          "flip_test": flip_test, "convention": convention}
+          "flip_test": flip_test, "convention": convention, "outputs": outputs}
+
+
+def write_eval_outputs(out_dir: str, preds: np.ndarray, source: pipeline.Source, config,
+                       convention: str = "official", num_overlays: int = 8) -> list[str]:
+  """Writes what a user inspects after an evaluation; returns the paths.
+
+  predictions.npz (0-based pixels, with ids), pck_curves.png (PCK(h) vs threshold per joint
+  group), overlays_best_worst.png (skeletons of the best and worst people by mean normalised
+  error), and for MPII validation pred_keypoints_mpii.mat in the benchmark's annolist format.
+  """
+  import os  # pylint: disable=g-import-not-at-top
+  from jaxpose import prediction_files, visualize  # pylint: disable=g-import-not-at-top
+  os.makedirs(out_dir, exist_ok=True)
+  ann = source.annotations
+  paths = []
+  path = os.path.join(out_dir, "predictions.npz")
+  np.savez_compressed(path, preds=preds, id=ann["id"])
+  paths.append(path)
+
+  thresholds = metrics.AUC_THRESHOLDS
+  args = (preds, ann["joints"], ann["visible"], ann["norm_size"], source.skeleton)
+  curves = metrics.pck_curve(*args, thresholds=thresholds, convention=convention)
+  name, _ = HEADLINE[source.skeleton.name]
+  path = os.path.join(out_dir, "pck_curves.png")
+  visualize.plot_pck_curves(np.asarray(thresholds), curves, path,
+                            title=f"{name} vs threshold, {source.name}")
+  paths.append(path)
+
+  dist = metrics.normalized_distances(*args[:4], scored=source.skeleton.scored_joints)
+  d = np.where(dist.counted, np.nan_to_num(dist.distances, nan=10.0), np.nan)
+  err = np.nanmean(d, axis=1)
+  order = np.argsort(np.where(np.isfinite(err), err, np.inf))
+  order = order[np.isfinite(err[order])]
+  chosen = list(order[:num_overlays]) + list(order[::-1][:num_overlays])
+  tiles, titles = [], []
+  for rank, i in enumerate(chosen):
+    tiles.append(_person_tile(source, int(i), preds[i]))
+    titles.append(f"{'best' if rank < num_overlays else 'worst'} id {int(ann['id'][i])} "
+                  f"err {err[i]:.2f}")
+  if tiles:
+    path = os.path.join(out_dir, "overlays_best_worst.png")
+    visualize.save_png(visualize.image_grid(tiles, ncols=num_overlays, titles=titles), path)
+    paths.append(path)
+
+  if config.dataset.name == "mpii" and source.name.endswith("/validation"):
+    from jaxpose.data import mpii  # pylint: disable=g-import-not-at-top
+    split = mpii.standard_split()
+    path = os.path.join(out_dir, "pred_keypoints_mpii.mat")
+    ids = ann["id"].astype(int)
+    prediction_files.write_mpii_submission(
+        path, preds, np.asarray(split.valid_image_index)[ids],
+        np.asarray(split.valid_person_index)[ids])
+    paths.append(path)
+  return paths
+
+
+def _person_tile(source: pipeline.Source, i: int, pred: np.ndarray, size: int = 160):
+  """The person's box (200 x scale around the centre) with the predicted skeleton, resized."""
+  from jaxpose import visualize  # pylint: disable=g-import-not-at-top
+  ann = source.annotations
+  image = pipeline.decode_image(source.images[i]).numpy()
+  drawn = visualize.draw_skeleton(image, pred, ann["visible"][i], source.skeleton)
+  matrix = pipeline.crop_transform(ann["center"][i], ann["scale"][i], 0.0, size)
+  crop = pipeline.warp_image(tf.constant(visualize.to_uint8(drawn), tf.float32), matrix, size)
+  return np.clip(crop.numpy(), 0, 255).astype(np.uint8)

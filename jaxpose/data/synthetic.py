@@ -735,8 +735,10 @@ class SyntheticPose(tfds.core.GeneratorBasedBuilder,
       for index in range(num):
         yield index, render_one(index)
       return
-    # Workers only run numpy and PIL, so forking the (TensorFlow-loaded) parent is safe.
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
+    # Not a plain fork: the parent may run JAX and TensorFlow threads (train.py builds the data
+    # set on first use), and forking a multithreaded process can deadlock. A fork server
+    # starts clean once and forks the workers from there.
+    with multiprocessing.get_context("forkserver").Pool(workers) as pool:
       for index, example in enumerate(pool.imap(render_one, range(num), _POOL_CHUNK)):
         yield index, example
 

@@ -1,0 +1,177 @@
+"""Sharding: 8 simulated devices train like 1, checkpoints reshard, 2 real processes agree.
+
+The device count is fixed when jax starts, so the many-device programs run in subprocesses with
+`XLA_FLAGS=--xla_force_host_platform_device_count=N`; this process has one CPU device.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+
+from configs import quickstart
+from jaxpose import checkpoints
+from jaxpose import families
+from jaxpose import parallel
+from jaxpose import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+XLA_CACHE = os.path.join(REPO, ".pytest_cache", "xla")
+
+# Shared by the subprocess scripts: a tiny config, an in-memory source of random images, a
+# state and the first batches. `CONFIG_JSON` is set by the caller.
+_COMMON = textwrap.dedent("""
+    import io, json, os, sys
+    import jax
+    jax.config.update("jax_compilation_cache_dir", os.environ["XLA_CACHE"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    import numpy as np
+    import optax
+    import tensorflow as tf
+    from PIL import Image
+    from jax.sharding import Mesh
+    from configs import quickstart
+    from jaxpose import checkpoints, families, parallel, skeletons, train
+    from jaxpose.data import pipeline
+
+    def dots_source(n=16, size=48):
+      rng = np.random.default_rng(0)
+      images, joints = [], []
+      for _ in range(n):
+        img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+        pts = rng.uniform(8, size - 8, (16, 2)).astype(np.float32)
+        for x, y in pts:
+          img[int(y), int(x)] = 255
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="PNG")
+        images.append(buf.getvalue())
+        joints.append(pts)
+      ann = {"joints": np.asarray(joints), "visible": np.ones((n, 16), np.float32),
+             "occluded": np.zeros((n, 16), np.float32),
+             "center": np.full((n, 2), size / 2, np.float32),
+             "scale": np.full((n,), size / 200, np.float32),
+             "head_box": np.zeros((n, 4), np.float32),
+             "norm_size": np.full((n,), 5.0, np.float32), "id": np.arange(n, dtype=np.int64)}
+      return pipeline.Source("dots", tf.constant(images), ann, skeletons.MPII)
+
+    def tiny_config():
+      c = quickstart.get_config("tiny")
+      c.optimizer.warmup_steps = 0
+      c.batch_size = 8
+      return c
+
+    def local_batches(config, family, source, steps, process_index=0, process_count=1):
+      ds = pipeline.train_dataset(
+          source, input_size=family.input_size, target_fn=family.target_fn,
+          augment=pipeline.Augment(), global_batch_size=config.batch_size, seed=0,
+          process_index=process_index, process_count=process_count)
+      it = ds.as_numpy_iterator()
+      return [next(it) for _ in range(steps)]
+
+    def run(config, family, mesh, batches):
+      # Plain SGD: Adam would blow float-rounding noise in near-zero gradients up to +-lr.
+      tx = optax.sgd(0.1)
+      state = train.create_train_state(family, tx, jax.random.key(0), mesh)
+      step = train.make_train_step(family, mesh)
+      for i, b in enumerate(batches):
+        state, _ = step(state, parallel.global_batch(b, mesh), jax.random.key(i))
+      return state
+""")
+
+_EIGHT_DEVICES = _COMMON + textwrap.dedent("""
+    assert jax.device_count() == 8, jax.devices()
+    out = sys.argv[1]
+    config = tiny_config()
+    family = families.create_family(config)
+    batches = local_batches(config, family, dots_source(), steps=3)
+    mesh8 = parallel.make_mesh()
+    mesh1 = Mesh(np.asarray(jax.devices()[:1]), (parallel.DATA_AXIS,))
+    s8 = run(config, family, mesh8, batches)
+    s1 = run(config, family, mesh1, batches)
+    assert len(jax.tree.leaves(s8.params)[0].sharding.device_set) == 8
+    np.savez(os.path.join(out, "s8.npz"), *jax.tree.leaves(jax.device_get(
+        {"params": s8.params, "batch_stats": s8.batch_stats})))
+    np.savez(os.path.join(out, "s1.npz"), *jax.tree.leaves(jax.device_get(
+        {"params": s1.params, "batch_stats": s1.batch_stats})))
+
+    # The checkpoint the 1-device test process wrote, restored onto 8 devices.
+    tx = train.create_optimizer(config, 100)
+    manager = checkpoints.manager(os.path.join(out, "ckpt1"), config)
+    abstract = train.create_train_state(family, tx, jax.random.key(1), mesh8, abstract=True)
+    restored = checkpoints.restore_state(manager, 3, abstract)
+    assert len(jax.tree.leaves(restored.params)[0].sharding.device_set) == 8
+    np.savez(os.path.join(out, "restored8.npz"), *jax.tree.leaves(jax.device_get(
+        {"params": restored.params, "batch_stats": restored.batch_stats})))
+    # An 8-device checkpoint for the test process to restore on 1 device.
+    manager8 = checkpoints.manager(os.path.join(out, "ckpt8"), config)
+    checkpoints.save(manager8, s8, config, 3)
+    manager8.wait_until_finished()
+""")
+
+
+def _run_script(script, tmp_path, devices, *args, env=None, timeout=240):
+  path = tmp_path / "script.py"
+  path.write_text(script)
+  env = dict(os.environ, **(env or {}), XLA_CACHE=XLA_CACHE, PYTHONPATH=REPO,
+             TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  return subprocess.Popen([sys.executable, str(path), *map(str, args)], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait(proc, timeout=240):
+  out, _ = proc.communicate(timeout=timeout)
+  assert proc.returncode == 0, out[-5000:]
+  return out
+
+
+def _leaves(path):
+  with np.load(path) as f:
+    return [f[f"arr_{i}"] for i in range(len(f.files))]
+
+
+def _tiny_config():
+  c = quickstart.get_config("tiny")
+  c.optimizer.warmup_steps = 0
+  return c
+
+
+def test_eight_devices_match_one_and_checkpoints_reshard(tmp_path):
+  # A 1-device checkpoint (this process) for the 8-device process to restore.
+  config = _tiny_config()
+  family = families.create_family(config)
+  tx = train.create_optimizer(config, 100)
+  mesh = parallel.make_mesh()
+  assert mesh.devices.size == 1
+  state = train.create_train_state(family, tx, jax.random.key(7), mesh)
+  state = state.replace(step=3)
+  manager = checkpoints.manager(tmp_path / "ckpt1", config)
+  checkpoints.save(manager, state, config, 3)
+  manager.wait_until_finished()
+  expected1 = jax.tree.leaves(jax.device_get(
+      {"params": state.params, "batch_stats": state.batch_stats}))
+
+  _wait(_run_script(_EIGHT_DEVICES, tmp_path, 8, tmp_path))
+
+  s8, s1 = _leaves(tmp_path / "s8.npz"), _leaves(tmp_path / "s1.npz")
+  assert len(s8) == len(s1) > 10
+  for a, b in zip(s8, s1):  # Parameters and the (global) BatchNorm statistics.
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  assert any(not np.allclose(a, e) for a, e in zip(s1, expected1))  # Training moved them.
+  for a, b in zip(_leaves(tmp_path / "restored8.npz"), expected1):
+    np.testing.assert_array_equal(a, b)
+
+  # The 8-device checkpoint restored onto this process's single device.
+  manager8 = checkpoints.manager(tmp_path / "ckpt8", config, read_only=True)
+  abstract = train.create_train_state(family, tx, jax.random.key(1), mesh, abstract=True)
+  restored = checkpoints.restore_state(manager8, 3, abstract)
+  assert int(restored.step) == 3
+  got = jax.tree.leaves(jax.device_get(
+      {"params": restored.params, "batch_stats": restored.batch_stats}))
+  for a, b in zip(got, s8):
+    np.testing.assert_array_equal(a, b)
