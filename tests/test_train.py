@@ -138,6 +138,12 @@ def test_train_resume_is_bit_exact_and_eval_deterministic(full_run, tmp_path, mo
   assert r1["table"] == r2["table"]
   assert r1["table"]["Total"] == pytest.approx(table["Total"])
   assert "Head Shoulder Elbow Wrist Hip Knee Ankle Total" in " ".join(r1["text"].split())
+  out = tmp / "work" / "eval" / "validation_step6"
+  names = sorted(os.path.basename(p) for p in r1["outputs"])
+  assert names == ["overlays_best_worst.png", "pck_curves.png", "predictions.npz"]
+  assert all((out / n).stat().st_size > 0 for n in names)
+  saved = np.load(out / "predictions.npz")
+  assert saved["preds"].shape == (32, 16, 2) and saved["id"].tolist() == list(range(32))
 
 
 def test_workdir_with_another_models_checkpoint_is_refused(full_run):
