@@ -1,6 +1,8 @@
 """Process set-up shared by the entry points: flags, distributed runtime, caches, TF."""
 
+import functools
 import os
+import sys
 
 from absl import flags
 from absl import logging as absl_logging
@@ -42,3 +44,20 @@ class _QuietLibraries:
 
   def filter(self, record) -> bool:
     return record.levelno >= 30 or "/orbax/" not in record.pathname
+
+
+def clean_errors(main, program: str):
+  """Wraps an absl main: errors about the user's input (a missing file, a bad value, a
+  non-finite loss) print one line naming the culprit instead of a traceback. Set
+  JAXPOSE_TRACEBACK=1 to see the traceback."""
+
+  @functools.wraps(main)
+  def wrapped(argv):
+    try:
+      return main(argv)
+    except (FileNotFoundError, ValueError, FloatingPointError) as e:
+      if os.environ.get("JAXPOSE_TRACEBACK"):
+        raise
+      sys.exit(f"{program}: error: {type(e).__name__}: {e}")
+
+  return wrapped
