@@ -1,4 +1,5 @@
-"""Sharding: 8 simulated devices train like 1, checkpoints reshard, 2 real processes agree.
+"""Sharding: 8 simulated devices train like 1, checkpoints reshard, 2 real processes agree;
+bfloat16 and rematerialisation train with float32 parameters.
 
 The device count is fixed when jax starts, so the many-device programs run in subprocesses with
 `XLA_FLAGS=--xla_force_host_platform_device_count=N`; this process has one CPU device.
@@ -13,12 +14,16 @@ import textwrap
 
 import jax
 import numpy as np
+import optax
+import pytest
 
 from configs import quickstart
 from jaxpose import checkpoints
 from jaxpose import families
 from jaxpose import parallel
 from jaxpose import train
+from jaxpose.data import datasets
+from jaxpose.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 XLA_CACHE = os.path.join(REPO, ".pytest_cache", "xla")
@@ -75,7 +80,7 @@ _COMMON = textwrap.dedent("""
 
     def run(config, family, mesh, batches):
       # Plain SGD: Adam would blow float-rounding noise in near-zero gradients up to +-lr.
-      tx = optax.sgd(0.1)
+      tx = optax.sgd(0.02)
       state = train.create_train_state(family, tx, jax.random.key(0), mesh)
       step = train.make_train_step(family, mesh)
       for i, b in enumerate(batches):
@@ -91,6 +96,9 @@ _EIGHT_DEVICES = _COMMON + textwrap.dedent("""
     batches = local_batches(config, family, dots_source(), steps=3)
     mesh8 = parallel.make_mesh()
     mesh1 = Mesh(np.asarray(jax.devices()[:1]), (parallel.DATA_AXIS,))
+    s0 = run(config, family, mesh1, [])
+    np.savez(os.path.join(out, "init.npz"), *jax.tree.leaves(jax.device_get(
+        {"params": s0.params, "batch_stats": s0.batch_stats})))
     s8 = run(config, family, mesh8, batches)
     s1 = run(config, family, mesh1, batches)
     assert len(jax.tree.leaves(s8.params)[0].sharding.device_set) == 8
@@ -160,18 +168,112 @@ def test_eight_devices_match_one_and_checkpoints_reshard(tmp_path):
 
   s8, s1 = _leaves(tmp_path / "s8.npz"), _leaves(tmp_path / "s1.npz")
   assert len(s8) == len(s1) > 10
+  init = _leaves(tmp_path / "init.npz")
+  diff = max(np.abs(a - b).max() for a, b in zip(s8, s1))
+  moved = max(np.abs(a - b).max() for a, b in zip(s1, init))
   for a, b in zip(s8, s1):  # Parameters and the (global) BatchNorm statistics.
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-  assert any(not np.allclose(a, e) for a, e in zip(s1, expected1))  # Training moved them.
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=2e-3)
+  assert moved > 1000 * diff  # Training moved them far more than the devices disagree.
   for a, b in zip(_leaves(tmp_path / "restored8.npz"), expected1):
     np.testing.assert_array_equal(a, b)
 
   # The 8-device checkpoint restored onto this process's single device.
   manager8 = checkpoints.manager(tmp_path / "ckpt8", config, read_only=True)
-  abstract = train.create_train_state(family, tx, jax.random.key(1), mesh, abstract=True)
+  abstract = train.create_train_state(family, optax.sgd(0.02), jax.random.key(1), mesh,
+                                      abstract=True)
   restored = checkpoints.restore_state(manager8, 3, abstract)
   assert int(restored.step) == 3
   got = jax.tree.leaves(jax.device_get(
       {"params": restored.params, "batch_stats": restored.batch_stats}))
   for a, b in zip(got, s8):
     np.testing.assert_array_equal(a, b)
+
+
+_PROCESS = _COMMON + textwrap.dedent("""
+    out, process_id, num_processes, port = sys.argv[1], *map(int, sys.argv[2:])
+    if num_processes > 1:
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+      jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}",
+                                 num_processes=num_processes, process_id=process_id,
+                                 initialization_timeout=120)
+    assert jax.device_count() == 4 and jax.process_count() == num_processes
+    config = tiny_config()
+    family = families.create_family(config)
+    source = dots_source()
+    steps = 2
+    batches = local_batches(config, family, source, steps, process_id, num_processes)
+    indices = [pipeline.train_step_indices(source, step=s, global_batch_size=config.batch_size,
+                                           seed=0, process_index=process_id,
+                                           process_count=num_processes)
+               for s in range(steps)]
+    assert all(len(b["image"]) == config.batch_size // num_processes for b in batches)
+    state = run(config, family, parallel.make_mesh(), batches)
+    local = lambda x: np.asarray(x.addressable_shards[0].data)  # Replicated: any shard.
+    leaves = jax.tree.leaves(jax.tree.map(
+        local, {"params": state.params, "batch_stats": state.batch_stats}))
+    np.savez(os.path.join(out, f"p{process_id}of{num_processes}.npz"), *leaves)
+    with open(os.path.join(out, f"p{process_id}of{num_processes}.json"), "w") as f:
+      json.dump(indices, f)
+""")
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_and_read_disjoint_halves(tmp_path):
+  port = _free_port()
+  procs = [_run_script(_PROCESS, tmp_path, 2, tmp_path, i, 2, port) for i in range(2)]
+  for p in procs:
+    _wait(p)
+  _wait(_run_script(_PROCESS, tmp_path, 4, tmp_path, 0, 1, 0))
+
+  single = _leaves(tmp_path / "p0of1.npz")
+  for i in range(2):
+    for a, b in zip(_leaves(tmp_path / f"p{i}of2.npz"), single):
+      np.testing.assert_allclose(a, b, rtol=1e-3, atol=2e-3)
+  halves = [json.loads((tmp_path / f"p{i}of2.json").read_text()) for i in range(2)]
+  whole = json.loads((tmp_path / "p0of1.json").read_text())
+  for step, full in enumerate(whole):
+    a, b = halves[0][step], halves[1][step]
+    assert len(a) == len(b) == len(full) // 2
+    assert a + b == full  # Process 0 reads the first half of the global batch, 1 the second.
+    # Disjoint positions (indices may repeat only across epochs; a batch is within one here).
+    assert not set(a) & set(b)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp("tfds")
+
+
+@pytest.mark.parametrize("option", ["mixed_precision", "remat"])
+def test_bfloat16_and_remat_train_a_step_with_float32_params(option, data_dir, tmp_path):
+  config = _tiny_config()
+  config.dataset.data_dir = str(data_dir)
+  config.num_train_steps = 1
+  config.eval_batch_size = 8
+  if option == "mixed_precision":
+    config.mixed_precision = "bfloat16"
+  else:
+    config.remat = True
+  table = train.train_and_evaluate(config, str(tmp_path / "work"))
+  assert np.isfinite(table["Total"])
+  assert (tmp_path / "work" / "checkpoints" / "1").exists()
+  # The step's output state (traced, not compiled again) keeps float32 parameters.
+  mesh = parallel.make_mesh()
+  family = families.create_family(config)
+  state = train.create_train_state(family, train.create_optimizer(config, 100),
+                                   jax.random.key(0), mesh)
+  source = datasets.load_source(config.dataset, config.dataset.train_split)
+  batch = next(pipeline.train_dataset(
+      source, input_size=family.input_size, target_fn=family.target_fn,
+      augment=pipeline.Augment(), global_batch_size=config.batch_size,
+      seed=0).as_numpy_iterator())
+  new_state, metrics = jax.eval_shape(train.make_train_step(family, mesh), state,
+                                      parallel.global_batch(batch, mesh), jax.random.key(0))
+  dtypes = {x.dtype for x in jax.tree.leaves(new_state.params)}
+  assert dtypes == {jax.numpy.dtype("float32")}, dtypes
+  assert metrics["loss"].dtype == jax.numpy.float32

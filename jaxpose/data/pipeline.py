@@ -193,10 +193,20 @@ def check_decodable(source: Source, indices) -> None:
     raise ValueError(f"Undecodable image(s) in {source.name}: " + "; ".join(bad))
 
 
+def check_joints(source: Source) -> None:
+  """Annotations must have the skeleton's number of joints (else tf.data fails obscurely)."""
+  k, want = source.annotations["joints"].shape[1], source.skeleton.num_joints
+  if k != want:
+    raise ValueError(f"{source.name}: annotations have {k} joints but skeleton "
+                     f"{source.skeleton.name!r} (and the model) has {want}; check "
+                     "config.dataset.skeleton.")
+
+
 def train_dataset(source: Source, *, input_size: int, target_fn: TargetFn, augment: Augment,
                   global_batch_size: int, seed: int, start_step: int = 0,
                   process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
   """Endless training batches of this process's share, starting at `start_step`."""
+  check_joints(source)
   if global_batch_size % process_count:
     raise ValueError(f"Global batch size {global_batch_size} is not divisible by the number "
                      f"of processes {process_count}.")
@@ -240,6 +250,7 @@ def eval_layout(num_examples: int, local_batch_size: int, process_index: int,
 def eval_dataset(source: Source, *, input_size: int, local_batch_size: int,
                  process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
   """One deterministic pass over the split: batches with `index` and `mask` (padding = 0)."""
+  check_joints(source)
   indices, mask = eval_layout(source.num_examples, local_batch_size, process_index,
                               process_count)
 

@@ -1,0 +1,242 @@
+"""Bad input, one test per row of README's "Bad input" table: a clear error naming the culprit
+(or the documented behaviour), and nothing already written is lost."""
+
+import io
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow as tf
+
+from configs import quickstart
+from jaxpose import checkpoints
+from jaxpose import families
+from jaxpose import metrics
+from jaxpose import parallel
+from jaxpose import prediction_files
+from jaxpose import evaluate
+from jaxpose import skeletons
+from jaxpose import train
+from jaxpose.data import datasets
+from jaxpose.data import pipeline
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(tmp_path, **overrides):
+  c = quickstart.get_config("tiny")
+  c.dataset.data_dir = str(tmp_path / "tfds")
+  for k, v in overrides.items():
+    c[k] = v
+  return c
+
+
+def _encode(img: Image.Image, fmt: str) -> bytes:
+  buf = io.BytesIO()
+  img.save(buf, format=fmt)
+  return buf.getvalue()
+
+
+def _source(images, n_joints=16, joints=None, visible=None, skeleton=skeletons.MPII):
+  n, size = len(images), 48
+  rng = np.random.default_rng(0)
+  if joints is None:
+    joints = rng.uniform(8, size - 8, (n, n_joints, 2)).astype(np.float32)
+  ann = {"joints": np.asarray(joints, np.float32),
+         "visible": np.ones((n, n_joints), np.float32) if visible is None else visible,
+         "occluded": np.zeros((n, n_joints), np.float32),
+         "center": np.full((n, 2), size / 2, np.float32),
+         "scale": np.full((n,), size / 200, np.float32),
+         "head_box": np.zeros((n, 4), np.float32), "norm_size": np.full((n,), 5.0, np.float32),
+         "id": np.arange(n, dtype=np.int64)}
+  return pipeline.Source("bad", tf.constant(images), ann, skeleton)
+
+
+def _rgb(n=4, size=48):
+  rng = np.random.default_rng(1)
+  return [_encode(Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)), "JPEG")
+          for _ in range(n)]
+
+
+def _family_batch(tmp_path, source, batch_size=4):
+  config = _config(tmp_path, batch_size=batch_size)
+  family = families.create_family(config)
+  ds = pipeline.train_dataset(source, input_size=family.input_size, target_fn=family.target_fn,
+                              augment=pipeline.Augment(), global_batch_size=batch_size, seed=0)
+  return config, family, next(ds.as_numpy_iterator())
+
+
+def _run_train_py(tmp_path, *flags):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+  return subprocess.run([sys.executable, "train.py", "--config", "configs/quickstart.py:tiny",
+                         "--workdir", str(tmp_path / "w"), *flags],
+                        cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+
+
+# ---------------------------------------------------------------------------------------------
+# Images and annotations.
+
+
+def test_truncated_jpeg_is_named():
+  images = _rgb()
+  images[2] = images[2][:len(images[2]) // 3]
+  with pytest.raises(ValueError, match=r"index 2 \(id 2\)"):
+    pipeline.check_decodable(_source(images), range(4))
+
+
+def test_grayscale_and_cmyk_images_train_and_evaluate(tmp_path):
+  rng = np.random.default_rng(2)
+  gray = Image.fromarray(rng.integers(0, 255, (48, 48), dtype=np.uint8), "L")
+  cmyk = Image.fromarray(rng.integers(0, 255, (48, 48, 4), dtype=np.uint8), "CMYK")
+  images = [_encode(gray, "JPEG"), _encode(gray, "PNG"), _encode(cmyk, "JPEG"), _rgb(1)[0]]
+  source = _source(images)
+  pipeline.check_decodable(source, range(4))
+  config, family, batch = _family_batch(tmp_path, source)
+  assert batch["image"].shape == (4, 64, 64, 3) and np.isfinite(batch["image"]).all()
+  mesh = parallel.make_mesh()
+  state = train.create_train_state(family, train.create_optimizer(config, 100),
+                                   jax.random.key(0), mesh)
+  state, m = train.make_train_step(family, mesh)(state, parallel.global_batch(batch, mesh),
+                                                 jax.random.key(0))
+  assert np.isfinite(float(m["loss"]))
+  preds, _ = evaluate.predict_split({"params": state.params, "batch_stats": state.batch_stats},
+                                 family, source, mesh, local_batch_size=4)
+  assert preds.shape == (4, 16, 2) and np.isfinite(preds).all()
+
+
+def test_joints_outside_the_image_get_zero_weight(tmp_path):
+  joints = np.random.default_rng(0).uniform(8, 40, (4, 16, 2)).astype(np.float32)
+  joints[:, 9] = [-500.0, 900.0]  # Head top: not swapped by flips.
+  _, family, batch = _family_batch(tmp_path, _source(_rgb(), joints=joints))
+  assert (batch["target_weight"][:, 9] == 0).all() and (batch["target_weight"][:, 0] > 0).all()
+  loss, _ = family.loss_fn((batch["targets"],), batch)
+  assert np.isfinite(loss)
+
+
+def test_all_joints_missing_weight_zero_no_nan(tmp_path):
+  visible = np.zeros((4, 16), np.float32)
+  _, family, batch = _family_batch(tmp_path, _source(_rgb(), visible=visible))
+  assert (batch["target_weight"] == 0).all()
+  for kind in ("mse", "softmax_ce"):
+    loss, _ = families.heatmap_losses((batch["targets"] + 1.0,), batch, kind)
+    assert np.isfinite(loss) and float(loss) == 0.0
+
+
+def test_zero_size_head_box_names_the_person():
+  gt = np.random.default_rng(0).uniform(0, 100, (3, 16, 2))
+  head = np.array([10.0, 0.0, 12.0])
+  with pytest.raises(ValueError, match=r"normaliser for person index\(es\) 1"):
+    metrics.joint_correctness(gt, gt, np.ones((3, 16)), head, 0.5)
+
+
+def test_wrong_number_of_joints_for_the_model_is_named(tmp_path):
+  source = _source(_rgb(), n_joints=14)  # LSP-sized annotations, MPII (16-joint) skeleton.
+  with pytest.raises(ValueError, match="14 joints.*16"):
+    _family_batch(tmp_path, source)
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs and flags.
+
+
+def test_unknown_config_key_and_wrong_type_are_named(tmp_path):
+  proc = _run_train_py(tmp_path, "--config.batch_size=abc")
+  assert proc.returncode != 0 and "batch_size" in proc.stderr and "abc" in proc.stderr
+  proc = _run_train_py(tmp_path, "--config.optimizer.learning_rat=0.1")
+  assert proc.returncode != 0 and "learning_rat" in proc.stderr
+  assert not (tmp_path / "w").exists()
+
+
+def test_unknown_dataset_model_precision_optimizer_are_named(tmp_path):
+  c = _config(tmp_path)
+  c.dataset.name = "coco"
+  with pytest.raises(ValueError, match="'coco'"):
+    datasets.load_source(c.dataset, "train")
+  c = _config(tmp_path)
+  c.model.name = "resnet"
+  with pytest.raises(ValueError, match="'resnet'"):
+    families.create_family(c)
+  c = _config(tmp_path, mixed_precision="fp8")
+  with pytest.raises(ValueError, match="'fp8'"):
+    families.create_family(c)
+  c = _config(tmp_path)
+  c.optimizer.name = "lamb"
+  with pytest.raises(ValueError, match="'lamb'"):
+    train.create_optimizer(c, 100)
+  c = _config(tmp_path, output_size=15)
+  with pytest.raises(ValueError, match="output_size=15"):
+    families.create_family(c)
+
+
+def test_unknown_split_is_named(tmp_path):
+  c = _config(tmp_path)
+  with pytest.raises(ValueError, match="no split 'nope'"):
+    datasets.load_source(c.dataset, "nope")
+
+
+def test_batch_size_not_divisible_by_devices_or_processes():
+  class FakeMesh:
+    devices = np.empty(4)
+  with pytest.raises(ValueError, match=r"batch_size=6 .*devices \(4\)"):
+    parallel.check_batch_size(6, FakeMesh())
+  with pytest.raises(ValueError, match="6 is not divisible by the number of processes 4"):
+    pipeline.train_dataset(_source(_rgb()), input_size=64, target_fn=None,
+                           augment=pipeline.Augment(), global_batch_size=6, seed=0,
+                           process_count=4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files and directories.
+
+
+def test_missing_manual_files_are_named(tmp_path):
+  c = _config(tmp_path)
+  c.dataset.name = "lsp"
+  c.dataset.skeleton = "lsp"
+  c.dataset.config = "default"
+  with pytest.raises(FileNotFoundError, match="joints.mat.*downloads/manual/lsp"):
+    datasets.load_source(c.dataset, "train")
+
+
+def test_workdir_that_cannot_be_created_is_named(tmp_path):
+  (tmp_path / "file").write_text("not a directory")
+  with pytest.raises(Exception, match="file is not a directory"):
+    train.train_and_evaluate(_config(tmp_path), str(tmp_path / "file" / "work"))
+  assert (tmp_path / "file").read_text() == "not a directory"
+
+
+def test_eval_of_an_empty_checkpoint_dir_names_it(tmp_path):
+  (tmp_path / "work" / "checkpoints").mkdir(parents=True)
+  with pytest.raises(FileNotFoundError, match="work"):
+    evaluate.load_checkpoint(str(tmp_path / "work"), parallel.make_mesh())
+
+
+def test_prediction_file_with_wrong_n_or_k_is_refused(tmp_path):
+  path = tmp_path / "preds.npy"
+  np.save(path, np.zeros((5, 14, 2)))
+  with pytest.raises(ValueError, match="preds.npy"):
+    prediction_files.load_predictions(str(path), num_people=6, num_joints=14)
+  with pytest.raises(ValueError, match="preds.npy"):
+    prediction_files.load_predictions(str(path), num_people=5, num_joints=16)
+  preds, _ = prediction_files.load_predictions(str(path), num_people=5, num_joints=14)
+  assert preds.shape == (5, 14, 2)
+
+
+def test_checkpoint_of_another_model_is_refused_before_writing(tmp_path):
+  config = _config(tmp_path)
+  mesh = parallel.make_mesh()
+  family = families.create_family(config)
+  tx = train.create_optimizer(config, 100)
+  state = train.create_train_state(family, tx, jax.random.key(0), mesh)
+  manager = checkpoints.manager(tmp_path / "work" / "checkpoints", config)
+  checkpoints.save(manager, state, config, 2)
+  manager.wait_until_finished()
+  other = _config(tmp_path)
+  other.model.num_stacks = 2
+  with pytest.raises(ValueError, match="different model"):
+    train.train_and_evaluate(other, str(tmp_path / "work"))
+  assert sorted(p.name for p in (tmp_path / "work" / "checkpoints").iterdir()) == ["2"]
