@@ -43,6 +43,7 @@ import tensorflow_datasets as tfds
 
 from jaxpose import skeletons
 from jaxpose import visualize
+from jaxpose.data import prepare
 
 TRAIN_SEED = 1_000_003
 VALIDATION_SEED = 2_000_029
@@ -701,21 +702,10 @@ class SyntheticPose(tfds.core.GeneratorBasedBuilder,
   DEFAULT_CONFIG_NAME = "default"
 
   def _info(self) -> tfds.core.DatasetInfo:
-    k = _SKELETON.num_joints
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-            "joints": tfds.features.Tensor(shape=(k, 2), dtype=np.float32),
-            "visible": tfds.features.Tensor(shape=(k,), dtype=np.float32),
-            "occluded": tfds.features.Tensor(shape=(k,), dtype=np.float32),
-            "center": tfds.features.Tensor(shape=(2,), dtype=np.float32),
-            "scale": tfds.features.Tensor(shape=(), dtype=np.float32),
-            "head_box": tfds.features.Tensor(shape=(4,), dtype=np.float32),
-            "norm_size": tfds.features.Tensor(shape=(), dtype=np.float32),
-            "id": tfds.features.Tensor(shape=(), dtype=np.int64),
-        }),
+        features=prepare.features(_SKELETON.num_joints),  # The spec every source shares.
         disable_shuffling=True,  # Keep examples in id order.
     )
 
