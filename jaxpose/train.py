@@ -170,7 +170,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
   is_chief = jax.process_index() == 0
-  writer = metric_writers.create_default_writer(str(workdir), just_logging=not is_chief)
+  # Only process 0 logs and writes summaries; the others write nothing.
+  writer = (metric_writers.create_default_writer(str(workdir)) if is_chief
+            else metric_writers.MultiWriter([]))
   family = families.create_family(config)
   # Refuse a workdir of another model before any expensive set-up.
   manager = checkpoints.manager(workdir / "checkpoints", config)
@@ -210,8 +212,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer.write_scalars(step, {f"eval/pckh_{k}": v for k, v in table.items()})
     return table
 
-  report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
-                                           every_steps=config.log_every_steps)
+  report = (periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
+                                            every_steps=config.log_every_steps)
+            if is_chief else lambda step: None)
   preemption = _Preemption()
   preemption.install()
   history, table, last_log = [], None, (start_step, time.time())
@@ -237,9 +240,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       last_log = (step, now)
       writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()}
                            | {"train/images_per_sec": rate * config.batch_size})
-      logging.info("step %d/%d  loss %.5f  %.2f steps/s  %.1f images/s  ETA %s", step,
-                   num_steps, means["loss"], rate, rate * config.batch_size,
-                   _eta((num_steps - step) / max(rate, 1e-9)))
+      if is_chief:
+        logging.info("step %d/%d  loss %.5f  %.2f steps/s  %.1f images/s  ETA %s", step,
+                     num_steps, means["loss"], rate, rate * config.batch_size,
+                     _eta((num_steps - step) / max(rate, 1e-9)))
     pckh = None
     if step % config.eval_every_steps == 0 or last_step:
       jax.block_until_ready(state.params)
@@ -248,8 +252,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       table = run_eval(step)
       eval_seconds += time.time() - t0
       writer.write_scalars(step, {"eval/train_minutes": train_seconds / 60})
-      logging.info("eval at step %d after %.1f min of training: PCKh@0.5 %.2f", step,
-                   train_seconds / 60, table["Total"])
+      if is_chief:
+        logging.info("eval at step %d after %.1f min of training: Total %.2f", step,
+                     train_seconds / 60, table["Total"])
       pckh = table["Total"]
     if step % config.checkpoint_every_steps == 0 or last_step or preemption.requested:
       if history:
