@@ -12,7 +12,7 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
-from configs import quickstart
+import helpers
 from jaxpose import checkpoints
 from jaxpose import families
 from jaxpose import metrics
@@ -28,11 +28,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(tmp_path, **overrides):
-  c = quickstart.get_config("tiny")
-  c.dataset.data_dir = str(tmp_path / "tfds")
-  for k, v in overrides.items():
-    c[k] = v
-  return c
+  return helpers.tiny_config(tmp_path / "tfds", **overrides)
 
 
 def _encode(img: Image.Image, fmt: str) -> bytes:

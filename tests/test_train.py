@@ -1,7 +1,5 @@
 """Trainer: a real step lowers the loss, the step traces once, resume is exact, bad input."""
 
-import io
-import json
 import os
 import subprocess
 import sys
@@ -9,16 +7,14 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 import pytest
 import tensorflow as tf
 
-from configs import quickstart
+import helpers
 from jaxpose import checkpoints
 from jaxpose import evaluate
 from jaxpose import families
 from jaxpose import parallel
-from jaxpose import skeletons
 from jaxpose import train
 from jaxpose.data import pipeline
 
@@ -26,33 +22,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(tmp_path, **overrides):
-  c = quickstart.get_config("tiny")
-  c.dataset.data_dir = str(tmp_path / "tfds")
-  for k, v in overrides.items():
-    c[k] = v
-  return c
+  return helpers.tiny_config(tmp_path / "tfds", **overrides)
 
 
-def _source(n=12, size=48, seed=0):
-  """Random images with joints at bright dots: enough signal to lower the loss."""
-  rng = np.random.default_rng(seed)
-  images, joints = [], []
-  for _ in range(n):
-    img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
-    pts = rng.uniform(8, size - 8, (16, 2)).astype(np.float32)
-    for x, y in pts:
-      img[int(y), int(x)] = 255
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG")
-    images.append(buf.getvalue())
-    joints.append(pts)
-  ann = {"joints": np.asarray(joints), "visible": np.ones((n, 16), np.float32),
-         "occluded": np.zeros((n, 16), np.float32),
-         "center": np.full((n, 2), size / 2, np.float32),
-         "scale": np.full((n,), size / 200, np.float32),
-         "head_box": np.zeros((n, 4), np.float32), "norm_size": np.full((n,), 5.0, np.float32),
-         "id": np.arange(n, dtype=np.int64)}
-  return pipeline.Source("dots", tf.constant(images), ann, skeletons.MPII)
+_source = helpers.dots_source
 
 
 def _setup(config):

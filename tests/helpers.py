@@ -1,0 +1,42 @@
+"""Helpers shared by the trainer tests (imported as `helpers`; tests/ is on sys.path)."""
+
+import io
+
+import numpy as np
+from PIL import Image
+import tensorflow as tf
+
+from configs import quickstart
+from jaxpose import skeletons
+from jaxpose.data import pipeline
+
+
+def tiny_config(data_dir, **overrides):
+  """configs/quickstart.py:tiny with its TFDS data in `data_dir`, top-level fields overridden."""
+  c = quickstart.get_config("tiny")
+  c.dataset.data_dir = str(data_dir)
+  for k, v in overrides.items():
+    c[k] = v
+  return c
+
+
+def dots_source(n=12, size=48, seed=0) -> pipeline.Source:
+  """Random images with the joints at bright dots: enough signal to lower the loss."""
+  rng = np.random.default_rng(seed)
+  images, joints = [], []
+  for _ in range(n):
+    img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+    pts = rng.uniform(8, size - 8, (16, 2)).astype(np.float32)
+    for x, y in pts:
+      img[int(y), int(x)] = 255
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    images.append(buf.getvalue())
+    joints.append(pts)
+  ann = {"joints": np.asarray(joints), "visible": np.ones((n, 16), np.float32),
+         "occluded": np.zeros((n, 16), np.float32),
+         "center": np.full((n, 2), size / 2, np.float32),
+         "scale": np.full((n,), size / 200, np.float32),
+         "head_box": np.zeros((n, 4), np.float32), "norm_size": np.full((n,), 5.0, np.float32),
+         "id": np.arange(n, dtype=np.int64)}
+  return pipeline.Source("dots", tf.constant(images), ann, skeletons.MPII)
