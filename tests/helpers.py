@@ -1,6 +1,8 @@
 """Helpers shared by the trainer tests (imported as `helpers`; tests/ is on sys.path)."""
 
 import io
+import os
+import pathlib
 
 import numpy as np
 from PIL import Image
@@ -40,3 +42,16 @@ def dots_source(n=12, size=48, seed=0) -> pipeline.Source:
          "head_box": np.zeros((n, 4), np.float32), "norm_size": np.full((n,), 5.0, np.float32),
          "id": np.arange(n, dtype=np.int64)}
   return pipeline.Source("dots", tf.constant(images), ann, skeletons.MPII)
+
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir(subdirs=("mpii",)) -> pathlib.Path | None:
+  """The read-only reference annotation files: $JAXPOSE_SHARED_DATA, then <repo>/shared/data,
+  then <repo>/../shared/data (where CI puts them); None when none holds `subdirs`."""
+  for c in (os.environ.get("JAXPOSE_SHARED_DATA"), REPO / "shared" / "data",
+            REPO.parent / "shared" / "data"):
+    if c and all((pathlib.Path(c) / d).is_dir() for d in subdirs):
+      return pathlib.Path(c)
+  return None

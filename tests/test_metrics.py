@@ -1,6 +1,5 @@
 """Tests for jaxpose.metrics: published numbers, convention differences and properties."""
 
-import os
 import pathlib
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import scipy.io
 
+import helpers
 from jaxpose import metrics
 from jaxpose import skeletons
 
@@ -20,17 +20,7 @@ LSP = skeletons.LSP
 FLIC = skeletons.FLIC
 
 
-def _data_dir() -> pathlib.Path | None:
-  repo = pathlib.Path(__file__).resolve().parents[1]
-  candidates = [os.environ.get("JAXPOSE_SHARED_DATA"), repo / "shared" / "data",
-                repo.parent / "shared" / "data"]
-  for c in candidates:
-    if c and (pathlib.Path(c) / "mpii" / "detections_our_format.mat").exists():
-      return pathlib.Path(c)
-  return None
-
-
-DATA = _data_dir()
+DATA = helpers.shared_data_dir()
 needs_data = pytest.mark.skipif(DATA is None, reason="shared/data reference files not found")
 
 

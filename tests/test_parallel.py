@@ -43,26 +43,10 @@ _COMMON = textwrap.dedent("""
     from configs import quickstart
     from jaxpose import checkpoints, families, parallel, skeletons, train
     from jaxpose.data import pipeline
+    import helpers  # tests/helpers.py (tests/ is on PYTHONPATH).
 
-    def dots_source(n=16, size=48):
-      rng = np.random.default_rng(0)
-      images, joints = [], []
-      for _ in range(n):
-        img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
-        pts = rng.uniform(8, size - 8, (16, 2)).astype(np.float32)
-        for x, y in pts:
-          img[int(y), int(x)] = 255
-        buf = io.BytesIO()
-        Image.fromarray(img).save(buf, format="PNG")
-        images.append(buf.getvalue())
-        joints.append(pts)
-      ann = {"joints": np.asarray(joints), "visible": np.ones((n, 16), np.float32),
-             "occluded": np.zeros((n, 16), np.float32),
-             "center": np.full((n, 2), size / 2, np.float32),
-             "scale": np.full((n,), size / 200, np.float32),
-             "head_box": np.zeros((n, 4), np.float32),
-             "norm_size": np.full((n,), 5.0, np.float32), "id": np.arange(n, dtype=np.int64)}
-      return pipeline.Source("dots", tf.constant(images), ann, skeletons.MPII)
+    def dots_source():
+      return helpers.dots_source(n=16)
 
     def tiny_config():
       c = quickstart.get_config("tiny")
@@ -125,7 +109,7 @@ _EIGHT_DEVICES = _COMMON + textwrap.dedent("""
 def _run_script(script, tmp_path, devices, *args, env=None, timeout=240):
   path = tmp_path / "script.py"
   path.write_text(script)
-  env = dict(os.environ, **(env or {}), XLA_CACHE=XLA_CACHE, PYTHONPATH=REPO,
+  env = dict(os.environ, **(env or {}), XLA_CACHE=XLA_CACHE, PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]),
              TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
   return subprocess.Popen([sys.executable, str(path), *map(str, args)], cwd=REPO, env=env,

@@ -1,30 +1,19 @@
 """Tests for jaxpose.prediction_files: formats, layouts, refusals, ground truth, submission."""
 
 import json
-import os
-import pathlib
 
 import h5py
 import numpy as np
 import pytest
 import scipy.io
 
+import helpers
 from jaxpose import metrics
 from jaxpose import prediction_files as pf
 from jaxpose import skeletons
 
 
-def _data_dir() -> pathlib.Path | None:
-  repo = pathlib.Path(__file__).resolve().parents[1]
-  candidates = [os.environ.get("JAXPOSE_SHARED_DATA"), repo / "shared" / "data",
-                repo.parent / "shared" / "data"]
-  for c in candidates:
-    if c and (pathlib.Path(c) / "mpii" / "detections_our_format.mat").exists():
-      return pathlib.Path(c)
-  return None
-
-
-DATA = _data_dir()
+DATA = helpers.shared_data_dir()
 needs_data = pytest.mark.skipif(DATA is None, reason="shared/data reference files not found")
 
 N, K = 5, 16

@@ -1,6 +1,6 @@
 """Fixtures for the real-data-set builders: the shared annotation files and small JPEGs.
 
-The official annotation files (no images) are looked up as in tests/test_prediction_files.py:
+The official annotation files (no images) are looked up by tests/helpers.py:
 $JAXPOSE_SHARED_DATA, then <repo>/shared/data, then <repo>/../shared/data. Tests that need
 them are skipped when none exists.
 """
@@ -14,21 +14,12 @@ from PIL import Image
 import pytest
 import tensorflow_datasets as tfds
 
+import helpers
 from jaxpose.data import prepare
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
-def _shared_data() -> pathlib.Path | None:
-  candidates = [os.environ.get("JAXPOSE_SHARED_DATA"), REPO / "shared" / "data",
-                REPO.parent / "shared" / "data"]
-  for c in candidates:
-    if c and all((pathlib.Path(c) / d).is_dir() for d in ("mpii", "lsp", "flic")):
-      return pathlib.Path(c)
-  return None
-
-
-SHARED = _shared_data()
+SHARED = helpers.shared_data_dir(("mpii", "lsp", "flic"))
 
 
 @pytest.fixture(name="shared", scope="session")
