@@ -46,10 +46,14 @@ def predict_split(variables, family: Family, source: pipeline.Source, mesh, *,
   ds = pipeline.eval_dataset(source, input_size=family.input_size,
                              local_batch_size=local_batch_size, process_index=pi,
                              process_count=pc)
-  for batch in _batches(ds, source):
-    # Every process needs the global index/mask to place the replicated predictions.
-    index = _allgather(batch["index"], mesh)
-    mask = _allgather(batch["mask"], mesh)
+  # The layout is a pure function of the process index, so every process knows where each
+  # row of the replicated predictions goes without communicating: global batch b is the
+  # processes' b-th local batches, in process order.
+  layouts = [pipeline.eval_layout(n, local_batch_size, p, pc) for p in range(pc)]
+  for b, batch in enumerate(_batches(ds, source)):
+    rows = slice(b * local_batch_size, (b + 1) * local_batch_size)
+    index = np.concatenate([idx[rows] for idx, _ in layouts])
+    mask = np.concatenate([m[rows] for _, m in layouts])
     inputs = parallel.global_batch({k_: batch[k_] for k_ in EVAL_KEYS}, mesh)
     joints, score = jax.device_get(predict_step(variables, inputs))
     preds[index[mask]] = joints[mask]
@@ -71,13 +75,6 @@ def _batches(ds, source):
     except tf.errors.OpError as e:
       pipeline.check_decodable(source, range(source.num_examples))
       raise RuntimeError(f"Evaluation input pipeline failed on {source.name}: {e}") from e
-
-
-def _allgather(x: np.ndarray, mesh) -> np.ndarray:
-  if jax.process_count() == 1:
-    return x
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 # The headline metric per joint set: (name, threshold). MPII: PCKh@0.5 (head size); LSP and
