@@ -156,9 +156,15 @@ def process_example(encoded, ann, *, input_size: int, skeleton: skeletons.Skelet
 # Datasets.
 
 
-def _gather(source: Source, index):
-  ann = {k: tf.gather(tf.constant(v), index) for k, v in source.annotations.items()}
-  return tf.gather(source.images, index), ann
+def _example_reader(source: Source):
+  """index -> (encoded image, annotations); the annotation tables become graph constants
+  once, not per element."""
+  tables = {k: tf.constant(v) for k, v in source.annotations.items()}
+
+  def read(index):
+    return tf.gather(source.images, index), {k: tf.gather(v, index) for k, v in tables.items()}
+
+  return read
 
 
 def example_index(position, num_examples: int, seed: int):
@@ -212,23 +218,22 @@ def train_dataset(source: Source, *, input_size: int, target_fn: TargetFn, augme
                      f"of processes {process_count}.")
   local = global_batch_size // process_count
   n = source.num_examples
-  # Constants captured once, not per element.
-  ann_consts = {k: tf.constant(v) for k, v in source.annotations.items()}
+  read = _example_reader(source)
 
   def positions(step):
     first = step * global_batch_size + process_index * local
     return tf.data.Dataset.range(first, first + local)
 
   def load(position):
-    index = example_index(position, n, seed)
-    ann = {k: tf.gather(v, index) for k, v in ann_consts.items()}
+    encoded, ann = read(example_index(position, n, seed))
     ex_seed = tf.stack([tf.constant(seed, tf.int64) + 1, position])
-    return process_example(tf.gather(source.images, index), ann, input_size=input_size,
+    return process_example(encoded, ann, input_size=input_size,
                            skeleton=source.skeleton, target_fn=target_fn, augment=augment,
                            seed=ex_seed)
 
   ds = tf.data.Dataset.range(start_step, 2**62).flat_map(positions)
-  ds = ds.map(tf.autograph.experimental.do_not_convert(load), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.map(tf.autograph.experimental.do_not_convert(load),
+              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(local, drop_remainder=True)
   return ds.prefetch(2)
 
@@ -254,13 +259,16 @@ def eval_dataset(source: Source, *, input_size: int, local_batch_size: int,
   indices, mask = eval_layout(source.num_examples, local_batch_size, process_index,
                               process_count)
 
+  read = _example_reader(source)
+
   def load(index, valid):
-    encoded, ann = _gather(source, index)
+    encoded, ann = read(index)
     out = process_example(encoded, ann, input_size=input_size, skeleton=source.skeleton,
                           target_fn=None, augment=None)
     out.update(index=index, mask=valid)
     return out
 
   ds = tf.data.Dataset.from_tensor_slices((indices, mask))
-  ds = ds.map(tf.autograph.experimental.do_not_convert(load), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.map(tf.autograph.experimental.do_not_convert(load),
+              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.batch(local_batch_size, drop_remainder=True).prefetch(2)
