@@ -22,6 +22,7 @@ def get_config(arg: str | None = None):
   c.model.features = 48
   c.model.depth = 3
   c.dataset.name = "synthetic"
+  c.dataset.precrop = False  # The synthetic images are already person-sized.
   c.input_size = 128
   c.output_size = 32
   c.sigma = 1.0

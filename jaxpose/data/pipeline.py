@@ -153,6 +153,95 @@ def process_example(encoded, ann, *, input_size: int, skeleton: skeletons.Skelet
 
 
 # ---------------------------------------------------------------------------------------------
+# Pre-cropping: keep only what training crops can reach.
+
+
+def reach(augment: Augment | None) -> float:
+  """Half-side of the axis-aligned square any training crop stays inside, in units of
+  100 * scale around the centre (1 without augmentation)."""
+  if augment is None:
+    return 1.0
+  rotation = min(abs(augment.rotation), 45.0) if augment.rotation_prob > 0 else 0.0
+  a = math.radians(rotation)
+  return (1.0 + augment.scale) * (math.cos(a) + math.sin(a))
+
+
+def precrop_geometry(center, scale, *, input_size: int, augment: Augment | None):
+  """Per example: side (px) of the stored crop and the 3x3 matrix original -> stored pixels.
+
+  The stored crop is the square of half-side 100 * scale * `reach(augment)` around the
+  centre (+2 stored px for the bilinear neighbours), at the density of the most zoomed-in
+  training crop (input_size / (200 * scale * (1 - augment.scale))), never above the
+  original's. So the training warp only ever shrinks the stored pixels or copies them 1:1.
+  """
+  center = np.asarray(center, np.float64)
+  scale = np.asarray(scale, np.float64)
+  zoom_in = 1.0 - (augment.scale if augment is not None else 0.0)
+  density = np.minimum(1.0, input_size / (200.0 * scale * zoom_in))
+  half = 100.0 * scale * reach(augment) * density + 2.0
+  side = 2 * np.ceil(half).astype(np.int64) + 1
+  matrix = np.zeros(center.shape[:-1] + (3, 3))
+  matrix[..., 0, 0] = matrix[..., 1, 1] = density
+  matrix[..., :2, 2] = (side[..., None] - 1) / 2.0 - density[..., None] * center
+  matrix[..., 2, 2] = 1.0
+  return side, matrix
+
+
+def precrop(source: Source, *, input_size: int, augment: Augment | None,
+            quality: int = 95) -> Source:
+  """The same split with each image replaced by the part the training crops can reach.
+
+  A 1280x720 MPII photo is ~1M pixels, of which a 256x256 crop uses a small region at a
+  fraction of the resolution; decoding it whole dominates the input pipeline. This resamples
+  each person's reachable square once (`precrop_geometry`; bilinear, like the training warp)
+  and re-encodes it as a JPEG (quality `quality`); annotations move to the stored pixels
+  (joints, centre, head box through the matrix; scale and norm_size times its density), so
+  `process_example` gives the same joints and targets and nearly the same pixels. The
+  training crops' content changes only by one extra bilinear resampling and the re-encoding.
+  For training sources only: evaluation keeps the original images, whose pixels predictions
+  are reported in.
+  """
+  ann = source.annotations
+  sides, matrices = precrop_geometry(ann["center"], ann["scale"], input_size=input_size,
+                                     augment=augment)
+
+  def crop(encoded, matrix, side):
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    inv = tf.linalg.inv(matrix)
+    coeffs = tf.concat([tf.reshape(inv[:2, :], [6]), tf.zeros([2])], axis=0)
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=image[None], transforms=coeffs[None], output_shape=tf.stack([side, side]),
+        fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")
+    return tf.io.encode_jpeg(out[0], quality=quality)
+
+  ds = tf.data.Dataset.from_tensor_slices(
+      (source.images, matrices.astype(np.float32), sides.astype(np.int32)))
+  ds = ds.map(tf.autograph.experimental.do_not_convert(crop),
+              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  try:
+    images = np.concatenate(list(ds.batch(1024).as_numpy_iterator()))
+  except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
+    check_decodable(source, range(source.num_examples))  # Names the culprit(s).
+    raise
+  density = matrices[:, 0, 0]
+
+  def points(p):  # [N, ..., 2] original -> stored pixels (a scale and a shift per example).
+    shape = (len(p),) + (1,) * (p.ndim - 2) + (2,)
+    return (density.reshape(shape[:-1] + (1,)) * p
+            + matrices[:, :2, 2].reshape(shape)).astype(np.float32)
+
+  annotations = dict(ann)
+  annotations.update(
+      joints=points(ann["joints"]), center=points(ann["center"]),
+      head_box=points(ann["head_box"].reshape(-1, 2, 2)).reshape(-1, 4),
+      scale=(ann["scale"] * density).astype(np.float32),
+      norm_size=(ann["norm_size"] * density).astype(np.float32))
+  return Source(name=f"{source.name} (pre-cropped)", images=tf.constant(images),
+                annotations=annotations, skeleton=source.skeleton)
+
+
+# ---------------------------------------------------------------------------------------------
 # Datasets.
 
 

@@ -9,9 +9,16 @@ field of the feature dict in `jaxpose.data`.
 
 Left and right. Labels are person-centric as in MPII: a back-facing person's left arm is on the
 image's left. So that this is decidable from pixels, every LEFT limb segment (upper arm,
-forearm, thigh, shin) carries a white band with black edges along its axis, and right limbs
-never do; front views also show a face (eyes, mouth, hair cap) and back views the back of the
-head (hair down to the neck).
+forearm, thigh, shin) carries a white band with black edges along one half of its width, and
+right limbs never do. The band is chiral: looking along the limb from its proximal joint to its
+distal one, it always lies on the same side in the image (the image's left half of a limb
+pointing straight down), in front and back views alike. Training flips the image and swaps
+the left/right labels, which moves the band onto a limb labelled RIGHT; a symmetric band
+would then say "left" in half the images and "right" in the others, and crossed legs would
+be a coin toss. Mirrored, the chiral band lies on the other half, so "band on the first half:
+left, band on the other half: right" holds for flipped and unflipped images alike. Front views
+also show a face (eyes, mouth, hair cap) and back views the back of the head (hair down to
+the neck).
 
 Joint status. `visible` = 0 exactly for joints outside the image (they keep their true,
 outside-the-image coordinates); `occluded` = 1 for joints inside the image whose pixel is
@@ -121,11 +128,15 @@ def _ellipse(centre: np.ndarray, axis: np.ndarray, a: float, b: float,
   return centre + a * np.cos(angles)[:, None] * axis + b * np.sin(angles)[:, None] * v
 
 
-def _band(p: np.ndarray, q: np.ndarray, half_width: float) -> np.ndarray:
-  """Rectangle of half-width `half_width` along the segment p-q."""
+def _side_band(p: np.ndarray, q: np.ndarray, near: float, far: float) -> np.ndarray:
+  """Rectangle along the segment p-q between offsets `near` and `far` across it.
+
+  Offsets are along n = (-d_y, d_x) for d = q - p (for a segment pointing down the image,
+  +n points to the image's left); negative offsets lie on the other side of the axis.
+  """
   d = q - p
-  v = half_width / max(math.hypot(d[0], d[1]), 1e-6) * np.array([-d[1], d[0]])
-  return np.array([p + v, q + v, q - v, p - v])
+  n = np.array([-d[1], d[0]]) / max(math.hypot(d[0], d[1]), 1e-6)
+  return np.array([p + near * n, q + near * n, q + far * n, p + far * n])
 
 
 def _xy(points: np.ndarray) -> list[float]:
@@ -310,12 +321,15 @@ def _sample_person(rng: np.random.Generator) -> _Person:
 
   # Decorations: the left-side marking, hair and face.
   extra = {name: [] for name in _PARTS}
+  # The band sits on the +n half of the limb *in the image* (see `_side_band`); back views
+  # are mirrored when placed, so it is drawn on the -n half of the body-frame limb here.
+  mark_side = -1.0 if back_view else 1.0
   for name in MARKED_PARTS:
     p, q, r0, r1 = limbs[name]
-    r = 0.5 * (r0 + r1)
+    r = mark_side * 0.5 * (r0 + r1)
     a, b = p + 0.12 * (q - p), p + 0.88 * (q - p)
-    extra[name].append((_MARK_EDGE, _band(a, b, 0.5 * r)))
-    extra[name].append((_MARK_CORE, _band(a, b, 0.26 * r)))
+    extra[name].append((_MARK_EDGE, _side_band(a, b, -0.08 * r, 0.8 * r)))
+    extra[name].append((_MARK_CORE, _side_band(a, b, 0.14 * r, 0.6 * r)))
   if back_view:
     cap = rng.uniform(deg(110), deg(140))
   else:
@@ -691,8 +705,9 @@ class SyntheticPose(tfds.core.GeneratorBasedBuilder,
                     skip_registration=__name__ == "__main__"):
   """Synthetic articulated people with the 16 MPII joints (rendered, no download)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.",
+                   "1.1.0": "Chiral left-limb band, consistent under horizontal flips."}
   BUILDER_CONFIGS = [
       SyntheticPoseConfig(name="default", description="12000 train, 1000 validation people.",
                           num_train=12_000, num_validation=1_000),

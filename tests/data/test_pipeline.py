@@ -124,3 +124,77 @@ def test_eval_dataset_batches_carry_index_and_mask():
   assert batches[1]["mask"].tolist() == [True, False, False, False]
   assert batches[0]["index"].tolist() == [0, 1, 2, 3]
   assert batches[0]["image"].shape == (4, 32, 32, 3)
+
+
+def _smooth_source(n=3, size=(300, 400)):
+  """Bright, smooth PNGs (so resampling barely changes pixels) with people near the middle."""
+  yy, xx = np.mgrid[:size[0], :size[1]] / 40.0
+  images, k = [], skeletons.MPII.num_joints
+  for i in range(n):
+    img = 0.5 + 0.2 * np.stack([np.sin(xx + i), np.cos(yy - i), np.sin(xx + yy)], -1)
+    images.append(_jpeg((255 * img).astype(np.uint8)))
+  rng = np.random.default_rng(0)
+  centers = np.array([[200.0, 150.0], [120.5, 170.25], [330.0, 60.0]])[:n]
+  scales = np.array([1.2, 0.9, 0.5])[:n]
+  ann = {
+      "joints": (centers[:, None] + rng.uniform(-80, 80, (n, k, 2)) * scales[:, None, None]),
+      "visible": np.ones((n, k)), "occluded": np.zeros((n, k)), "center": centers,
+      "scale": scales, "head_box": np.tile([[10.0, 20.0, 40.0, 60.0]], (n, 1)),
+      "norm_size": np.full((n,), 30.0), "id": np.arange(n)}
+  ann = {key: v.astype(np.int64 if key == "id" else np.float32) for key, v in ann.items()}
+  return pipeline.Source("smooth", tf.constant(images), ann, skeletons.MPII)
+
+
+@pytest.mark.parametrize("rotation", [0.0, 30.0, 60.0])
+def test_precrop_holds_every_reachable_crop(rotation):
+  """The most zoomed-out, most rotated training crop (and its bilinear neighbours) stays
+  inside the stored square."""
+  aug = pipeline.Augment(rotation=rotation, rotation_prob=1.0, scale=0.25)
+  center, scale, size = np.array([[200.0, 150.0]]), np.array([2.3]), 64
+  sides, matrices = pipeline.precrop_geometry(center, scale, input_size=size, augment=aug)
+  last = size - 1.0
+  corners = np.array([[0, 0], [last, 0], [0, last], [last, last]], np.float32)
+  for rot in np.linspace(-rotation, rotation, 9):
+    for s in (1 - aug.scale, 1 + aug.scale):
+      crop = pipeline.crop_transform(center[0], scale[0] * s, rot, size).numpy()
+      stored = matrices[0] @ np.linalg.inv(crop)  # crop pixels -> stored pixels.
+      reached = corners @ stored[:2, :2].T + stored[:2, 2]
+      assert reached.min() >= 1.0 and reached.max() <= sides[0] - 2.0, (rot, s, reached)
+  # The density never exceeds the most zoomed-in crop's, nor the original's.
+  assert matrices[0, 0, 0] == pytest.approx(size / (200 * 2.3 * 0.75))
+  assert pipeline.precrop_geometry(center, np.array([0.1]), input_size=size,
+                                   augment=aug)[1][0, 0, 0] == 1.0
+
+
+def test_precrop_gives_the_same_examples():
+  source = _smooth_source()
+  aug = pipeline.Augment(rotation=30.0, rotation_prob=1.0, scale=0.25)
+  cropped = pipeline.precrop(source, input_size=64, augment=aug)
+  sizes = [tf.io.extract_jpeg_shape(x).numpy()[:2] for x in cropped.images]
+  assert all(h == w and h < 300 for h, w in sizes), sizes
+  for i in range(source.num_examples):
+    for seed in range(4):
+      kwargs = dict(input_size=64, skeleton=skeletons.MPII, augment=aug,
+                    target_fn=lambda j, v, s: {"sum": tf.reduce_sum(j)},
+                    seed=tf.constant([seed, i], tf.int64))
+      a = pipeline.process_example(source.images[i],
+                                   {k: v[i] for k, v in source.annotations.items()}, **kwargs)
+      b = pipeline.process_example(cropped.images[i],
+                                   {k: v[i] for k, v in cropped.annotations.items()}, **kwargs)
+      np.testing.assert_allclose(a["joints"], b["joints"], atol=2e-3)
+      np.testing.assert_allclose(a["sum"], b["sum"], rtol=1e-5)
+      # One more bilinear resampling and a JPEG round trip: small differences, larger only
+      # along the original image's border (ringing at the black fill).
+      diff = np.abs(a["image"].numpy() - b["image"].numpy())
+      assert diff.mean() < 0.015 and np.percentile(diff, 99) < 0.06, (i, seed, diff.mean())
+  np.testing.assert_allclose(cropped.annotations["norm_size"] / source.annotations["norm_size"],
+                             cropped.annotations["scale"] / source.annotations["scale"])
+
+
+def test_precrop_names_an_undecodable_image():
+  source = _smooth_source(n=2)
+  images = source.images.numpy()
+  images[1] = images[1][:50]
+  bad = pipeline.Source("smooth", tf.constant(images), source.annotations, skeletons.MPII)
+  with pytest.raises(ValueError, match=r"smooth.*index 1 \(id 1\)"):
+    pipeline.precrop(bad, input_size=64, augment=pipeline.Augment())

@@ -1,5 +1,7 @@
 """Tests for the synthetic human-pose data set (renderer, TFDS builder, preview)."""
 
+import dataclasses
+
 import numpy as np
 from PIL import Image
 import pytest
@@ -150,6 +152,47 @@ def test_left_marking_seen_whenever_limb_seen(renders):
     for part in ("r_upper_arm", "r_forearm", "r_thigh", "r_shin"):
       assert info.part_pixels(part, (LAYERS["mark_edge"], LAYERS["mark_core"])) == 0
   assert seen > 500 and marked / seen > 0.97
+
+
+_MARKED_ENDS = {"l_upper_arm": ("l_shoulder", "l_elbow"), "l_forearm": ("l_elbow", "l_wrist"),
+                "l_thigh": ("l_hip", "l_knee"), "l_shin": ("l_knee", "l_ankle")}
+
+
+def _band_sides(example, info):
+  """Per marked limb seen: the mean side of its band's core pixels (+1: +n half, see below)."""
+  sides = []
+  core = LAYERS["mark_core"]
+  for part, (a, b) in _MARKED_ENDS.items():
+    pid = synthetic._PARTS.index(part) + 1
+    ys, xs = np.nonzero(info.label_map == pid + 32 * core)
+    if len(xs) < 10:
+      continue
+    p, q = example["joints"][MPII.joints.index(a)], example["joints"][MPII.joints.index(b)]
+    n = np.array([-(q - p)[1], (q - p)[0]])  # +n: the image's left for a limb pointing down.
+    sides.append(np.mean(np.sign((np.stack([xs, ys], 1) - p) @ n)))
+  return sides
+
+
+def test_left_marking_is_chiral(renders):
+  """The band lies on the limb's +n half in front and back views; a flip moves it to -n.
+
+  That keeps left/right decidable under flip augmentation: mirrored, a left limb's band is
+  on the -n half of the (now right-labelled) limb, which no unflipped image shows.
+  """
+  by_view = {False: [], True: []}
+  for example, info in renders:
+    by_view[info.back_view] += _band_sides(example, info)
+  for back, sides in by_view.items():
+    assert len(sides) > 100, back
+    assert np.min(sides) > 0.5 and np.mean(sides) > 0.95, (back, np.min(sides))
+  flipped_sides = []
+  for example, info in renders[:20]:
+    width = example["image"].shape[1]
+    flipped = dict(example, joints=np.stack([width - 1 - example["joints"][:, 0],
+                                             example["joints"][:, 1]], 1))
+    flipped_sides += _band_sides(flipped,
+                                 dataclasses.replace(info, label_map=info.label_map[:, ::-1]))
+  assert len(flipped_sides) > 20 and np.max(flipped_sides) < -0.5
 
 
 def test_face_only_in_front_views(renders):
