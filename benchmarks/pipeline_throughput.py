@@ -13,7 +13,9 @@ family (`families.create_family(configs/hourglass_mpii.py)`: 64x64 maps, sigma 1
 paper's augmentation. The goal is >= 300 images/s per core. It is measured twice: on the
 original photos, and on the same split after `pipeline.precrop` (what `train.py` does when
 `config.dataset.precrop`, the default of the MPII/LSP configs: each person's reachable square
-stored once at the density the crops need), with the one-off cost of pre-cropping.
+stored once at the density the crops need), with the one-off cost of pre-cropping; and a
+third time with `config.augment_on_device` (the host decodes and renders targets, the jitted
+train step resamples), with the device half's cost on JAX's default backend.
 
 --profile times the stages on the same examples: JPEG decode alone, decode + uint8 -> float
 conversion, decode + warp, the full example, and a prototype (`cropped_process_example`,
@@ -32,11 +34,13 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
 import tensorflow as tf
 
 from configs import hourglass_mpii
 from jaxpose import families
 from jaxpose import skeletons
+from jaxpose.data import device_augment
 from jaxpose.data import pipeline
 
 INPUT_SIZE = 256
@@ -168,11 +172,28 @@ def _rate(ds: tf.data.Dataset, batch_size: int, batches: int, warmup: int) -> fl
   return batches * batch_size / (time.perf_counter() - start)
 
 
-def train_rate(source, target_fn, threads: int, batch_size: int, batches: int) -> float:
+def train_rate(source, target_fn, threads: int, batch_size: int, batches: int,
+               on_device: bool = False) -> float:
   """Images/s of `pipeline.train_dataset` (the real training input)."""
   ds = pipeline.train_dataset(source, input_size=INPUT_SIZE, target_fn=target_fn,
-                              augment=pipeline.Augment(), global_batch_size=batch_size, seed=0)
+                              augment=pipeline.Augment(), global_batch_size=batch_size, seed=0,
+                              on_device=on_device)
   return _rate(ds.with_options(_options(threads)), batch_size, batches, warmup=3)
+
+
+def device_half_ms(source, target_fn, batch_size: int, repeats: int = 10) -> float:
+  """ms per image of `device_augment.input_images` (jitted) on JAX's default backend."""
+  ds = pipeline.train_dataset(source, input_size=INPUT_SIZE, target_fn=target_fn,
+                              augment=pipeline.Augment(), global_batch_size=batch_size, seed=0,
+                              on_device=True)
+  keys = (pipeline.PIXELS, pipeline.INVERSE, pipeline.GAINS)
+  batch = jax.device_put({k: v for k, v in next(ds.as_numpy_iterator()).items() if k in keys})
+  fn = jax.jit(device_augment.input_images, static_argnums=1)
+  fn(batch, INPUT_SIZE).block_until_ready()
+  start = time.perf_counter()
+  for _ in range(repeats):
+    fn(batch, INPUT_SIZE).block_until_ready()
+  return 1e3 * (time.perf_counter() - start) / (repeats * batch_size)
 
 
 def precropped(source: pipeline.Source) -> tuple[pipeline.Source, float]:
@@ -283,6 +304,13 @@ def main(argv=None) -> None:
         f"KB): {crop_rate:.0f} images/s = {crop_rate / cores:.0f} images/s per core "
         f"(goal {GOAL:.0f}); {crop_rate / rate:.2f}x. One-off cost at start-up: "
         f"{1e3 * cost * cores:.1f} ms per image per core")
+  host_rate = train_rate(cropped, target_fn, args.threads, args.batch_size, args.batches,
+                         on_device=True)
+  device_ms = device_half_ms(cropped, target_fn, args.batch_size)
+  print(f"  the same, resampling on the device (config.augment_on_device): host "
+        f"{host_rate:.0f} images/s = {host_rate / cores:.0f} images/s per core (goal "
+        f"{GOAL:.0f}); {host_rate / rate:.2f}x. The device half (resample + colour, jitted) "
+        f"takes {device_ms:.2f} ms per image on JAX's {jax.default_backend()} backend")
   if args.profile:
     for label, src in (("original photos", source), ("pre-cropped", cropped)):
       print(f"  stages, {label}:")

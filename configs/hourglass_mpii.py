@@ -47,6 +47,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 5000
   c.keep_checkpoints = 3  # The latest N, plus the best by validation PCKh.
   c.flip_test = True
+  # Resample and colour the pre-cropped pixels on the accelerator, in the train step
+  # (jaxpose/data/device_augment.py); the host only decodes JPEGs and renders targets.
+  c.augment_on_device = True
   c.mixed_precision = "float32"  # or "bfloat16": bf16 compute, float32 parameters and loss.
   c.remat = False  # Rematerialise each stack in the backward pass to fit bigger batches.
   return c

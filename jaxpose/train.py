@@ -31,6 +31,7 @@ from jaxpose import evaluate
 from jaxpose import families
 from jaxpose import parallel
 from jaxpose.data import datasets
+from jaxpose.data import device_augment
 from jaxpose.data import pipeline
 
 
@@ -109,9 +110,14 @@ def train_step(state: TrainState, batch, rng, *, family: families.Family):
   """(state, batch, rng) -> (state, metrics). Pure; compiled once."""
   del rng  # Hourglass has no dropout; the per-step key is fold_in(seed, step) for families that do.
 
+  if "image" in batch:
+    images = batch["image"]
+  else:  # config.augment_on_device: resample and colour here.
+    images = device_augment.input_images(batch, family.input_size)
+
   def loss_fn(params):
     outputs, new_vars = state.apply_fn({"params": params, "batch_stats": state.batch_stats},
-                                       batch["image"], train=True, mutable=["batch_stats"])
+                                       images, train=True, mutable=["batch_stats"])
     loss, aux = family.loss_fn(outputs, batch)
     return loss, (new_vars["batch_stats"], aux)
 
@@ -217,7 +223,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       train_source, input_size=family.input_size, target_fn=family.target_fn,
       augment=augment, global_batch_size=config.batch_size,
       seed=config.seed, start_step=start_step, process_index=jax.process_index(),
-      process_count=jax.process_count()).as_numpy_iterator()
+      process_count=jax.process_count(),
+      on_device=config.augment_on_device).as_numpy_iterator()
   step_fn = make_train_step(family, mesh)
   predict_step = evaluate.make_predict_step(family, mesh, config.flip_test)
   local_eval_batch = config.eval_batch_size // jax.process_count()

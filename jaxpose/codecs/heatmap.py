@@ -45,17 +45,16 @@ def encode(joints, visible, size: tuple[int, int], sigma: float):
   h, w = size
   xs = tf.range(w, dtype=tf.float32)
   ys = tf.range(h, dtype=tf.float32)
-  dx = xs[None, :] - joints[:, 0:1]  # [K, W]
-  dy = ys[None, :] - joints[:, 1:2]  # [K, H]
+  dx = xs[:, None] - joints[None, :, 0]  # [W, K]
+  dy = ys[:, None] - joints[None, :, 1]  # [H, K]
   gx = tf.exp(-tf.square(dx) / (2 * sigma**2))
   gy = tf.exp(-tf.square(dy) / (2 * sigma**2))
-  targets = gy[:, :, None] * gx[:, None, :]  # [K, H, W], separable Gaussian.
+  targets = gy[:, None, :] * gx[None, :, :]  # [H, W, K], separable Gaussian.
   margin = 3 * sigma
   inside = ((joints[:, 0] > -margin - 0.5) & (joints[:, 0] < w - 0.5 + margin)
             & (joints[:, 1] > -margin - 0.5) & (joints[:, 1] < h - 0.5 + margin))
   weights = visible * tf.cast(inside, tf.float32)
-  targets = targets * weights[:, None, None]
-  return tf.transpose(targets, (1, 2, 0)), weights
+  return targets * weights, weights
 
 
 def decode(heatmaps):

@@ -24,6 +24,10 @@ TargetFn = Callable[[tf.Tensor, tf.Tensor, int], dict]
 
 FEATURES = ("joints", "visible", "occluded", "center", "scale", "head_box", "norm_size", "id")
 
+# With `on_device` (jaxpose.data.device_augment), training batches carry these instead of "image":
+# the stored uint8 pixels, the [2, 3] map from crop to stored pixels and the colour gains.
+PIXELS, INVERSE, GAINS = "pixels", "inverse", "gains"
+
 
 @dataclasses.dataclass(frozen=True)
 class Source:
@@ -33,6 +37,7 @@ class Source:
   images: tf.Tensor  # [N] encoded JPEG/PNG bytes.
   annotations: dict  # name -> [N, ...] numpy arrays (see jaxpose.data feature dict).
   skeleton: skeletons.Skeleton
+  side: int = 0  # > 0: every image fits a side x side square (`precrop` sources).
 
   @property
   def num_examples(self) -> int:
@@ -131,22 +136,31 @@ def _augment_params(aug: Augment, seed):
 
 
 def process_example(encoded, ann, *, input_size: int, skeleton: skeletons.Skeleton,
-                    target_fn: TargetFn | None, augment: Augment | None, seed=None):
-  """One person -> model input. `seed` (shape [2] int) drives the stateless augmentation."""
-  image = decode_image(encoded)
+                    target_fn: TargetFn | None, augment: Augment | None, seed=None,
+                    pad_to: int = 0):
+  """One person -> model input. `seed` (shape [2] int) drives the stateless augmentation.
+
+  With `pad_to` > 0 the pixels are left for the accelerator (`device_augment`): the output has
+  PIXELS (uint8, zero-padded to pad_to x pad_to), INVERSE and GAINS instead of "image".
+  """
   rot, scale, flip, gains = 0.0, 1.0, False, tf.ones([3])
   if augment is not None:
     rot, scale, flip, gains = _augment_params(augment, seed)
   matrix = crop_transform(ann["center"], ann["scale"] * scale, rot, input_size, flip)
-  crop = warp_image(image, matrix, input_size)
-  crop = tf.clip_by_value(crop * gains, 0.0, 1.0)
+  if pad_to:
+    pixels = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    out = {PIXELS: tf.image.pad_to_bounding_box(pixels, 0, 0, pad_to, pad_to),
+           INVERSE: tf.linalg.inv(matrix)[:2], GAINS: gains}
+  else:
+    crop = warp_image(decode_image(encoded), matrix, input_size)
+    out = {"image": normalize(tf.clip_by_value(crop * gains, 0.0, 1.0))}
   joints = transform_points(matrix, tf.cast(ann["joints"], tf.float32))
   visible = tf.cast(ann["visible"], tf.float32)
   if augment is not None:
     perm = tf.constant(skeleton.flip_permutation)
     joints = tf.where(flip, tf.gather(joints, perm), joints)
     visible = tf.where(flip, tf.gather(visible, perm), visible)
-  out = {"image": normalize(crop), "joints": joints, "visible": visible, "transform": matrix}
+  out.update(joints=joints, visible=visible, transform=matrix)
   if target_fn is not None:
     out.update(target_fn(joints, visible, input_size))
   return out
@@ -238,7 +252,7 @@ def precrop(source: Source, *, input_size: int, augment: Augment | None,
       scale=(ann["scale"] * density).astype(np.float32),
       norm_size=(ann["norm_size"] * density).astype(np.float32))
   return Source(name=f"{source.name} (pre-cropped)", images=tf.constant(images),
-                annotations=annotations, skeleton=source.skeleton)
+                annotations=annotations, skeleton=source.skeleton, side=int(sides.max()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,9 +313,17 @@ def check_joints(source: Source) -> None:
 
 def train_dataset(source: Source, *, input_size: int, target_fn: TargetFn, augment: Augment,
                   global_batch_size: int, seed: int, start_step: int = 0,
-                  process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
-  """Endless training batches of this process's share, starting at `start_step`."""
+                  process_index: int = 0, process_count: int = 1,
+                  on_device: bool = False) -> tf.data.Dataset:
+  """Endless training batches of this process's share, starting at `start_step`.
+
+  `on_device`: leave resampling and colour to the accelerator (`device_augment`); needs a
+  pre-cropped source, whose images share one padded size.
+  """
   check_joints(source)
+  if on_device and not source.side:
+    raise ValueError(f"{source.name}: resampling on the device (config.augment_on_device) "
+                     "needs pre-cropped images (config.dataset.precrop = True).")
   if global_batch_size % process_count:
     raise ValueError(f"Global batch size {global_batch_size} is not divisible by the number "
                      f"of processes {process_count}.")
@@ -318,7 +340,7 @@ def train_dataset(source: Source, *, input_size: int, target_fn: TargetFn, augme
     ex_seed = tf.stack([tf.constant(seed, tf.int64) + 1, position])
     return process_example(encoded, ann, input_size=input_size,
                            skeleton=source.skeleton, target_fn=target_fn, augment=augment,
-                           seed=ex_seed)
+                           seed=ex_seed, pad_to=source.side if on_device else 0)
 
   ds = tf.data.Dataset.range(start_step, 2**62).flat_map(positions)
   ds = ds.map(tf.autograph.experimental.do_not_convert(load),
