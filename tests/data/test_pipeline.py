@@ -198,3 +198,35 @@ def test_precrop_names_an_undecodable_image():
   bad = pipeline.Source("smooth", tf.constant(images), source.annotations, skeletons.MPII)
   with pytest.raises(ValueError, match=r"smooth.*index 1 \(id 1\)"):
     pipeline.precrop(bad, input_size=64, augment=pipeline.Augment())
+
+
+def test_training_batches_agree_with_the_per_example_reference():
+  """train_dataset (vectorised geometry and targets) gives what process_example gives for the
+  same example and crop: joints through the batch's matrix with the flip swap, the image,
+  and the targets."""
+  src = _smooth_source(n=3)
+  aug = pipeline.Augment(rotation=30.0, rotation_prob=0.5, scale=0.25)
+
+  def targets(joints, visible, size):
+    return {"t": tf.reduce_sum(joints, -1) * visible + size}
+
+  batches = list(pipeline.train_dataset(src, input_size=64, target_fn=targets, augment=aug,
+                                        global_batch_size=6, seed=5).take(3)
+                 .as_numpy_iterator())
+  flips = 0
+  for step, batch in enumerate(batches):
+    indices = pipeline.train_step_indices(src, step=step, global_batch_size=6, seed=5)
+    for b, i in enumerate(indices):
+      matrix = batch["transform"][b]
+      flipped = matrix[0, 0] < 0
+      flips += flipped
+      joints = pipeline.transform_points(matrix, src.annotations["joints"][i]).numpy()
+      if flipped:
+        joints = joints[skeletons.MPII.flip_permutation]
+      np.testing.assert_allclose(batch["joints"][b], joints, atol=1e-4)
+      image = pipeline.warp_image(pipeline.decode_image(src.images[i]), matrix, 64).numpy()
+      gain_free = (batch["image"][b] + 0.5) / np.maximum(image, 1e-3)
+      assert np.std(gain_free.reshape(-1, 3)[image.reshape(-1, 3).min(1) > 0.2], 0).max() < 1e-3
+      np.testing.assert_allclose(
+          batch["t"][b], targets(batch["joints"][b], batch["visible"][b], 64)["t"], rtol=1e-6)
+  assert 0 < flips < 18
