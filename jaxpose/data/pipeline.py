@@ -161,7 +161,7 @@ def process_example(encoded, ann, *, input_size: int, skeleton: skeletons.Skelet
   """One person -> model input. `seed` (shape [2] int) drives the stateless augmentation.
 
   The per-example reference: evaluation uses it as is; `train_dataset` computes the same per
-  batch (geometry and targets vectorised, pixels per example).
+  batch (geometry and targets vectorised, pixels per example), with its own random draws.
   """
   rot, scale, flip, gains = 0.0, 1.0, False, tf.ones([3])
   if augment is not None:
