@@ -174,6 +174,7 @@ def precrop_source(source: pipeline.Source, input_size: int,
   """`pipeline.precrop` with a log line: what it cost and what it saves per image."""
   start = time.perf_counter()
   cropped = pipeline.precrop(source, input_size=input_size, augment=augment)
+
   def megabytes(s):
     return float(tf.reduce_sum(tf.strings.length(s.images))) / 2**20
 

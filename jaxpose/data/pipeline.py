@@ -108,13 +108,14 @@ def transform_points(matrix, points):
   return tf.linalg.matvec(matrix[..., None, :2, :2], points) + matrix[..., None, :2, 2]
 
 
-def warp_image(image, matrix, size: int):
-  """Resamples `image` [H, W, C] float32 into the `size` x `size` crop given by `matrix`."""
+def warp_image(image, matrix, size):
+  """Resamples `image` [H, W, C] (float32 or uint8) into the `size` x `size` crop given by
+  `matrix` (bilinear, zeros outside); `size` may be a tensor."""
   inv = tf.linalg.inv(matrix)
   # ImageProjectiveTransformV3 maps output pixel (x, y) to input (a0 x + a1 y + a2, ...).
   coeffs = tf.concat([tf.reshape(inv[:2, :], [6]), tf.zeros([2])], axis=0)
   out = tf.raw_ops.ImageProjectiveTransformV3(
-      images=image[None], transforms=coeffs[None], output_shape=tf.constant([size, size]),
+      images=image[None], transforms=coeffs[None], output_shape=tf.stack([size, size]),
       fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")
   return out[0]
 
@@ -240,13 +241,7 @@ def precrop(source: Source, *, input_size: int, augment: Augment | None,
 
   def crop(encoded, matrix, side):
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
-    inv = tf.linalg.inv(matrix)
-    coeffs = tf.concat([tf.reshape(inv[:2, :], [6]), tf.zeros([2])], axis=0)
-    out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=image[None], transforms=coeffs[None], output_shape=tf.stack([side, side]),
-        fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")
-    return tf.io.encode_jpeg(out[0], quality=quality)
+    return tf.io.encode_jpeg(warp_image(image, matrix, side), quality=quality)
 
   ds = tf.data.Dataset.from_tensor_slices(
       (source.images, matrices.astype(np.float32), sides.astype(np.int32)))
