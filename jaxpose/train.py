@@ -178,7 +178,7 @@ def precrop_source(source: pipeline.Source, input_size: int,
   def megabytes(s):
     return float(tf.reduce_sum(tf.strings.length(s.images))) / 2**20
 
-  logging.info("Pre-cropped %d training images in %.0f s: %.0f MB -> %.0f MB of JPEG.",
+  logging.info("Pre-cropped %d training images in %.1f s: %.1f MB -> %.1f MB of JPEG.",
                source.num_examples, time.perf_counter() - start, megabytes(source),
                megabytes(cropped))
   return cropped
