@@ -17,11 +17,11 @@ stored once at the density the crops need), with the one-off cost of pre-croppin
 third time with `config.augment_on_device` (the host decodes and renders targets, the jitted
 train step resamples), with the device half's cost on JAX's default backend.
 
---profile times the stages on the same examples: JPEG decode alone, decode + uint8 -> float
-conversion, decode + warp, the full example, and a prototype (`cropped_process_example`,
-below) that decodes only the part of the JPEG the crop can touch (`decode_and_crop_jpeg`),
-at 1/2, 1/4 or 1/8 resolution where the crop downsamples by at least that much (libjpeg's DCT
-scaling), and converts to float after the warp.
+--profile times the per-example stages on the same examples, for the original photos and the
+pre-cropped ones: JPEG decode alone, decode + uint8 -> float conversion, decode + warp, and
+the full `pipeline.process_example`. (A tried alternative, decoding only the window a crop
+reads with `decode_and_crop_jpeg` and libjpeg's DCT scaling, gave 1.3x on the original photos
+and nothing on pre-cropped ones; see `pipeline.train_dataset`.)
 """
 
 import argparse
@@ -86,67 +86,6 @@ def make_source(num_images: int, seed: int = 0, quality: int = 90) -> pipeline.S
       "scale": np.asarray(scales, np.float32), "head_box": np.zeros((n, 4), np.float32),
       "norm_size": np.ones((n,), np.float32), "id": np.arange(n, dtype=np.int64)}
   return pipeline.Source("mpii-like", tf.constant(images), annotations, skeletons.MPII)
-
-
-# ----------------------------------------------------------------------------------------
-# The prototype: decode only what the crop needs.
-
-
-def cropped_process_example(encoded, ann, *, input_size: int, skeleton, target_fn, augment,
-                            seed):
-  """`pipeline.process_example` (same matrix, joints, targets) with a cheaper decode.
-
-  The crop's footprint in the original image (the inverse-warped corners of the output
-  square, plus 2 px) is the only part decoded (`decode_and_crop_jpeg`); where the crop
-  shrinks the image by 2x, 4x or 8x, libjpeg decodes straight to that resolution (its DCT
-  scaling, a box-like pre-filter that also reduces the bilinear warp's aliasing). The warp
-  matrix is composed with the crop offset and the DCT scale, so joints and targets are the
-  ones `process_example` gives; pixels differ only by the pre-filter.
-  """
-  # pylint: disable-next=protected-access
-  rot, scale, flip, gains = pipeline._augment_params(augment, seed)
-  matrix = pipeline.crop_transform(ann["center"], ann["scale"] * scale, rot, input_size, flip)
-  shape = tf.cast(tf.io.extract_jpeg_shape(encoded)[:2], tf.float32)[::-1]  # (w, h)
-  inv = tf.linalg.inv(matrix)
-  last = float(input_size - 1)
-  corners = tf.constant([[0.0, 0.0], [last, 0.0], [0.0, last], [last, last]])
-  footprint = pipeline.transform_points(inv, corners)
-  lo = tf.clip_by_value(tf.reduce_min(footprint, 0) - 2.0, 0.0, shape - 1.0)
-  hi = tf.clip_by_value(tf.reduce_max(footprint, 0) + 2.0, lo, shape - 1.0)
-  # Original pixels per output pixel -> the largest DCT ratio (1, 2, 4, 8) not above it.
-  shrink = 200.0 * ann["scale"] * scale / input_size
-  branch = tf.cast(shrink >= 2.0, tf.int32) + tf.cast(shrink >= 4.0, tf.int32) + tf.cast(
-      shrink >= 8.0, tf.int32)
-
-  def decode(ratio: int):
-    def fn():
-      # The window is given in the pixels of the 1/ratio image.
-      first = tf.floor(lo / ratio)
-      end = tf.minimum(tf.math.ceil(hi / ratio), tf.math.ceil(shape / ratio) - 1.0)
-      size = end - first + 1.0
-      window = tf.cast(tf.stack([first[1], first[0], size[1], size[0]]), tf.int32)
-      image = tf.io.decode_and_crop_jpeg(encoded, window, channels=3, ratio=ratio)
-      # Decoded pixel u sits at original ratio * (first + u) + (ratio - 1) / 2.
-      offset = ratio * first + (ratio - 1.0) / 2.0
-      to_original = tf.stack([tf.stack([float(ratio), 0.0, offset[0]]),
-                              tf.stack([0.0, float(ratio), offset[1]]),
-                              tf.constant([0.0, 0.0, 1.0])])
-      return image, to_original
-    return fn
-
-  image, to_original = tf.switch_case(branch, [decode(r) for r in (1, 2, 4, 8)])
-  image.set_shape([None, None, 3])
-  crop = pipeline.warp_image(tf.cast(image, tf.float32), matrix @ to_original, input_size)
-  crop = tf.clip_by_value(crop * (gains / 255.0), 0.0, 1.0)
-  joints = pipeline.transform_points(matrix, tf.cast(ann["joints"], tf.float32))
-  visible = tf.cast(ann["visible"], tf.float32)
-  perm = tf.constant(skeleton.flip_permutation)
-  joints = tf.where(flip, tf.gather(joints, perm), joints)
-  visible = tf.where(flip, tf.gather(visible, perm), visible)
-  out = {"image": pipeline.normalize(crop), "joints": joints, "visible": visible,
-         "transform": matrix}
-  out.update(target_fn(joints, visible, input_size))
-  return out
 
 
 # ----------------------------------------------------------------------------------------
@@ -235,39 +174,15 @@ def stage_rates(source, target_fn, threads: int, batch_size: int,
                                     skeleton=source.skeleton, target_fn=target_fn,
                                     augment=aug, seed=seed)
 
-  def cropped(i):
-    encoded, ann, seed = example(i)
-    return cropped_process_example(encoded, ann, input_size=INPUT_SIZE,
-                                   skeleton=source.skeleton, target_fn=target_fn,
-                                   augment=aug, seed=seed)
-
   rates = {}
   for name, fn in (("decode JPEG (uint8)", only_decode),
                    ("decode + to float32", decode_float),
                    ("decode + warp (no targets)", decode_warp),
-                   ("full example (process_example)", full),
-                   ("prototype: crop/DCT-scaled decode", cropped)):
+                   ("full example (process_example)", full)):
     ds = tf.data.Dataset.range(2**62).map(fn, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size).prefetch(2).with_options(_options(threads))
     rates[name] = _rate(ds, batch_size, batches, warmup=3)
   return rates
-
-
-def check_prototype(source, target_fn) -> float:
-  """Max |joints| difference between the prototype and `process_example` (must be ~0), and
-  the mean absolute pixel difference of the crops (the DCT pre-filter's effect)."""
-  aug = pipeline.Augment()
-  joint_err, pixel_err = 0.0, []
-  for i in range(min(source.num_examples, 16)):
-    ann = {k: tf.constant(v[i]) for k, v in source.annotations.items()}
-    seed = tf.constant([1, i], tf.int64)
-    kwargs = dict(input_size=INPUT_SIZE, skeleton=source.skeleton, target_fn=target_fn,
-                  augment=aug, seed=seed)
-    a = pipeline.process_example(source.images[i], ann, **kwargs)
-    b = cropped_process_example(source.images[i], ann, **kwargs)
-    joint_err = max(joint_err, float(tf.reduce_max(tf.abs(a["joints"] - b["joints"]))))
-    pixel_err.append(float(tf.reduce_mean(tf.abs(a["image"] - b["image"]))))
-  return joint_err, float(np.mean(pixel_err))
 
 
 def main(argv=None) -> None:
@@ -317,9 +232,6 @@ def main(argv=None) -> None:
       for name, r in stage_rates(src, target_fn, args.threads, args.batch_size,
                                  args.batches).items():
         print(f"    {name:36s} {r / cores:7.0f} images/s per core  {1e3 * cores / r:6.2f} ms")
-    joint_err, pixel_err = check_prototype(source, target_fn)
-    print(f"  prototype vs process_example: joints differ by <= {joint_err:.2g} px, crops by "
-          f"{pixel_err:.3f} on average (pixels in [0, 1]; DCT pre-filter)")
 
 
 if __name__ == "__main__":

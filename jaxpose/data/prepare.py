@@ -25,6 +25,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from jaxpose.data import pipeline
+
 # A visible joint may lie at most this fraction of the image's longer side outside the image
 # (MPII head tops are annotated up to ~30 px above the top edge, FLIC wrists ~7 px beyond the
 # side); farther out means the annotation does not belong to this image file.
@@ -226,7 +228,7 @@ def read_image(path: str) -> tuple[bytes, tuple[int, int]]:
   except OSError as e:
     raise ImageError(f"Cannot read image {path}: {e}") from None
   try:
-    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    image = pipeline.decode_pixels(data)
   except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
     message = e.message.splitlines()[0] if e.message else type(e).__name__
     raise ImageError(f"Image {path} does not decode ({message}); the file is corrupt or "
