@@ -88,3 +88,29 @@ def upsample_nearest(x, factor: int = 2):
 def max_pool2(x):
   """2x2 max pooling with stride 2: [N,H,W,C] -> [N,H/2,W/2,C]."""
   return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
+def max_pool_ceil(x, window: int, stride: int):
+  """Max pooling with Caffe's / Chainer's ceil rounding: [N,H,W,C] -> [N,ceil((H-k)/s)+1,...].
+
+  Flax (like PyTorch's default) rounds the output size down; Caffe rounds up, so the last
+  window may hang over the bottom / right edge. Padding those edges with -inf (never chosen by
+  the max) reproduces Caffe's sizes and values: 368 -> 184 -> 92 -> 46 with k3 s2, which
+  VALID pooling would make 183 -> 91 -> 45.
+  """
+  pads = [(0, _ceil_overhang(n, window, stride)) for n in x.shape[1:3]]
+  return nn.max_pool(x, (window, window), strides=(stride, stride), padding=pads)
+
+
+def avg_pool_ceil(x, window: int, stride: int):
+  """Average pooling with Caffe's ceil rounding, each window divided by its number of valid
+  pixels (Caffe clips the overhanging last window; Flax would count padded zeros)."""
+  pads = [(0, _ceil_overhang(n, window, stride)) for n in x.shape[1:3]]
+  return nn.avg_pool(x, (window, window), strides=(stride, stride), padding=pads,
+                     count_include_pad=False)
+
+
+def _ceil_overhang(size: int, window: int, stride: int) -> int:
+  """Pixels past the edge that the last window of a ceil-rounded pooling covers."""
+  out = -(-(size - window) // stride) + 1
+  return max(0, (out - 1) * stride + window - size)
