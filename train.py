@@ -19,6 +19,10 @@ from jaxpose import runtime
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (ml_collections).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and summaries.")
+_ALLOW_INEXACT = flags.DEFINE_bool(
+    "allow_inexact_resume", False, "Resume even though the recipe (optimiser, schedule, batch "
+    "size, seed, augmentation, ...) differs from the checkpoint's; the run is then not "
+    "bit-exact with an uninterrupted one.")
 flags.mark_flags_as_required(["config", "workdir"])
 runtime.define_distributed_flags()
 
@@ -28,7 +32,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   runtime.setup()
   from jaxpose import train  # pylint: disable=g-import-not-at-top  (after jax set-up)
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+                           allow_inexact_resume=_ALLOW_INEXACT.value)
 
 
 if __name__ == "__main__":

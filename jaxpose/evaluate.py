@@ -1,33 +1,50 @@
 """Predict over a split (flip test, decode, back to original pixels) and score it."""
 
+import os
 import time
 
 from absl import logging
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from jaxpose import checkpoints
+from jaxpose import families
 from jaxpose import metrics
 from jaxpose import parallel
+from jaxpose import prediction_files
+from jaxpose import visualize
+from jaxpose.data import datasets
 from jaxpose.data import pipeline
 from jaxpose.families import Family
 
 EVAL_KEYS = ("image", "transform")
 
 
-def make_predict_step(family: Family, mesh, flip_test: bool):
-  """Jitted (variables, batch) -> (joints [B,K,2] original px, scores [B,K]), replicated."""
+class Interrupted(Exception):
+  """Evaluation stopped between batches because `should_stop` said so (a preemption)."""
+
+
+def make_predict_step(family: Family, mesh, flip_test: bool, frame: str = "image"):
+  """Jitted (variables, batch) -> (joints, scores [B,K]), replicated.
+
+  joints: [B,K,2], or [B,T,K,2] for families that report every stage; in original-image
+  pixels (`frame="image"`, through the inverse of each example's crop warp) or crop pixels
+  (`frame="crop"`).
+  """
+  if frame not in ("image", "crop"):
+    raise ValueError(f"frame={frame!r}; expected 'image' or 'crop'.")
 
   def predict(variables, batch):
-    images = batch["image"]
-    outputs = family.model.apply(variables, images, train=False)
-    flipped = None
-    if flip_test:
-      flipped = family.model.apply(variables, images[:, :, ::-1, :], train=False)
-    joints, scores = family.predict_fn(outputs, flipped)
-    inv = jnp.linalg.inv(batch["transform"])  # Crop pixels -> original pixels.
-    joints = jnp.einsum("bkj,bij->bki", joints, inv[:, :2, :2]) + inv[:, None, :2, 2]
+    joints, scores = family.predict(variables, batch, flip_test)
+    if frame == "image":
+      inv = jnp.linalg.inv(batch["transform"])  # Crop pixels -> original pixels.
+      extra = joints.ndim - 3  # A stage axis between batch and joints, if any.
+      inv = inv.reshape(inv.shape[:1] + (1,) * extra + (3, 3))
+      joints = (jnp.einsum("...kj,...ij->...ki", joints, inv[..., :2, :2])
+                + inv[..., None, :2, 2])
     return joints, scores
 
   return jax.jit(predict, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
@@ -35,12 +52,14 @@ def make_predict_step(family: Family, mesh, flip_test: bool):
 
 
 def predict_split(variables, family: Family, source: pipeline.Source, mesh, *,
-                  local_batch_size: int, flip_test: bool = True, predict_step=None):
-  """Predictions for every example of `source`, in source order: ([N,K,2], [N,K])."""
-  predict_step = predict_step or make_predict_step(family, mesh, flip_test)
-  n, k = source.num_examples, source.skeleton.num_joints
-  preds = np.full((n, k, 2), np.nan, np.float32)
-  scores = np.zeros((n, k), np.float32)
+                  local_batch_size: int, flip_test: bool = True, predict_step=None,
+                  frame: str = "image", should_stop=None):
+  """Predictions for every example of `source`, in source order: (joints [N,K,2] or
+  [N,T,K,2], scores [N,K]). `should_stop()` is asked between batches (on every process in
+  the same order); when it says True this raises `Interrupted`."""
+  predict_step = predict_step or make_predict_step(family, mesh, flip_test, frame)
+  n = source.num_examples
+  preds, scores = None, None
   seen = np.zeros(n, bool)
   pc, pi = jax.process_count(), jax.process_index()
   ds = pipeline.eval_dataset(source, input_size=family.input_size,
@@ -51,11 +70,16 @@ def predict_split(variables, family: Family, source: pipeline.Source, mesh, *,
   # processes' b-th local batches, in process order.
   layouts = [pipeline.eval_layout(n, local_batch_size, p, pc) for p in range(pc)]
   for b, batch in enumerate(_batches(ds, source)):
+    if should_stop is not None and should_stop():
+      raise Interrupted(f"Evaluation of {source.name} stopped after {b} batches.")
     rows = slice(b * local_batch_size, (b + 1) * local_batch_size)
     index = np.concatenate([idx[rows] for idx, _ in layouts])
     mask = np.concatenate([m[rows] for _, m in layouts])
     inputs = parallel.global_batch({k_: batch[k_] for k_ in EVAL_KEYS}, mesh)
     joints, score = jax.device_get(predict_step(variables, inputs))
+    if preds is None:
+      preds = np.full((n,) + joints.shape[1:], np.nan, np.float32)
+      scores = np.zeros((n,) + score.shape[1:], np.float32)
     preds[index[mask]] = joints[mask]
     scores[index[mask]] = score[mask]
     seen[index[mask]] = True
@@ -107,36 +131,41 @@ def format_table(table: dict[str, float], source: pipeline.Source, title: str) -
 
 def evaluate(variables, family: Family, source: pipeline.Source, mesh, *,
              local_batch_size: int, flip_test: bool = True, predict_step=None,
-             convention: str = "official"):
-  """Predicts and scores a split. Returns (table dict, preds [N,K,2])."""
+             convention: str = "official", should_stop=None):
+  """Predicts and scores a split. Returns (table, final preds [N,K,2], per-stage tables or
+  None): families that report stages or iterations get a table after each."""
   start = time.time()
   preds, _ = predict_split(variables, family, source, mesh, local_batch_size=local_batch_size,
-                           flip_test=flip_test, predict_step=predict_step)
+                           flip_test=flip_test, predict_step=predict_step,
+                           should_stop=should_stop)
+  stages = None
+  if preds.ndim == 4:  # [N, T, K, 2]
+    stages = [score(preds[:, t], source, convention) for t in range(preds.shape[1])]
+    preds = preds[:, -1]
   table = score(preds, source, convention)
   name, threshold = HEADLINE[source.skeleton.name]
   logging.info("Evaluated %d examples of %s in %.1fs: %s@%s %.2f", source.num_examples,
                source.name, time.time() - start, name, threshold, table["Total"])
-  return table, preds
+  return table, preds, stages
 
 
 def load_checkpoint(path: str, mesh):
   """A workdir or checkpoint step folder -> (config, family, variables, step).
 
-  The model is rebuilt from the config stored with the checkpoint; parameters are restored onto
-  `mesh` (any size, resharded).
+  The model is rebuilt from the config stored with the checkpoint; only its variables
+  (parameters and model state, no optimiser) are restored, onto `mesh` (any size, resharded).
   """
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from jaxpose import checkpoints, families, train  # pylint: disable=g-import-not-at-top
   directory, step = checkpoints.resolve(path)
   manager = checkpoints.manager(directory, read_only=True)
   step = manager.latest_step() if step is None else step
   meta = checkpoints.read_meta(manager, step)
   config = ml_collections.ConfigDict(meta["config"])
   family = families.create_family(config)
-  tx = train.create_optimizer(config, num_train_examples=1)  # Only the state's shapes matter.
-  abstract = train.create_train_state(family, tx, jax.random.key(0), mesh, abstract=True)
-  state = checkpoints.restore_state(manager, step, abstract)
-  return config, family, {"params": state.params, "batch_stats": state.batch_stats}, step
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=parallel.replicated(mesh)),
+      families.eval_shape_variables(family))
+  variables = checkpoints.restore_variables(manager, step, abstract)
+  return config, family, variables, step
 
 
 def evaluate_checkpoint(path: str, *, split: str | None = None, flip_test: bool = True,
@@ -145,28 +174,33 @@ def evaluate_checkpoint(path: str, *, split: str | None = None, flip_test: bool 
   """eval.py --ckpt: restores, predicts the split, scores. Returns a JSON-able dict with
   "table" ({column: percent, ..., "AUC": ...}), "text" (the printable table) and "outputs"
   (files written into WORKDIR/eval/<split>_step<step>/ when `write_outputs`)."""
-  from jaxpose import checkpoints  # pylint: disable=g-import-not-at-top
-  from jaxpose.data import datasets  # pylint: disable=g-import-not-at-top
   mesh = parallel.make_mesh()
   config, family, variables, step = load_checkpoint(path, mesh)
   split = split or config.dataset.eval_split
-  source = datasets.load_source(config.dataset, split)
   batch_size = batch_size or config.eval_batch_size
-  parallel.check_batch_size(batch_size, mesh)
-  table, preds = evaluate(variables, family, source, mesh,
-                          local_batch_size=batch_size // jax.process_count(),
-                          flip_test=flip_test, convention=convention)
+  parallel.check_batch_size(batch_size, mesh, what="--batch_size")
+  source = datasets.load_source(config.dataset, split)
+  table, preds, stages = evaluate(variables, family, source, mesh,
+                                  local_batch_size=batch_size // jax.process_count(),
+                                  flip_test=flip_test, convention=convention)
   name, threshold = HEADLINE[source.skeleton.name]
   title = (f"{config.model.name} step {step} on {source.name} ({source.num_examples} people), "
            f"{name}@{threshold} ({convention}{', flip test' if flip_test else ''})")
+  text = format_table(table, source, title)
+  if stages:
+    text = "\n".join([format_table(t, source, f"after stage {i + 1} of {len(stages)}")
+                      for i, t in enumerate(stages[:-1])] + [text])
   outputs = []
   if write_outputs and jax.process_index() == 0:
     workdir = checkpoints.resolve(path)[0].absolute().parent
     out_dir = workdir / "eval" / f"{split}_step{step}"
     outputs = write_eval_outputs(str(out_dir), preds, source, config, convention)
-  return {"table": table, "text": format_table(table, source, title), "step": int(step),
-          "checkpoint": str(path), "dataset": source.name, "num_examples": source.num_examples,
-          "flip_test": flip_test, "convention": convention, "outputs": outputs}
+  result = {"table": table, "text": text, "step": int(step), "checkpoint": str(path),
+            "dataset": source.name, "num_examples": source.num_examples,
+            "flip_test": flip_test, "convention": convention, "outputs": outputs}
+  if stages:
+    result["stages"] = stages
+  return result
 
 
 def write_eval_outputs(out_dir: str, preds: np.ndarray, source: pipeline.Source, config,
@@ -177,8 +211,6 @@ def write_eval_outputs(out_dir: str, preds: np.ndarray, source: pipeline.Source,
   group), overlays_best_worst.png (skeletons of the best and worst people by mean normalised
   error), and for MPII validation pred_keypoints_mpii.mat in the benchmark's annolist format.
   """
-  import os  # pylint: disable=g-import-not-at-top
-  from jaxpose import prediction_files, visualize  # pylint: disable=g-import-not-at-top
   os.makedirs(out_dir, exist_ok=True)
   ann = source.annotations
   paths = []
@@ -225,7 +257,6 @@ def write_eval_outputs(out_dir: str, preds: np.ndarray, source: pipeline.Source,
 
 def _person_tile(source: pipeline.Source, i: int, pred: np.ndarray, size: int = 160):
   """The person's box (200 x scale around the centre) with the predicted skeleton, resized."""
-  from jaxpose import visualize  # pylint: disable=g-import-not-at-top
   ann = source.annotations
   image = pipeline.decode_image(source.images[i]).numpy()
   drawn = visualize.draw_skeleton(image, pred, ann["visible"][i], source.skeleton)

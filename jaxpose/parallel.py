@@ -61,8 +61,15 @@ def global_batch(local: dict, mesh: Mesh) -> dict:
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local)
 
 
-def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
+def check_batch_size(global_batch_size: int, mesh: Mesh,
+                     what: str = "config.batch_size") -> None:
+  """A global batch must split evenly over the devices and over the processes."""
   n = mesh.devices.size
+  if global_batch_size <= 0:
+    raise ValueError(f"{what}={global_batch_size} must be positive.")
   if global_batch_size % n:
-    raise ValueError(f"config.batch_size={global_batch_size} must be divisible by the number "
+    raise ValueError(f"{what}={global_batch_size} must be divisible by the number "
                      f"of devices ({n}).")
+  if global_batch_size % jax.process_count():
+    raise ValueError(f"{what}={global_batch_size} must be divisible by the number "
+                     f"of processes ({jax.process_count()}).")

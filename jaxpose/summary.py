@@ -35,23 +35,28 @@ def count(tree) -> int:
 
 
 def summarize(config) -> dict:
-  """{"params", "batch_stats", "gflops", "input_shape", "output_shapes"} for one image."""
+  """{"params", "model_state", "gflops", "input_shape", "output_shapes"} for one image.
+
+  Shapes through `jax.eval_shape` of the family's init; the cost from XLA's analysis of the
+  lowered (not compiled) prediction without flip test (one forward pass, or the whole cascade /
+  every iteration for the families that have them)."""
   from jaxpose import families  # pylint: disable=g-import-not-at-top
   family = families.create_family(config)
-  model = family.model
   size = family.input_size
-  image = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), image)
-  forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
-  outputs = jax.eval_shape(forward, variables, image)
-  cost = forward.lower(variables, image).cost_analysis() or {}
+  variables = families.eval_shape_variables(family)
+  batch = {"image": jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),
+           "transform": jax.ShapeDtypeStruct((1, 3, 3), jnp.float32)}
+  forward = jax.jit(lambda v, b: family.predict(v, b, False))
+  outputs = jax.eval_shape(forward, variables, batch)
+  cost = forward.lower(variables, batch).cost_analysis() or {}
   if isinstance(cost, (list, tuple)):  # Older JAX: one dict per device.
     cost = cost[0] if cost else {}
+  params, model_state = families.split_variables(variables)
   return {
-      "params": count(variables["params"]),
-      "batch_stats": count(variables.get("batch_stats", {})),
+      "params": count(params),
+      "model_state": count(model_state),
       "gflops": float(cost.get("flops", float("nan"))) / 1e9,
-      "input_shape": image.shape,
+      "input_shape": batch["image"].shape,
       "output_shapes": [o.shape for o in jax.tree.leaves(outputs)],
   }
 
@@ -62,10 +67,10 @@ def main(argv) -> None:
   config = load_config(argv[1])
   s = summarize(config)
   print(f"model: {config.model.name} {dict(config.model)}")
-  print(f"input: {s['input_shape']}  outputs: {len(s['output_shapes'])} x "
-        f"{s['output_shapes'][-1]}")
+  print(f"input: {s['input_shape']}  predicts: joints {s['output_shapes'][0]}, "
+        f"scores {s['output_shapes'][1]}")
   print(f"params: {s['params']}")
-  print(f"batch_stats: {s['batch_stats']} (BatchNorm running means and variances)")
+  print(f"model state: {s['model_state']} (e.g. BatchNorm running means and variances)")
   print(f"gflops: {s['gflops']:.2f} per image forward (XLA cost analysis; "
         f"{s['gflops'] / 2:.2f} G multiply-adds)")
 

@@ -1,16 +1,20 @@
-"""Training: state, the jitted step, checkpoints and the loop.
+"""Training: state, the jitted step, phases, checkpoints and the loop.
 
 Designed for many hosts and exact resumption from the start:
   * batches are a pure function of (seed, step, process) (see data/pipeline.py) and the step's
-    RNG is fold_in(seed, step), so a restart from a checkpoint at step s continues bit for bit;
-  * the step is one jit over a ("data",) mesh: parameters replicated, batches sharded;
+    key is fold_in(train key, step), the train key split from the seed apart from the init key,
+    so a restart from a checkpoint at step s continues bit for bit;
+  * the step is one jit over a ("data",) mesh: parameters replicated, batches sharded; only the
+    family touches the model (`families.Family.loss`);
+  * phases (a cascade's stages, IEF's fixed-path steps) run in order in the same loop, each with
+    its own optimiser over its trainable subtrees, resumable anywhere;
   * orbax saves every process's shards; only process 0 writes logs and summaries;
-  * a non-finite loss stops the run before anything is saved; SIGTERM saves and exits.
+  * a non-finite loss stops the run before anything is saved; a preemption notice (SIGTERM to
+    any process) makes every process save at the same step and exit.
 """
 
 import dataclasses
 import functools
-import signal
 import time
 from typing import Any
 
@@ -20,140 +24,78 @@ from clu import periodic_actions
 from etils import epath
 from flax.training import train_state
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 import tensorflow as tf
 
 from jaxpose import checkpoints
+from jaxpose import config_checks
 from jaxpose import evaluate
 from jaxpose import families
+from jaxpose import optim
 from jaxpose import parallel
+from jaxpose import preemption as preemption_lib
 from jaxpose.data import datasets
 from jaxpose.data import device_augment
 from jaxpose.data import pipeline
 
 
 class TrainState(train_state.TrainState):
-  batch_stats: Any
+  """Parameters, optimiser state and the family's opaque model state (BatchNorm statistics)."""
+
+  model_state: Any
 
 
 class NonFiniteLossError(FloatingPointError):
   pass
 
 
-# ---------------------------------------------------------------------------------------------
-# Set-up.
-
-
-def steps_per_epoch(config, num_train_examples: int) -> int:
-  return max(1, num_train_examples // config.batch_size)
-
-
-def total_steps(config, num_train_examples: int) -> int:
-  if config.num_train_steps > 0:
-    return config.num_train_steps
-  return int(config.num_epochs * steps_per_epoch(config, num_train_examples))
-
-
-def create_optimizer(config, num_train_examples: int) -> optax.GradientTransformation:
-  """The config's optimiser with its step-wise learning-rate schedule."""
-  opt = config.optimizer
-  if opt.schedule == "piecewise":  # x decay_factor at each of decay_epochs.
-    epoch = steps_per_epoch(config, num_train_examples)
-    boundaries = {int(e * epoch): opt.decay_factor for e in opt.decay_epochs}
-    schedule = optax.piecewise_constant_schedule(opt.learning_rate, boundaries)
-  elif opt.schedule == "cosine":  # Cosine decay to 0 at the last step.
-    decay = max(1, total_steps(config, num_train_examples) - opt.warmup_steps)
-    schedule = optax.cosine_decay_schedule(opt.learning_rate, decay)
-  else:
-    raise ValueError(f"Unknown config.optimizer.schedule {opt.schedule!r}; known: "
-                     "'piecewise', 'cosine'.")
-  if opt.warmup_steps:
-    warm = optax.linear_schedule(0.0, opt.learning_rate, opt.warmup_steps)
-    schedule = optax.join_schedules([warm, schedule], [opt.warmup_steps])
-  if opt.name == "rmsprop":
-    # PyTorch's RMSprop (the reference's): alpha 0.99, eps 1e-8 outside the square root.
-    return optax.rmsprop(schedule, decay=0.99, eps=1e-8, eps_in_sqrt=False)
-  if opt.name == "adam":
-    return optax.adam(schedule)
-  raise ValueError(f"Unknown config.optimizer.name {opt.name!r}; known: 'rmsprop', 'adam'.")
-
-
-def init_variables(model, rng, init_size: int = 64):
-  """Parameters do not depend on the spatial size of this fully convolutional model, so
-  initialise at a small size (an 8-stack model at 256 px takes ~40 s to jit-init on CPU)."""
-  dummy = jnp.zeros((1, init_size, init_size, 3), jnp.float32)
-  return jax.jit(functools.partial(model.init, train=False))(rng, dummy)
-
-
 def create_train_state(family: families.Family, tx, rng, mesh, *,
                        abstract: bool = False) -> TrainState:
   """Replicated initial state (or, with `abstract`, its shapes and shardings only)."""
-  init_size = 4 * 2 ** getattr(family.model, "depth", 2)
 
   def init():
-    variables = init_variables(family.model, rng, init_size)
-    return TrainState.create(apply_fn=family.model.apply, params=variables["params"],
-                             batch_stats=variables.get("batch_stats", {}), tx=tx)
+    params, model_state = families.split_variables(family.init(rng))
+    return TrainState.create(apply_fn=None, params=params, model_state=model_state, tx=tx)
 
   init = jax.jit(init, out_shardings=parallel.replicated(mesh))
   return jax.eval_shape(init) if abstract else init()
+
+
+def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+  """(init key, train key): independent streams from one seed (step keys fold in the step)."""
+  init_key, train_key = jax.random.split(jax.random.key(seed))
+  return init_key, train_key
 
 
 # ---------------------------------------------------------------------------------------------
 # The step.
 
 
-def train_step(state: TrainState, batch, rng, *, family: families.Family):
-  """(state, batch, rng) -> (state, metrics). Pure; compiled once."""
-  del rng  # Hourglass has no dropout; the per-step key is fold_in(seed, step) for families that do.
-
-  if "image" in batch:
-    images = batch["image"]
-  else:  # config.augment_on_device: resample and colour here.
-    images = device_augment.input_images(batch, family.input_size)
+def train_step(state: TrainState, batch, rng, *, family: families.Family, phase: int = 0):
+  """(state, batch, rng) -> (state, metrics). Pure; compiled once per phase."""
+  if "image" not in batch:  # config.augment_on_device: resample and colour here.
+    batch = dict(batch, image=device_augment.input_images(batch, family.input_size))
 
   def loss_fn(params):
-    outputs, new_vars = state.apply_fn({"params": params, "batch_stats": state.batch_stats},
-                                       images, train=True, mutable=["batch_stats"])
-    loss, aux = family.loss_fn(outputs, batch)
-    return loss, (new_vars["batch_stats"], aux)
+    return family.loss(params, state.model_state, batch, rng, phase=phase)
 
-  (loss, (batch_stats, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  (loss, (model_state, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  new_state = state.apply_gradients(grads=grads, model_state=model_state)
   metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
   return new_state, metrics
 
 
-def make_train_step(family, mesh):
+def make_train_step(family, mesh, phase: int = 0):
   rep, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-  step = functools.partial(train_step, family=family)
+  step = functools.partial(train_step, family=family, phase=phase)
   return jax.jit(step, in_shardings=(rep, data, rep), out_shardings=(rep, rep),
                  donate_argnums=0)
 
 
 # ---------------------------------------------------------------------------------------------
-# The loop.
-
-
-@dataclasses.dataclass
-class _Preemption:
-  """SIGTERM -> save at the next step boundary and exit cleanly."""
-
-  requested: bool = False
-
-  def install(self):
-    try:
-      signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # Not the main thread (e.g. inside a test runner's worker).
-      pass
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM received: saving a checkpoint at the next step boundary.")
-    self.requested = True
+# The loop's pieces.
 
 
 def _check_finite(history: list[tuple[int, dict]]) -> dict[str, float]:
@@ -184,114 +126,236 @@ def precrop_source(source: pipeline.Source, input_size: int,
   return cropped
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains `config` in `workdir` (resuming from its latest checkpoint). Returns the last
-  evaluation's table."""
+@dataclasses.dataclass
+class _Run:
+  """What the loop's pieces share: set once, then only `state` changes."""
+
+  config: ml_collections.ConfigDict
+  workdir: epath.Path
+  family: families.Family
+  mesh: Any
+  manager: Any
+  writer: Any
+  train_source: pipeline.Source
+  eval_source: pipeline.Source
+  phases: list[optim.Phase]
+  train_key: jax.Array
+  preemption: preemption_lib.Preemption
+  state: TrainState | None = None
+  is_chief: bool = True
+
+  @property
+  def num_steps(self) -> int:
+    return self.phases[-1].end_step
+
+  def optimizer(self, phase: optim.Phase):
+    return optim.create_optimizer(self.config, self.train_source.num_examples, phase,
+                                  layer_groups=self.family.layer_groups)
+
+
+def _set_up(config, workdir: str, allow_inexact_resume: bool) -> _Run:
+  """Checks, mesh, family, the workdir's compatibility and the data: before any state."""
+  config_checks.check_config(config)
   workdir = epath.Path(workdir).absolute()
   mesh = parallel.make_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
+  parallel.check_batch_size(config.eval_batch_size, mesh, what="config.eval_batch_size")
   is_chief = jax.process_index() == 0
-  # Only process 0 logs and writes summaries; the others write nothing.
-  writer = (metric_writers.create_default_writer(str(workdir)) if is_chief
-            else metric_writers.MultiWriter([]))
   family = families.create_family(config)
-  # Refuse a workdir of another model before any expensive set-up.
+  # Refuse a workdir of another model (or another recipe) before any expensive set-up.
   manager = checkpoints.manager(workdir / "checkpoints", config)
   if manager.latest_step() is not None:
     meta = checkpoints.read_meta(manager, manager.latest_step())
-    checkpoints.check_compatible(meta, config, str(workdir))
-
+    checkpoints.check_compatible(meta, config, str(workdir),
+                                 allow_inexact_resume=allow_inexact_resume)
+  writer = (metric_writers.create_default_writer(str(workdir)) if is_chief
+            else metric_writers.MultiWriter([]))
   train_source = datasets.load_source(config.dataset, config.dataset.train_split)
   eval_source = datasets.load_source(config.dataset, config.dataset.eval_split)
-  num_steps = total_steps(config, train_source.num_examples)
-  tx = create_optimizer(config, train_source.num_examples)
-  rng = jax.random.key(config.seed)
-  state = create_train_state(family, tx, jax.random.fold_in(rng, 0), mesh)
+  all_phases = optim.phases(config, train_source.num_examples)
+  _, train_key = seed_keys(config.seed)
+  return _Run(config, workdir, family, mesh, manager, writer, train_source, eval_source,
+              all_phases, train_key, preemption_lib.Preemption(), is_chief=is_chief)
 
-  start_step = 0
-  if manager.latest_step() is not None:
-    start_step = manager.latest_step()
-    state = checkpoints.restore_state(manager, start_step, state)
-    logging.info("Resumed from %s at step %d.", workdir / "checkpoints", start_step)
-  elif is_chief:
-    writer.write_hparams({k: v for k, v in config.to_dict().items()
-                          if isinstance(v, (int, float, str, bool))})
 
+def _restore_or_init(run: _Run) -> int:
+  """Sets run.state from the newest intact checkpoint, or initialises it. Returns the step."""
+  init_key, _ = seed_keys(run.config.seed)
+  latest = run.manager.latest_step()
+  # A checkpoint at a phase boundary holds the finished phase's optimiser state.
+  phase = optim.phase_at(run.phases, max((latest or 0) - 1, 0))
+  abstract = create_train_state(run.family, run.optimizer(phase), init_key, run.mesh,
+                                abstract=True)
+  state, step = checkpoints.restore_latest_intact(run.manager, abstract)
+  if state is None:
+    run.state = create_train_state(run.family, run.optimizer(run.phases[0]), init_key,
+                                   run.mesh)
+    if run.is_chief:
+      run.writer.write_hparams({k: v for k, v in run.config.to_dict().items()
+                                if isinstance(v, (int, float, str, bool))})
+    return 0
+  run.state = state
+  logging.info("Resumed from %s at step %d (phase %r).", run.workdir / "checkpoints", step,
+               phase.name)
+  return step
+
+
+def _enter_phase(run: _Run, phase: optim.Phase, step: int) -> None:
+  """Switches to `phase` at `step`: at its first step the family's phase hook runs and the
+  phase's optimiser starts afresh; resumed inside it, the restored optimiser state is its own."""
+  state, tx = run.state, run.optimizer(phase)
+  if step == phase.first_step:
+    if run.family.begin_phase is not None:
+      variables = run.family.begin_phase(phase.index,
+                                         {"params": state.params, **state.model_state},
+                                         _phase_context(run))
+      params, model_state = families.split_variables(variables)
+      state = state.replace(params=params, model_state=model_state)
+    opt_state = jax.jit(tx.init, out_shardings=parallel.replicated(run.mesh))(state.params)
+    state = state.replace(opt_state=opt_state)
+  run.state = state.replace(tx=tx)
+  if len(run.phases) > 1:
+    logging.info("Phase %d/%d %r: steps %d-%d, training %s.", phase.index + 1,
+                 len(run.phases), phase.name, phase.first_step, phase.end_step,
+                 "everything" if phase.trainable is None else ", ".join(phase.trainable))
+
+
+def _phase_context(run: _Run) -> families.PhaseContext:
+  """What a family's phase hook may use: predictions on the training split (no augmentation),
+  in crop pixels, with the ground truth in the same frame."""
+
+  def predict_train(variables):
+    return evaluate.predict_split(
+        variables, run.family, run.train_source, run.mesh, frame="crop",
+        local_batch_size=run.config.eval_batch_size // jax.process_count(), flip_test=False)
+
+  return families.PhaseContext(predict_train=predict_train)
+
+
+def _train_iterator(run: _Run, start_step: int):
+  config = run.config
   augment = pipeline.Augment(**config.augment)
+  source = run.train_source
   if config.dataset.precrop:
-    train_source = precrop_source(train_source, family.input_size, augment)
-  train_iter = pipeline.train_dataset(
-      train_source, input_size=family.input_size, target_fn=family.target_fn,
-      augment=augment, global_batch_size=config.batch_size,
-      seed=config.seed, start_step=start_step, process_index=jax.process_index(),
-      process_count=jax.process_count(),
-      on_device=config.augment_on_device).as_numpy_iterator()
-  step_fn = make_train_step(family, mesh)
-  predict_step = evaluate.make_predict_step(family, mesh, config.flip_test)
-  local_eval_batch = config.eval_batch_size // jax.process_count()
+    source = precrop_source(source, run.family.input_size, augment)
+  ds = pipeline.train_dataset(
+      source, input_size=run.family.input_size, target_fn=run.family.target_fn,
+      augment=augment, global_batch_size=config.batch_size, seed=config.seed,
+      start_step=start_step, process_index=jax.process_index(),
+      process_count=jax.process_count(), on_device=config.augment_on_device)
+  return source, ds.as_numpy_iterator()
 
-  def run_eval(step):
-    table, _ = evaluate.evaluate({"params": state.params, "batch_stats": state.batch_stats},
-                                 family, eval_source, mesh, local_batch_size=local_eval_batch,
-                                 flip_test=config.flip_test, predict_step=predict_step)
-    writer.write_scalars(step, {f"eval/pckh_{k}": v for k, v in table.items()})
-    return table
 
-  report = (periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
-                                            every_steps=config.log_every_steps)
-            if is_chief else lambda step: None)
-  preemption = _Preemption()
-  preemption.install()
-  history, table, last_log = [], None, (start_step, time.time())
-  train_seconds, eval_seconds = 0.0, 0.0  # Wall-clock spent training vs evaluating (this run).
-  run_start = time.time()
+def _log(run: _Run, step: int, history, last_log) -> tuple[int, float]:
+  means = _check_finite(history)
+  now = time.time()
+  rate = (step - last_log[0]) / max(now - last_log[1], 1e-9)
+  bs = run.config.batch_size
+  run.writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()}
+                           | {"train/images_per_sec": rate * bs})
+  if run.is_chief:
+    logging.info("step %d/%d  loss %.5f  %.2f steps/s  %.1f images/s  ETA %s", step,
+                 run.num_steps, means["loss"], rate, rate * bs,
+                 _eta((run.num_steps - step) / max(rate, 1e-9)))
+  return step, now
+
+
+def _evaluate(run: _Run, step: int, predict_step) -> dict | None:
+  """Evaluates the current state; None when a preemption notice interrupted it."""
+  config = run.config
+  state = run.state
+  try:
+    table, _, _ = evaluate.evaluate(
+        {"params": state.params, **state.model_state}, run.family, run.eval_source, run.mesh,
+        local_batch_size=config.eval_batch_size // jax.process_count(),
+        flip_test=config.flip_test, predict_step=predict_step,
+        should_stop=run.preemption.reached)
+  except evaluate.Interrupted:
+    logging.warning("Evaluation at step %d interrupted by a preemption notice.", step)
+    return None
+  run.writer.write_scalars(step, {f"eval/pckh_{k}": v for k, v in table.items()})
+  return table
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       allow_inexact_resume: bool = False) -> dict[str, float]:
+  """Trains `config` in `workdir` (resuming from its newest intact checkpoint). Returns the
+  last evaluation's table."""
+  run = _set_up(config, workdir, allow_inexact_resume)
+  step = _restore_or_init(run)
+  source, train_iter = _train_iterator(run, step)
+  run.preemption.install()
   logging.info("Training %s for %d steps (%d per epoch) on %d devices, batch %d.",
-               family.name, num_steps, steps_per_epoch(config, train_source.num_examples),
-               mesh.devices.size, config.batch_size)
-  step = start_step
-  while step < num_steps:
-    batch = parallel.global_batch(_next_batch(train_iter, train_source, config, step), mesh)
-    step_rng = jax.random.fold_in(rng, step)
-    state, metrics = step_fn(state, batch, step_rng)
+               run.family.name, run.num_steps,
+               optim.steps_per_epoch(config, run.train_source.num_examples),
+               run.mesh.devices.size, config.batch_size)
+  table = _loop(run, step, source, train_iter)
+  run.manager.wait_until_finished()
+  run.writer.flush()
+  return table or {}
+
+
+def _loop(run: _Run, step: int, source, train_iter) -> dict | None:
+  config = run.config
+  report = (periodic_actions.ReportProgress(num_train_steps=run.num_steps, writer=run.writer,
+                                            every_steps=config.log_every_steps)
+            if run.is_chief else lambda step: None)
+  predict_step = evaluate.make_predict_step(run.family, run.mesh, config.flip_test)
+  history, table, last_log = [], None, (step, time.time())
+  clock = _Clock()
+  phase, step_fn = None, None
+  while step < run.num_steps:
+    if phase is None or step >= phase.end_step:
+      phase = optim.phase_at(run.phases, step)
+      _enter_phase(run, phase, step)
+      step_fn = make_train_step(run.family, run.mesh, phase.index)
+    batch = parallel.global_batch(_next_batch(train_iter, source, config, step), run.mesh)
+    run.state, metrics = step_fn(run.state, batch, jax.random.fold_in(run.train_key, step))
     step += 1
     history.append((step, metrics))
     report(step)
-    last_step = step == num_steps
-    if step % config.log_every_steps == 0 or last_step or preemption.requested:
-      means = _check_finite(history)
+    stop = run.preemption.reached(step)
+    last = step == run.num_steps
+    if step % config.log_every_steps == 0 or last or stop:
+      last_log = _log(run, step, history, last_log)
       history = []
-      now = time.time()
-      rate = (step - last_log[0]) / max(now - last_log[1], 1e-9)
-      last_log = (step, now)
-      writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()}
-                           | {"train/images_per_sec": rate * config.batch_size})
-      if is_chief:
-        logging.info("step %d/%d  loss %.5f  %.2f steps/s  %.1f images/s  ETA %s", step,
-                     num_steps, means["loss"], rate, rate * config.batch_size,
-                     _eta((num_steps - step) / max(rate, 1e-9)))
     pckh = None
-    if step % config.eval_every_steps == 0 or last_step:
-      jax.block_until_ready(state.params)
-      train_seconds = time.time() - run_start - eval_seconds
-      t0 = time.time()
-      table = run_eval(step)
-      eval_seconds += time.time() - t0
-      writer.write_scalars(step, {"eval/train_minutes": train_seconds / 60})
-      if is_chief:
-        logging.info("eval at step %d after %.1f min of training: Total %.2f", step,
-                     train_seconds / 60, table["Total"])
-      pckh = table["Total"]
-    if step % config.checkpoint_every_steps == 0 or last_step or preemption.requested:
+    if not stop and (step % config.eval_every_steps == 0 or last):
+      table, pckh, stop = _timed_eval(run, step, predict_step, clock)
+    if (step % config.checkpoint_every_steps == 0 or last or stop
+        or step == phase.end_step):
       if history:
         _check_finite(history)  # Never save a state that went through a NaN.
         history = []
-      checkpoints.save(manager, state, config, step, pckh)
-    if preemption.requested:
-      logging.warning("Saved step %d after SIGTERM; exiting.", step)
+      checkpoints.save(run.manager, run.state, config, step, pckh)
+    if stop:
+      logging.warning("Saved step %d after a preemption notice; exiting.", step)
       break
-  manager.wait_until_finished()
-  writer.flush()
-  return table or {}
+  return table
+
+
+@dataclasses.dataclass
+class _Clock:
+  """Wall-clock of this run, training and evaluating apart."""
+
+  start: float = dataclasses.field(default_factory=time.time)
+  eval_seconds: float = 0.0
+
+
+def _timed_eval(run: _Run, step: int, predict_step, clock: _Clock):
+  """(table or None, pckh or None, preempted?)"""
+  jax.block_until_ready(run.state.params)
+  train_seconds = time.time() - clock.start - clock.eval_seconds
+  t0 = time.time()
+  table = _evaluate(run, step, predict_step)
+  clock.eval_seconds += time.time() - t0
+  if table is None:
+    return None, None, True
+  run.writer.write_scalars(step, {"eval/train_minutes": train_seconds / 60})
+  if run.is_chief:
+    logging.info("eval at step %d after %.1f min of training: Total %.2f", step,
+                 train_seconds / 60, table["Total"])
+  return table, table["Total"], False
 
 
 def _next_batch(train_iter, source, config, step):

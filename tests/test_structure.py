@@ -1,0 +1,79 @@
+"""The package's import graph (read from the source with ast): no cycles, no upward imports."""
+
+import ast
+import graphlib
+import pathlib
+
+import pytest
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "jaxpose"
+
+# Lower layers may not import the modules listed against them (deferred imports count too).
+UPPER = {"jaxpose.train", "jaxpose.evaluate", "jaxpose.prediction_files", "jaxpose.visualize",
+         "jaxpose.families", "jaxpose.checkpoints", "jaxpose.predict", "jaxpose.export"}
+LOWER_PREFIXES = ("jaxpose.metrics", "jaxpose.skeletons", "jaxpose.codecs", "jaxpose.models",
+                  "jaxpose.data")
+
+
+def _modules() -> dict[str, pathlib.Path]:
+  mods = {}
+  for path in PACKAGE.rglob("*.py"):
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+      parts.pop()
+    mods[".".join(parts)] = path
+  return mods
+
+
+def _imported_names(module: str, path: pathlib.Path):
+  """Every dotted name an import statement anywhere in the file may refer to."""
+  for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    if isinstance(node, ast.Import):
+      yield from (a.name for a in node.names)
+    elif isinstance(node, ast.ImportFrom):
+      base = node.module or ""
+      if node.level:
+        package = module.split(".")
+        package = package[:len(package) - node.level + (path.name == "__init__.py")]
+        base = ".".join(package + ([node.module] if node.module else []))
+      yield base
+      yield from (f"{base}.{a.name}" for a in node.names)
+
+
+def import_graph() -> dict[str, set[str]]:
+  """module -> the package's modules it imports (the package root itself left out)."""
+  mods = _modules()
+  graph = {}
+  for module, path in mods.items():
+    deps = set()
+    for name in _imported_names(module, path):
+      while name and name not in mods:
+        name = name.rpartition(".")[0]
+      if name and name not in (module, "jaxpose"):
+        deps.add(name)
+    graph[module] = deps
+  return graph
+
+
+def test_the_graph_sees_the_package():
+  graph = import_graph()
+  assert "jaxpose.train" in graph and "jaxpose.data.pipeline" in graph
+  assert "jaxpose.families" in graph["jaxpose.train"]
+
+
+def test_no_import_cycles():
+  try:
+    tuple(graphlib.TopologicalSorter(import_graph()).static_order())
+  except graphlib.CycleError as e:
+    pytest.fail(f"import cycle: {' -> '.join(e.args[1])}")
+
+
+def test_cycle_detection_would_fire():
+  with pytest.raises(graphlib.CycleError):
+    tuple(graphlib.TopologicalSorter({"a": {"b"}, "b": {"a"}}).static_order())
+
+
+def test_lower_layers_do_not_import_upper_ones():
+  bad = [f"{m} imports {d}" for m, deps in import_graph().items()
+         if m.startswith(LOWER_PREFIXES) for d in deps if d in UPPER]
+  assert not bad, bad
