@@ -15,41 +15,15 @@ says the rate is dropped once validation accuracy plateaus.
 
 import ml_collections
 
+from configs import base
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """arg: number of stacks (default 8)."""
-  c = ml_collections.ConfigDict()
-  c.seed = 0
+  c = base.get_config()
   c.model = ml_collections.ConfigDict(dict(
       name="hourglass", num_stacks=int(arg or 8), features=256, depth=4, num_blocks=1))
-  c.dataset = ml_collections.ConfigDict(dict(
-      name="mpii", config="default", data_dir="", manual_dir="", skeleton="mpii",
-      train_split="train", eval_split="validation",
-      # Keep only what the training crops can reach of each photo, once, at start-up
-      # (pipeline.precrop): a 589x589 JPEG to decode per example instead of a 1280x720 photo
-      # (3.7x faster). Evaluation reads the original images.
-      precrop=True))
-  c.input_size = 256
-  c.output_size = 64
-  c.sigma = 1.0  # Heat-map Gaussian std in output pixels (1 at 64x64; scale with resolution).
-  c.loss = "mse"  # "mse" (paper) or "softmax_ce".
-  c.augment = ml_collections.ConfigDict(dict(
-      rotation=30.0, rotation_prob=0.6, scale=0.25, flip=True, color=0.2))
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name="rmsprop", learning_rate=2.5e-4, schedule="piecewise", decay_epochs=(60, 90),
-      decay_factor=0.1, warmup_steps=0))
-  c.batch_size = 6  # Global, over all devices and hosts.
-  c.eval_batch_size = 48
-  c.num_epochs = 100
-  c.num_train_steps = -1  # > 0 overrides num_epochs.
-  c.log_every_steps = 100
-  c.eval_every_steps = 5000
-  c.checkpoint_every_steps = 5000
-  c.keep_checkpoints = 3  # The latest N, plus the best by validation PCKh.
-  c.flip_test = True
-  # Resample and colour the pre-cropped pixels on the accelerator, in the train step
-  # (jaxpose/data/device_augment.py); the host only decodes JPEGs and renders targets.
-  c.augment_on_device = True
-  c.mixed_precision = "float32"  # or "bfloat16": bf16 compute, float32 parameters and loss.
-  c.remat = False  # Rematerialise each stack in the backward pass to fit bigger batches.
+  # The PyTorch reference's JointsMSELoss: 0.5 x the mean squared error, summed over stacks.
+  c.loss = "mse"
+  c.loss_scale = 0.5
   return c

@@ -1,0 +1,128 @@
+"""Evaluation oracle: perfect heat maps through the real predict path, inverse warp and metric."""
+
+import io
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow as tf
+
+from jaxpose import evaluate
+from jaxpose import families
+from jaxpose import parallel
+from jaxpose import skeletons
+from jaxpose.codecs import heatmap
+from jaxpose.data import pipeline
+
+SIZE, OUT = 64, 16  # Crop side and heat-map side: stride 4.
+SKELETON = skeletons.MPII
+
+
+def _source(n=10, seed=0) -> pipeline.Source:
+  """People of different sizes at different places of 160x120 photos."""
+  rng = np.random.default_rng(seed)
+  images, joints, centers, scales = [], [], [], []
+  for _ in range(n):
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(buf, "PNG")
+    images.append(buf.getvalue())
+    scale = rng.uniform(0.25, 0.5)
+    center = rng.uniform((50, 40), (110, 80))
+    joints.append(center + rng.uniform(-70, 70, (16, 2)) * scale)
+    centers.append(center)
+    scales.append(scale)
+  visible = np.ones((n, 16), np.float32)
+  ann = {"joints": np.asarray(joints, np.float32), "visible": visible,
+         "occluded": np.zeros_like(visible), "center": np.asarray(centers, np.float32),
+         "scale": np.asarray(scales, np.float32), "head_box": np.zeros((n, 4), np.float32),
+         "norm_size": np.asarray(scales, np.float32) * 12.0, "id": np.arange(n)}
+  return pipeline.Source("oracle", tf.constant(images), ann, SKELETON)
+
+
+def _render(joints_px):
+  """Gaussian heat maps (sigma 1 heat-map px) at crop-pixel joints [B,K,2] -> [B,OUT,OUT,K]."""
+  uv = heatmap.input_to_heatmap(joints_px, SIZE // OUT)
+  grid = jnp.arange(OUT, dtype=jnp.float32)
+  gx = jnp.exp(-0.5 * jnp.square(grid[None, :, None] - uv[:, None, :, 0]))  # [B, W, K]
+  gy = jnp.exp(-0.5 * jnp.square(grid[None, :, None] - uv[:, None, :, 1]))  # [B, H, K]
+  return gy[:, :, None, :] * gx[:, None, :, :]
+
+
+def _oracle_family(source) -> families.Family:
+  """Predicts from the ground truth: finds each example by its crop warp, renders its joints
+  in the crop (and, for the flip test, in the mirrored crop with left/right swapped) and hands
+  the maps to the heat-map families' real decoding."""
+  ann = source.annotations
+  perm = SKELETON.flip_permutation
+
+  def predict(variables, batch, flip_test):
+    gt, warps = variables["params"]["gt"], variables["params"]["warps"]
+    t = batch["transform"]
+    n = jnp.argmin(jnp.sum(jnp.abs(t[:, None] - warps[None]), axis=(-1, -2)), axis=1)
+    m = t[:, None, :2, :2]
+    crop = jnp.einsum("bkij,bkj->bki", jnp.broadcast_to(m, gt[n].shape[:2] + (2, 2)), gt[n])
+    crop = crop + t[:, None, :2, 2]
+    flipped = None
+    if flip_test:
+      mirrored = crop.at[..., 0].set(SIZE - 1 - crop[..., 0])[:, perm]
+      flipped = _render(mirrored)
+    return families.heatmap_predict(_render(crop), flipped, stride=SIZE // OUT,
+                                    flip_permutation=perm)
+
+  warps = np.stack([pipeline.crop_transform(c, s, 0.0, SIZE).numpy()
+                    for c, s in zip(ann["center"], ann["scale"])])
+  variables = {"params": {"gt": jnp.asarray(ann["joints"]), "warps": jnp.asarray(warps)}}
+  family = families.Family("oracle", SKELETON, SIZE, init=lambda rng: variables,
+                           loss=None, predict=predict)
+  return family, variables
+
+
+@pytest.mark.parametrize("flip_test", [False, True])
+def test_perfect_heatmaps_score_100(flip_test):
+  source = _source()
+  family, variables = _oracle_family(source)
+  table, preds, stages = evaluate.evaluate(variables, family, source, parallel.make_mesh(),
+                                           local_batch_size=4, flip_test=flip_test)
+  assert stages is None
+  assert table["Total"] == pytest.approx(100.0)
+  # Decoding to a quarter heat-map pixel: within one heat-map pixel of the truth, in original
+  # pixels (a heat-map pixel is 4 crop px = 4 * 200 * scale / 64 original px).
+  err = np.linalg.norm(preds - source.annotations["joints"], axis=-1)
+  assert np.all(err <= 4 * 200 * source.annotations["scale"][:, None] / SIZE)
+
+
+def test_a_forgotten_left_right_swap_would_be_caught(monkeypatch):
+  """The oracle whose flip test does not swap left and right back scores far below 100."""
+  source = _source()
+  family, variables = _oracle_family(source)
+  original = families.heatmap_predict
+
+  def no_swap(maps, flipped, *, stride, flip_permutation):
+    del flip_permutation
+    return original(maps, flipped, stride=stride, flip_permutation=np.arange(16))
+
+  monkeypatch.setattr(families, "heatmap_predict", no_swap)
+  table, _, _ = evaluate.evaluate(variables, family, source, parallel.make_mesh(),
+                                  local_batch_size=4, flip_test=True)
+  assert table["Total"] < 80
+
+
+def test_rotated_and_scaled_crops_map_back_to_the_original_pixels():
+  """The predict step's inverse warp, on warps with rotation, scale and flip."""
+  source = _source(n=4)
+  family, variables = _oracle_family(source)
+  ann = source.annotations
+  mesh = parallel.make_mesh()
+  step = evaluate.make_predict_step(family, mesh, flip_test=False)
+  rng = np.random.default_rng(1)
+  warps = np.stack([pipeline.crop_transform(c, s * rng.uniform(0.8, 1.2), rng.uniform(-40, 40),
+                                            SIZE).numpy()
+                    for c, s in zip(ann["center"], ann["scale"])])
+  variables = {"params": dict(variables["params"], warps=jnp.asarray(warps))}
+  batch = {"image": np.zeros((4, SIZE, SIZE, 3), np.float32), "transform": warps}
+  joints, _ = jax.device_get(step(variables, parallel.global_batch(batch, mesh)))
+  err = np.linalg.norm(joints - ann["joints"], axis=-1)
+  assert np.all(err <= 4 * 200 * 1.2 * ann["scale"][:, None] / SIZE)
+  assert np.median(err) < np.median(4 * 200 * ann["scale"]) / SIZE  # Mostly sub-pixel.
