@@ -221,13 +221,18 @@ def _enter_phase(run: _Run, phase: optim.Phase, step: int) -> None:
 
 
 def _phase_context(run: _Run) -> families.PhaseContext:
-  """What a family's phase hook may use: predictions on the training split (no augmentation),
-  in crop pixels, with the ground truth in the same frame."""
+  """What a family's phase hook may use: predictions on the training split (no augmentation,
+  no flip test), in crop pixels, with the ground truth in the same frame."""
+  source, size = run.train_source, run.family.input_size
+  ann = source.annotations
+  warps = pipeline.crop_transform(ann["center"], ann["scale"], 0.0, size)
+  gt = pipeline.transform_points(warps, ann["joints"].astype(np.float32)).numpy()
 
   def predict_train(variables):
-    return evaluate.predict_split(
-        variables, run.family, run.train_source, run.mesh, frame="crop",
-        local_batch_size=run.config.eval_batch_size // jax.process_count(), flip_test=False)
+    joints, _ = evaluate.predict_split(
+        variables, run.family, source, run.mesh, frame="crop", flip_test=False,
+        local_batch_size=run.config.eval_batch_size // jax.process_count())
+    return joints, gt, ann["visible"]
 
   return families.PhaseContext(predict_train=predict_train)
 

@@ -1,33 +1,5 @@
-"""Model families: the one place that knows a model.
-
-The trainer knows optimisers, shardings, phases and the loop; the evaluator knows splits, the
-inverse crop warp and the metrics; neither ever calls a model. They talk to a `Family`:
-
-  init(rng) -> variables
-      {"params": ..., other collections}: everything but "params" is the model state
-      (BatchNorm statistics today) that `TrainState.model_state` carries opaquely.
-  loss(params, model_state, batch, rng, *, phase=0) -> (loss, (model_state, metrics))
-      `batch` holds "image" [B,S,S,3], "joints" [B,K,2] crop pixels, "visible" [B,K] and
-      whatever `target_fn` added; `rng` is this step's key (dropout, sampled training inputs);
-      `phase` indexes the config's training phases (static: one compile per phase).
-  predict(variables, batch, flip_test) -> (joints, scores)
-      joints in crop pixels, [B,K,2], or [B,T,K,2] for families that report every stage or
-      iteration (the last is the answer); scores [B,K]. Flip testing, cascades and scanned
-      iterations all happen inside.
-  target_fn: optional per-example tf.data targets (a codec's `encode`), or None when the loss
-      builds its own targets on the device.
-  begin_phase(phase, variables, context) -> variables: optional; runs once when a phase
-      starts (e.g. the DeepPose cascade measures the previous stage's errors). Whatever it
-      computes lives in the variables, so resuming inside a phase needs nothing else.
-
-What a new family writes:
-  1. jaxpose/models/NAME.py, a pure linen module (no configs, no flags).
-  2. configs/NAME_DATASET.py with config.model.name = NAME (and a quickstart variant).
-  3. Here: a builder `(config, skeleton, dtype) -> Family` that picks a codec from
-     jaxpose/codecs and a loss, and one row in `BUILDERS`.
-Nothing in the trainer or the evaluator changes; if a family needs more, the interface changes
-for every family.
-"""
+"""The Family interface (documented in jaxpose/families/__init__.py) and the pieces several
+families share: model state handling, heat-map losses, flip-back and decoding."""
 
 import dataclasses
 from typing import Any, Callable
@@ -35,11 +7,9 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from jaxpose import skeletons
 from jaxpose.codecs import heatmap
-from jaxpose.models import hourglass
 
 Batch = dict[str, Any]
 Variables = dict[str, Any]
@@ -146,7 +116,7 @@ def heatmap_predict(maps, flipped_maps, *, stride: int, flip_permutation):
   return heatmap.heatmap_to_input(coords, stride), scores
 
 
-def _check_sizes(config):
+def check_sizes(config):
   input_size, output_size = config.input_size, config.output_size
   if input_size % output_size:
     raise ValueError(f"config.input_size={input_size} must be a multiple of "
@@ -156,7 +126,7 @@ def _check_sizes(config):
 
 def heatmap_target_fn(config):
   """Per-example Gaussian targets at the config's output size (tf.data)."""
-  stride = _check_sizes(config)
+  stride = check_sizes(config)
   size = (config.output_size, config.output_size)
 
   def target_fn(joints, visible, input_size):
@@ -168,7 +138,7 @@ def heatmap_target_fn(config):
   return target_fn
 
 
-def _init_fn(model: nn.Module, init_size: int, *extra_shapes):
+def init_fn(model: nn.Module, init_size: int, *extra_shapes):
   """rng -> variables, initialised at `init_size` (parameters of a fully convolutional model
   do not depend on the spatial size; an 8-stack hourglass at 256 px takes ~40 s to jit-init)."""
 
@@ -181,65 +151,12 @@ def _init_fn(model: nn.Module, init_size: int, *extra_shapes):
   return init
 
 
-def _hourglass(config, skeleton, dtype) -> Family:
-  kwargs = _model_kwargs(config)
-  try:
-    model = hourglass.StackedHourglass(num_joints=skeleton.num_joints, dtype=dtype,
-                                       remat=config.remat, **kwargs)
-  except TypeError as e:
-    raise ValueError(f"Bad config.model for 'hourglass': {e}") from None
-  stride = _check_sizes(config)
-  loss_kind, loss_scale = config.loss, config.get("loss_scale", 1.0)
-
-  def loss(params, model_state, batch, rng, *, phase=0):
-    del phase
-    outputs, model_state = apply_train(model, params, model_state, rng, batch["image"])
-    total, metrics = heatmap_losses(outputs, batch, loss_kind, scale=loss_scale)
-    return total, (model_state, metrics)
-
-  def predict(variables, batch, flip_test):
-    images = batch["image"]
-    maps = model.apply(variables, images, train=False)[-1]
-    flipped = model.apply(variables, images[:, :, ::-1, :], train=False)[-1] if flip_test \
-        else None
-    return heatmap_predict(maps, flipped, stride=stride,
-                           flip_permutation=skeleton.flip_permutation)
-
-  return Family("hourglass", skeleton, config.input_size,
-                init=_init_fn(model, 4 * 2 ** model.depth), loss=loss, predict=predict,
-                target_fn=heatmap_target_fn(config), model=model)
-
-
-def _model_kwargs(config) -> dict:
+def model_kwargs(config) -> dict:
   kwargs = dict(config.model)
   kwargs.pop("name")
   return kwargs
 
 
-# ---------------------------------------------------------------------------------------------
-# The table of families: config.model.name -> builder. One explicit row per family.
-
-BUILDERS: dict[str, Callable[..., Family]] = {
-    "hourglass": _hourglass,
-}
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def create_family(config: ml_collections.ConfigDict) -> Family:
-  """Maps a config to its family."""
-  skeleton = skeletons.get(config.dataset.skeleton)
-  dtype = DTYPES.get(config.mixed_precision)
-  if dtype is None:
-    raise ValueError(f"config.mixed_precision={config.mixed_precision!r}; expected one of "
-                     f"{sorted(DTYPES)}.")
-  name = config.model.name
-  if name not in BUILDERS:
-    raise ValueError(f"Unknown config.model.name {name!r}; known: {sorted(BUILDERS)}.")
-  return BUILDERS[name](config, skeleton, dtype)
-
-
 def eval_shape_variables(family: Family) -> Variables:
   """The family's variables as shapes (no compile, no memory)."""
   return jax.eval_shape(family.init, jax.random.key(0))
-
