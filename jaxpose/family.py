@@ -37,11 +37,14 @@ class Family:
 class PhaseContext:
   """What `Family.begin_phase` gets from the trainer.
 
-  predict_train(variables) -> (joints [N,K,2] or [N,T,K,2], ground truth [N,K,2], visible
-  [N,K]): the family's predictions on the whole training split without augmentation, in crop
-  pixels, with the ground truth in the same frame.
+  ground_truth: (joints [N,K,2], visible [N,K]) of the training split, in the crop pixels of
+    its unaugmented crops.
+  predict_train(variables) -> (joints [N,K,2] or [N,T,K,2], ground truth, visible): the
+    family's predictions on the whole training split (no augmentation, no flip test), in the
+    same frame.
   """
 
+  ground_truth: tuple[Any, Any]
   predict_train: Callable[[Variables], tuple[Any, Any, Any]]
 
 
@@ -51,16 +54,16 @@ def split_variables(variables: Variables) -> tuple[Any, dict]:
   return variables["params"], state
 
 
-def apply_train(model: nn.Module, params, model_state, rng, *args):
+def apply_train(model: nn.Module, params, model_state, rng, *args, **kwargs):
   """model.apply in training mode: dropout keyed by `rng`, the model state's collections
-  updated. Returns (outputs, new model state)."""
+  updated (those the model does not touch pass through). Returns (outputs, new model state)."""
   variables = {"params": params, **model_state}
   rngs = {"dropout": rng}
   if not model_state:
-    return model.apply(variables, *args, train=True, rngs=rngs), model_state
+    return model.apply(variables, *args, train=True, rngs=rngs, **kwargs), model_state
   outputs, new_state = model.apply(variables, *args, train=True, rngs=rngs,
-                                   mutable=list(model_state))
-  return outputs, dict(new_state)
+                                   mutable=list(model_state), **kwargs)
+  return outputs, {**model_state, **new_state}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,6 +89,9 @@ def heatmap_losses(outputs, batch, kind: str, stack_weights=None, scale: float =
     if kind == "mse":
       err = jnp.square(pred - targets) * weights[:, None, None, :]
       loss = scale * jnp.mean(err)
+    elif kind == "euclidean":  # Caffe's EuclideanLoss (CPM): sum of squares / (2 x batch).
+      err = jnp.square(pred - targets) * weights[:, None, None, :]
+      loss = scale * 0.5 * jnp.sum(err) / pred.shape[0]
     elif kind == "softmax_ce":
       b, h, w, k = pred.shape
       logits = pred.reshape(b, h * w, k)
@@ -94,7 +100,7 @@ def heatmap_losses(outputs, batch, kind: str, stack_weights=None, scale: float =
       ce = -jnp.sum(t * jax.nn.log_softmax(logits, axis=1), axis=1)  # [B, K]
       loss = scale * jnp.sum(ce * weights) / jnp.maximum(jnp.sum(weights), 1.0)
     else:
-      raise ValueError(f"Unknown loss {kind!r}; expected 'mse' or 'softmax_ce'.")
+      raise ValueError(f"Unknown loss {kind!r}; expected 'mse', 'euclidean' or 'softmax_ce'.")
     metrics[f"loss_stack{i}"] = loss
     total = total + w_stack * loss
   return total, metrics

@@ -234,7 +234,7 @@ def _phase_context(run: _Run) -> families.PhaseContext:
         local_batch_size=run.config.eval_batch_size // jax.process_count())
     return joints, gt, ann["visible"]
 
-  return families.PhaseContext(predict_train=predict_train)
+  return families.PhaseContext(ground_truth=(gt, ann["visible"]), predict_train=predict_train)
 
 
 def _train_iterator(run: _Run, start_step: int):

@@ -1,6 +1,10 @@
 """Heat-map families: Stacked Hourglass, Convolutional Pose Machines, Tompson et al."""
 
+import jax
+import jax.numpy as jnp
+
 from jaxpose import family
+from jaxpose.models import cpm
 from jaxpose.models import hourglass
 
 
@@ -34,3 +38,71 @@ def hourglass_family(config, skeleton, dtype) -> family.Family:
                      predict=predict, target_fn=family.heatmap_target_fn(config), model=model)
 
 
+
+
+def _with_background(batch):
+  """Targets and weights with CPM's background map: 1 - max over the parts, always weighted."""
+  targets, weights = batch["targets"], batch["target_weight"]
+  background = jnp.clip(1.0 - jnp.max(targets, axis=-1, keepdims=True), 0.0, 1.0)
+  return dict(batch, targets=jnp.concatenate([targets, background], axis=-1),
+              target_weight=jnp.concatenate([weights, jnp.ones_like(weights[:, :1])], axis=-1))
+
+
+def cpm_layer_groups(params):
+  """The release's lr_mult / decay_mult: stage 1's layers 5x (weights) and 10x (biases),
+  every other bias 2x; biases never decayed."""
+  def group(path, _):
+    stage1 = getattr(path[0], "key", None) == "stage1"
+    bias = getattr(path[-1], "key", None) == "bias"
+    return ("stage1_" if stage1 else "") + ("bias" if bias else "weight")
+  return jax.tree_util.tree_map_with_path(group, params)
+
+
+CPM_LR_MULT = {"stage1_weight": (5.0, 1.0), "stage1_bias": (10.0, 0.0), "weight": (1.0, 1.0),
+               "bias": (2.0, 0.0)}
+
+
+def cpm_family(config, skeleton, dtype) -> family.Family:
+  """Convolutional Pose Machines: K part maps plus background at stride 8, every stage
+  supervised; the centre map is a Gaussian at the crop centre (where the person's centre is in
+  every crop the pipeline cuts), sigma 21 px at 368 px."""
+  kwargs = family.model_kwargs(config)
+  k, size = skeleton.num_joints, config.input_size
+  try:
+    model = cpm.CPM(num_parts=k + 1, dtype=dtype, **kwargs)
+  except TypeError as e:
+    raise ValueError(f"Bad config.model for 'cpm': {e}") from None
+  stride = family.check_sizes(config)
+  center = cpm.center_map(size, jnp.full((2,), (size - 1) / 2.0), sigma=21.0 * size / 368.0)
+  loss_kind, loss_scale = config.loss, config.get("loss_scale", 1.0)
+
+  def centers(images):
+    return jnp.broadcast_to(center, images.shape[:3] + (1,))
+
+  def loss(params, model_state, batch, rng, *, phase=0):
+    del phase
+    images = batch["image"]
+    outputs, model_state = family.apply_train(model, params, model_state, rng, images,
+                                              centers(images))
+    if loss_kind == "softmax_ce":  # The parts only; the background map stays free.
+      total, metrics = family.heatmap_losses([o[..., :k] for o in outputs], batch, loss_kind,
+                                             scale=loss_scale)
+    else:
+      total, metrics = family.heatmap_losses(outputs, _with_background(batch), loss_kind,
+                                             scale=loss_scale)
+    return total, (model_state, metrics)
+
+  def predict(variables, batch, flip_test):
+    images = batch["image"]
+    maps = model.apply(variables, images, centers(images), train=False)[-1][..., :k]
+    flipped = None
+    if flip_test:
+      mirrored = images[:, :, ::-1, :]
+      flipped = model.apply(variables, mirrored, centers(images), train=False)[-1][..., :k]
+    return family.heatmap_predict(maps, flipped, stride=stride,
+                                  flip_permutation=skeleton.flip_permutation)
+
+  groups = (cpm_layer_groups, CPM_LR_MULT) if config.optimizer.get("caffe_lr_mult") else None
+  return family.Family("cpm", skeleton, size, init=family.init_fn(model, 32, 1), loss=loss,
+                       predict=predict, target_fn=family.heatmap_target_fn(config),
+                       layer_groups=groups, model=model)

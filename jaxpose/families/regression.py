@@ -1,0 +1,189 @@
+"""Coordinate-regression families: DeepPose's cascade and Iterative Error Feedback.
+
+Both regress joints normalised to the crop box (DeepPose's N(y; b): u = (x - c) / S with c the
+crop centre and S its side), so their codec is `jaxpose.codecs.coordinate`, and both report
+every stage / iteration (`predict` returns [B, T, K, 2]).
+
+DeepPose trains stage by stage (one phase per stage, `config.phases`): stage s >= 2 learns on
+simulated predictions, truth + d with d ~ N(mean, cov) of stage s-1's errors on the training
+set, measured when its phase begins and kept in the "cascade" collection (so a resumed run
+samples from the same distribution).
+
+IEF trains by Fixed Path Consolidation (one phase per step t): in phase t each example is fed at
+a step s drawn uniformly from 0..t, its pose y_s obtained by running the network s times from
+the mean pose y_0 (no gradient), and the target is the bounded correction toward the truth.
+The paper keeps the earlier steps' examples as they were first computed; here they are
+recomputed with the current weights, which needs no per-example storage (our choice). The mean
+pose is measured on the training set when training starts, in the "ief" collection.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpose import family
+from jaxpose.models import deeppose
+from jaxpose.models import ief
+
+
+def normalize(joints_px, size: int):
+  """Crop pixels -> the crop-box frame: u = (x - (S - 1) / 2) / S."""
+  return (joints_px - (size - 1) / 2.0) / size
+
+
+def denormalize(u, size: int):
+  return u * size + (size - 1) / 2.0
+
+
+def masked_l2(pred, target, visible):
+  """Mean squared error over the annotated coordinates (DeepPose's L2; 0 with none)."""
+  w = visible[..., None].astype(jnp.float32) * jnp.ones_like(target)
+  return jnp.sum(jnp.square(pred - target) * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def flip_back_coordinates(u, flip_permutation):
+  """Normalised joints predicted on the mirrored crop -> the unmirrored crop, left/right
+  swapped (the pipeline mirrors x -> S - 1 - x, which is u_x -> -u_x)."""
+  return (u * jnp.asarray([-1.0, 1.0]))[..., jnp.asarray(flip_permutation), :]
+
+
+def _stages_predict(apply, size, flip_permutation):
+  """predict for families whose model maps images to a sequence of normalised poses."""
+
+  def predict(variables, batch, flip_test):
+    images = batch["image"]
+    stages = jnp.stack(apply(variables, images), axis=1)  # [B, T, K, 2]
+    if flip_test:
+      mirrored = jnp.stack(apply(variables, images[:, :, ::-1, :]), axis=1)
+      stages = 0.5 * (stages + flip_back_coordinates(mirrored, flip_permutation))
+    scores = jnp.ones(stages.shape[:1] + stages.shape[2:3], jnp.float32)
+    return denormalize(stages, size), scores
+
+  return predict
+
+
+def _torso(skeleton) -> tuple[int, int]:
+  """Two opposite torso joints (left shoulder, right hip): the pose diameter."""
+  return skeleton.index("l_shoulder"), skeleton.index("r_hip")
+
+
+def deeppose_family(config, skeleton, dtype) -> family.Family:
+  kwargs = family.model_kwargs(config)
+  size, k = config.input_size, skeleton.num_joints
+  try:
+    model = deeppose.DeepPoseCascade(k, torso=_torso(skeleton), dtype=dtype, **kwargs)
+  except TypeError as e:
+    raise ValueError(f"Bad config.model for 'deeppose': {e}") from None
+  stages = model.num_stages
+
+  def init(rng):
+    params_rng, dropout_rng = jax.random.split(rng)
+    image = jnp.zeros((1, size, size, 3), jnp.float32)
+    variables = dict(model.init({"params": params_rng, "dropout": dropout_rng}, image))
+    eye = jnp.broadcast_to(jnp.eye(2) * 1e-4, (max(stages - 1, 1), k, 2, 2))
+    variables["cascade"] = {"mean": jnp.zeros((max(stages - 1, 1), k, 2)), "cov": eye}
+    return variables
+
+  def loss(params, model_state, batch, rng, *, phase=0):
+    target = normalize(batch["joints"], size)
+    dropout_rng, noise_rng = jax.random.split(rng)
+    if phase == 0:
+      pred, new_state = family.apply_train(model, params, model_state, dropout_rng,
+                                           batch["image"], method=_first_stage)
+    else:
+      stats = model_state["cascade"]
+      delta = deeppose.sample_displacements(noise_rng, stats["mean"][phase - 1],
+                                            stats["cov"][phase - 1], target.shape[:1])
+      pred, new_state = family.apply_train(model, params, model_state, dropout_rng,
+                                           batch["image"], target + delta, phase + 1,
+                                           method=deeppose.DeepPoseCascade.refine)
+    value = masked_l2(pred, target, batch["visible"])
+    return value, (new_state, {f"l2_stage{phase + 1}": value})
+
+  def begin_phase(phase, variables, context):
+    """Stage `phase` (>= 1) trains on stage `phase`'s measured errors."""
+    if phase == 0:
+      return variables
+    joints, gt, visible = context.predict_train(variables)
+    err = normalize(joints[:, phase - 1], size) - normalize(gt, size)  # [N, K, 2]
+    mean, cov = _error_statistics(np.asarray(err), np.asarray(visible) > 0)
+    cascade = dict(variables["cascade"])
+    cascade["mean"] = cascade["mean"].at[phase - 1].set(mean)
+    cascade["cov"] = cascade["cov"].at[phase - 1].set(cov)
+    return dict(variables, cascade=cascade)
+
+  apply = lambda v, x: model.apply(v, x, train=False)
+  return family.Family("deeppose", skeleton, size, init=init, loss=loss,
+                       predict=_stages_predict(apply, size, skeleton.flip_permutation),
+                       begin_phase=begin_phase, model=model)
+
+
+def _first_stage(module, images, *, train):
+  return module.stage1(images, train=train)
+
+
+def _error_statistics(err: np.ndarray, valid: np.ndarray):
+  """Per joint: mean [K, 2] and covariance [K, 2, 2] of the errors of annotated joints."""
+  k = err.shape[1]
+  mean, cov = np.zeros((k, 2), np.float32), np.tile(np.eye(2, dtype=np.float32) * 1e-4, (k, 1, 1))
+  for j in range(k):
+    e = err[valid[:, j], j]
+    e = e[np.all(np.isfinite(e), axis=1)]
+    if len(e) >= 2:
+      mean[j] = e.mean(axis=0)
+      cov[j] = np.cov(e, rowvar=False) + np.eye(2) * 1e-6
+  return jnp.asarray(mean), jnp.asarray(cov)
+
+
+def ief_family(config, skeleton, dtype) -> family.Family:
+  kwargs = family.model_kwargs(config)
+  max_step = kwargs.pop("max_step", 20.0 / 224.0)  # L, normalised: 20 px at 224 px.
+  size, k = config.input_size, skeleton.num_joints
+  try:
+    model = ief.IEF(k, dtype=dtype, **kwargs)
+  except TypeError as e:
+    raise ValueError(f"Bad config.model for 'ief': {e}") from None
+
+  def init(rng):
+    params_rng, dropout_rng = jax.random.split(rng)
+    image = jnp.zeros((1, size, size, 3), jnp.float32)
+    y0 = jnp.zeros((k, 2), jnp.float32)
+    variables = dict(model.init({"params": params_rng, "dropout": dropout_rng}, image, y0,
+                                num_iterations=1))
+    variables["ief"] = {"mean_pose": y0}
+    return variables
+
+  def loss(params, model_state, batch, rng, *, phase=0):
+    target = normalize(batch["joints"], size)
+    images = batch["image"]
+    y0 = jnp.broadcast_to(model_state["ief"]["mean_pose"], target.shape)
+    step_rng, dropout_rng = jax.random.split(rng)
+    poses = y0[None]
+    if phase > 0:  # The fixed path's earlier steps, from the current network, no gradient.
+      path = model.apply({"params": params, **model_state}, images, y0, train=False,
+                         num_iterations=phase)
+      poses = jnp.concatenate([poses, jax.lax.stop_gradient(path)], axis=0)
+    s = jax.random.randint(step_rng, target.shape[:1], 0, phase + 1)
+    y = poses[s, jnp.arange(target.shape[0])]
+    goal = ief.bounded_correction(y, target, max_step)
+    pred, new_state = family.apply_train(model, params, model_state, dropout_rng, images, y,
+                                         method=ief.IEF.correction)
+    value = masked_l2(pred, goal, batch["visible"])
+    return value, (new_state, {"l2_correction": value})
+
+  def begin_phase(phase, variables, context):
+    if phase > 0:
+      return variables
+    gt, visible = context.ground_truth
+    u = normalize(np.asarray(gt, np.float64), size)
+    w = (np.asarray(visible) > 0)[..., None]
+    mean = np.sum(np.where(w, u, 0.0), axis=0) / np.maximum(np.sum(w, axis=0), 1)
+    return dict(variables, ief={"mean_pose": jnp.asarray(mean, jnp.float32)})
+
+  def apply(variables, images):
+    y0 = variables["ief"]["mean_pose"]
+    return tuple(model.apply(variables, images, y0, train=False))
+
+  return family.Family("ief", skeleton, size, init=init, loss=loss,
+                       predict=_stages_predict(apply, size, skeleton.flip_permutation),
+                       begin_phase=begin_phase, model=model)
