@@ -334,7 +334,7 @@ def _loop(run: _Run, step: int, source, train_iter) -> dict | None:
         history = []
       checkpoints.save(run.manager, run.state, config, step, pckh)
     if stop:
-      logging.warning("Saved step %d after a preemption notice; exiting.", step)
+      logging.warning("Saved step %d after SIGTERM (a preemption notice); exiting.", step)
       break
   return table
 
