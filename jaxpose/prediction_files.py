@@ -64,28 +64,74 @@ def _is_matlab_73(path: str) -> bool:
   return path.lower().endswith(".mat") and h5py.is_hdf5(path)
 
 
+def _check_readable(path: str, what: str) -> None:
+  """Refuses a missing, non-regular or empty file with a one-line error naming it."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no such {what}.")
+  if not os.path.isfile(path):
+    raise ValueError(f"{path}: expected a {what}; this is a directory or special file.")
+  if os.path.getsize(path) == 0:
+    raise ValueError(f"{path}: the {what} is empty (0 bytes); it was not fully written "
+                     f"or copied.")
+
+
+def _parse(path: str, fmt: str, read_fn):
+  """Runs a file parser; any failure becomes a one-line ValueError naming the file.
+
+  The parsers (scipy.io, h5py, numpy's zip and .npy readers, zlib, json) raise a dozen
+  unrelated exception types on truncated or damaged bytes (OSError, EOFError, MatReadError,
+  BadZipFile, zlib.error, KeyError, ...); a caller cannot act on the difference. The original
+  exception stays chained (JAXPOSE_TRACEBACK=1 shows it).
+  """
+  try:
+    return read_fn()
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    first = (str(e).strip().splitlines() or [""])[0] or type(e).__name__
+    raise ValueError(f"{path}: cannot read this {fmt} file ({type(e).__name__}: {first}); "
+                     f"it is truncated, corrupt or not in {fmt} format.") from e
+
+
 def _read_hdf5(path: str, matlab: bool) -> dict:
   """Top-level datasets; MATLAB v7.3 stores arrays with their axes reversed."""
-  out = {}
-  with h5py.File(path, "r") as f:
-    for key, item in f.items():
-      if key.startswith("#") or not isinstance(item, h5py.Dataset):
-        continue
-      out[key] = np.asarray(item[()]).T if matlab else np.asarray(item[()])
-  return out
+  def read():
+    out = {}
+    with h5py.File(path, "r") as f:
+      for key, item in f.items():
+        if key.startswith("#") or not isinstance(item, h5py.Dataset):
+          continue
+        out[key] = np.asarray(item[()]).T if matlab else np.asarray(item[()])
+    return out
+  return _parse(path, "MATLAB v7.3 .mat" if matlab else "HDF5", read)
+
+
+def _read_npz(path: str) -> dict:
+  with np.load(path, allow_pickle=False) as z:
+    return {k: z[k] for k in z.files}
+
+
+def _read_json(path: str):
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
 
 
 def _read_entries(path: str) -> tuple[dict, str]:
-  """{key: value} of a supported file, and a short name of its format."""
+  """{key: value} of a supported file, and a short name of its format.
+
+  Raises:
+    FileNotFoundError: no such file.
+    ValueError: an empty, truncated or corrupt file, or an unsupported type (naming the file).
+  """
   lower = path.lower()
+  if not lower.endswith((".npy", ".npz", ".json", ".mat", ".h5", ".hdf5")):
+    raise ValueError(f"{path}: unsupported prediction file type; expected .mat, .h5, .npy, "
+                     f".npz or .json.")
+  _check_readable(path, "prediction file")
   if lower.endswith(".npy"):
-    return {None: np.load(path, allow_pickle=False)}, "npy"
+    return {None: _parse(path, ".npy", lambda: np.load(path, allow_pickle=False))}, "npy"
   if lower.endswith(".npz"):
-    with np.load(path, allow_pickle=False) as z:
-      return {k: z[k] for k in z.files}, "npz"
+    return _parse(path, ".npz", lambda: _read_npz(path)), "npz"
   if lower.endswith(".json"):
-    with open(path) as f:
-      obj = json.load(f)
+    obj = _parse(path, "JSON", lambda: _read_json(path))
     if isinstance(obj, list):
       return {None: obj}, "json"
     if isinstance(obj, dict):
@@ -94,12 +140,9 @@ def _read_entries(path: str) -> tuple[dict, str]:
   if _is_matlab_73(path):
     return _read_hdf5(path, matlab=True), "MATLAB v7.3 mat"
   if lower.endswith(".mat"):
-    m = scipy.io.loadmat(path)
+    m = _parse(path, ".mat", lambda: scipy.io.loadmat(path))
     return {k: v for k, v in m.items() if not k.startswith("__")}, "mat"
-  if lower.endswith((".h5", ".hdf5")):
-    return _read_hdf5(path, matlab=False), "h5"
-  raise ValueError(f"{path}: unsupported prediction file type; expected .mat, .h5, .npy, .npz "
-                   f"or .json.")
+  return _read_hdf5(path, matlab=False), "h5"
 
 
 def _expected(num_people, num_joints) -> str:
@@ -150,8 +193,10 @@ def load_predictions(path: str, num_people: int | None = None,
     (predictions [N, K, 2], a description of the key and layout that were read).
 
   Raises:
-    ValueError: no or several prediction keys, a non-numeric array, or a shape that fits no
-      layout or several layouts; the message says what was expected and what was found.
+    FileNotFoundError: no such file.
+    ValueError: an empty, truncated or corrupt file; no or several prediction keys; an empty or
+      non-numeric array; or a shape that fits no layout or several layouts. The one-line
+      message names the file and says what was expected and what was found.
   """
   path = os.fspath(path)
   entries, fmt = _read_entries(path)
@@ -173,6 +218,9 @@ def load_predictions(path: str, num_people: int | None = None,
   except (TypeError, ValueError) as e:
     raise ValueError(f"{where} is not a numeric array ({e}); expected "
                      f"{_expected(num_people, num_joints)} x 2 coordinates.") from None
+  if array.size == 0:
+    raise ValueError(f"{where} is empty (shape {array.shape}); expected "
+                     f"{_expected(num_people, num_joints)} x 2 coordinates.")
   preds, layout = _resolve_layout(array, num_people, num_joints, where)
   n, k = preds.shape[:2]
   return preds, f"{where}, shape {array.shape} read as {layout} (N={n} people, K={k} joints)"
@@ -201,8 +249,92 @@ class GroundTruth:
     return self.joints.shape[0]
 
 
+# What each split's ground-truth file must hold (for messages).
+GT_CONTENTS = {
+    "mpii_val": "detections_our_format.mat with pos_gt_src 16 x 2 x N, jnt_missing 16 x N and "
+                "headboxes_src 2 x 2 x N",
+    "lsp_test": "LSP's original joints.mat with joints 3 x 14 x 2000",
+    "flic_test": "FLIC's examples.mat (examples) or a 2 x 10 x N 'joints' array "
+                 "(flic-joints-test-oc.mat)",
+}
+
+
+def _shape_text(shape) -> str:
+  return " x ".join(str(d) for d in shape) if shape else "scalar"
+
+
+def _looks_like(shapes: dict[str, tuple]) -> tuple[str | None, str | None]:
+  """(data set, description) of a file recognised from its variables' shapes, else Nones."""
+  joints = shapes.get("joints", ())
+  if {"pos_gt_src", "jnt_missing", "headboxes_src"} <= set(shapes):
+    return "mpii_val", "the MPII validation ground truth (--dataset mpii_val)"
+  if len(joints) == 3 and joints[:2] == (3, 14):
+    return "lsp_test", "LSP's joints.mat (--dataset lsp_test)"
+  if len(joints) == 3 and joints[:2] == (2, 10):
+    return "flic_test", "FLIC's test ground truth, 2 x 10 x N (--dataset flic_test)"
+  if "examples" in shapes:
+    return "flic_test", "FLIC's examples.mat (--dataset flic_test)"
+  if "annolist" in shapes or "RELEASE" in shapes:
+    return None, ("an MPII annolist (the release file or detections.mat); mpii_val is scored "
+                  "from detections_our_format.mat")
+  part = shapes.get("part", ())
+  if "normalize" in shapes and len(part) == 3:
+    name = {16: "MPII", 11: "FLIC"}.get(part[1], f"{part[1]}-joint")
+    return None, (f"hourglass-style annot/valid.h5 annotations ({name}), not an official "
+                  f"ground-truth file")
+  found = [k for k in PREDICTION_KEYS if k in shapes]
+  if found:
+    return None, f"a prediction file (key {found[0]!r}), not ground truth: pass it to --preds"
+  return None, None
+
+
+def _wrong_gt_file(path: str, dataset: str, shapes: dict[str, tuple], problem: str):
+  """A one-line ValueError: the file, the data set asked for, what it holds, what it looks
+  like (when recognised) and what was expected."""
+  found = ", ".join(f"{k} {_shape_text(v)}" for k, v in sorted(shapes.items())) or "nothing"
+  guessed, looks = _looks_like(shapes)
+  hint = f" It looks like {looks}." if looks and guessed != dataset else ""
+  return ValueError(f"{path} is not the {dataset} ground truth: {problem}; it holds {found}."
+                    f"{hint} Expected {GT_CONTENTS[dataset]}.")
+
+
+def _hdf5_shapes(path: str) -> dict[str, tuple]:
+  with h5py.File(path, "r") as f:
+    return {k: v.shape for k, v in f.items() if isinstance(v, h5py.Dataset)}
+
+
+def _read_gt_mat(path: str, dataset: str) -> dict:
+  """The variables of a MATLAB v5 ground-truth file; refuses a missing, damaged or HDF5 file."""
+  _check_readable(path, f"{dataset} ground-truth file")
+  if h5py.is_hdf5(path):
+    shapes = _parse(path, "HDF5", lambda: _hdf5_shapes(path))
+    raise _wrong_gt_file(path, dataset, shapes, "it is an HDF5 file")
+  m = _parse(path, ".mat", lambda: scipy.io.loadmat(path))
+  return {k: v for k, v in m.items() if not k.startswith("__")}
+
+
+def _check_gt_shapes(path: str, dataset: str, m: dict, want: dict[str, tuple]) -> None:
+  """`want`: variable -> shape, None for "any N" (the same N for every variable)."""
+  shapes = {k: np.shape(v) for k, v in m.items()}
+  missing = [k for k in want if k not in m]
+  if missing:
+    raise _wrong_gt_file(path, dataset, shapes, f"no {', '.join(missing)}")
+  for k, w in want.items():
+    got = shapes[k]
+    if len(got) != len(w) or any(a is not None and a != b for a, b in zip(w, got)):
+      w_text = _shape_text(["N" if d is None else d for d in w])
+      raise _wrong_gt_file(path, dataset, shapes,
+                           f"{k} is {_shape_text(got)}, expected {w_text}")
+  counts = {k: shapes[k][-1] for k, w in want.items() if w[-1] is None}
+  if len(set(counts.values())) > 1:
+    raise _wrong_gt_file(path, dataset, shapes, f"the numbers of people differ: {counts}")
+
+
 def _load_mpii_val(path: str) -> GroundTruth:
-  m = scipy.io.loadmat(path)
+  m = _read_gt_mat(path, "mpii_val")
+  _check_gt_shapes(path, "mpii_val", m, {"pos_gt_src": (16, 2, None),
+                                         "jnt_missing": (16, None),
+                                         "headboxes_src": (2, 2, None)})
   joints = from_matlab_pixels(m["pos_gt_src"].transpose(2, 0, 1))  # 16x2xN -> Nx16x2.
   visible = m["jnt_missing"].T == 0
   corners = from_matlab_pixels(m["headboxes_src"].transpose(2, 0, 1))  # [N, corner, xy].
@@ -215,11 +347,9 @@ def _load_mpii_val(path: str) -> GroundTruth:
 
 
 def _load_lsp_test(path: str) -> GroundTruth:
-  raw = scipy.io.loadmat(path)["joints"]
-  if raw.shape != (3, 14, 2000):
-    raise ValueError(f"{path}: expected the original LSP joints 3 x 14 x 2000; got "
-                     f"{raw.shape}.")
-  test = raw[:, :, LSP_TEST].transpose(2, 1, 0)  # [1000, 14, 3].
+  m = _read_gt_mat(path, "lsp_test")
+  _check_gt_shapes(path, "lsp_test", m, {"joints": (3, 14, 2000)})
+  test = m["joints"][:, :, LSP_TEST].transpose(2, 1, 0)  # [1000, 14, 3].
   joints = from_matlab_pixels(test[..., :2])
   skeleton = skeletons.LSP
   return GroundTruth(
@@ -230,8 +360,12 @@ def _load_lsp_test(path: str) -> GroundTruth:
                    f"row is ignored), torso = ||l-shoulder - r-hip||"))
 
 
-def _flic_from_examples(path: str) -> tuple[np.ndarray, str]:
-  examples = scipy.io.loadmat(path)["examples"].ravel()
+def _flic_from_examples(path: str, m: dict) -> tuple[np.ndarray, str]:
+  examples = m["examples"].ravel()
+  fields = examples.dtype.names or ()
+  if "coords" not in fields or "istest" not in fields:
+    raise _wrong_gt_file(path, "flic_test", {k: np.shape(v) for k, v in m.items()},
+                         f"examples has fields {list(fields)}, not coords and istest")
   test = [e for e in examples if int(np.ravel(e["istest"])[0]) == 1]
   coords = np.stack([np.asarray(e["coords"], np.float64).T for e in test])  # [N, 29, 2].
   joints = np.empty((len(test), skeletons.FLIC.num_joints, 2))
@@ -242,15 +376,15 @@ def _flic_from_examples(path: str) -> tuple[np.ndarray, str]:
 
 
 def _load_flic_test(path: str) -> GroundTruth:
-  m = scipy.io.loadmat(path)
+  m = _read_gt_mat(path, "flic_test")
   if "examples" in m:
-    joints, description = _flic_from_examples(path)
-  elif "joints" in m and m["joints"].shape[:2] == (2, 10):
+    joints, description = _flic_from_examples(path, m)
+  elif "joints" in m and np.ndim(m["joints"]) == 3 and m["joints"].shape[:2] == (2, 10):
     joints = m["joints"].transpose(2, 1, 0).astype(np.float64)
     description = f"{path}: joints 2 x 10 x {joints.shape[0]} (eval_pose order)"
   else:
-    raise ValueError(f"{path}: expected FLIC examples.mat (examples) or a 2 x 10 x N "
-                     f"'joints' array; found keys {sorted(k for k in m if k[:2] != '__')}.")
+    raise _wrong_gt_file(path, "flic_test", {k: np.shape(v) for k, v in m.items()},
+                         "no examples and no 2 x 10 x N joints")
   skeleton = skeletons.FLIC
   joints, _, swapped = metrics.observer_centric(from_matlab_pixels(joints), skeleton)
   return GroundTruth(
@@ -279,6 +413,12 @@ def load_ground_truth(dataset: str, gt_path: str) -> GroundTruth:
     are swapped to observer-centric; normaliser: torso ||l-shoulder - r-hip|| after the swap.
 
   Coordinates come back 0-based (`from_matlab_pixels`).
+
+  Raises:
+    FileNotFoundError: no such file.
+    ValueError: an empty, damaged or HDF5 file, or one without the variables `GT_CONTENTS`
+      lists; the one-line message names the file, the data set, the variables found and, when
+      recognised, which file it looks like.
   """
   if dataset not in _GT_LOADERS:
     raise ValueError(f"Unknown evaluation data set {dataset!r}; known: {list(DATASETS)}.")

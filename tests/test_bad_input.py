@@ -9,7 +9,9 @@ import sys
 import jax
 import numpy as np
 from PIL import Image
+import h5py
 import pytest
+import scipy.io
 import tensorflow as tf
 
 import helpers
@@ -64,6 +66,13 @@ def _family_batch(tmp_path, source, batch_size=4):
   ds = pipeline.train_dataset(source, input_size=family.input_size, target_fn=family.target_fn,
                               augment=pipeline.Augment(), global_batch_size=batch_size, seed=0)
   return config, family, next(ds.as_numpy_iterator())
+
+
+def _run_eval_py(*flags):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+  env.pop("JAXPOSE_TRACEBACK", None)
+  return subprocess.run([sys.executable, "eval.py", *flags], cwd=REPO, capture_output=True,
+                        text=True, timeout=120, env=env)
 
 
 def _run_train_py(tmp_path, *flags):
@@ -236,3 +245,54 @@ def test_checkpoint_of_another_model_is_refused_before_writing(tmp_path):
   with pytest.raises(ValueError, match="different model"):
     train.train_and_evaluate(other, str(tmp_path / "work"))
   assert sorted(p.name for p in (tmp_path / "work" / "checkpoints").iterdir()) == ["2"]
+
+
+def _lsp_gt(tmp_path):
+  """A file laid out like LSP's joints.mat (3 x 14 x 2000)."""
+  path = tmp_path / "joints.mat"
+  scipy.io.savemat(path, {"joints": np.random.default_rng(0).uniform(1, 300, (3, 14, 2000))})
+  return path
+
+
+def _truncated_mat(tmp_path):
+  path = tmp_path / "preds.mat"
+  scipy.io.savemat(path, {"preds": np.zeros((1000, 14, 2))})
+  path.write_bytes(path.read_bytes()[:5000])
+  return path
+
+
+def _corrupt_h5(tmp_path):
+  path = tmp_path / "preds.h5"
+  with h5py.File(path, "w") as f:
+    f["preds"] = np.zeros((1000, 14, 2))
+  data = path.read_bytes()
+  path.write_bytes(data[:len(data) // 2])
+  return path
+
+
+def _empty_npy(tmp_path):
+  path = tmp_path / "preds.npy"
+  path.write_bytes(b"")
+  return path
+
+
+@pytest.mark.parametrize("make_preds", [_truncated_mat, _corrupt_h5, _empty_npy])
+def test_eval_py_damaged_prediction_file_is_one_line(tmp_path, make_preds):
+  preds = make_preds(tmp_path)
+  proc = _run_eval_py("--preds", str(preds), "--dataset", "lsp_test",
+                      "--gt", str(_lsp_gt(tmp_path)))
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+  assert len(lines) == 1 and str(preds) in lines[0] and "ValueError" in lines[0], proc.stderr
+
+
+def test_eval_py_ground_truth_of_another_data_set_is_one_line(tmp_path):
+  gt = _lsp_gt(tmp_path)
+  preds = tmp_path / "preds.npy"
+  np.save(preds, np.zeros((2958, 16, 2)))
+  proc = _run_eval_py("--preds", str(preds), "--dataset", "mpii_val", "--gt", str(gt))
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+  assert len(lines) == 1, proc.stderr
+  assert f"{gt} is not the mpii_val ground truth" in lines[0]
+  assert "joints 3 x 14 x 2000" in lines[0] and "LSP's joints.mat" in lines[0]

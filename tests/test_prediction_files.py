@@ -307,3 +307,167 @@ def test_mpii_submission_refusals(tmp_path):
     pf.write_mpii_submission(tmp_path / "p.mat", np.zeros((2, 14, 2)), [1, 2], [1, 1])
   with pytest.raises(ValueError, match="2 people"):
     pf.write_mpii_submission(tmp_path / "p.mat", preds, [1], [1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged files and the wrong ground-truth file: one-line errors naming the file.
+
+
+def _write_format(path, preds):
+  """`preds` in the format `path`'s extension names (v7.3 for "73.mat")."""
+  name = path.name
+  if name.endswith("73.mat"):
+    _write_matlab_73(path, {"preds": preds})
+  elif name.endswith(".mat"):
+    scipy.io.savemat(path, {"preds": preds}, do_compression=name.startswith("z"))
+  elif name.endswith(".h5"):
+    with h5py.File(path, "w") as f:
+      f["preds"] = preds
+  elif name.endswith(".npy"):
+    np.save(path, preds)
+  elif name.endswith(".npz"):
+    np.savez(path, preds=preds)
+  else:
+    path.write_text(json.dumps(preds.tolist()))
+
+
+DAMAGEABLE = ("p.mat", "zp.mat", "p73.mat", "p.h5", "p.npy", "p.npz", "p.json")
+
+
+@pytest.mark.parametrize("name", DAMAGEABLE)
+def test_truncated_files_are_named(tmp_path, preds, name):
+  path = tmp_path / name
+  _write_format(path, preds)
+  data = path.read_bytes()
+  assert pf.load_predictions(path, N, K)[0].shape == (N, K, 2)
+  for cut in np.linspace(0, len(data) - 1, 12).astype(int):
+    path.write_bytes(data[:cut])
+    with pytest.raises(ValueError) as e:
+      pf.load_predictions(path, N, K)
+    message = str(e.value)
+    assert str(path) in message and "\n" not in message
+    assert ("empty (0 bytes)" in message) == (cut == 0)
+
+
+@pytest.mark.parametrize("name", DAMAGEABLE)
+def test_overwritten_bytes_never_escape_as_library_errors(tmp_path, preds, name):
+  """A block of the file zeroed (a bad sector): the values may survive, or a one-line
+  ValueError names the file; never an OSError, EOFError, BadZipFile, zlib.error, ..."""
+  path = tmp_path / name
+  _write_format(path, preds)
+  data = path.read_bytes()
+  for start in np.linspace(0, len(data) - 64, 10).astype(int):
+    path.write_bytes(data[:start] + bytes(64) + data[start + 64:])
+    try:
+      out, _ = pf.load_predictions(path, N, K)
+    except ValueError as e:
+      assert str(path) in str(e) and "\n" not in str(e)
+    else:
+      assert out.shape == (N, K, 2)
+
+
+def test_corrupt_h5_names_the_library_error(tmp_path, preds):
+  path = tmp_path / "p.h5"
+  _write_format(path, preds)
+  data = path.read_bytes()
+  path.write_bytes(data[:len(data) // 2])
+  with pytest.raises(ValueError, match=r"p\.h5: cannot read this HDF5 file \(OSError: .*"
+                                       r"truncated"):
+    pf.load_predictions(path)
+
+
+def test_empty_files_and_arrays(tmp_path):
+  for name in ("p.npy", "p.mat", "p.h5", "p.npz", "p.json"):
+    (tmp_path / name).write_bytes(b"")
+    with pytest.raises(ValueError, match=rf"{name}: the prediction file is empty \(0 bytes\)"):
+      pf.load_predictions(tmp_path / name)
+  np.save(tmp_path / "none.npy", np.zeros((0, K, 2)))
+  with pytest.raises(ValueError, match=r"none\.npy \(npy\) array is empty \(shape \(0, 16, 2\)"):
+    pf.load_predictions(tmp_path / "none.npy")
+  scipy.io.savemat(tmp_path / "none.mat", {"pred": np.zeros((0, 0))})
+  with pytest.raises(ValueError, match=r"none\.mat \(mat\) key 'pred' is empty"):
+    pf.load_predictions(tmp_path / "none.mat")
+
+
+def test_missing_file_or_directory(tmp_path):
+  with pytest.raises(FileNotFoundError, match=r"nope\.mat: no such prediction file"):
+    pf.load_predictions(tmp_path / "nope.mat")
+  (tmp_path / "dir.npy").mkdir()
+  with pytest.raises(ValueError, match=r"dir\.npy: expected a prediction file"):
+    pf.load_predictions(tmp_path / "dir.npy")
+
+
+def _lsp_joints(path, n=2000):
+  scipy.io.savemat(path, {"joints": np.random.default_rng(0).uniform(1, 300, (3, 14, n))})
+  return path
+
+
+def _mpii_gt(path, n=6, **replace):
+  rng = np.random.default_rng(0)
+  m = {"pos_gt_src": rng.uniform(1, 300, (16, 2, n)), "jnt_missing": np.zeros((16, n)),
+       "headboxes_src": np.stack([np.full((2, n), 10.0), np.full((2, n), 40.0)], 1),
+       "pos_pred_src": rng.uniform(1, 300, (16, 2, n))}
+  m.update(replace)
+  scipy.io.savemat(path, {k: v for k, v in m.items() if v is not None})
+  return path
+
+
+def test_wrong_ground_truth_file_says_what_it_looks_like(tmp_path):
+  lsp = _lsp_joints(tmp_path / "joints.mat")
+  with pytest.raises(ValueError) as e:
+    pf.load_ground_truth("mpii_val", lsp)
+  message = str(e.value)
+  assert message.startswith(f"{lsp} is not the mpii_val ground truth: no pos_gt_src")
+  assert "it holds joints 3 x 14 x 2000" in message
+  assert "looks like LSP's joints.mat (--dataset lsp_test)" in message
+  assert "pos_gt_src 16 x 2 x N" in message and "\n" not in message
+  mpii = _mpii_gt(tmp_path / "detections_our_format.mat")
+  assert pf.load_ground_truth("mpii_val", mpii).num_people == 6
+  with pytest.raises(ValueError, match=r"not the lsp_test ground truth: no joints; .*looks like "
+                                       r"the MPII validation ground truth"):
+    pf.load_ground_truth("lsp_test", mpii)
+  with pytest.raises(ValueError, match=r"not the flic_test ground truth.*looks like LSP"):
+    pf.load_ground_truth("flic_test", lsp)
+  scipy.io.savemat(tmp_path / "yang.mat", {"pred": np.zeros((2, 14, 1000))})
+  with pytest.raises(ValueError, match=r"pred 2 x 14 x 1000\. It looks like a prediction file "
+                                       r"\(key 'pred'\), not ground truth: pass it to --preds"):
+    pf.load_ground_truth("lsp_test", tmp_path / "yang.mat")
+  with h5py.File(tmp_path / "valid.h5", "w") as f:
+    f["part"] = np.zeros((7, 16, 2))
+    f["normalize"] = np.ones(7)
+  with pytest.raises(ValueError, match=r"valid\.h5 is not the mpii_val ground truth: it is an "
+                                       r"HDF5 file; it holds normalize 7, part 7 x 16 x 2\. It "
+                                       r"looks like hourglass-style annot/valid\.h5 .*\(MPII\)"):
+    pf.load_ground_truth("mpii_val", tmp_path / "valid.h5")
+
+
+def test_malformed_ground_truth_names_the_variable(tmp_path):
+  bad = _mpii_gt(tmp_path / "a.mat", jnt_missing=np.zeros((14, 6)))
+  with pytest.raises(ValueError, match=r"a\.mat is not the mpii_val ground truth: jnt_missing "
+                                       r"is 14 x 6, expected 16 x N"):
+    pf.load_ground_truth("mpii_val", bad)
+  bad = _mpii_gt(tmp_path / "b.mat", headboxes_src=np.zeros((2, 2, 5)))
+  with pytest.raises(ValueError, match=r"numbers of people differ: \{'pos_gt_src': 6, "
+                                       r"'jnt_missing': 6, 'headboxes_src': 5\}"):
+    pf.load_ground_truth("mpii_val", bad)
+  with pytest.raises(ValueError, match=r"joints is 3 x 14 x 1999, expected 3 x 14 x 2000"):
+    pf.load_ground_truth("lsp_test", _lsp_joints(tmp_path / "short.mat", 1999))
+  examples = np.zeros((1, 3), dtype=[("coords", object), ("filepath", object)])
+  scipy.io.savemat(tmp_path / "examples.mat", {"examples": examples})
+  with pytest.raises(ValueError, match=r"examples has fields \['coords', 'filepath'\], not "
+                                       r"coords and istest"):
+    pf.load_ground_truth("flic_test", tmp_path / "examples.mat")
+
+
+def test_damaged_or_missing_ground_truth_is_named(tmp_path):
+  lsp = _lsp_joints(tmp_path / "joints.mat")
+  data = lsp.read_bytes()
+  lsp.write_bytes(data[:len(data) // 2])
+  with pytest.raises(ValueError, match=r"joints\.mat: cannot read this \.mat file .*truncated"):
+    pf.load_ground_truth("lsp_test", lsp)
+  lsp.write_bytes(b"")
+  with pytest.raises(ValueError, match=r"joints\.mat: the lsp_test ground-truth file is empty"):
+    pf.load_ground_truth("lsp_test", lsp)
+  with pytest.raises(FileNotFoundError, match=r"detections_our_format\.mat: no such mpii_val "
+                                              r"ground-truth file"):
+    pf.load_ground_truth("mpii_val", tmp_path)
