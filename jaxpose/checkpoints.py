@@ -75,3 +75,28 @@ def resolve(path: str) -> tuple[epath.Path, int | None]:
   raise FileNotFoundError(
       f"No checkpoint at {path!r}: expected a workdir with checkpoints/<step>/ (from train.py) "
       "or a single checkpoints/<step> folder.")
+
+
+def restore_variables(directory, step: int, abstract_variables):
+  """Only the model's variables of a step ({"params", **model state}, no optimiser state),
+  restored onto the shardings of `abstract_variables`. Checkpoints written before the Family
+  interface (whose state held `batch_stats` beside `params`) load too."""
+  params = abstract_variables["params"]
+  model_state = {k: v for k, v in abstract_variables.items() if k != "params"}
+  targets = [{"params": params, "model_state": model_state}]
+  if set(model_state) <= {"batch_stats"}:  # The layout before the Family interface.
+    targets.append({"params": params, **model_state})
+  errors = []
+  for target in targets:
+    reader = manager(directory, read_only=True)  # A fresh manager for each handler.
+    try:
+      restored = reader.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+          item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+          partial_restore=True)))["state"]
+    except (ValueError, KeyError, FileNotFoundError) as e:
+      errors.append(str(e).splitlines()[0][:300])
+      continue
+    nested = restored.pop("model_state", {})
+    return {**restored, **nested}
+  raise ValueError(f"Checkpoint step {step} in {directory} could not be read as a jaxpose "
+                   f"train state: {errors[0]}")

@@ -164,7 +164,7 @@ def load_checkpoint(path: str, mesh):
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=parallel.replicated(mesh)),
       families.eval_shape_variables(family))
-  variables = checkpoints.restore_variables(manager, step, abstract)
+  variables = checkpoints.restore_variables(directory, step, abstract)
   return config, family, variables, step
 
 
