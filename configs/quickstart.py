@@ -16,6 +16,9 @@ Augmentation is flips, +-15% scale and colour jitter only (the synthetic people 
 rotated in the data). Pipeline, flip test, decoding and metric are the paper's.
 """
 
+import ml_collections
+
+from configs import base
 from configs import hourglass_mpii
 
 def _common(c):
@@ -72,7 +75,65 @@ def hourglass(tiny: bool):
   return c
 
 
-FAMILIES = {"hourglass": hourglass}
+def cpm(tiny: bool):
+  """A CPU-sized CPM: the release's layout (stage 1's own trunk, a shared second trunk, 3
+  stages) at 128 px, stride 8 (16x16 belief maps), narrower and with 5x5 / 7x7 kernels."""
+  c = _common(base.get_config())
+  c.model = ml_collections.ConfigDict(dict(
+      name="cpm", num_stages=3, trunk_features=48, stage_features=16, head_features=128,
+      mconv_features=48, big_kernel=5, stage_kernel=7, feature_kernel=3, dropout_rate=0.1))
+  c.output_size = 16
+  c.sigma = 0.875  # The release's 7 px at stride 8.
+  c.loss = "softmax_ce"
+  c.num_train_steps = 2400
+  c.eval_every_steps = 600
+  c.checkpoint_every_steps = 600
+  if tiny:
+    c = _tiny(c)
+    c.model.update(num_stages=2, trunk_features=8, stage_features=4, head_features=16,
+                   mconv_features=8, big_kernel=3, stage_kernel=3)
+    c.output_size = 8
+  return c
+
+
+def _regression_common(c, phase_names, steps, tiny):
+  c.augment.flip = True
+  if tiny:
+    c = _tiny(c)
+    steps = [3] * len(phase_names)
+  c.phases = tuple((name, n, trainable) for (name, trainable), n in zip(phase_names, steps))
+  c.num_train_steps = sum(steps)
+  c.eval_every_steps = sum(steps)
+  c.checkpoint_every_steps = max(steps)
+  return c
+
+
+def deeppose(tiny: bool):
+  """A CPU-sized DeepPose cascade: 3 stages of a narrow AlexNet-style regressor at 128 px,
+  trained stage by stage (one phase each)."""
+  c = _common(base.get_config())
+  c.model = ml_collections.ConfigDict(dict(
+      name="deeppose", num_stages=3, features=(48, 96, 128, 128, 96), hidden=1024,
+      dropout_rate=0.2, box_factor=1.0, patch_size=64))
+  if tiny:
+    c.model.update(features=(8, 16, 16, 16, 16), hidden=32, patch_size=64)
+  phases = (("stage1", "stage1"), ("stage2", "stage2"), ("stage3", "stage3"))
+  return _regression_common(c, phases, [2400, 600, 600], tiny)
+
+
+def ief(tiny: bool):
+  """A CPU-sized IEF: a quarter-width GoogLeNet at 128 px, 3 iterations, trained by fixed path
+  consolidation (one phase per step)."""
+  c = _common(base.get_config())
+  c.model = ml_collections.ConfigDict(dict(name="ief", num_iterations=3, width_divisor=4,
+                                           dropout_rate=0.2))
+  if tiny:
+    c.model.width_divisor = 16
+  phases = (("step1", "*"), ("step2", "*"), ("step3", "*"))
+  return _regression_common(c, phases, [1200, 800, 800], tiny)
+
+
+FAMILIES = {"hourglass": hourglass, "cpm": cpm, "deeppose": deeppose, "ief": ief}
 
 
 def get_config(arg: str | None = None):

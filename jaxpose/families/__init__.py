@@ -34,6 +34,7 @@ import ml_collections
 
 from jaxpose import skeletons
 from jaxpose.families import heatmaps
+from jaxpose.families import regression
 from jaxpose.family import (Family, PhaseContext, apply_train, eval_shape_variables,
                                    flip_back_heatmaps, heatmap_losses, heatmap_predict,
                                    split_variables)
@@ -41,6 +42,9 @@ from jaxpose.family import (Family, PhaseContext, apply_train, eval_shape_variab
 # The table of families: config.model.name -> builder (config, skeleton, dtype) -> Family.
 BUILDERS = {
     "hourglass": heatmaps.hourglass_family,
+    "cpm": heatmaps.cpm_family,
+    "deeppose": regression.deeppose_family,
+    "ief": regression.ief_family,
 }
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
