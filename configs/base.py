@@ -25,7 +25,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.loss = "mse"  # Heat-map families: "mse" (the papers') or "softmax_ce".
   c.loss_scale = 1.0  # Constant factor on the loss (e.g. the PyTorch reference's 0.5).
   c.augment = ml_collections.ConfigDict(dict(
-      rotation=30.0, rotation_prob=0.6, scale=0.25, flip=True, color=0.2))
+      rotation=30.0, rotation_prob=0.6, scale=0.25, flip=True, color=0.2,
+      distribution="uniform"))
   c.optimizer = ml_collections.ConfigDict(dict(
       name="rmsprop", learning_rate=2.5e-4, schedule="piecewise", decay_epochs=(60, 90),
       decay_factor=0.1, decay_steps=0, warmup_steps=0, momentum=0.9, weight_decay=0.0))

@@ -6,9 +6,11 @@ r"""Stacked Hourglass, 8 stacks, on MPII (Newell et al. 2016): the paper's recip
 Paper: PCKh@0.5 on the MPII test set 90.9 (Head 98.2, Shoulder 96.3, Elbow 91.2, Wrist 87.1,
 Hip 90.1, Knee 87.4, Ankle 83.6). 256x256 input, 64x64 output heat maps (sigma 1), batch 6,
 RMSProp at 2.5e-4, MSE on every stack's heat maps. Augmentation: rotation +-30 deg, scale
-0.75-1.25, flips, colour jitter. The epoch count and step-wise schedule (x0.1 at epochs 60 and
-90 of 100) follow the PyTorch port whose parameter count this model matches; the paper only
-says the rate is dropped once validation accuracy plateaus.
+0.75-1.25, flips, colour jitter; drawn as the PyTorch port (bearpaw/pytorch-pose) draws them:
+with probability 0.6 a rotation of 30 deg x N(0, 1) clipped to +-60, a scale factor
+1 + 0.25 N(0, 1) clipped to [0.75, 1.25], gains uniform in [0.8, 1.2]. The epoch count and
+step-wise schedule (x0.1 at epochs 60 and 90 of 100) follow the same port, whose parameter count
+this model matches; the paper only says the rate is dropped once validation accuracy plateaus.
 
 `get_config("2")` gives the 2-stack variant (configs/hourglass2_mpii.py).
 """
@@ -26,4 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The PyTorch reference's JointsMSELoss: 0.5 x the mean squared error, summed over stacks.
   c.loss = "mse"
   c.loss_scale = 0.5
+  # The reference's draws: scale 1 + 0.25 N(0,1) and rotation 30 N(0,1) (with probability 0.6),
+  # clipped to [0.75, 1.25] and +-60 deg (pipeline.Augment). The pre-crop then keeps 609x609.
+  c.augment.distribution = "normal_clipped"
   return c

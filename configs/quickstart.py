@@ -37,6 +37,7 @@ def _common(c):
   # milder scale jitter, so ten minutes of CPU go to the validation distribution.
   c.augment.rotation_prob = 0.0
   c.augment.scale = 0.15
+  c.augment.distribution = "uniform"  # Scale uniform in 1 +- 0.15 (not the reference's normal).
   c.log_every_steps = 100
   return c
 

@@ -1,1 +1,5 @@
-"""Keypoint <-> training target codecs (pure functions)."""
+"""Keypoint <-> training target codecs: `Codec` (base.py), heatmap.py, coordinate.py."""
+
+from jaxpose.codecs.base import Codec
+
+__all__ = ["Codec"]

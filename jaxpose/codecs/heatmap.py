@@ -10,8 +10,12 @@ With this alignment a horizontal flip of the input (x -> W-1-x) is exactly a fli
 map (u -> W/s-1-u), so flip testing needs no one-pixel shift.
 
 `encode` runs inside the tf.data pipeline (TensorFlow ops, also callable eagerly on numpy);
-`decode` runs after the model (jax.numpy, also fine on numpy arrays).
+`render` is the same in jax.numpy, batched, for targets made on the device; `decode` runs after
+the model (jax.numpy, also fine on numpy arrays). `HeatmapCodec` wraps them in the
+`jaxpose.codecs.Codec` protocol, in input pixels.
 """
+
+import dataclasses
 
 import jax.numpy as jnp
 import tensorflow as tf
@@ -50,11 +54,42 @@ def encode(joints, visible, size: tuple[int, int], sigma: float):
   gx = tf.exp(-tf.square(dx) / (2 * sigma**2))
   gy = tf.exp(-tf.square(dy) / (2 * sigma**2))
   targets = gy[:, None, :] * gx[None, :, :]  # [H, W, K], separable Gaussian.
-  margin = 3 * sigma
-  inside = ((joints[:, 0] > -margin - 0.5) & (joints[:, 0] < w - 0.5 + margin)
-            & (joints[:, 1] > -margin - 0.5) & (joints[:, 1] < h - 0.5 + margin))
-  weights = visible * tf.cast(inside, tf.float32)
+  weights = visible * tf.cast(_reaches_map(joints, size, sigma), tf.float32)
   return targets * weights, weights
+
+
+def _reaches_map(joints, size: tuple[int, int], sigma: float):
+  """[..., K] bool: the joint lies within 3 sigma of the map (whose pixels span
+  [-0.5, W - 0.5) x [-0.5, H - 0.5)). Plain operators: works on TF and jax arrays alike."""
+  h, w = size
+  margin = 3 * sigma
+  x, y = joints[..., 0], joints[..., 1]
+  return ((x > -margin - 0.5) & (x < w - 0.5 + margin)
+          & (y > -margin - 0.5) & (y < h - 0.5 + margin))
+
+
+def render(joints, visible, size: tuple[int, int], sigma: float):
+  """`encode` in jax.numpy, batched (jit- and vmap-friendly).
+
+  Args:
+    joints: [..., K, 2] (x, y) in heat-map pixels.
+    visible: [..., K].
+    size: (height, width) of the heat maps.
+    sigma: Gaussian standard deviation in heat-map pixels.
+
+  Returns:
+    maps [..., H, W, K] float32 and weights [..., K] float32, as `encode` gives per example.
+  """
+  joints = jnp.asarray(joints, jnp.float32)
+  visible = jnp.asarray(visible, jnp.float32)
+  h, w = size
+  dx = jnp.arange(w, dtype=jnp.float32)[:, None] - joints[..., None, :, 0]  # [..., W, K]
+  dy = jnp.arange(h, dtype=jnp.float32)[:, None] - joints[..., None, :, 1]  # [..., H, K]
+  gx = jnp.exp(-jnp.square(dx) / (2 * sigma**2))
+  gy = jnp.exp(-jnp.square(dy) / (2 * sigma**2))
+  maps = gy[..., :, None, :] * gx[..., None, :, :]  # [..., H, W, K]
+  weights = visible * _reaches_map(joints, size, sigma).astype(jnp.float32)
+  return maps * weights[..., None, None, :], weights
 
 
 def decode(heatmaps):
@@ -84,3 +119,51 @@ def decode(heatmaps):
   dy = jnp.where((y > 0) & (y < h - 1), jnp.sign(at(x, y + 1) - at(x, y - 1)), 0.0)
   coords = jnp.stack([x + 0.25 * dx, y + 0.25 * dy], axis=-1).astype(jnp.float32)
   return coords, maxvals
+
+
+@dataclasses.dataclass(frozen=True)
+class HeatmapCodec:
+  """Heat maps of `output_size`^2 for an `input_size`^2 crop, Gaussians of std `sigma`
+  (heat-map pixels). Joints in and out are in input pixels (the module functions above work
+  in heat-map pixels)."""
+
+  input_size: int
+  output_size: int
+  sigma: float
+
+  def __post_init__(self):
+    if self.input_size <= 0 or self.output_size <= 0 or self.sigma <= 0:
+      raise ValueError(f"HeatmapCodec needs positive sizes and sigma; got {self}.")
+
+  @property
+  def stride(self) -> float:
+    return self.input_size / self.output_size
+
+  @property
+  def map_size(self) -> tuple[int, int]:
+    return self.output_size, self.output_size
+
+  def encode(self, joints, visible) -> dict:
+    """TF, one example: joints [K, 2] input px, visible [K] -> {"targets": [H, W, K],
+    "target_weight": [K]}."""
+    uv = input_to_heatmap(tf.cast(joints, tf.float32), self.stride)
+    targets, weights = encode(uv, visible, self.map_size, self.sigma)
+    return {"targets": targets, "target_weight": weights}
+
+  def render_targets(self, joints, visible) -> dict:
+    """jax.numpy, batched: joints [..., K, 2] input px, visible [..., K] -> what `encode`
+    gives, with the leading dimensions."""
+    uv = input_to_heatmap(jnp.asarray(joints, jnp.float32), self.stride)
+    maps, weights = render(uv, visible, self.map_size, self.sigma)
+    return {"targets": maps, "target_weight": weights}
+
+  def decode(self, outputs):
+    """Heat maps [..., H, W, K] -> (joints [..., K, 2] input px, maxima [..., K])."""
+    coords, scores = decode(outputs)
+    return heatmap_to_input(coords, self.stride), scores
+
+  def flip_back(self, outputs, flip_permutation):
+    """Heat maps [..., H, W, K] of the mirrored input -> mirrored back, channels swapped (exact:
+    the map grid is aligned so that the input mirror is the map mirror)."""
+    maps = jnp.flip(jnp.asarray(outputs), axis=-2)
+    return maps[..., jnp.asarray(flip_permutation)]

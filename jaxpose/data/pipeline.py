@@ -3,7 +3,8 @@
 Batches are a pure function of (seed, step, process): example positions are laid out on an
 endless sequence of per-epoch permutations, process p of P reads positions
 [step*B + p*B/P, step*B + (p+1)*B/P) of the global batch B, and every random augmentation is a
-stateless function of (seed, step) drawn for the whole global batch. So resuming at step s needs
+stateless function of (seed, step) drawn for the whole global batch (`stream_seed`: each purpose
+has its own stream, and runs with different seeds share none). So resuming at step s needs
 nothing but s, processes read disjoint shards that together cover every example, the global
 batch does not depend on the number of processes, and two runs with one seed see the same data.
 
@@ -14,6 +15,7 @@ step) -> per batch: targets from the model's codec. Evaluation: `process_example
 """
 
 import dataclasses
+import enum
 import math
 from typing import Callable
 
@@ -111,15 +113,37 @@ def warp_image(image, matrix, size):
 # Per-example processing.
 
 
+DISTRIBUTIONS = ("uniform", "normal_clipped")
+
+
 @dataclasses.dataclass(frozen=True)
 class Augment:
-  """The paper's augmentation (Newell et al.; ranges as in the authors' code)."""
+  """Random crop geometry and colour (Newell et al.'s augmentation).
 
-  rotation: float = 30.0  # Degrees, uniform in +-rotation ...
+  `distribution` of the rotation r and scale factor f:
+    "uniform": r uniform in +-rotation, f uniform in [1 - scale, 1 + scale].
+    "normal_clipped" (the PyTorch reference, bearpaw/pytorch-pose): r = rotation * N(0, 1)
+      clipped to +-2 rotation, f = 1 + scale * N(0, 1) clipped to [1 - scale, 1 + scale].
+  """
+
+  rotation: float = 30.0  # Degrees (the range, or the std of "normal_clipped") ...
   rotation_prob: float = 0.6  # ... applied with this probability (else 0), as the reference.
-  scale: float = 0.25  # Scale factor uniform in [1 - scale, 1 + scale].
+  scale: float = 0.25  # Scale factor jitter around 1 (range, or std), within 1 +- scale.
   flip: bool = True  # Horizontal flip with probability 0.5, left/right joints swapped.
   color: float = 0.2  # Per-channel gain uniform in [1 - color, 1 + color].
+  distribution: str = "uniform"  # Of rotation and scale: one of DISTRIBUTIONS.
+
+  def __post_init__(self):
+    if self.distribution not in DISTRIBUTIONS:
+      raise ValueError(f"Unknown augmentation distribution {self.distribution!r} "
+                       f"(config.augment.distribution); expected one of {DISTRIBUTIONS}.")
+
+  @property
+  def max_rotation(self) -> float:
+    """The largest |rotation| in degrees any crop can get."""
+    if self.rotation_prob <= 0:
+      return 0.0
+    return abs(self.rotation) * (2.0 if self.distribution == "normal_clipped" else 1.0)
 
 
 def decode_pixels(encoded):
@@ -139,27 +163,59 @@ def normalize(image):
   return image - 0.5
 
 
-def _augment_params(aug: Augment, seed, shape=()):
-  """Rotation, scale factor, flip and colour gains [*shape, 3] from one stateless seed."""
-  u = tf.random.stateless_uniform(list(shape) + [5], seed=seed)
-  rot = tf.where(u[..., 0] < aug.rotation_prob, (2 * u[..., 1] - 1) * aug.rotation, 0.0)
-  scale = 1.0 + (2 * u[..., 2] - 1) * aug.scale
+class Stream(enum.IntEnum):
+  """Purposes of the stateless random streams, each folded into the run's seed."""
+
+  GEOMETRY = 1  # Per step: rotation, scale, flip.
+  GAINS = 2  # Per step: colour gains.
+  PERMUTATION = 3  # Per epoch: the order of the examples.
+
+
+def stream_seed(seed, stream: Stream, index):
+  """[2] int64 stateless seed of draw `index` (a step or an epoch) of `stream` in the run with
+  integer seed `seed`: hashed (stateless_fold_in), not added, so that no two (seed, stream,
+  index) share a random stream (seed + 1 would replay another run's draws)."""
+  run = tf.stack([tf.cast(seed, tf.int64), tf.constant(0, tf.int64)])
+  purpose = tf.random.experimental.stateless_fold_in(run, tf.constant(int(stream), tf.int64))
+  return tf.random.experimental.stateless_fold_in(purpose, tf.cast(index, tf.int64))
+
+
+def augment_params(aug: Augment, geometry_seed, gains_seed, shape=()):
+  """Rotation (degrees), scale factor, flip [*shape] and colour gains [*shape, 3].
+
+  The geometry comes from `geometry_seed`, the gains from `gains_seed` ([2] stateless seeds).
+  """
+  u = tf.random.stateless_uniform(list(shape) + [4], seed=geometry_seed)
+  if aug.distribution == "normal_clipped":
+    # Normal draws from the same uniforms (inverse CDF), clipped before scaling.
+    z = math.sqrt(2.0) * tf.math.erfinv(2.0 * u[..., 1:3] - 1.0)
+    rot = aug.rotation * tf.clip_by_value(z[..., 0], -2.0, 2.0)
+    scale = 1.0 + aug.scale * tf.clip_by_value(z[..., 1], -1.0, 1.0)
+  else:
+    rot = (2 * u[..., 1] - 1) * aug.rotation
+    scale = 1.0 + (2 * u[..., 2] - 1) * aug.scale
+  rot = tf.where(u[..., 0] < aug.rotation_prob, rot, 0.0)
   flip = (u[..., 3] < 0.5) & aug.flip
-  gains = tf.random.stateless_uniform(list(shape) + [3], seed=seed + 1, minval=1 - aug.color,
+  gains = tf.random.stateless_uniform(list(shape) + [3], seed=gains_seed, minval=1 - aug.color,
                                       maxval=1 + aug.color)
   return rot, scale, flip, gains
 
 
 def process_example(encoded, ann, *, input_size: int, skeleton: skeletons.Skeleton,
                     target_fn: TargetFn | None, augment: Augment | None, seed=None):
-  """One person -> model input. `seed` (shape [2] int) drives the stateless augmentation.
+  """One person -> model input. `seed` ([2] int) drives the stateless augmentation (its geometry
+  and gains streams: `seed` with Stream.GEOMETRY and Stream.GAINS folded in).
 
   The per-example reference: evaluation uses it as is; `train_dataset` computes the same per
   batch (geometry and targets vectorised, pixels per example), with its own random draws.
   """
   rot, scale, flip, gains = 0.0, 1.0, False, tf.ones([3])
   if augment is not None:
-    rot, scale, flip, gains = _augment_params(augment, seed)
+    fold_in = tf.random.experimental.stateless_fold_in
+    seed = tf.cast(seed, tf.int64)
+    rot, scale, flip, gains = augment_params(
+        augment, fold_in(seed, tf.constant(int(Stream.GEOMETRY), tf.int64)),
+        fold_in(seed, tf.constant(int(Stream.GAINS), tf.int64)))
   matrix = crop_transform(ann["center"], ann["scale"] * scale, rot, input_size, flip)
   crop = warp_image(decode_image(encoded), matrix, input_size)
   out = {"image": normalize(tf.clip_by_value(crop * gains, 0.0, 1.0))}
@@ -184,8 +240,8 @@ def reach(augment: Augment | None) -> float:
   100 * scale around the centre (1 without augmentation)."""
   if augment is None:
     return 1.0
-  rotation = min(abs(augment.rotation), 45.0) if augment.rotation_prob > 0 else 0.0
-  a = math.radians(rotation)
+  # |cos| + |sin| peaks at 45 degrees.
+  a = math.radians(min(augment.max_rotation, 45.0))
   return (1.0 + augment.scale) * (math.cos(a) + math.sin(a))
 
 
@@ -285,7 +341,7 @@ def example_index(position, num_examples: int, seed: int):
 
   def permutation(e):
     return tf.random.experimental.stateless_shuffle(
-        tf.range(num_examples, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), e]))
+        tf.range(num_examples, dtype=tf.int64), seed=stream_seed(seed, Stream.PERMUTATION, e))
 
   perms = tf.map_fn(permutation, tf.range(first, tf.reduce_max(epoch) + 1),
                     fn_output_signature=tf.int64)  # [epochs spanned, N]
@@ -362,8 +418,9 @@ def train_dataset(source: Source, *, input_size: int, target_fn: TargetFn, augme
     first = step * global_batch_size
     index = example_index(tf.range(first, first + global_batch_size), n, seed)
     ann = {k: tf.gather(v, index) for k, v in tables.items()}
-    rot, scale, flip, gains = _augment_params(
-        augment, tf.stack([tf.constant(seed, tf.int64) + 1, step]), [global_batch_size])
+    rot, scale, flip, gains = augment_params(
+        augment, stream_seed(seed, Stream.GEOMETRY, step), stream_seed(seed, Stream.GAINS, step),
+        [global_batch_size])
     matrix = crop_transform(ann["center"], ann["scale"] * scale, rot, input_size, flip)
     joints = transform_points(matrix, tf.cast(ann["joints"], tf.float32))
     visible = tf.cast(ann["visible"], tf.float32)

@@ -1,8 +1,11 @@
-"""Heat-map codec: encode/decode round trip, flip alignment, weights."""
+"""Heat-map codec: round trips, flip alignment and flip_back, borders, the jnp renderer."""
 
 from hypothesis import given, settings, strategies as st
+import jax
 import numpy as np
+import pytest
 
+from jaxpose.codecs import Codec
 from jaxpose.codecs import heatmap
 
 
@@ -43,3 +46,93 @@ def test_decode_shift_direction_and_batch_dims():
   maps[1, 6, 2, 0], maps[1, 5, 2, 0] = 1.0, 0.4  # Higher upper neighbour: y - 0.25.
   coords, _ = heatmap.decode(maps)
   np.testing.assert_allclose(np.asarray(coords)[:, 0], [[4.25, 3.0], [2.0, 5.75]])
+
+
+# ---------------------------------------------------------------------------------------------
+# HeatmapCodec: the Codec protocol in input pixels.
+
+CODEC = heatmap.HeatmapCodec(input_size=64, output_size=16, sigma=1.0)
+PERM = np.array([1, 0, 2, 4, 3])  # Two left/right pairs and a centre joint.
+
+
+def test_heatmap_codec_is_a_codec():
+  assert isinstance(CODEC, Codec)
+  with pytest.raises(ValueError, match="sigma"):
+    heatmap.HeatmapCodec(64, 16, sigma=0.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.floats(4.0, 59.0), st.floats(4.0, 59.0)), min_size=5,
+                max_size=5))  # One K: one compilation of the eager decode.
+def test_codec_round_trip_in_input_pixels(points):
+  joints = np.asarray(points, np.float32)
+  out = CODEC.encode(joints, np.ones(len(points)))
+  assert out["targets"].shape == (16, 16, len(points))
+  coords, scores = CODEC.decode(np.asarray(out["targets"])[None])
+  # A quarter heat-map pixel of the argmax's shift is one input pixel at stride 4, plus up to
+  # half a heat-map pixel of quantisation.
+  assert np.all(np.abs(np.asarray(coords)[0] - joints) <= 0.75 * CODEC.stride + 1e-4)
+  assert np.all(np.asarray(scores) > 0.6)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.floats(-0.5, 63.5), st.floats(-0.5, 63.5), st.booleans()),
+                min_size=5, max_size=5))
+def test_encode_of_the_mirrored_crop_is_flip_back_of_encode(rows):
+  joints = np.asarray([r[:2] for r in rows], np.float32)
+  visible = np.asarray([r[2] for r in rows], np.float32)
+  # The pipeline's mirror (x -> S - 1 - x) with left and right joints swapped.
+  mirrored = np.stack([63.0 - joints[:, 0], joints[:, 1]], -1)[PERM]
+  direct = CODEC.encode(mirrored, visible[PERM])
+  plain = CODEC.encode(joints, visible)
+  back = CODEC.flip_back(np.asarray(plain["targets"])[None], PERM)[0]
+  np.testing.assert_allclose(np.asarray(direct["targets"]), back, atol=1e-5)
+  np.testing.assert_array_equal(direct["target_weight"], np.asarray(plain["target_weight"])[PERM])
+  # Mirroring twice is the identity.
+  np.testing.assert_array_equal(CODEC.flip_back(back[None], PERM)[0], plain["targets"])
+
+
+# (heat-map x, weight, decoded heat-map x) on a 16-wide map, sigma 1: pixel centres 0 and 15,
+# the map's edges (half a pixel outside them), and just inside/outside the 3-sigma margin.
+BORDERS = [(0.0, 1, 0.0), (15.0, 1, 15.0), (-0.5, 1, 0.0), (15.5, 1, 15.0),
+           (-3.49, 1, 0.0), (18.49, 1, 15.0), (-3.51, 0, None), (18.51, 0, None)]
+
+
+@pytest.mark.parametrize("u,weight,decoded", BORDERS)
+@pytest.mark.parametrize("axis", [0, 1])
+def test_heatmap_codec_at_the_map_borders(u, weight, decoded, axis):
+  uv = np.full((1, 2), 7.0, np.float32)
+  uv[0, axis] = u
+  joints = heatmap.heatmap_to_input(uv, CODEC.stride)
+  out = CODEC.encode(joints, np.ones(1))
+  assert float(out["target_weight"][0]) == weight
+  maps = np.asarray(out["targets"])
+  coords, scores = CODEC.decode(maps[None])
+  if weight:
+    # The argmax sits on the border pixel, which has one neighbour only: no shift.
+    expected = np.array([7.0, 7.0])
+    expected[axis] = decoded
+    np.testing.assert_array_equal(np.asarray(coords)[0, 0],
+                                  heatmap.heatmap_to_input(expected, CODEC.stride))
+    assert 0 < float(scores[0, 0]) <= 1
+  else:
+    assert maps.max() == 0 and float(scores[0, 0]) == 0
+
+
+def test_jnp_render_equals_tf_encode():
+  rng = np.random.default_rng(0)
+  joints = rng.uniform(-6.0, 22.0, (2, 3, 5, 2)).astype(np.float32)  # Some beyond 3 sigma.
+  visible = (rng.uniform(size=(2, 3, 5)) < 0.8).astype(np.float32)
+  maps, weights = jax.jit(heatmap.render, static_argnums=(2, 3))(joints, visible, (12, 16), 1.5)
+  assert maps.shape == (2, 3, 12, 16, 5) and weights.shape == (2, 3, 5)
+  assert 0 < float(weights.sum()) < weights.size  # Both kinds of weight are exercised.
+  for i in np.ndindex(2, 3):
+    t, w = heatmap.encode(joints[i], visible[i], (12, 16), 1.5)
+    np.testing.assert_allclose(maps[i], t, atol=1e-6)
+    np.testing.assert_array_equal(weights[i], w)
+  # And through the codec, in input pixels.
+  batch = CODEC.render_targets(4 * joints[0], visible[0])
+  for b in range(3):
+    one = CODEC.encode(4 * joints[0, b], visible[0, b])
+    for key in ("targets", "target_weight"):
+      np.testing.assert_allclose(batch[key][b], one[key], atol=1e-6)

@@ -1,5 +1,6 @@
 """Input pipeline: affine crop consistency, flips, determinism, sharding, eval padding."""
 
+import dataclasses
 import io
 
 import numpy as np
@@ -99,9 +100,105 @@ def test_training_batches_are_a_pure_function_of_seed_and_step_and_shards_are_di
     for k in full[step]:
       stitched = np.concatenate([halves[0][step][k], halves[1][step][k]])
       np.testing.assert_array_equal(stitched, full[step][k], err_msg=k)
-  # 20 positions = 2 epochs of 10 examples: every example seen exactly twice.
-  transforms = np.concatenate([b["joints"][:, 0, 0] for b in full[:5]])
-  assert len(transforms) == 20
+
+
+def _example_of(src, joints, matrix):
+  """The source example whose joints a training example's (warped, maybe flipped) joints are."""
+  if matrix[0, 0] < 0:  # Flipped: undo the left/right swap (an involution).
+    joints = joints[skeletons.MPII.flip_permutation]
+  original = pipeline.transform_points(np.linalg.inv(matrix), joints).numpy()
+  match = np.flatnonzero(np.all(np.abs(src.annotations["joints"] - original) < 1e-2, (1, 2)))
+  assert len(match) == 1, match
+  return int(match[0])
+
+
+@pytest.mark.parametrize("procs", [1, 2])
+def test_every_epoch_reads_every_example_exactly_once_over_all_processes(procs):
+  """Which example each process reads, recovered from its joints: the global positions
+  step * B + p * B/P + b of epoch e, [e * N, (e + 1) * N), hold each example once."""
+  n, global_batch, steps = 10, 4, 5  # 20 positions: 2 epochs, boundaries inside a batch.
+  src = _source(n=n)
+  seen = {}  # Global position -> example index.
+  for p in range(procs):
+    ds = pipeline.train_dataset(src, input_size=32, target_fn=_targets,
+                                augment=pipeline.Augment(), global_batch_size=global_batch,
+                                seed=3, process_index=p, process_count=procs)
+    local = global_batch // procs
+    for step, batch in enumerate(ds.take(steps).as_numpy_iterator()):
+      for b in range(local):
+        position = step * global_batch + p * local + b
+        seen[position] = _example_of(src, batch["joints"][b], batch["transform"][b])
+  assert sorted(seen) == list(range(steps * global_batch))
+  for epoch in range(2):
+    assert sorted(seen[q] for q in range(epoch * n, (epoch + 1) * n)) == list(range(n))
+  assert [seen[q] for q in range(n)] != [seen[q] for q in range(n, 2 * n)]  # Reshuffled.
+
+
+def test_runs_with_neighbouring_seeds_share_no_random_stream():
+  """Seeds k and k + 1 once shared streams (seed + 1 for the steps, + 1 again for the gains);
+  now every (seed, purpose, step or epoch) draws its own numbers."""
+  draws = {}
+  for seed in range(3):
+    for stream in pipeline.Stream:
+      for index in range(8):
+        key = pipeline.stream_seed(seed, stream, index)
+        draws[seed, stream, index] = tuple(tf.random.stateless_uniform([4], seed=key).numpy())
+  assert len(set(draws.values())) == len(draws)
+  # E.g. no step's gains of seed 1 replay any step's geometry of seed 0.
+  gains_1 = {draws[1, pipeline.Stream.GAINS, s] for s in range(8)}
+  assert not gains_1 & {draws[0, pipeline.Stream.GEOMETRY, s] for s in range(8)}
+  # And so the batches of seeds 0 and 1 differ at every step, shifted or not.
+  kw = dict(input_size=32, target_fn=_targets, augment=pipeline.Augment(), global_batch_size=4)
+  runs = [list(pipeline.train_dataset(_source(n=10), seed=seed, **kw).take(4)
+               .as_numpy_iterator()) for seed in (0, 1)]
+  for s in range(4):
+    for t in range(4):
+      assert not np.allclose(runs[0][s]["transform"], runs[1][t]["transform"]), (s, t)
+
+
+def _draws(aug, n=20000):
+  seeds = [pipeline.stream_seed(7, stream, 0)
+           for stream in (pipeline.Stream.GEOMETRY, pipeline.Stream.GAINS)]
+  return [np.asarray(x) for x in pipeline.augment_params(aug, *seeds, [n])]
+
+
+def test_normal_clipped_draws_match_the_reference_distribution():
+  aug = pipeline.Augment(rotation=30.0, rotation_prob=0.6, scale=0.25,
+                         distribution="normal_clipped")
+  rot, scale, flip, gains = _draws(aug)
+  assert np.mean(rot != 0) == pytest.approx(0.6, abs=0.015)
+  rot = rot[rot != 0]
+  # Rotation: 30 N(0, 1) clipped to +-60; about 68% within one sigma, 4.6% at the clip.
+  assert np.abs(rot).max() == pytest.approx(60.0)
+  assert np.mean(np.abs(rot) < 30.0) == pytest.approx(0.6827, abs=0.015)
+  assert np.mean(np.abs(rot) >= 60.0) == pytest.approx(0.0455, abs=0.006)
+  assert np.mean(rot > 0) == pytest.approx(0.5, abs=0.015)
+  # Scale: 1 + 0.25 N(0, 1) clipped to [0.75, 1.25]: 31.7% at the bounds.
+  assert scale.min() == pytest.approx(0.75) and scale.max() == pytest.approx(1.25)
+  assert np.mean((scale > 0.75) & (scale < 1.25)) == pytest.approx(0.6827, abs=0.015)
+  assert np.mean(np.abs(scale - 1) < 0.125) == pytest.approx(0.3829, abs=0.015)
+  assert np.mean(flip) == pytest.approx(0.5, abs=0.015)
+  assert gains.min() >= 0.8 and gains.max() <= 1.2
+
+
+def test_uniform_draws_and_bad_distribution():
+  rot, scale, _, _ = _draws(pipeline.Augment(rotation=30.0, rotation_prob=1.0, scale=0.25))
+  assert np.abs(rot).max() <= 30.0 and np.abs(rot).max() > 29.9
+  assert np.mean(np.abs(rot) < 15.0) == pytest.approx(0.5, abs=0.015)
+  assert scale.min() >= 0.75 and scale.max() <= 1.25
+  assert np.mean(np.abs(scale - 1) < 0.125) == pytest.approx(0.5, abs=0.015)
+  with pytest.raises(ValueError, match="'gaussian'"):
+    pipeline.Augment(distribution="gaussian")
+
+
+def test_reach_covers_the_largest_rotation_of_the_distribution():
+  uniform = pipeline.Augment(rotation=20.0, rotation_prob=0.6, scale=0.25)
+  normal = dataclasses.replace(uniform, distribution="normal_clipped")
+  assert uniform.max_rotation == 20.0 and normal.max_rotation == 40.0
+  a = np.radians(40.0)
+  assert pipeline.reach(normal) == pytest.approx(1.25 * (np.cos(a) + np.sin(a)))
+  assert pipeline.reach(normal) > pipeline.reach(uniform)
+  assert pipeline.reach(dataclasses.replace(normal, rotation_prob=0.0)) == pytest.approx(1.25)
 
 
 @pytest.mark.parametrize("n,batch,procs", [(10, 4, 1), (10, 4, 3), (7, 8, 2), (1, 2, 2)])
@@ -146,16 +243,19 @@ def _smooth_source(n=3, size=(300, 400)):
   return pipeline.Source("smooth", tf.constant(images), ann, skeletons.MPII)
 
 
-@pytest.mark.parametrize("rotation", [0.0, 30.0, 60.0])
-def test_precrop_holds_every_reachable_crop(rotation):
+@pytest.mark.parametrize("rotation,distribution", [(0.0, "uniform"), (30.0, "uniform"),
+                                                   (60.0, "uniform"), (20.0, "normal_clipped"),
+                                                   (30.0, "normal_clipped")])
+def test_precrop_holds_every_reachable_crop(rotation, distribution):
   """The most zoomed-out, most rotated training crop (and its bilinear neighbours) stays
   inside the stored square."""
-  aug = pipeline.Augment(rotation=rotation, rotation_prob=1.0, scale=0.25)
+  aug = pipeline.Augment(rotation=rotation, rotation_prob=1.0, scale=0.25,
+                         distribution=distribution)
   center, scale, size = np.array([[200.0, 150.0]]), np.array([2.3]), 64
   sides, matrices = pipeline.precrop_geometry(center, scale, input_size=size, augment=aug)
   last = size - 1.0
   corners = np.array([[0, 0], [last, 0], [0, last], [last, last]], np.float32)
-  for rot in np.linspace(-rotation, rotation, 9):
+  for rot in np.linspace(-aug.max_rotation, aug.max_rotation, 9):
     for s in (1 - aug.scale, 1 + aug.scale):
       crop = pipeline.crop_transform(center[0], scale[0] * s, rot, size).numpy()
       stored = matrices[0] @ np.linalg.inv(crop)  # crop pixels -> stored pixels.
