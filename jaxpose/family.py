@@ -130,18 +130,16 @@ def check_sizes(config):
   return input_size // output_size
 
 
-def heatmap_target_fn(config):
-  """Per-example Gaussian targets at the config's output size (tf.data)."""
-  stride = check_sizes(config)
-  size = (config.output_size, config.output_size)
+def heatmap_codec(config) -> heatmap.HeatmapCodec:
+  """The config's Gaussian heat maps (sizes checked)."""
+  check_sizes(config)
+  return heatmap.HeatmapCodec(config.input_size, config.output_size, config.sigma)
 
-  def target_fn(joints, visible, input_size):
-    del input_size
-    hm_joints = heatmap.input_to_heatmap(joints, stride)
-    targets, weight = heatmap.encode(hm_joints, visible, size, config.sigma)
-    return {"targets": targets, "target_weight": weight}
 
-  return target_fn
+def with_heatmap_targets(batch, codec: heatmap.HeatmapCodec):
+  """Renders the targets inside the jitted step from the batch's joints (K x 2 floats per
+  person cross to the device instead of H x W x K maps)."""
+  return dict(batch, **codec.render_targets(batch["joints"], batch["visible"]))
 
 
 def init_fn(model: nn.Module, init_size: int, *extra_shapes):

@@ -390,7 +390,8 @@ def _pad_bottom_right(image, side: int):
   return tf.cond((h == side) & (w == side), lambda: image, pad)
 
 
-def train_dataset(source: Source, *, input_size: int, target_fn: TargetFn, augment: Augment,
+def train_dataset(source: Source, *, input_size: int, target_fn: TargetFn | None,
+                  augment: Augment,
                   global_batch_size: int, seed: int, start_step: int = 0,
                   process_index: int = 0, process_count: int = 1,
                   on_device: bool = False) -> tf.data.Dataset:
@@ -455,7 +456,8 @@ def train_dataset(source: Source, *, input_size: int, target_fn: TargetFn, augme
   ds = tf.data.Dataset.range(start_step, 2**62).map(do_not_convert(geometry)).unbatch()
   ds = ds.map(do_not_convert(pixels), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(local, drop_remainder=True)
-  ds = ds.map(do_not_convert(targets), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  if target_fn is not None:  # Else the model's family builds them on the device.
+    ds = ds.map(do_not_convert(targets), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.prefetch(2)
 
 

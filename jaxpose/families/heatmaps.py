@@ -16,10 +16,12 @@ def hourglass_family(config, skeleton, dtype) -> family.Family:
   except TypeError as e:
     raise ValueError(f"Bad config.model for 'hourglass': {e}") from None
   stride = family.check_sizes(config)
+  codec = family.heatmap_codec(config)
   loss_kind, loss_scale = config.loss, config.get("loss_scale", 1.0)
 
   def loss(params, model_state, batch, rng, *, phase=0):
     del phase
+    batch = family.with_heatmap_targets(batch, codec)
     outputs, model_state = family.apply_train(model, params, model_state, rng, batch["image"])
     total, metrics = family.heatmap_losses(outputs, batch, loss_kind, scale=loss_scale)
     return total, (model_state, metrics)
@@ -35,7 +37,7 @@ def hourglass_family(config, skeleton, dtype) -> family.Family:
 
   return family.Family("hourglass", skeleton, config.input_size,
                      init=family.init_fn(model, 4 * 2 ** model.depth), loss=loss,
-                     predict=predict, target_fn=family.heatmap_target_fn(config), model=model)
+                     predict=predict, model=model)
 
 
 
@@ -74,6 +76,7 @@ def cpm_family(config, skeleton, dtype) -> family.Family:
     raise ValueError(f"Bad config.model for 'cpm': {e}") from None
   stride = family.check_sizes(config)
   center = cpm.center_map(size, jnp.full((2,), (size - 1) / 2.0), sigma=21.0 * size / 368.0)
+  codec = family.heatmap_codec(config)
   loss_kind, loss_scale = config.loss, config.get("loss_scale", 1.0)
 
   def centers(images):
@@ -81,6 +84,7 @@ def cpm_family(config, skeleton, dtype) -> family.Family:
 
   def loss(params, model_state, batch, rng, *, phase=0):
     del phase
+    batch = family.with_heatmap_targets(batch, codec)
     images = batch["image"]
     outputs, model_state = family.apply_train(model, params, model_state, rng, images,
                                               centers(images))
@@ -104,5 +108,4 @@ def cpm_family(config, skeleton, dtype) -> family.Family:
 
   groups = (cpm_layer_groups, CPM_LR_MULT) if config.optimizer.get("caffe_lr_mult") else None
   return family.Family("cpm", skeleton, size, init=family.init_fn(model, 32, 1), loss=loss,
-                       predict=predict, target_fn=family.heatmap_target_fn(config),
-                       layer_groups=groups, model=model)
+                       predict=predict, layer_groups=groups, model=model)
