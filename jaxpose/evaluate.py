@@ -101,9 +101,8 @@ def _batches(ds, source):
       raise RuntimeError(f"Evaluation input pipeline failed on {source.name}: {e}") from e
 
 
-# The headline metric per joint set: (name, threshold). MPII: PCKh@0.5 (head size); LSP and
-# FLIC: PCK@0.2 (torso size). `norm_size` in the feature dict is the matching normaliser.
-HEADLINE = {"mpii": ("PCKh", 0.5), "lsp": ("PCK", 0.2), "flic": ("PCK", 0.2)}
+# The headline metric per joint set: (name, threshold); see `metrics.HEADLINE`.
+HEADLINE = metrics.HEADLINE
 
 
 def score(preds: np.ndarray, source: pipeline.Source,
@@ -112,15 +111,11 @@ def score(preds: np.ndarray, source: pipeline.Source,
 
   MPII: PCKh@0.5 per column, Total, UBody, PCKh@0.1 Total and AUC (thresholds 0..0.5).
   LSP/FLIC: PCK@0.2 per column, Total and AUC over the same normalised thresholds.
+  See `metrics.headline_table`.
   """
   ann = source.annotations
-  args = (preds, ann["joints"], ann["visible"], ann["norm_size"], source.skeleton)
-  name, threshold = HEADLINE[source.skeleton.name]
-  table = metrics.pck_table(*args, threshold=threshold, convention=convention)
-  if name == "PCKh":
-    table["PCKh@0.1"] = metrics.pck_table(*args, threshold=0.1, convention=convention)["Total"]
-  table["AUC"] = metrics.auc(*args, convention=convention)
-  return table
+  return metrics.headline_table(preds, ann["joints"], ann["visible"], ann["norm_size"],
+                                source.skeleton, convention)
 
 
 def format_table(table: dict[str, float], source: pipeline.Source, title: str) -> str:

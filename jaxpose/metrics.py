@@ -64,8 +64,16 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from jaxpose import annotation_io
 from jaxpose import skeletons as skeletons_lib
 from jaxpose.skeletons import Skeleton
+
+# The normalisers and FLIC's observer-centric swap live with the annotation conventions (the
+# data builders compute them too); they are part of the metrics' interface as well.
+MPII_HEAD_SIZE_FACTOR = annotation_io.MPII_HEAD_SIZE_FACTOR
+mpii_head_size = annotation_io.mpii_head_size
+torso_size = annotation_io.torso_size
+observer_centric = annotation_io.observer_centric
 
 TOTAL = "Total"
 UBODY = "UBody"
@@ -73,7 +81,6 @@ UBODY_COLUMNS = ("Head", "Shoulder", "Elbow", "Wrist")
 # MATLAB's 0:0.01:0.5, as exact decimals.
 AUC_THRESHOLDS = np.arange(51) / 100
 PDJ_THRESHOLDS = AUC_THRESHOLDS
-MPII_HEAD_SIZE_FACTOR = 0.6  # evalMPII's SC_BIAS: head size = 0.6 x head-box diagonal.
 PCP_COLUMNS = ("Torso", "Upper leg", "Lower leg", "Upper arm", "Forearm", "Head")
 
 # Sticks for strict PCP: (column, end point a, end point b); an end point is the mean of the
@@ -345,6 +352,60 @@ def auc(pred, gt, visible, norm, skeleton: Skeleton,
   return auc_from_curve(thresholds, curve[TOTAL])
 
 
+# The headline metric per joint set: (name, threshold). MPII: PCKh@0.5 (head size); LSP and
+# FLIC: PCK@0.2 (torso size). `norm_size` in the feature dict is the matching normaliser.
+HEADLINE = {"mpii": ("PCKh", 0.5), "lsp": ("PCK", 0.2), "flic": ("PCK", 0.2)}
+PCKH01_COLUMN = "PCKh@0.1"  # Extra columns of the headline table.
+AUC_COLUMN = "AUC"
+
+
+def _headline(skeleton: Skeleton) -> tuple[str, float]:
+  if skeleton.name not in HEADLINE:
+    raise ValueError(f"No headline metric for skeleton {skeleton.name!r}; known: "
+                     f"{sorted(HEADLINE)}.")
+  return HEADLINE[skeleton.name]
+
+
+def headline_name(skeleton: Skeleton) -> str:
+  """The headline table's name: "PCKh@0.5" (MPII) or "PCK@0.2" (LSP, FLIC)."""
+  name, threshold = _headline(skeleton)
+  return f"{name}@{threshold}"
+
+
+def headline_columns(skeleton: Skeleton) -> tuple[str, ...]:
+  """The columns `headline_table` returns for `skeleton`, in table order."""
+  extra = (PCKH01_COLUMN,) if _headline(skeleton)[0] == "PCKh" else ()
+  return pck_columns(skeleton) + extra + (AUC_COLUMN,)
+
+
+def headline_table(pred, gt, visible, norm, skeleton: Skeleton,
+                   convention: str | Convention = "official") -> dict[str, float]:
+  """The data set's headline table in percent: what the papers report and evaluation prints.
+
+  MPII: PCKh@0.5 per column, Total and UBody, plus "PCKh@0.1" (its Total) and "AUC" (of the
+  Total curve over thresholds 0..0.5). LSP and FLIC: PCK@0.2 per column and Total, plus "AUC"
+  over the same normalised thresholds.
+
+  Args:
+    pred: [N, K, 2] predictions (NaN/inf = wrong).
+    gt: [N, K, 2] ground truth in the same pixel convention (FLIC: observer-centric).
+    visible: [N, K] non-zero = annotated (None = all).
+    norm: [N] normaliser (MPII: head size; LSP/FLIC: torso size).
+    skeleton: MPII, LSP or FLIC (`HEADLINE` says which metric).
+    convention: MPII PCKh convention ("official" by default); see `pck_table`.
+
+  Returns:
+    {column: percent} with the keys of `headline_columns(skeleton)`.
+  """
+  name, threshold = _headline(skeleton)
+  args = (pred, gt, visible, norm, skeleton)
+  table = pck_table(*args, threshold=threshold, convention=convention)
+  if name == "PCKh":
+    table[PCKH01_COLUMN] = pck_table(*args, threshold=0.1, convention=convention)[TOTAL]
+  table[AUC_COLUMN] = auc(*args, convention=convention)
+  return table
+
+
 def pdj_curve(pred, gt, visible, norm, skeleton: Skeleton,
               thresholds: Sequence[float] = PDJ_THRESHOLDS) -> dict[str, np.ndarray]:
   """Percentage of detected joints per column against the normalised distance threshold.
@@ -353,38 +414,6 @@ def pdj_curve(pred, gt, visible, norm, skeleton: Skeleton,
   for MPII the head size, which makes it the PCKh curve) and the official rules (`<=`).
   """
   return pck_curve(pred, gt, visible, norm, skeleton, thresholds, "official")
-
-
-def mpii_head_size(head_boxes) -> np.ndarray:
-  """0.6 x the head-box diagonal; `head_boxes` is [N, 4] (x1, y1, x2, y2) or [N, 2, 2]."""
-  boxes = np.asarray(head_boxes, np.float64).reshape(-1, 2, 2)
-  return MPII_HEAD_SIZE_FACTOR * np.linalg.norm(boxes[:, 1] - boxes[:, 0], axis=-1)
-
-
-def torso_size(gt, skeleton: Skeleton) -> np.ndarray:
-  """||GT left shoulder - GT right hip|| per person (the LSP and FLIC PCK normaliser)."""
-  gt = np.asarray(gt, np.float64)
-  return np.linalg.norm(gt[:, skeleton.index("l_shoulder")] - gt[:, skeleton.index("r_hip")],
-                        axis=-1)
-
-
-def observer_centric(gt, skeleton: Skeleton, visible=None):
-  """Swaps left and right of people seen from the back (right shoulder x > left shoulder x).
-
-  FLIC's labels are observer-centric except for the back-facing people; its evaluation swaps
-  those before scoring. Idempotent.
-
-  Returns:
-    (gt [N, K, 2], visible [N, K] or None, swapped [N] bool).
-  """
-  gt = np.asarray(gt, np.float64)
-  swapped = gt[:, skeleton.index("r_shoulder"), 0] > gt[:, skeleton.index("l_shoulder"), 0]
-  perm = skeleton.flip_permutation
-  out = np.where(swapped[:, None, None], gt[:, perm], gt)
-  if visible is not None:
-    visible = np.asarray(visible)
-    visible = np.where(swapped[:, None], visible[:, perm], visible)
-  return out, visible, swapped
 
 
 def lsp_pck_table(pred, gt, visible=None, threshold: float = 0.2) -> dict[str, float]:

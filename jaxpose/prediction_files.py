@@ -2,11 +2,12 @@
 
 Pixel convention: the official ground-truth files and the published result files (Tompson's
 `pos_pred_src`, Yang's `pred`, pytorch-pose's `preds_valid.mat`, ...) all use MATLAB's 1-based
-pixels. jaxpose works in 0-based pixels (see `jaxpose.skeletons`). `from_matlab_pixels` is the
-one place where 1-based coordinates become 0-based, and `to_matlab_pixels` the one place where
-they go back (MPII submission files). `evaluate_file` treats a prediction file as being in the
-same convention as the ground truth it is scored against (1-based, like every published file)
-unless told otherwise, so the official numbers come out exactly.
+pixels. jaxpose works in 0-based pixels (see `jaxpose.skeletons`). `from_matlab_pixels` (from
+`jaxpose.annotation_io`, which the data builders share) is the one place where 1-based
+coordinates become 0-based, and `to_matlab_pixels` the one place where they go back (MPII
+submission files). `evaluate_file` treats a prediction file as being in the same convention as
+the ground truth it is scored against (1-based, like every published file) unless told
+otherwise, so the official numbers come out exactly.
 
 Typical use (what `eval.py --preds FILE --dataset mpii_val --gt PATH` does):
 
@@ -24,6 +25,7 @@ import h5py
 import numpy as np
 import scipy.io
 
+from jaxpose import annotation_io
 from jaxpose import metrics
 from jaxpose import skeletons
 from jaxpose.skeletons import Skeleton
@@ -34,26 +36,16 @@ PREDICTION_KEYS = ("preds", "pred", "prediction_all", "pos_pred_src")
 GT_FILES = {"mpii_val": "detections_our_format.mat", "lsp_test": "joints.mat",
             "flic_test": "examples.mat"}
 DATASETS = tuple(GT_FILES)
-MATLAB_PIXEL_OFFSET = 1.0  # MATLAB pixel (1, 1) is jaxpose pixel (0, 0).
-LSP_TEST = slice(1000, 2000)  # Images 1001-2000 of joints.mat.
-# FLIC `examples.mat` `coords` slots (0-based) of the FLIC joint set; the neck is the
-# midpoint of the shoulders (slots 0 and 3).
-FLIC_SLOTS = {"nose": 16, "r_shoulder": 3, "r_elbow": 4, "r_wrist": 5, "r_hip": 9,
-              "l_shoulder": 0, "l_elbow": 1, "l_wrist": 2, "l_hip": 6}
+# The official files' conventions (`jaxpose.annotation_io`, which the data builders share).
+MATLAB_PIXEL_OFFSET = annotation_io.MATLAB_PIXEL_OFFSET
+LSP_TEST = annotation_io.LSP_TEST
+FLIC_SLOTS = annotation_io.FLIC_SLOTS
+from_matlab_pixels = annotation_io.from_matlab_pixels
+to_matlab_pixels = annotation_io.to_matlab_pixels
 PDJ_REPORT_THRESHOLDS = (0.1, 0.2, 0.3, 0.4)
 
 # Layout name -> transpose that turns it into N x K x C.
 _LAYOUTS = (("N x K x 2", (0, 1, 2)), ("K x 2 x N", (2, 0, 1)), ("2 x K x N", (2, 1, 0)))
-
-
-def from_matlab_pixels(xy) -> np.ndarray:
-  """1-based MATLAB pixel coordinates -> jaxpose's 0-based pixels."""
-  return np.asarray(xy, np.float64) - MATLAB_PIXEL_OFFSET
-
-
-def to_matlab_pixels(xy) -> np.ndarray:
-  """jaxpose's 0-based pixels -> 1-based MATLAB pixel coordinates."""
-  return np.asarray(xy, np.float64) + MATLAB_PIXEL_OFFSET
 
 
 # ----------------------------------------------------------------------------------------------
@@ -438,8 +430,8 @@ class Evaluation:
 
   dataset: str
   convention: str
-  # "PCKh@0.5" (MPII; with UBody, "PCKh@0.1" and "AUC" columns) or "PCK@0.2" (LSP, FLIC);
-  # "PCP@0.5" (LSP). Values in percent.
+  # "PCKh@0.5" (MPII; with UBody, "PCKh@0.1" and "AUC" columns) or "PCK@0.2" (LSP, FLIC; with
+  # "AUC"): `metrics.headline_table`; "PCP@0.5" (LSP). Values in percent.
   tables: dict[str, dict[str, float]]
   pdj: dict[str, np.ndarray]  # Column -> [T] percent at `pdj_thresholds`.
   pdj_thresholds: np.ndarray
@@ -471,25 +463,15 @@ def evaluate_predictions(preds: np.ndarray, gt: GroundTruth,
                      f"scored with the official rules only.")
   skeleton = gt.skeleton
   args = (preds, gt.joints, gt.visible, gt.norm, skeleton)
-  columns = list(metrics.pck_columns(skeleton))
   dist = metrics.normalized_distances(preds, gt.joints, gt.visible, gt.norm,
                                       scored=skeleton.scored_joints)
-  tables = {}
-  if gt.dataset == "mpii_val":
-    name = "PCKh@0.5"
-    table = metrics.pck_table(*args, threshold=0.5, convention=conv)
-    table["PCKh@0.1"] = metrics.pck_table(*args, threshold=0.1, convention=conv)[metrics.TOTAL]
-    table["AUC"] = metrics.auc(*args, convention=conv)
-    columns += ["PCKh@0.1", "AUC"]
-  elif gt.dataset == "flic_test":
-    name = "PCK@0.2"
-    table = metrics.flic_pck_table(preds, gt.joints, gt.visible, threshold=0.2)
-  else:
-    name = "PCK@0.2"
-    table = metrics.lsp_pck_table(preds, gt.joints, gt.visible, threshold=0.2)
-  tables[name] = table
+  # The ground truth is already observer-centric (FLIC) with the data set's normaliser.
+  name = metrics.headline_name(skeleton)
+  table = metrics.headline_table(*args, convention=conv)
+  tables = {name: table}
   texts = [f"{gt.dataset}: {description}" if description else gt.dataset,
-           metrics.format_table(table, columns, title=f"{name} ({conv.name})")]
+           metrics.format_table(table, metrics.headline_columns(skeleton),
+                                title=f"{name} ({conv.name})")]
   if gt.dataset == "lsp_test":
     pcp = metrics.pcp_table(preds, gt.joints, skeleton, gt.visible, threshold=0.5)
     tables["PCP@0.5"] = pcp
@@ -521,9 +503,9 @@ def evaluate_file(preds_path: str, dataset: str, gt_path: str,
       the ground truth (default); False for files of 0-based jaxpose predictions.
 
   Returns:
-    An `Evaluation`: tables (MPII: PCKh@0.5 with UBody, PCKh@0.1 and AUC; LSP: PCK@0.2 and
-    strict PCP@0.5; FLIC: PCK@0.2), PDJ curves, the count of NaN/inf predictions, the load
-    description and the printable text.
+    An `Evaluation`: tables (MPII: PCKh@0.5 with UBody, PCKh@0.1 and AUC; LSP: PCK@0.2 with
+    AUC, and strict PCP@0.5; FLIC: PCK@0.2 with AUC), PDJ curves, the count of NaN/inf
+    predictions, the load description and the printable text.
   """
   gt = load_ground_truth(dataset, gt_path)
   raw, description = load_predictions(preds_path, gt.num_people, gt.skeleton.num_joints)

@@ -338,6 +338,55 @@ def test_auc_normalises_the_threshold_range():
     metrics.auc_from_curve([0.0], [1.0])
 
 
+def _toy_problem(skeleton, seed=0, n=6):
+  rng = np.random.default_rng(seed)
+  gt = rng.uniform(0, 200, (n, skeleton.num_joints, 2))
+  pred = gt + rng.normal(0, 8, gt.shape)
+  visible = rng.random(gt.shape[:2]) > 0.2
+  return pred, gt, visible, rng.uniform(20, 60, n)
+
+
+@pytest.mark.parametrize("skeleton", [MPII, LSP, FLIC], ids=lambda s: s.name)
+def test_headline_table_columns_and_values(skeleton):
+  pred, gt, visible, norm = _toy_problem(skeleton)
+  table = metrics.headline_table(pred, gt, visible, norm, skeleton)
+  assert tuple(table) == metrics.headline_columns(skeleton)
+  name, threshold = metrics.HEADLINE[skeleton.name]
+  assert metrics.headline_name(skeleton) == {"mpii": "PCKh@0.5"}.get(skeleton.name, "PCK@0.2")
+  pck = metrics.pck_table(pred, gt, visible, norm, skeleton, threshold)
+  assert {k: table[k] for k in pck} == pck
+  assert table["AUC"] == metrics.auc(pred, gt, visible, norm, skeleton)
+  assert ("PCKh@0.1" in table) == (name == "PCKh")
+  if name == "PCKh":
+    assert table["PCKh@0.1"] == metrics.pck_table(pred, gt, visible, norm, skeleton, 0.1)["Total"]
+    assert table["PCKh@0.1"] < table["Total"]
+
+
+def test_headline_table_conventions_and_refusals():
+  pred, gt, visible, norm = _toy_problem(MPII, seed=1, n=40)
+  official = metrics.headline_table(pred, gt, visible, norm, MPII)
+  torch = metrics.headline_table(pred, gt, visible, norm, MPII, "pytorch-pose")
+  assert torch["Head"] == metrics.pck_table(pred, gt, visible, norm, MPII, 0.5,
+                                            "pytorch-pose")["Head"]
+  assert torch["Head"] != official["Head"]
+  odd = skeletons.Skeleton(name="odd", joints=("a", "b"), flip_pairs=(), limbs=(),
+                           groups=(("Head", (0, 1)),))
+  with pytest.raises(ValueError, match="'odd'"):
+    metrics.headline_table(pred[:, :2], gt[:, :2], visible[:, :2], norm, odd)
+
+
+def test_headline_table_matches_the_lsp_and_flic_evaluators():
+  """With the evaluators' normaliser (and FLIC's observer-centric ground truth) the headline
+  PCK@0.2 columns are what `lsp_pck_table` / `flic_pck_table` compute from scratch."""
+  for skeleton, table_fn in ((LSP, metrics.lsp_pck_table), (FLIC, metrics.flic_pck_table)):
+    pred, gt, _, _ = _toy_problem(skeleton, seed=2, n=30)
+    gt = metrics.observer_centric(gt, skeleton)[0] if skeleton is FLIC else gt
+    table = metrics.headline_table(pred, gt, None, metrics.torso_size(gt, skeleton), skeleton)
+    reference = table_fn(pred, gt, None, threshold=0.2)
+    assert {k: table[k] for k in reference} == reference
+    assert set(table) == set(reference) | {"AUC"}
+
+
 def test_head_size_and_torso():
   assert metrics.mpii_head_size([[0, 0, 30, 40]])[0] == pytest.approx(30.0)
   assert metrics.mpii_head_size(np.array([[[0, 0], [30, 40]]]))[0] == pytest.approx(30.0)

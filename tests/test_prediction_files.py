@@ -259,6 +259,22 @@ def test_flic_ground_truth_matches_observer_centric_file():
   assert "48 back-facing" in gt.description
 
 
+def test_evaluate_predictions_reports_the_headline_table():
+  rng = np.random.default_rng(3)
+  joints = rng.uniform(0, 100, (8, 14, 2))
+  gt = pf.GroundTruth(dataset="lsp_test", skeleton=skeletons.LSP, joints=joints,
+                      visible=np.ones((8, 14), bool),
+                      norm=metrics.torso_size(joints, skeletons.LSP), threshold=0.2,
+                      description="toy")
+  preds = joints + rng.normal(0, 4, joints.shape)
+  result = pf.evaluate_predictions(preds, gt)
+  assert list(result.tables) == ["PCK@0.2", "PCP@0.5"]
+  assert result.table == metrics.headline_table(preds, joints, gt.visible, gt.norm,
+                                                skeletons.LSP)
+  header = result.text.split("PCK@0.2 (official)\n", 1)[1].splitlines()[0]
+  assert header.split() == list(metrics.headline_columns(skeletons.LSP))
+
+
 def test_unknown_dataset():
   with pytest.raises(ValueError, match="mpii_val"):
     pf.load_ground_truth("coco_val", "x.mat")

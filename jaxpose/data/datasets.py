@@ -1,4 +1,4 @@
-"""Data set name -> in-memory `pipeline.Source` for a split."""
+"""Data set name -> TFDS builder, and -> in-memory `pipeline.Source` for a split."""
 
 import os
 
@@ -8,24 +8,37 @@ import ml_collections
 import tensorflow_datasets as tfds
 
 from jaxpose import skeletons
+from jaxpose.data import builder_lib
+from jaxpose.data import flic
+from jaxpose.data import lsp
+from jaxpose.data import mpii
 from jaxpose.data import pipeline
+from jaxpose.data import synthetic
 
 DEFAULT_DATA_DIR = os.path.join("~", "tensorflow_datasets")
+# Data sets built from manually downloaded files (docs/DATA.md) -> their builder.
+MANUAL_BUILDERS = {"mpii": mpii.MpiiPose, "lsp": lsp.LspPose, "flic": flic.FlicPose}
+
+
+def get_builder(name: str, config: str, data_dir: str | None,
+                manual_dir: str | None) -> tfds.core.DatasetBuilder:
+  """The builder of data set `name` ("mpii", "lsp" or "flic") over the files in `manual_dir`."""
+  if name not in MANUAL_BUILDERS:
+    raise ValueError(f"Unknown data set {name!r}; known: "
+                     f"{', '.join(repr(n) for n in MANUAL_BUILDERS)}.")
+  return MANUAL_BUILDERS[name](config=config, data_dir=data_dir, manual_dir=manual_dir)
 
 
 def _builder(dataset: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   data_dir = os.path.expanduser(dataset.data_dir or DEFAULT_DATA_DIR)
   if dataset.name == "synthetic":
-    from jaxpose.data import synthetic  # pylint: disable=g-import-not-at-top
     return synthetic.SyntheticPose(config=dataset.config, data_dir=data_dir)
-  if dataset.name in ("mpii", "lsp", "flic"):
+  if dataset.name in MANUAL_BUILDERS:
     # Built from manually downloaded files (docs/DATA.md), by default in
     # DATA_DIR/downloads/manual/NAME.
-    from jaxpose.data import prepare  # pylint: disable=g-import-not-at-top
     manual_dir = (dataset.get("manual_dir")
-                  or prepare.default_manual_dir(data_dir, dataset.name))
-    return prepare.get_builder(dataset.name, dataset.config, data_dir,
-                               os.path.expanduser(manual_dir))
+                  or builder_lib.default_manual_dir(data_dir, dataset.name))
+    return get_builder(dataset.name, dataset.config, data_dir, os.path.expanduser(manual_dir))
   raise ValueError(f"Unknown config.dataset.name {dataset.name!r}; known: 'synthetic', "
                    f"'mpii', 'lsp', 'flic'.")
 

@@ -2,12 +2,12 @@
 
 Splits by `examples.mat`'s flags: "train" (istrain, 3987 people) and "test" (istest, 1016),
 in file order; 10 joints in the order of the published FLIC results (`skeletons.FLIC`):
-the `coords` slots named in `prediction_files.FLIC_SLOTS`, and the neck, which FLIC does not
+the `coords` slots named in `annotation_io.FLIC_SLOTS`, and the neck, which FLIC does not
 label, as the midpoint of the shoulders.
 
 Labels are made observer-centric as the FLIC evaluation does: people seen from the back
 (right shoulder's x > left shoulder's x; 199 train and 48 test people) have left and right
-swapped (`metrics.observer_centric`). Every one of these slots is labelled in every example,
+swapped (`annotation_io.observer_centric`). Every one of these slots is labelled in every example,
 so visible = 1 and occluded = 0. FLIC has no person centre, scale or head box: centre = middle
 of the joints' bounding box, scale = 1.6 x its longer side / 200 (more margin than LSP's 1.25
 because the joints stop at the nose and the hips), head_box = 0, norm_size = torso size
@@ -22,11 +22,10 @@ import numpy as np
 import scipy.io
 import tensorflow_datasets as tfds
 
-from jaxpose import metrics
-from jaxpose import prediction_files
+from jaxpose import annotation_io
 from jaxpose import skeletons
-from jaxpose.data import prepare
-from jaxpose.data.prepare import AnnotationError, People
+from jaxpose.data import builder_lib
+from jaxpose.data.builder_lib import AnnotationError, People
 
 NAME = "flic"
 SKELETON = skeletons.FLIC
@@ -69,19 +68,19 @@ def read_examples(path: str) -> Annotations:
 
   coords = np.stack([np.asarray(e["coords"], np.float64).T for e in examples])  # [N, 29, 2]
   raw = np.empty((len(examples), NUM_JOINTS, 2))
-  for name, slot in prediction_files.FLIC_SLOTS.items():
+  for name, slot in annotation_io.FLIC_SLOTS.items():
     raw[:, SKELETON.index(name)] = coords[:, slot]
   raw[:, SKELETON.index("neck")] = coords[:, list(NECK_SLOTS)].mean(1)
-  joints, _, swapped = metrics.observer_centric(prediction_files.from_matlab_pixels(raw),
+  joints, _, swapped = annotation_io.observer_centric(annotation_io.from_matlab_pixels(raw),
                                                 SKELETON)
   visible = np.isfinite(joints).all(-1)
   joints = np.where(visible[..., None], joints, 0.0)
-  center, scale = prepare.box_center_scale(joints, visible, BOX_MARGIN)
+  center, scale = builder_lib.box_center_scale(joints, visible, BOX_MARGIN)
   n = len(examples)
   people = People(
       images=[str(scalar(e, "filepath")) for e in examples], joints=joints, visible=visible,
       occluded=np.zeros((n, NUM_JOINTS)), center=center, scale=scale,
-      head_box=np.zeros((n, 4)), norm_size=metrics.torso_size(joints, SKELETON))
+      head_box=np.zeros((n, 4)), norm_size=annotation_io.torso_size(joints, SKELETON))
   sizes = np.stack([np.asarray(e["imgdims"]).ravel()[:2] for e in examples]).astype(np.int64)
   is_train = np.array([int(scalar(e, "istrain")) == 1 for e in examples])
   is_test = np.array([int(scalar(e, "istest")) == 1 for e in examples])
@@ -95,7 +94,7 @@ def read_people(manual_dir: str, images: Sequence[str] | None = None
   Raises:
     AnnotationError: the split sizes are not FLIC's 3987 / 1016 (FLIC-full's examples.mat?).
   """
-  path = prepare.find_file(manual_dir, (EXAMPLES_FILE,), _HOWTO)
+  path = builder_lib.find_file(manual_dir, (EXAMPLES_FILE,), _HOWTO)
   ann = read_examples(path)
   counts = {"train": int(ann.is_train.sum()), "test": int(ann.is_test.sum())}
   if counts != NUM_PEOPLE:
@@ -118,8 +117,8 @@ class FlicPose(tfds.core.GeneratorBasedBuilder, skip_registration=__name__ == "_
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
-  BUILDER_CONFIGS = [prepare.ManualConfig(name="default",
-                                          description="FLIC, observer-centric; 3987 / 1016.")]
+  BUILDER_CONFIGS = [builder_lib.ManualConfig(
+      name="default", description="FLIC, observer-centric; 3987 / 1016.")]
   DEFAULT_CONFIG_NAME = "default"
 
   def __init__(self, *, manual_dir: str | None = None, **kwargs):
@@ -129,22 +128,22 @@ class FlicPose(tfds.core.GeneratorBasedBuilder, skip_registration=__name__ == "_
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(builder=self, description=__doc__,
-                                 features=prepare.features(NUM_JOINTS), homepage=_SITE,
+                                 features=builder_lib.features(NUM_JOINTS), homepage=_SITE,
                                  disable_shuffling=True)
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # The files are read from the manual folder directly.
-    manual_dir = prepare.builder_manual_dir(self, self._manual_dir, NAME)
+    manual_dir = builder_lib.builder_manual_dir(self, self._manual_dir, NAME)
     config = self.builder_config
     splits = read_people(manual_dir, config.images)
-    image_dir = prepare.find_file(manual_dir, (IMAGES_DIR,), _HOWTO)
+    image_dir = builder_lib.find_file(manual_dir, (IMAGES_DIR,), _HOWTO)
     for split, (people, _) in splits.items():
       if not len(people):
         raise ValueError(f"FLIC {split}: no people (images={config.images}).")
     return {split: self._generate_examples(people, image_dir, sizes)
             for split, (people, sizes) in splits.items()}
 
-  def _generate_examples(self, people: prepare.People, image_dir: str,
+  def _generate_examples(self, people: builder_lib.People, image_dir: str,
                          expected_sizes=None):
     """Yields (id, example) for every person; stops on a bad image or annotation."""
-    return prepare.generate_examples(people, image_dir, expected_sizes)
+    return builder_lib.generate_examples(people, image_dir, expected_sizes)

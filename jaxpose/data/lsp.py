@@ -11,7 +11,7 @@ image), 14 joints in LSP order (`skeletons.LSP`). BuilderConfigs:
                       its own `joints.mat`, 14 x 3 x 10000); test unchanged.
 
 LSP has no person centre, scale or head box: centre = middle of the visible joints' bounding
-box, scale = 1.25 x its longer side / 200 (`prepare.box_center_scale`), head_box = 0, and
+box, scale = 1.25 x its longer side / 200 (`builder_lib.box_center_scale`), head_box = 0, and
 norm_size = torso size ||l-shoulder - r-hip|| as the official LSP PCK uses (NaN where either
 joint is missing). The flag row of the original `joints.mat` is 1 for occluded joints (every
 joint is annotated, so visible = 1); LSP-extended's third row is 1 for visible joints, and a
@@ -26,18 +26,17 @@ import numpy as np
 import scipy.io
 import tensorflow_datasets as tfds
 
-from jaxpose import metrics
-from jaxpose import prediction_files
+from jaxpose import annotation_io
 from jaxpose import skeletons
-from jaxpose.data import prepare
-from jaxpose.data.prepare import AnnotationError, People
+from jaxpose.data import builder_lib
+from jaxpose.data.builder_lib import AnnotationError, People
 
 NAME = "lsp"
 SKELETON = skeletons.LSP
 NUM_JOINTS = SKELETON.num_joints
 NUM_IMAGES = 2000
 NUM_EXTENDED = 10000
-TEST = prediction_files.LSP_TEST  # Images 1001-2000.
+TEST = annotation_io.LSP_TEST  # Images 1001-2000.
 NUM_PEOPLE = {"train": 1000, "test": 1000}
 BOX_MARGIN = 1.25  # Crop side / longer side of the joints' box.
 
@@ -88,15 +87,15 @@ def read_joints(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   else:
     raise AnnotationError(f"{path}: 'joints' has shape {raw.shape}; expected 3 x 14 x N "
                           f"(LSP) or 14 x 3 x N (LSP-extended).")
-  joints = np.where(visible[..., None], prediction_files.from_matlab_pixels(xyf[..., :2]), 0.0)
+  joints = np.where(visible[..., None], annotation_io.from_matlab_pixels(xyf[..., :2]), 0.0)
   return joints, visible, occluded
 
 
 def make_people(joints: np.ndarray, visible: np.ndarray, occluded: np.ndarray,
                 images: Sequence[str]) -> People:
   """People with centre/scale from the joints' box and the torso normaliser."""
-  center, scale = prepare.box_center_scale(joints, visible, BOX_MARGIN)
-  torso = metrics.torso_size(joints, SKELETON)
+  center, scale = builder_lib.box_center_scale(joints, visible, BOX_MARGIN)
+  torso = annotation_io.torso_size(joints, SKELETON)
   has_torso = visible[:, [SKELETON.index("l_shoulder"), SKELETON.index("r_hip")]].all(-1)
   n = len(images)
   return People(images=list(images), joints=joints, visible=visible, occluded=occluded,
@@ -115,9 +114,9 @@ def read_people(manual_dir: str, observer_centric: bool = False, extended: bool 
     images: only the people in these image files (paths relative to `manual_dir`).
   """
   if observer_centric:
-    path = prepare.find_file(manual_dir, _OC_FILES, _HOWTO["oc"])
+    path = builder_lib.find_file(manual_dir, _OC_FILES, _HOWTO["oc"])
   else:
-    path = prepare.find_file(manual_dir, (JOINTS_FILE,), _HOWTO["lsp"])
+    path = builder_lib.find_file(manual_dir, (JOINTS_FILE,), _HOWTO["lsp"])
   joints, visible, occluded = read_joints(path)
   if len(joints) != NUM_IMAGES:
     raise AnnotationError(f"{path} has {len(joints)} people; LSP has {NUM_IMAGES} (is this "
@@ -128,20 +127,20 @@ def read_people(manual_dir: str, observer_centric: bool = False, extended: bool 
   train = np.setdiff1d(np.arange(NUM_IMAGES), test)
   out = {"train": everyone.take(train), "test": everyone.take(test)}
   if extended:
-    path = prepare.find_file(manual_dir, _LSPET_FILES, _HOWTO["lspet"])
+    path = builder_lib.find_file(manual_dir, _LSPET_FILES, _HOWTO["lspet"])
     joints, visible, occluded = read_joints(path)
     if len(joints) != NUM_EXTENDED:
       raise AnnotationError(f"{path} has {len(joints)} people; LSP-extended has "
                             f"{NUM_EXTENDED}.")
     folder = os.path.relpath(os.path.dirname(path), manual_dir)
     names = [f"{folder}/{IMAGES_DIR}/{image_name(i, extended=True)}" for i in range(len(joints))]
-    out["train"] = prepare.concatenate([out["train"],
-                                        make_people(joints, visible, occluded, names)])
+    out["train"] = builder_lib.concatenate([out["train"],
+                                            make_people(joints, visible, occluded, names)])
   return {split: p.only_images(images) for split, p in out.items()}
 
 
 @dataclasses.dataclass(eq=False)
-class LspConfig(prepare.ManualConfig):
+class LspConfig(builder_lib.ManualConfig):
   """Label convention and whether LSP-extended joins the train split."""
 
   observer_centric: bool = False
@@ -170,24 +169,24 @@ class LspPose(tfds.core.GeneratorBasedBuilder, skip_registration=__name__ == "__
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(builder=self, description=__doc__,
-                                 features=prepare.features(NUM_JOINTS), homepage=_SITE,
+                                 features=builder_lib.features(NUM_JOINTS), homepage=_SITE,
                                  disable_shuffling=True)
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # The files are read from the manual folder directly.
-    manual_dir = prepare.builder_manual_dir(self, self._manual_dir, NAME)
+    manual_dir = builder_lib.builder_manual_dir(self, self._manual_dir, NAME)
     config = self.builder_config
     people = read_people(manual_dir, config.observer_centric, config.extended, config.images)
-    prepare.find_file(manual_dir, (IMAGES_DIR,), _HOWTO["lsp"])
+    builder_lib.find_file(manual_dir, (IMAGES_DIR,), _HOWTO["lsp"])
     if config.extended:
-      prepare.find_file(manual_dir, tuple(os.path.join(os.path.dirname(f), IMAGES_DIR)
-                                          for f in _LSPET_FILES), _HOWTO["lspet"])
+      builder_lib.find_file(manual_dir, tuple(os.path.join(os.path.dirname(f), IMAGES_DIR)
+                                              for f in _LSPET_FILES), _HOWTO["lspet"])
     for split, p in people.items():
       if not len(p):
         raise ValueError(f"LSP {split}: no people (images={config.images}).")
     return {split: self._generate_examples(p, manual_dir) for split, p in people.items()}
 
-  def _generate_examples(self, people: prepare.People, image_dir: str,
+  def _generate_examples(self, people: builder_lib.People, image_dir: str,
                          expected_sizes=None):
     """Yields (id, example) for every person; stops on a bad image or annotation."""
-    return prepare.generate_examples(people, image_dir, expected_sizes)
+    return builder_lib.generate_examples(people, image_dir, expected_sizes)

@@ -20,7 +20,7 @@ Three annotation layouts give the same people (BuilderConfigs):
                people come from the ground-truth .mat shipped next to the JSON (`mpii_gt_val.mat`
                / `gt_valid.mat`); train people get `head_box` 0 and `norm_size` NaN.
 
-Conventions (all layouts): joints 0-based (`prediction_files.from_matlab_pixels`); visible =
+Conventions (all layouts): joints 0-based (`annotation_io.from_matlab_pixels`); visible =
 the joint is annotated (a point present and not (-1, -1)); occluded = MPII's is_visible == 0;
 centre = objpos with y + 15 x MPII scale, scale = 1.25 x MPII scale (the hourglass
 convention, so `valid.h5`'s centre is ours + 1 px); head_box = x1, y1, x2, y2; norm_size =
@@ -41,11 +41,10 @@ import numpy as np
 import scipy.io
 import tensorflow_datasets as tfds
 
-from jaxpose import metrics
-from jaxpose import prediction_files
+from jaxpose import annotation_io
 from jaxpose import skeletons
-from jaxpose.data import prepare
-from jaxpose.data.prepare import AnnotationError, People
+from jaxpose.data import builder_lib
+from jaxpose.data.builder_lib import AnnotationError, People
 
 NAME = "mpii"
 NUM_JOINTS = skeletons.MPII.num_joints
@@ -213,19 +212,19 @@ def parse_annorect(rect) -> dict[str, np.ndarray] | None:
       raise AnnotationError(f"MPII joint id {j} outside 0..{NUM_JOINTS - 1}.")
     if np.all(xy == MISSING_POINT):
       continue
-    joints[j] = prediction_files.from_matlab_pixels(xy)
+    joints[j] = annotation_io.from_matlab_pixels(xy)
     visible[j] = 1.0
     flag = _field(point, "is_visible")
     occluded[j] = float(flag is not None and _number(flag) == 0)
   s = _number(scale)
   objpos = objpos.ravel()[0]
-  center = prediction_files.from_matlab_pixels([_number(objpos["x"]), _number(objpos["y"])])
+  center = annotation_io.from_matlab_pixels([_number(objpos["x"]), _number(objpos["y"])])
   corners = [_field(rect, k) for k in ("x1", "y1", "x2", "y2")]
   if any(c is None for c in corners):
     head_box, norm_size = np.zeros(4), np.nan
   else:
-    head_box = prediction_files.from_matlab_pixels([_number(c) for c in corners])
-    norm_size = metrics.mpii_head_size(head_box[None])[0]
+    head_box = annotation_io.from_matlab_pixels([_number(c) for c in corners])
+    norm_size = annotation_io.mpii_head_size(head_box[None])[0]
   return {"joints": joints, "visible": visible, "occluded": occluded,
           "center": center + [0.0, CENTER_SHIFT_Y * s], "scale": SCALE_FACTOR * s,
           "head_box": head_box, "norm_size": norm_size}
@@ -238,7 +237,8 @@ _SHAPES = {"joints": (NUM_JOINTS, 2), "visible": (NUM_JOINTS,), "occluded": (NUM
 def rows_to_people(images: list[str], rows: list[dict]) -> People:
   """`parse_annorect` results (one per image name) -> People."""
   return People(images=images, **{f: np.stack([np.asarray(r[f]) for r in rows]) if rows
-                                  else np.zeros((0,) + _SHAPES[f]) for f in prepare.ARRAY_FIELDS})
+                                  else np.zeros((0,) + _SHAPES[f])
+                                  for f in builder_lib.ARRAY_FIELDS})
 
 
 def parse_annolist(annolist) -> list[list[dict | None]]:
@@ -347,9 +347,9 @@ def read_hourglass(path: str) -> People:
   annotated = ~np.all(part == 0, axis=-1)
   return People(
       images=names,
-      joints=np.where(annotated[..., None], prediction_files.from_matlab_pixels(part), 0.0),
+      joints=np.where(annotated[..., None], annotation_io.from_matlab_pixels(part), 0.0),
       visible=annotated, occluded=annotated & (flag == 0),
-      center=prediction_files.from_matlab_pixels(center), scale=scale,
+      center=annotation_io.from_matlab_pixels(center), scale=scale,
       head_box=np.zeros((len(names), 4)), norm_size=normalize)
 
 
@@ -366,10 +366,10 @@ def read_mmpose(path: str) -> People:
   vis = np.array([e["joints_vis"] for e in entries], np.float64).reshape(n, NUM_JOINTS)
   visible = (vis > 0) & ~np.all(raw == MISSING_POINT, axis=-1)
   s = np.array([float(e["scale"]) for e in entries])
-  center = prediction_files.from_matlab_pixels([e["center"] for e in entries]).reshape(n, 2)
+  center = annotation_io.from_matlab_pixels([e["center"] for e in entries]).reshape(n, 2)
   return People(
       images=[e["image"] for e in entries],
-      joints=np.where(visible[..., None], prediction_files.from_matlab_pixels(raw), 0.0),
+      joints=np.where(visible[..., None], annotation_io.from_matlab_pixels(raw), 0.0),
       visible=visible, occluded=np.zeros((n, NUM_JOINTS)),
       center=center + np.stack([np.zeros(n), CENTER_SHIFT_Y * s], -1), scale=SCALE_FACTOR * s,
       head_box=np.zeros((n, 4)), norm_size=np.full(n, np.nan))
@@ -386,9 +386,13 @@ def attach_head_boxes(people: People, gt_path: str, split: StandardSplit | None 
     AnnotationError: a person matches no ground-truth person, or several.
   """
   split = split or standard_split()
-  gt = prediction_files.load_ground_truth("mpii_val", gt_path)
-  if gt.num_people != len(split.valid_images):
-    raise AnnotationError(f"{gt_path} has {gt.num_people} people; the validation split has "
+  try:
+    gt_joints, gt_visible, gt_head_boxes = annotation_io.read_mpii_ground_truth(gt_path)
+  except ValueError as e:
+    raise AnnotationError(str(e)) from None
+  gt_norm = annotation_io.mpii_head_size(gt_head_boxes)
+  if len(gt_joints) != len(split.valid_images):
+    raise AnnotationError(f"{gt_path} has {len(gt_joints)} people; the validation split has "
                           f"{len(split.valid_images)}.")
   by_image: dict[str, list[int]] = {}
   for g, name in enumerate(split.valid_images):
@@ -398,17 +402,17 @@ def attach_head_boxes(people: People, gt_path: str, split: StandardSplit | None 
   for i, name in enumerate(people.images):
     matches = []
     for g in by_image.get(name, []):
-      both = (people.visible[i] > 0) & gt.visible[g]
+      both = (people.visible[i] > 0) & gt_visible[g]
       # detections_our_format.mat has a few coordinates zeroed; compare the others.
-      known = both[:, None] & (gt.joints[g] != -prediction_files.MATLAB_PIXEL_OFFSET)
-      if np.array_equal(people.visible[i] > 0, gt.visible[g]) and np.all(
-          np.abs(people.joints[i] - gt.joints[g])[known] < 1.0):
+      known = both[:, None] & (gt_joints[g] != -annotation_io.MATLAB_PIXEL_OFFSET)
+      if np.array_equal(people.visible[i] > 0, gt_visible[g]) and np.all(
+          np.abs(people.joints[i] - gt_joints[g])[known] < 1.0):
         matches.append(g)
     if len(matches) != 1:
       raise AnnotationError(f"Validation person {i} ({name}) matches {len(matches)} people of "
                             f"{gt_path}; expected exactly one.")
-    head_box[i] = gt.head_boxes[matches[0]]
-    norm_size[i] = gt.norm[matches[0]]
+    head_box[i] = gt_head_boxes[matches[0]]
+    norm_size[i] = gt_norm[matches[0]]
   return dataclasses.replace(people, head_box=head_box, norm_size=norm_size)
 
 
@@ -422,17 +426,17 @@ def read_people(annotations: str, manual_dir: str,
     images: only the people in these image files (None: all).
   """
   if annotations == "release":
-    path = prepare.find_file(manual_dir, _RELEASE_FILES, _HOWTO["release"])
+    path = builder_lib.find_file(manual_dir, _RELEASE_FILES, _HOWTO["release"])
     return read_release(path, images)
   if annotations == "hourglass":
-    return {split: read_hourglass(prepare.find_file(manual_dir, _H5_FILES[split],
+    return {split: read_hourglass(builder_lib.find_file(manual_dir, _H5_FILES[split],
                                                     _HOWTO["hourglass"])).only_images(images)
             for split in SPLITS}
   if annotations == "mmpose":
-    out = {split: read_mmpose(prepare.find_file(manual_dir, _JSON_FILES[split],
+    out = {split: read_mmpose(builder_lib.find_file(manual_dir, _JSON_FILES[split],
                                                 _HOWTO["mmpose"])).only_images(images)
            for split in SPLITS}
-    gt = prepare.find_file(manual_dir, _GT_FILES, _HOWTO["mmpose"])
+    gt = builder_lib.find_file(manual_dir, _GT_FILES, _HOWTO["mmpose"])
     out["validation"] = attach_head_boxes(out["validation"], gt)
     return out
   raise ValueError(f"Unknown MPII annotation layout {annotations!r}; known: 'release', "
@@ -444,7 +448,7 @@ def read_people(annotations: str, manual_dir: str,
 
 
 @dataclasses.dataclass(eq=False)
-class MpiiConfig(prepare.ManualConfig):
+class MpiiConfig(builder_lib.ManualConfig):
   """Which annotation layout to read ("release", "hourglass" or "mmpose")."""
 
   annotations: str = "release"
@@ -473,22 +477,22 @@ class MpiiPose(tfds.core.GeneratorBasedBuilder, skip_registration=__name__ == "_
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(builder=self, description=__doc__,
-                                 features=prepare.features(NUM_JOINTS),
+                                 features=builder_lib.features(NUM_JOINTS),
                                  homepage="http://human-pose.mpi-inf.mpg.de/",
                                  disable_shuffling=True)  # Keep examples in id order.
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # The files are read from the manual folder directly.
-    manual_dir = prepare.builder_manual_dir(self, self._manual_dir, NAME)
+    manual_dir = builder_lib.builder_manual_dir(self, self._manual_dir, NAME)
     config = self.builder_config
     people = read_people(config.annotations, manual_dir, config.images)
-    image_dir = prepare.find_file(manual_dir, (IMAGES_DIR,), _IMAGES_HOWTO)
+    image_dir = builder_lib.find_file(manual_dir, (IMAGES_DIR,), _IMAGES_HOWTO)
     for split, p in people.items():
       if not len(p):
         raise ValueError(f"MPII {split}: no people (images={config.images}).")
     return {split: self._generate_examples(p, image_dir) for split, p in people.items()}
 
-  def _generate_examples(self, people: prepare.People, image_dir: str,
+  def _generate_examples(self, people: builder_lib.People, image_dir: str,
                          expected_sizes=None):
     """Yields (id, example) for every person; stops on a bad image or annotation."""
-    return prepare.generate_examples(people, image_dir, expected_sizes)
+    return builder_lib.generate_examples(people, image_dir, expected_sizes)

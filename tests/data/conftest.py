@@ -15,7 +15,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import helpers
-from jaxpose.data import prepare
+from jaxpose.data import builder_lib
 
 
 
@@ -62,10 +62,10 @@ def _make_jpeg():
 
 @pytest.fixture(name="jpegs_for", scope="session")
 def _jpegs_for():
-  """jpegs_for(people, image_dir, typical) writes one JPEG per image of a `prepare.People`
+  """jpegs_for(people, image_dir, typical) writes one JPEG per image of a `builder_lib.People`
   at its implied size; returns {image: (height, width)}."""
 
-  def write(people: prepare.People, image_dir, typical=(720, 1280)):
+  def write(people: builder_lib.People, image_dir, typical=(720, 1280)):
     sizes = {}
     for i, name in enumerate(people.images):
       mask = np.array([n == name for n in people.images])

@@ -9,8 +9,8 @@ import scipy.io
 
 from jaxpose import prediction_files
 from jaxpose import skeletons
+from jaxpose.data import builder_lib
 from jaxpose.data import flic
-from jaxpose.data import prepare
 
 FLIC = skeletons.FLIC
 
@@ -42,7 +42,7 @@ def _manual(tmp_path, shared, annotations, make_jpeg):
 
 
 def _builder(tmp_path, manual, annotations):
-  config = prepare.ManualConfig(name="subset", images=_subset(annotations))
+  config = builder_lib.ManualConfig(name="subset", images=_subset(annotations))
   return flic.FlicPose(config=config, data_dir=os.fspath(tmp_path / "tfds"),
                        manual_dir=os.fspath(manual))
 
@@ -107,7 +107,7 @@ def test_build_round_trip(tmp_path, manual, annotations, no_stats, read_split,
     for j, (i, example) in enumerate(zip(index, examples)):
       assert example["id"] == j
       assert example["image"].shape == (480, 720, 3)
-      for key in prepare.ARRAY_FIELDS:
+      for key in builder_lib.ARRAY_FIELDS:
         np.testing.assert_allclose(example[key], getattr(people, key)[i], rtol=1e-6,
                                    err_msg=key)
 
@@ -116,7 +116,7 @@ def test_wrong_image_size_is_reported(tmp_path, manual, annotations, no_stats, m
   name = _subset(annotations)[3]
   make_jpeg(os.fspath(manual / "images" / name), (360, 540))
   builder = _builder(tmp_path, manual, annotations)
-  with pytest.raises(prepare.AnnotationError, match=f"{name} is 540x360.*says 720x480"):
+  with pytest.raises(builder_lib.AnnotationError, match=f"{name} is 540x360.*says 720x480"):
     builder.download_and_prepare(download_config=no_stats(manual))
   assert not builder.is_prepared()
 

@@ -9,6 +9,7 @@ import scipy.io
 
 from jaxpose import prediction_files
 from jaxpose import skeletons
+from jaxpose.data import builder_lib
 from jaxpose.data import lsp
 from jaxpose.data import prepare
 
@@ -159,7 +160,7 @@ def test_corrupt_image_stops_build_and_rebuild_works(tmp_path, manual, no_stats,
   bad = manual / TEST_IMAGES[1]
   good = bad.read_bytes()
   bad.write_bytes(good[: len(good) // 2])  # Truncated JPEG.
-  with pytest.raises(prepare.ImageError, match="im1002.jpg"):
+  with pytest.raises(builder_lib.ImageError, match="im1002.jpg"):
     _build(tmp_path, manual, no_stats)
   assert not _builder(tmp_path, manual).is_prepared()
   leftovers = [p for p in (tmp_path / "tfds").rglob("dataset_info.json")]
@@ -172,19 +173,19 @@ def test_corrupt_image_stops_build_and_rebuild_works(tmp_path, manual, no_stats,
 
 def test_image_too_small_for_its_joints_is_reported(tmp_path, manual, no_stats, make_jpeg):
   make_jpeg(os.fspath(manual / TRAIN_IMAGES[0]), (40, 30))
-  with pytest.raises(prepare.AnnotationError, match="im0001.jpg.*30x40 image"):
+  with pytest.raises(builder_lib.AnnotationError, match="im0001.jpg.*30x40 image"):
     _build(tmp_path, manual, no_stats)
   assert not _builder(tmp_path, manual).is_prepared()
 
 
 def test_missing_image_is_an_error_not_a_skip(tmp_path, manual, no_stats):
   os.remove(manual / TEST_IMAGES[2])
-  with pytest.raises(prepare.ImageError, match="im2000.jpg"):
+  with pytest.raises(builder_lib.ImageError, match="im2000.jpg"):
     _build(tmp_path, manual, no_stats)
 
 
 def test_command_line_names_the_missing_file(tmp_path):
   with pytest.raises(SystemExit, match="Cannot build lsp: Missing 'joints.mat'.*lsp_dataset.zip"):
     prepare.main(["lsp", "--data_dir", os.fspath(tmp_path)])
-  assert prepare.default_manual_dir(tmp_path, "lsp") == os.fspath(
+  assert builder_lib.default_manual_dir(tmp_path, "lsp") == os.fspath(
       tmp_path / "downloads" / "manual" / "lsp")

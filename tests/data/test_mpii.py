@@ -18,9 +18,9 @@ import pytest
 import scipy.io
 
 from jaxpose import skeletons
+from jaxpose.data import builder_lib
 from jaxpose.data import datasets
 from jaxpose.data import mpii
-from jaxpose.data import prepare
 
 MPII = skeletons.MPII
 NUM_VALID_IMAGES = 5  # Validation images in the build subset (those of the JSON sample).
@@ -256,7 +256,7 @@ def test_release_file_round_trip(manual, valid):
   assert set(people["validation"].images) == set(content["valid_images"])
   index = [i for i, name in enumerate(valid.images) if name in content["valid_images"]]
   expected = valid.take(index)
-  for field in prepare.ARRAY_FIELDS:
+  for field in builder_lib.ARRAY_FIELDS:
     np.testing.assert_allclose(getattr(people["validation"], field),
                                getattr(expected, field), rtol=1e-6, err_msg=field)
   train = people["train"]
@@ -270,12 +270,12 @@ def test_release_file_round_trip(manual, valid):
 
 def test_release_file_must_hold_every_listed_person(manual, tmp_path, shared):
   folder, _, content = manual
-  with pytest.raises(prepare.AnnotationError, match="validation person"):
+  with pytest.raises(builder_lib.AnnotationError, match="validation person"):
     mpii.read_release(os.fspath(folder / mpii.RELEASE_FILE))
   broken = tmp_path / mpii.RELEASE_FILE
   write_release(broken, shared, drop_train_person=True)
   name = content["train_images"][-1]
-  with pytest.raises(prepare.AnnotationError, match=f"{name}.*standard split has"):
+  with pytest.raises(builder_lib.AnnotationError, match=f"{name}.*standard split has"):
     mpii.read_release(os.fspath(broken), images=(name,))
 
 
@@ -290,7 +290,7 @@ def test_build_round_trip_and_load_source(manual, tmp_path, no_stats, read_split
     assert len(examples) == len(people[split]) == builder.info.splits[split].num_examples
     for i, example in enumerate(examples):
       assert example["id"] == i
-      for field in prepare.ARRAY_FIELDS:
+      for field in builder_lib.ARRAY_FIELDS:
         np.testing.assert_allclose(example[field], getattr(people[split], field)[i],
                                    rtol=1e-6, err_msg=field)
   # datasets.load_source reads it like the synthetic set.
