@@ -51,6 +51,9 @@ class NonFiniteLossError(FloatingPointError):
   pass
 
 
+create_optimizer = optim.create_optimizer  # The trainer's optimiser (per phase): see optim.py.
+
+
 def create_train_state(family: families.Family, tx, rng, mesh, *,
                        abstract: bool = False) -> TrainState:
   """Replicated initial state (or, with `abstract`, its shapes and shardings only)."""

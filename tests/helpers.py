@@ -55,3 +55,11 @@ def shared_data_dir(subdirs=("mpii",)) -> pathlib.Path | None:
     if c and all((pathlib.Path(c) / d).is_dir() for d in subdirs):
       return pathlib.Path(c)
   return None
+
+
+def with_heatmap_targets(config, batch: dict) -> dict:
+  """The heat-map targets a heat-map family's loss renders on the device, as numpy."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxpose import family  # pylint: disable=g-import-not-at-top
+  codec = family.heatmap_codec(config)
+  return dict(batch, **jax.device_get(codec.render_targets(batch["joints"], batch["visible"])))

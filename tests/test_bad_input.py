@@ -65,7 +65,7 @@ def _family_batch(tmp_path, source, batch_size=4):
   family = families.create_family(config)
   ds = pipeline.train_dataset(source, input_size=family.input_size, target_fn=family.target_fn,
                               augment=pipeline.Augment(), global_batch_size=batch_size, seed=0)
-  return config, family, next(ds.as_numpy_iterator())
+  return config, family, helpers.with_heatmap_targets(config, next(ds.as_numpy_iterator()))
 
 
 def _run_eval_py(*flags):
@@ -108,7 +108,7 @@ def test_grayscale_and_cmyk_images_train_and_evaluate(tmp_path):
   state, m = train.make_train_step(family, mesh)(state, parallel.global_batch(batch, mesh),
                                                  jax.random.key(0))
   assert np.isfinite(float(m["loss"]))
-  preds, _ = evaluate.predict_split({"params": state.params, "batch_stats": state.batch_stats},
+  preds, _ = evaluate.predict_split({"params": state.params, **state.model_state},
                                  family, source, mesh, local_batch_size=4)
   assert preds.shape == (4, 16, 2) and np.isfinite(preds).all()
 
@@ -116,9 +116,9 @@ def test_grayscale_and_cmyk_images_train_and_evaluate(tmp_path):
 def test_joints_outside_the_image_get_zero_weight(tmp_path):
   joints = np.random.default_rng(0).uniform(8, 40, (4, 16, 2)).astype(np.float32)
   joints[:, 9] = [-500.0, 900.0]  # Head top: not swapped by flips.
-  _, family, batch = _family_batch(tmp_path, _source(_rgb(), joints=joints))
+  config, _, batch = _family_batch(tmp_path, _source(_rgb(), joints=joints))
   assert (batch["target_weight"][:, 9] == 0).all() and (batch["target_weight"][:, 0] > 0).all()
-  loss, _ = family.loss_fn((batch["targets"],), batch)
+  loss, _ = families.heatmap_losses((batch["targets"],), batch, config.loss)
   assert np.isfinite(loss)
 
 

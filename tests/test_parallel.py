@@ -82,14 +82,14 @@ _EIGHT_DEVICES = _COMMON + textwrap.dedent("""
     mesh1 = Mesh(np.asarray(jax.devices()[:1]), (parallel.DATA_AXIS,))
     s0 = run(config, family, mesh1, [])
     np.savez(os.path.join(out, "init.npz"), *jax.tree.leaves(jax.device_get(
-        {"params": s0.params, "batch_stats": s0.batch_stats})))
+        {"params": s0.params, **s0.model_state})))
     s8 = run(config, family, mesh8, batches)
     s1 = run(config, family, mesh1, batches)
     assert len(jax.tree.leaves(s8.params)[0].sharding.device_set) == 8
     np.savez(os.path.join(out, "s8.npz"), *jax.tree.leaves(jax.device_get(
-        {"params": s8.params, "batch_stats": s8.batch_stats})))
+        {"params": s8.params, **s8.model_state})))
     np.savez(os.path.join(out, "s1.npz"), *jax.tree.leaves(jax.device_get(
-        {"params": s1.params, "batch_stats": s1.batch_stats})))
+        {"params": s1.params, **s1.model_state})))
 
     # The checkpoint the 1-device test process wrote, restored onto 8 devices.
     tx = train.create_optimizer(config, 100)
@@ -98,7 +98,7 @@ _EIGHT_DEVICES = _COMMON + textwrap.dedent("""
     restored = checkpoints.restore_state(manager, 3, abstract)
     assert len(jax.tree.leaves(restored.params)[0].sharding.device_set) == 8
     np.savez(os.path.join(out, "restored8.npz"), *jax.tree.leaves(jax.device_get(
-        {"params": restored.params, "batch_stats": restored.batch_stats})))
+        {"params": restored.params, **restored.model_state})))
     # An 8-device checkpoint for the test process to restore on 1 device.
     manager8 = checkpoints.manager(os.path.join(out, "ckpt8"), config)
     checkpoints.save(manager8, s8, config, 3)
@@ -146,7 +146,7 @@ def test_eight_devices_match_one_and_checkpoints_reshard(tmp_path):
   checkpoints.save(manager, state, config, 3)
   manager.wait_until_finished()
   expected1 = jax.tree.leaves(jax.device_get(
-      {"params": state.params, "batch_stats": state.batch_stats}))
+      {"params": state.params, **state.model_state}))
 
   _wait(_run_script(_EIGHT_DEVICES, tmp_path, 8, tmp_path))
 
@@ -168,7 +168,7 @@ def test_eight_devices_match_one_and_checkpoints_reshard(tmp_path):
   restored = checkpoints.restore_state(manager8, 3, abstract)
   assert int(restored.step) == 3
   got = jax.tree.leaves(jax.device_get(
-      {"params": restored.params, "batch_stats": restored.batch_stats}))
+      {"params": restored.params, **restored.model_state}))
   for a, b in zip(got, s8):
     np.testing.assert_array_equal(a, b)
 
@@ -194,7 +194,7 @@ _PROCESS = _COMMON + textwrap.dedent("""
     state = run(config, family, parallel.make_mesh(), batches)
     local = lambda x: np.asarray(x.addressable_shards[0].data)  # Replicated: any shard.
     leaves = jax.tree.leaves(jax.tree.map(
-        local, {"params": state.params, "batch_stats": state.batch_stats}))
+        local, {"params": state.params, **state.model_state}))
     np.savez(os.path.join(out, f"p{process_id}of{num_processes}.npz"), *leaves)
     with open(os.path.join(out, f"p{process_id}of{num_processes}.json"), "w") as f:
       json.dump(indices, f)

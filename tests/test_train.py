@@ -1,5 +1,6 @@
 """Trainer: a real step lowers the loss, the step traces once, resume is exact, bad input."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -43,19 +44,23 @@ def _batch(family, source, config, mesh, step=0):
   return parallel.global_batch(next(ds.as_numpy_iterator()), mesh)
 
 
+def _batch_with_targets(family, source, config, mesh):
+  return helpers.with_heatmap_targets(config, jax.device_get(_batch(family, source, config,
+                                                                    mesh)))
+
+
 def test_real_training_steps_lower_the_loss_and_the_step_traces_once(tmp_path):
   config = _config(tmp_path)
   config.optimizer.warmup_steps = 0
   mesh, family, state = _setup(config)
   traces = []
-  loss_fn = family.loss_fn
+  loss_fn = family.loss
 
-  def counting_loss(outputs, batch):
+  def counting_loss(*args, **kwargs):
     traces.append(1)
-    return loss_fn(outputs, batch)
+    return loss_fn(*args, **kwargs)
 
-  family = families.Family(family.name, family.model, family.input_size, family.target_fn,
-                           counting_loss, family.predict_fn)
+  family = dataclasses.replace(family, loss=counting_loss)
   step = train.make_train_step(family, mesh)
   batch = _batch(family, _source(), config, mesh)
   losses = []
@@ -70,7 +75,7 @@ def test_real_training_steps_lower_the_loss_and_the_step_traces_once(tmp_path):
 def test_loss_choices_and_missing_joints_are_ignored(tmp_path):
   config = _config(tmp_path)
   mesh, family, _ = _setup(config)
-  batch = jax.device_get(_batch(family, _source(), config, mesh))
+  batch = _batch_with_targets(family, _source(), config, mesh)
   outputs = (jnp.asarray(np.random.default_rng(0).normal(size=batch["targets"].shape)),)
   for kind in ("mse", "softmax_ce"):
     loss, _ = families.heatmap_losses(outputs, batch, kind)
@@ -100,7 +105,10 @@ def test_train_resume_is_bit_exact_and_eval_deterministic(full_run, tmp_path, mo
   monkeypatch.chdir(tmp_path)
   train.train_and_evaluate(half, "resumed")  # A relative workdir, as users type it.
   assert (tmp_path / "resumed" / "checkpoints" / "3").exists()
-  train.train_and_evaluate(_config(tmp), str(tmp_path / "resumed"))  # Resumes at step 3.
+  with pytest.raises(ValueError, match="num_train_steps: checkpoint 3, now 6"):
+    train.train_and_evaluate(_config(tmp), str(tmp_path / "resumed"))  # A longer run ...
+  train.train_and_evaluate(_config(tmp), str(tmp_path / "resumed"),  # ... only when asked;
+                           allow_inexact_resume=True)  # exact here: still inside the warm-up.
   mesh = parallel.make_mesh()
   _, _, v_full, s1 = evaluate.load_checkpoint(str(tmp / "work"), mesh)
   _, _, v_res, s2 = evaluate.load_checkpoint(str(tmp_path / "resumed"), mesh)
@@ -147,7 +155,7 @@ def test_undecodable_image_is_named(tmp_path):
   config = _config(tmp_path)
   mesh, family, state = _setup(config)
   with pytest.raises(ValueError, match="Undecodable image.*index 4"):
-    evaluate.predict_split({"params": state.params, "batch_stats": state.batch_stats}, family,
+    evaluate.predict_split({"params": state.params, **state.model_state}, family,
                            bad, mesh, local_batch_size=2)
 
 
