@@ -9,7 +9,10 @@ Usage as a pure function:
 Layer sizes follow the paper and the authors' Torch code; where the paper is silent (the stem's
 widths, biases on every convolution, the 1x1 re-injection of each stack's features and scores)
 the module follows the released code and the widely used PyTorch port, so the 8-stack model has
-exactly that port's 25,594,624 parameters (plus BatchNorm statistics).
+exactly that port's 25,594,624 parameters (plus BatchNorm statistics), with the same
+parameter layout: `jaxpose.convert.from_pytorch_pose` imports its checkpoints. By default it
+also initialises as that port does (PyTorch's default initialisers; `init_scheme="lecun"` gives
+Flax's) and updates BatchNorm's running variance as PyTorch does (`layers.batch_norm`).
 """
 
 import functools
@@ -28,12 +31,14 @@ class Residuals(nn.Module):
 
   features: int
   num_blocks: int
+  init_scheme: str = "pytorch"
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
     for i in range(self.num_blocks):
-      x = layers.Bottleneck(self.features, dtype=self.dtype, name=f"block{i}")(x, train=train)
+      x = layers.Bottleneck(self.features, init_scheme=self.init_scheme, dtype=self.dtype,
+                            name=f"block{i}")(x, train=train)
     return x
 
 
@@ -47,16 +52,19 @@ class Hourglass(nn.Module):
   features: int
   depth: int
   num_blocks: int = 1
+  init_scheme: str = "pytorch"
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
-    res = functools.partial(Residuals, self.features, self.num_blocks, dtype=self.dtype)
+    res = functools.partial(Residuals, self.features, self.num_blocks,
+                            init_scheme=self.init_scheme, dtype=self.dtype)
     up = res(name="up")(x, train=train)
     low = res(name="down")(layers.max_pool2(x), train=train)
     if self.depth > 1:
-      low = Hourglass(self.features, self.depth - 1, self.num_blocks, dtype=self.dtype,
-                      name="inner")(low, train=train)
+      low = Hourglass(self.features, self.depth - 1, self.num_blocks,
+                      init_scheme=self.init_scheme, dtype=self.dtype, name="inner")(
+                          low, train=train)
     else:
       low = res(name="bottom")(low, train=train)
     low = res(name="low")(low, train=train)
@@ -74,19 +82,20 @@ class Stack(nn.Module):
   num_blocks: int
   num_joints: int
   last: bool
+  init_scheme: str = "pytorch"
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, train):
-    y = Hourglass(self.features, self.depth, self.num_blocks, dtype=self.dtype,
-                  name="hourglass")(x, train=train)
-    y = Residuals(self.features, self.num_blocks, dtype=self.dtype, name="res")(y, train=train)
-    y = layers.ConvBNReLU(self.features, kernel_size=1, dtype=self.dtype, name="fc")(
-        y, train=train)
-    heatmaps = layers.Conv1x1(self.num_joints, dtype=self.dtype, name="score")(y)
+    kw = dict(init_scheme=self.init_scheme, dtype=self.dtype)
+    y = Hourglass(self.features, self.depth, self.num_blocks, name="hourglass", **kw)(
+        x, train=train)
+    y = Residuals(self.features, self.num_blocks, name="res", **kw)(y, train=train)
+    y = layers.ConvBNReLU(self.features, kernel_size=1, name="fc", **kw)(y, train=train)
+    heatmaps = layers.Conv1x1(self.num_joints, name="score", **kw)(y)
     if not self.last:  # Intermediate predictions re-enter the next stack.
-      x = (x + layers.Conv1x1(self.features, dtype=self.dtype, name="fc_back")(y)
-           + layers.Conv1x1(self.features, dtype=self.dtype, name="score_back")(heatmaps))
+      x = (x + layers.Conv1x1(self.features, name="fc_back", **kw)(y)
+           + layers.Conv1x1(self.features, name="score_back", **kw)(heatmaps))
     return x, heatmaps
 
 
@@ -102,25 +111,28 @@ class StackedHourglass(nn.Module):
   depth: int = 4  # Number of 2x downsamplings inside each hourglass (64 -> 4 px).
   num_blocks: int = 1  # Residual modules per hourglass level.
   remat: bool = False  # Rematerialise each stack in the backward pass.
+  # Initialisers: "pytorch" (the PyTorch port's: U(+-1/sqrt(fan_in)) kernels and biases) or
+  # "lecun" (Flax's default: LeCun-normal kernels, zero biases). BatchNorm: scale 1, bias 0.
+  init_scheme: str = "pytorch"
   dtype: Dtype = jnp.float32  # Computation dtype; parameters stay float32.
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
     f = self.features
+    kw = dict(init_scheme=self.init_scheme, dtype=self.dtype)
     # Stem: 7x7/2 conv (pad 3, as the PyTorch port), residual, pool, two residuals: 4x down.
-    x = layers.ConvBNReLU(f // 4, kernel_size=7, strides=2, padding=3, dtype=self.dtype,
-                          name="stem_conv")(x.astype(self.dtype), train=train)
-    x = layers.Bottleneck(f // 2, dtype=self.dtype, name="stem_res1")(x, train=train)
+    x = layers.ConvBNReLU(f // 4, kernel_size=7, strides=2, padding=3, name="stem_conv",
+                          **kw)(x.astype(self.dtype), train=train)
+    x = layers.Bottleneck(f // 2, name="stem_res1", **kw)(x, train=train)
     x = layers.max_pool2(x)
-    x = layers.Bottleneck(f, dtype=self.dtype, name="stem_res2")(x, train=train)
-    x = layers.Bottleneck(f, dtype=self.dtype, name="stem_res3")(x, train=train)
+    x = layers.Bottleneck(f, name="stem_res2", **kw)(x, train=train)
+    x = layers.Bottleneck(f, name="stem_res3", **kw)(x, train=train)
 
     stack_cls = nn.remat(Stack, static_argnums=(2,)) if self.remat else Stack
     outputs = []
     for i in range(self.num_stacks):
       x, heatmaps = stack_cls(f, self.depth, self.num_blocks, self.num_joints,
-                              last=i == self.num_stacks - 1, dtype=self.dtype,
-                              name=f"stack{i}")(x, train)
+                              last=i == self.num_stacks - 1, name=f"stack{i}", **kw)(x, train)
       outputs.append(heatmaps.astype(jnp.float32))
     return tuple(outputs)
 

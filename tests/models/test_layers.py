@@ -1,0 +1,140 @@
+"""Shared layers: BatchNorm as PyTorch's BatchNorm2d, PyTorch's default initialisers."""
+
+import pathlib
+
+import flax.linen as nn
+from flax import traverse_util
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxpose.models import hourglass
+from jaxpose.models import layers
+
+GOLDEN = pathlib.Path(__file__).resolve().parents[1] / "golden" / "torch_reference.npz"
+
+
+def _stored_batchnorm_step():
+  """One BatchNorm2d training step recorded by tests/golden/make_hourglass_golden.py."""
+  with np.load(GOLDEN) as f:
+    return {k[3:]: f[k] for k in f.files if k.startswith("bn_")}
+
+
+def _live_batchnorm_step():
+  pytest.importorskip("torch")
+  from golden import make_hourglass_golden  # pylint: disable=g-import-not-at-top
+  return make_hourglass_golden.batchnorm_step(seed=1)
+
+
+def _train_step(module, case):
+  variables = {"params": {"scale": case["scale"], "bias": case["bias"]},
+               "batch_stats": {"mean": case["mean0"], "var": case["var0"]}}
+  y, updates = module.apply(variables, jnp.asarray(case["x"]), mutable=["batch_stats"])
+  return y, updates["batch_stats"]
+
+
+@pytest.mark.parametrize("source", ["stored", "live"])
+def test_batchnorm_training_step_matches_pytorch(source):
+  case = _stored_batchnorm_step() if source == "stored" else _live_batchnorm_step()
+  y, stats = _train_step(layers.batch_norm(train=True, dtype=jnp.float32), case)
+  np.testing.assert_allclose(y, case["y"], atol=1e-5, rtol=0)
+  np.testing.assert_allclose(stats["mean"], case["mean1"], atol=1e-6, rtol=1e-6)
+  np.testing.assert_allclose(stats["var"], case["var1"], atol=1e-6, rtol=1e-6)
+  # Flax's own BatchNorm moves the running variance by the biased batch variance: off by
+  # 0.1 * var / (n - 1) with n = 6 * 4 * 4 values per channel.
+  _, flax_stats = _train_step(nn.BatchNorm(use_running_average=False, momentum=0.9,
+                                           epsilon=1e-5), case)
+  assert np.max(np.abs(flax_stats["var"] - case["var1"])) > 1e-4
+
+
+def test_batchnorm_matches_flax_where_it_should():
+  case = _stored_batchnorm_step()
+  x = jnp.asarray(case["x"])
+  flax_bn = nn.BatchNorm(momentum=0.9, epsilon=1e-5)
+  variables = flax_bn.init(jax.random.key(0), x, use_running_average=True)
+  ours = layers.BatchNorm(momentum=0.9, epsilon=1e-5)
+  # Same variables: names, shapes, initial values.
+  jax.tree.map(np.testing.assert_array_equal,
+               ours.init(jax.random.key(0), x), variables)
+  variables = {"params": {"scale": case["scale"], "bias": case["bias"]},
+               "batch_stats": {"mean": case["mean0"], "var": case["var0"]}}
+  # Eval mode: the same output, and the statistics stay as they are.
+  eval_bn = ours.clone(use_running_average=True, unbiased_running_var=True)
+  y, updates = eval_bn.apply(variables, x, mutable=["batch_stats"])
+  np.testing.assert_allclose(
+      y, flax_bn.apply(variables, x, use_running_average=True), atol=1e-5, rtol=0)
+  jax.tree.map(np.testing.assert_array_equal, updates["batch_stats"], variables["batch_stats"])
+  # Training mode without the unbiased option: Flax's update (normalisation is the same).
+  y, stats = _train_step(ours, case)
+  y_flax, flax_stats = _train_step(flax_bn.clone(use_running_average=False), case)
+  np.testing.assert_allclose(y, y_flax, atol=1e-5, rtol=0)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), stats, flax_stats)
+
+
+def test_batchnorm_keeps_computation_dtype_and_stats_at_init():
+  x = jax.random.normal(jax.random.key(0), (2, 4, 4, 3)) * 3 + 2
+  bn = layers.batch_norm(train=True, dtype=jnp.bfloat16)
+  variables = bn.init(jax.random.key(0), x)
+  np.testing.assert_array_equal(variables["batch_stats"]["mean"], np.zeros(3))
+  np.testing.assert_array_equal(variables["batch_stats"]["var"], np.ones(3))
+  y, _ = bn.apply(variables, x.astype(jnp.bfloat16), mutable=["batch_stats"])
+  assert y.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.mean(np.asarray(y, np.float32), (0, 1, 2)), 0, atol=0.02)
+
+
+def _uniform_stats_ok(values, bound):
+  """U(-bound, bound): within the bound, mean 0, std bound/sqrt(3), half the mass within
+  bound/2 (tolerances ~6 standard errors at the sizes used here)."""
+  v = np.asarray(values).ravel()
+  assert v.size >= 4000
+  assert np.max(np.abs(v)) <= bound
+  assert abs(np.mean(v)) < 0.05 * bound
+  assert abs(np.std(v) / (bound / np.sqrt(3)) - 1) < 0.03
+  assert abs(np.mean(np.abs(v) < bound / 2) - 0.5) < 0.05
+
+
+def test_torch_initialisers_bounds_and_spread():
+  kernel = layers.torch_kernel_init(jax.random.key(0), (3, 3, 64, 32))
+  _uniform_stats_ok(kernel, 1 / np.sqrt(3 * 3 * 64))
+  bias = layers.torch_bias_init(576)(jax.random.key(1), (8000,))
+  _uniform_stats_ok(bias, 1 / np.sqrt(576))
+
+
+def test_bottleneck_pytorch_scheme_uses_fan_in_of_each_layer():
+  x = jnp.zeros((1, 4, 4, 128))
+  params = layers.Bottleneck(256, init_scheme="pytorch").init(jax.random.key(0), x)["params"]
+  fan_in = {"conv1": 128, "conv2": 9 * 128, "conv3": 128, "proj": 128}
+  for name, n in fan_in.items():
+    p = params[name]["dense"] if "dense" in params[name] else params[name]
+    _uniform_stats_ok(p["kernel"], 1 / np.sqrt(n))
+    assert np.max(np.abs(p["bias"])) <= 1 / np.sqrt(n) and np.std(p["bias"]) > 0
+  for bn in ("bn1", "bn2", "bn3"):
+    np.testing.assert_array_equal(params[bn]["scale"], 1)
+    np.testing.assert_array_equal(params[bn]["bias"], 0)
+  lecun = layers.Bottleneck(256, init_scheme="lecun").init(jax.random.key(0), x)["params"]
+  np.testing.assert_array_equal(lecun["conv2"]["bias"], 0)
+  np.testing.assert_allclose(np.std(lecun["conv2"]["kernel"]), 1 / np.sqrt(9 * 128), rtol=0.03)
+  with pytest.raises(ValueError, match="init_scheme='kaiming'"):
+    layers.Bottleneck(256, init_scheme="kaiming").init(jax.random.key(0), x)
+
+
+def test_hourglass_defaults_to_pytorch_scheme_with_unchanged_layout():
+  x = jnp.zeros((1, 8, 8, 3))
+  model = hourglass.StackedHourglass(num_stacks=2, num_joints=5, features=16, depth=1)
+  assert model.init_scheme == "pytorch"
+  ours = model.init(jax.random.key(0), x)["params"]
+  flax_default = model.clone(init_scheme="lecun").init(jax.random.key(0), x)["params"]
+  assert jax.tree.map(jnp.shape, ours) == jax.tree.map(jnp.shape, flax_default)
+  flat = traverse_util.flatten_dict(ours, sep="/")
+  checked = 0
+  for path, kernel in flat.items():
+    if path.endswith("kernel"):
+      bound = 1 / np.sqrt(np.prod(kernel.shape[:-1]))  # fan_in: kernel area x input channels.
+      bias = flat[path[:-len("kernel")] + "bias"]
+      assert np.max(np.abs(kernel)) <= bound and np.max(np.abs(bias)) <= bound, path
+      assert np.std(kernel) > bound / 4, path
+      checked += 1
+  assert checked == 48  # Every convolution and dense layer, fc_back and score_back too.
+  flat = traverse_util.flatten_dict(flax_default, sep="/")
+  assert not any(np.any(flat[p[:-len("kernel")] + "bias"]) for p in flat if p.endswith("kernel"))
