@@ -24,7 +24,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """arg: number of stacks (default 8)."""
   c = base.get_config()
   c.model = ml_collections.ConfigDict(dict(
-      name="hourglass", num_stacks=int(arg or 8), features=256, depth=4, num_blocks=1))
+      name="hourglass", num_stacks=int(arg or 8), features=256, depth=4, num_blocks=1,
+      init_scheme="pytorch"))  # The reference's initialisation (kaiming-uniform a=sqrt(5)).
   # The PyTorch reference's JointsMSELoss: 0.5 x the mean squared error, summed over stacks.
   c.loss = "mse"
   c.loss_scale = 0.5

@@ -61,6 +61,7 @@ def hourglass(tiny: bool):
   c.model.num_stacks = 1
   c.model.features = 48
   c.model.depth = 3
+  c.model.init_scheme = "lecun"  # What the measured quickstart used (not a paper recipe).
   c.output_size = 32
   c.sigma = 1.0
   c.loss = "softmax_ce"
