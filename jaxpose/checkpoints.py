@@ -1,20 +1,49 @@
 """Orbax checkpoints: the train state plus the config that made it.
 
-A workdir holds `checkpoints/<step>/{state,meta}`; `meta` records the config and the model's
-signature so that a different model's checkpoint is refused with a clear message, and eval.py can
-rebuild the model from a checkpoint alone.
+A workdir holds `checkpoints/<step>/{state,meta}`; `meta` records the config, the model's
+signature (so that a different model's checkpoint is refused with a clear message, and eval.py
+can rebuild the model from a checkpoint alone) and the resume signature: the settings that must
+not change for a resumed run to continue bit for bit.
 """
 
 import json
+import logging as std_logging
+import sys
+import traceback
 
+from absl import logging
 from etils import epath
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
+
+from jaxpose import config_checks
+
+# Config keys that a resumed run must share with the checkpoint to continue bit for bit: the
+# optimiser and its schedule, the batches (size, seed, crops, targets, augmentation, data), the
+# length of the run, the precision, and a cascade's training phases. Keys a config lacks are left
+# out (families differ).
+RESUME_KEYS = ("optimizer", "batch_size", "seed", "input_size", "output_size", "sigma", "loss",
+               "augment", "dataset.name", "dataset.config", "dataset.train_split",
+               "num_train_steps", "num_epochs", "mixed_precision", "phases")
 
 
 def model_signature(config) -> dict:
   """What must match between a checkpoint and the model restoring it."""
   return {"model": config.model.to_dict(), "skeleton": config.dataset.skeleton}
+
+
+def resume_signature(config) -> dict:
+  """{dotted key: JSON value} of the `RESUME_KEYS` present in `config` (ConfigDict or dict)."""
+  tree = json.loads(config.to_json() if hasattr(config, "to_json") else json.dumps(config))
+  out = {}
+  for key in RESUME_KEYS:
+    value = config_checks.lookup(tree, key)
+    if value is not None:
+      out[key] = value
+  if isinstance(out.get("num_train_steps"), int) and out["num_train_steps"] > 0:
+    out.pop("num_epochs", None)  # Overridden by num_train_steps: not used.
+  return out
 
 
 def manager(directory, config=None, *, read_only=False) -> ocp.CheckpointManager:
@@ -33,30 +62,261 @@ def manager(directory, config=None, *, read_only=False) -> ocp.CheckpointManager
 
 def save(manager, state, config, step: int, pckh: float | None = None):
   meta = {"config": json.loads(config.to_json()), "signature": model_signature(config),
-          "step": step}
+          "resume_signature": resume_signature(config), "step": step}
   manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                              meta=ocp.args.JsonSave(meta)),
                metrics=None if pckh is None else {"pckh": pckh}, force=True)
 
 
-def read_meta(manager, step: int) -> dict:
-  return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
 
-def check_compatible(meta: dict, config, where: str) -> None:
+def _flatten(value, prefix: str) -> dict:
+  """Nested dicts (and lists of dicts) -> {"prefix.a.b": leaf, "prefix.c[0].d": leaf}."""
+  if isinstance(value, dict) and value:
+    items = [(f"{prefix}.{k}", v) for k, v in value.items()]
+  elif isinstance(value, list) and any(isinstance(v, dict) for v in value):
+    items = [(f"{prefix}[{i}]", v) for i, v in enumerate(value)]
+  else:
+    return {prefix: value}
+  out = {}
+  for name, item in items:
+    out.update(_flatten(item, name))
+  return out
+
+
+def resume_differences(saved: dict, config) -> list[str]:
+  """One "config.KEY: checkpoint A, now B" per resume setting that `config` changes."""
+  then = _flatten(saved, "config")
+  now = _flatten(resume_signature(config), "config")
+  absent = object()
+
+  def text(v):
+    return "absent" if v is absent else json.dumps(v)
+
+  return [f"{k}: checkpoint {text(then.get(k, absent))}, now {text(now.get(k, absent))}"
+          for k in sorted(set(then) | set(now)) if then.get(k, absent) != now.get(k, absent)]
+
+
+def check_compatible(meta: dict, config, where: str, *, allow_inexact_resume: bool = False) -> None:
+  """Refuses to resume from `meta`'s checkpoint with `config` when it cannot continue the run.
+
+  A different model (or skeleton) is always refused. Different resume settings (see
+  `RESUME_KEYS`) are refused with every differing field named, unless `allow_inexact_resume`,
+  which logs them as a warning instead: the run continues, but not bit for bit. A checkpoint
+  saved before resume signatures existed gets a warning.
+
+  Raises:
+    ValueError: naming `where` and what differs.
+  """
   want, got = model_signature(config), meta["signature"]
   if want != got:
     raise ValueError(f"{where} holds a checkpoint of a different model: checkpoint "
                      f"{json.dumps(got, sort_keys=True)} vs config "
                      f"{json.dumps(want, sort_keys=True)}. Use another --workdir.")
+  saved = meta.get("resume_signature")
+  if saved is None:
+    logging.warning("%s: the checkpoint records no resume signature (an older run); its "
+                    "optimiser, batch and schedule settings cannot be checked, so the resumed "
+                    "run may not continue bit for bit.", where)
+    return
+  diffs = resume_differences(saved, config)
+  if not diffs:
+    return
+  if allow_inexact_resume:
+    logging.warning("%s: resuming with settings that differ from the checkpoint's (%s); "
+                    "--allow_inexact_resume: continuing, not bit-exact.", where, "; ".join(diffs))
+    return
+  raise ValueError(f"{where} holds a checkpoint trained with different settings: "
+                   f"{'; '.join(diffs)}. Resuming would not continue that run bit for bit: use "
+                   f"another --workdir, restore these values, or pass --allow_inexact_resume "
+                   f"to continue anyway (the resumed run is then not bit-exact).")
+
+
+# ---------------------------------------------------------------------------------------------
+# Restoring, and damaged checkpoints.
+
+DAMAGED_DIR = "damaged_checkpoints"  # Beside the checkpoints folder: <workdir>/damaged_checkpoints.
+
+
+class DamagedCheckpointError(ValueError):
+  """A checkpoint step whose files cannot be read (truncated, half-synced, missing)."""
+
+
+class _AbandonedReadNoise:
+  """Drops the reports of reads that orbax abandons when a restore fails.
+
+  When one array of a checkpoint cannot be read, orbax's `asyncio.gather` fails and its event
+  loop is closed (orbax.checkpoint._src.asyncio_utils) while the other arrays' TensorStore reads
+  are still in flight. When each finishes, TensorStore's done-callback calls
+  `loop.call_soon_threadsafe` on the closed loop and reports "RuntimeError: Event loop is closed"
+  through `sys.unraisablehook`, one traceback per read; when the pending tasks are collected,
+  asyncio logs "Task was destroyed but it is pending!". The restore's own error says what is
+  wrong; these two reports (and only these) are dropped.
+  """
+
+  installed = False
+
+  @classmethod
+  def install(cls) -> None:
+    if cls.installed:
+      return
+    cls.installed = True
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+      if not cls.is_closed_loop_callback(unraisable):
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+    std_logging.getLogger("asyncio").addFilter(cls.keep_log_record)
+
+  @staticmethod
+  def is_closed_loop_callback(unraisable) -> bool:
+    frames = traceback.extract_tb(unraisable.exc_traceback)
+    return (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"
+            and bool(frames) and frames[0].name == "call_soon_threadsafe")
+
+  @staticmethod
+  def keep_log_record(record) -> bool:
+    message = record.getMessage()
+    return not (message.startswith("Task was destroyed but it is pending!")
+                and "orbax" in message)
+
+
+def _first_line(error: BaseException) -> str:
+  """The first line of the innermost explicitly chained cause (orbax wraps TensorStore's
+  OUT_OF_RANGE / DATA_LOSS errors in a generic one)."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  lines = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {lines[0] if lines else ''}"[:500]
+
+
+def _damaged(manager, step: int, error: BaseException) -> DamagedCheckpointError:
+  return DamagedCheckpointError(f"checkpoint step {step} in {manager.directory} is damaged or "
+                                f"unreadable: {_first_line(error)}")
+
+
+def _leaf_shapes(tree) -> dict[tuple, tuple]:
+  """{(key, ...): shape} of a pytree's leaves, attribute and dict keys alike."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    key = tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path)
+    out[key] = tuple(getattr(leaf, "shape", ()))
+  return out
+
+
+def _structure_difference(saved, abstract_state) -> str | None:
+  """What differs between the saved tree's metadata and the state to restore, or None."""
+  have, want = _leaf_shapes(saved), _leaf_shapes(abstract_state)
+  parts = []
+  for label, keys in (("missing from the checkpoint", sorted(set(want) - set(have), key=str)),
+                      ("not in the state", sorted(set(have) - set(want), key=str))):
+    if keys:
+      parts.append(f"{len(keys)} leaves {label} (e.g. {'/'.join(map(str, keys[0]))})")
+  shapes = [k for k in want if k in have and want[k] != have[k]]
+  if shapes:
+    k = shapes[0]
+    parts.append(f"{len(shapes)} shapes differ (e.g. {'/'.join(map(str, k))}: checkpoint "
+                 f"{have[k]}, state {want[k]})")
+  return "; ".join(parts) or None
+
+
+def restore_step(manager, step: int, abstract_state):
+  """Restores checkpoint `step` onto the shardings of `abstract_state` (any mesh size).
+
+  `abstract_state` is any pytree of arrays or `jax.ShapeDtypeStruct`s with the saved structure.
+
+  Raises:
+    FileNotFoundError: there is no such step.
+    ValueError: the checkpoint holds a differently structured state (names both), or
+      `DamagedCheckpointError` (a ValueError): its files cannot be read. One line each:
+      "checkpoint step 12 in DIR is damaged or unreadable: <first line of the error>".
+  """
+  _AbandonedReadNoise.install()
+  directory = epath.Path(manager.directory)
+  if step not in manager.all_steps():
+    raise FileNotFoundError(f"No checkpoint step {step} in {directory}; it holds steps "
+                            f"{sorted(manager.all_steps())}.")
+  try:
+    saved = ocp.StandardCheckpointHandler().metadata(directory / str(step) / "state")
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    raise _damaged(manager, step, e) from e
+  difference = _structure_difference(saved, abstract_state)
+  target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target)))
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    if difference:  # Not damage: a different state (another optimiser, renamed fields, ...).
+      raise ValueError(f"checkpoint step {step} in {directory} holds a differently structured "
+                       f"state: {difference}.") from e
+    raise _damaged(manager, step, e) from e
+  return restored["state"]
+
+
+def read_meta(manager, step: int) -> dict:
+  """The config and signatures saved with `step`; DamagedCheckpointError if unreadable."""
+  try:
+    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    raise _damaged(manager, step, e) from e
 
 
 def restore_state(manager, step: int, abstract_state):
-  """Restores `step` onto the shardings of `abstract_state` (any mesh size)."""
-  target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(target)))
-  return restored["state"]
+  """`restore_step` under its earlier name."""
+  return restore_step(manager, step, abstract_state)
+
+
+def _move_aside(directory: epath.Path, step: int) -> epath.Path:
+  """Moves checkpoint `step` to <directory>/../damaged_checkpoints/<step>[.N]; never deletes."""
+  def barrier(name):
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"jaxpose_damaged_checkpoint_{name}")
+
+  barrier(f"{step}_found")  # Every process picks the same free name below.
+  damaged = directory.parent / DAMAGED_DIR
+  target = damaged / str(step)
+  n = 0
+  while target.exists():
+    n += 1
+    target = damaged / f"{step}.{n}"
+  if jax.process_index() == 0:
+    damaged.mkdir(parents=True, exist_ok=True)
+    (directory / str(step)).rename(target)
+  barrier(f"{target.name}_moved")
+  return target
+
+
+def restore_latest_intact(manager, abstract_state):
+  """Restores the newest readable checkpoint: -> (state, step), or (None, None) if none exists.
+
+  A damaged step (`DamagedCheckpointError`: a truncated array file, a half-synced volume, an
+  unreadable `meta`) is moved to <checkpoints dir>/../damaged_checkpoints/<step> (never deleted)
+  with a warning naming the step and the error, and the next older step is tried.
+
+  Raises:
+    ValueError: every checkpoint is damaged (naming the steps and where they went), or a
+      checkpoint holds a differently structured state (nothing is moved then).
+  """
+  directory = epath.Path(manager.directory)
+  damaged = []
+  while (step := manager.latest_step()) is not None:
+    try:
+      state = restore_step(manager, step, abstract_state)
+      read_meta(manager, step)  # Resuming and evaluating need its config too.
+      return state, step
+    except DamagedCheckpointError as e:
+      target = _move_aside(directory, step)
+      logging.warning("%s; moved it to %s and trying the previous checkpoint.", e, target)
+      damaged.append(step)
+      manager.reload()
+  if damaged:
+    raise ValueError(f"Every checkpoint in {directory} is damaged or unreadable (steps "
+                     f"{', '.join(map(str, damaged))}, moved to {directory.parent / DAMAGED_DIR})"
+                     f"; move an intact one back or use another --workdir.")
+  return None, None
 
 
 def resolve(path: str) -> tuple[epath.Path, int | None]:

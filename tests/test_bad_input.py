@@ -296,3 +296,25 @@ def test_eval_py_ground_truth_of_another_data_set_is_one_line(tmp_path):
   assert len(lines) == 1, proc.stderr
   assert f"{gt} is not the mpii_val ground truth" in lines[0]
   assert "joints 3 x 14 x 2000" in lines[0] and "LSP's joints.mat" in lines[0]
+
+
+def test_eval_py_damaged_checkpoint_is_one_line(tmp_path):
+  """A half-synced volume: every data file of the step's OCDBT store cut in half."""
+  config = _config(tmp_path)
+  abstract = train.create_train_state(families.create_family(config),
+                                      train.create_optimizer(config, 100), jax.random.key(0),
+                                      parallel.make_mesh(), abstract=True)
+  rng = np.random.default_rng(0)  # Incompressible values: stored in the data files.
+  state = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(s.dtype), abstract)
+  manager = checkpoints.manager(tmp_path / "work" / "checkpoints", config)
+  checkpoints.save(manager, state, config, 2)
+  manager.wait_until_finished()
+  data_dir = tmp_path / "work" / "checkpoints" / "2" / "state" / "ocdbt.process_0" / "d"
+  for path in data_dir.iterdir():
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+  proc = _run_eval_py("--ckpt", str(tmp_path / "work" / "checkpoints" / "2"))
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+  assert "Event loop is closed" not in proc.stderr, proc.stderr
+  (line,) = [l for l in proc.stderr.splitlines() if l.startswith("eval.py: error")]
+  assert "DamagedCheckpointError: checkpoint step 2 in " in line
+  assert "is damaged or unreadable: ValueError: OUT_OF_RANGE" in line

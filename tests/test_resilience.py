@@ -134,7 +134,7 @@ def test_nan_loss_stops_naming_step_and_metric_and_keeps_last_checkpoint(referen
   bad.optimizer.learning_rate = 1e30
   bad.optimizer.warmup_steps = 0
   with pytest.raises(train.NonFiniteLossError, match=r"Non-finite \w+=\S+ at step [56]"):
-    train.train_and_evaluate(bad, str(work))
+    train.train_and_evaluate(bad, str(work), allow_inexact_resume=True)  # Another recipe.
   assert _steps(work) == [4]  # Nothing saved after the NaN.
   after, _ = _variables(work)
   jax.tree.map(np.testing.assert_array_equal, good, after)

@@ -1,0 +1,207 @@
+"""Convolutional Pose Machines (Wei, Ramakrishna, Kanade, Sheikh; CVPR 2016).
+
+The released original 6-stage network (`pose_deploy_centerMap.prototxt` of the authors' Caffe
+release, the MPI and LSP models; the FLIC model is the same with 4 stages and 9+1 maps):
+
+  model = cpm.CPM6(num_parts=15)                   # 14 LSP-order joints + background
+  variables = model.init(rngs, images, centers)    # images [N,368,368,3], centers [N,368,368,1]
+  beliefs = model.apply(variables, images, centers, train=True, rngs={"dropout": key})
+  # tuple of num_stages x [N, 46, 46, num_parts] float32
+
+Stage 1 has its own image trunk (three 9x9 convolutions, each followed by a 3x3/2 max pool with
+Caffe's ceil rounding: 368 -> 184 -> 92 -> 46), a 5x5 conv to 32 channels, a 9x9 conv and two
+1x1 convolutions to the belief maps; it never sees the centre map. Stages 2..T share a second
+trunk of the same shape, computed once; each adds its own 5x5 conv to 32 channels, concatenates
+[image features, previous beliefs, pooled centre map] (the original model's order), and applies
+three 11x11 convolutions and two 1x1 convolutions. ReLU follows every convolution except each
+stage's last. The centre map (a Gaussian of sigma 21 px at the person's centre, see
+`center_map`) is average-pooled 9x9/8 once, dividing each window by its valid pixels as Caffe
+does. Initialisation is the release's (Gaussian std 0.01, bias 0). With the release's sizes the
+6-stage 14+1-part model has 31,219,866 parameters and the 4-stage FLIC model 21,323,816.
+"""
+
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxpose.models import layers
+
+Dtype = Any
+Initializer = Callable[..., jax.Array]
+
+RELEASE_INIT = nn.initializers.normal(stddev=0.01)  # The release's Gaussian filler; bias 0.
+
+
+def center_map(size, center_xy, sigma: float = 21.0):
+  """The centre map: an unnormalised Gaussian (peak 1) at the person's centre.
+
+  Args:
+    size: the map's side, or its (height, width), in input pixels.
+    center_xy: [..., 2] centre (x, y) in input pixels (pixel centres at integers).
+    sigma: standard deviation in input pixels (the release's 21 at 368x368).
+
+  Returns:
+    [..., H, W, 1] float32.
+  """
+  h, w = (size, size) if isinstance(size, int) else size
+  c = jnp.asarray(center_xy, jnp.float32)
+  gx = jnp.exp(-jnp.square(jnp.arange(w, dtype=jnp.float32) - c[..., 0:1]) / (2 * sigma**2))
+  gy = jnp.exp(-jnp.square(jnp.arange(h, dtype=jnp.float32) - c[..., 1:2]) / (2 * sigma**2))
+  return (gy[..., :, None] * gx[..., None, :])[..., None]
+
+
+class Conv1x1(layers.Conv1x1):
+  """`layers.Conv1x1` with a kernel initialiser: same parameters, same path (`<name>/dense`).
+
+  `layers.Conv1x1` takes no initialiser; this keeps its dense-over-channels form (fast on CPU)
+  and lets the release's Gaussian filler reach the 1x1 layers too.
+  """
+
+  kernel_init: Initializer = RELEASE_INIT
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(self.features, use_bias=self.use_bias, dtype=self.dtype,
+                    kernel_init=self.kernel_init, name="dense")(x)
+
+
+def _image_trunk(x, conv, features: int, kernel: int):
+  """Three `kernel`x`kernel` conv+ReLU, each followed by a ceil-rounded 3x3/2 max pool.
+
+  `conv(features, kernel, name)` builds a convolution in the caller's scope, so the layers are
+  named conv1..conv3 there. [N,H,W,C] -> [N,H/8,W/8,features] for H, W divisible by 8.
+  """
+  for i in range(1, 4):
+    x = nn.relu(conv(features, kernel, f"conv{i}")(x))
+    x = layers.max_pool_ceil(x, 3, 2)
+  return x
+
+
+def pool_center_map(maps):
+  """Centre maps [N,H,W,1] -> [N,ceil((H-9)/8)+1,...,1]: Caffe's 9x9/8 average pool, each
+  window divided by its valid pixels (368 -> 46; the last row and column average 8 rows or
+  columns, not 9)."""
+  return layers.avg_pool_ceil(maps, 9, 8)
+
+
+def _conv(features: int, kernel: int, name: str, *, dtype: Dtype, kernel_init: Initializer):
+  """A "same"-padded conv (a dense layer over channels when 1x1) in the calling module."""
+  if kernel == 1:
+    return Conv1x1(features, dtype=dtype, kernel_init=kernel_init, name=name)
+  return nn.Conv(features, (kernel, kernel), padding=kernel // 2, dtype=dtype,
+                 kernel_init=kernel_init, name=name)
+
+
+class Stage1(nn.Module):
+  """Stage 1 with its own image trunk: images [N,H,W,3] -> beliefs [N,H/8,W/8,num_parts]."""
+
+  num_parts: int
+  trunk_features: int
+  stage_features: int
+  head_features: int
+  big_kernel: int
+  feature_kernel: int
+  dropout_rate: float
+  kernel_init: Initializer
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    conv = functools.partial(_conv, dtype=self.dtype, kernel_init=self.kernel_init)
+    drop = nn.Dropout(self.dropout_rate, deterministic=not train)
+    x = _image_trunk(x, conv, self.trunk_features, self.big_kernel)
+    x = nn.relu(conv(self.stage_features, self.feature_kernel, "conv4")(x))
+    x = drop(nn.relu(conv(self.head_features, self.big_kernel, "conv5")(x)))
+    x = drop(nn.relu(conv(self.head_features, 1, "conv6")(x)))
+    return conv(self.num_parts, 1, "conv7")(x)
+
+
+class Trunk(nn.Module):
+  """The second image trunk, shared by stages 2..T: [N,H,W,3] -> [N,H/8,W/8,features]."""
+
+  features: int
+  kernel: int
+  kernel_init: Initializer
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    conv = functools.partial(_conv, dtype=self.dtype, kernel_init=self.kernel_init)
+    return _image_trunk(x, conv, self.features, self.kernel)
+
+
+class Stage(nn.Module):
+  """Stage t >= 2: (trunk features, previous beliefs, pooled centre map) -> beliefs.
+
+  All inputs [N,h,w,*] at stride 8; output [N,h,w,num_parts].
+  """
+
+  num_parts: int
+  stage_features: int
+  mconv_features: int
+  stage_kernel: int
+  feature_kernel: int
+  kernel_init: Initializer
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, features, beliefs, center):
+    conv = functools.partial(_conv, dtype=self.dtype, kernel_init=self.kernel_init)
+    x = nn.relu(conv(self.stage_features, self.feature_kernel, "conv")(features))
+    x = jnp.concatenate([x, beliefs.astype(x.dtype), center.astype(x.dtype)], axis=-1)
+    for i in range(1, 4):
+      x = nn.relu(conv(self.mconv_features, self.stage_kernel, f"mconv{i}")(x))
+    x = nn.relu(conv(self.mconv_features, 1, "mconv4")(x))
+    return conv(self.num_parts, 1, "mconv5")(x)
+
+
+class CPM(nn.Module):
+  """(images [N,H,W,3], centre maps [N,H,W,1]) -> tuple of `num_stages` belief maps
+  [N,H/8,W/8,num_parts] float32. H and W must be divisible by 8 (368 in the release)."""
+
+  num_stages: int = 6  # The release: 6 (MPI, LSP), 4 (FLIC).
+  num_parts: int = 15  # Belief maps, the background included (K + 1).
+  trunk_features: int = 128  # Width of both image trunks.
+  stage_features: int = 32  # Each stage's image features (the 5x5 conv before the concat).
+  head_features: int = 512  # Stage 1's conv5 / conv6 width.
+  mconv_features: int = 128  # Width of stages >= 2 (Mconv1..4).
+  big_kernel: int = 9  # Trunk convolutions and stage 1's conv5.
+  stage_kernel: int = 11  # Mconv1..3 of stages >= 2.
+  feature_kernel: int = 5  # Stage 1's conv4 and each later stage's first conv.
+  dropout_rate: float = 0.5  # After stage 1's conv5 and conv6, in training only.
+  kernel_init: Initializer = RELEASE_INIT  # Biases start at 0.
+  dtype: Dtype = jnp.float32  # Computation dtype; parameters stay float32.
+
+  @nn.compact
+  def __call__(self, images, center_map, *, train: bool = False):
+    if center_map.shape[:3] != images.shape[:3] or center_map.shape[3:] != (1,):
+      raise ValueError(f"CPM: center_map shape {center_map.shape} must be [N,H,W,1] with the "
+                       f"images' N,H,W {images.shape[:3]}")
+    if images.shape[1] % 8 or images.shape[2] % 8:
+      raise ValueError(f"CPM: image size {images.shape[1:3]} must be divisible by 8")
+    x = images.astype(self.dtype)
+    center = pool_center_map(center_map.astype(jnp.float32))
+    beliefs = Stage1(self.num_parts, self.trunk_features, self.stage_features,
+                     self.head_features, self.big_kernel, self.feature_kernel, self.dropout_rate,
+                     self.kernel_init, self.dtype, name="stage1")(x, train=train)
+    outputs = [beliefs.astype(jnp.float32)]
+    if self.num_stages > 1:
+      features = Trunk(self.trunk_features, self.big_kernel, self.kernel_init, self.dtype,
+                       name="trunk2")(x)
+      for t in range(2, self.num_stages + 1):
+        beliefs = Stage(self.num_parts, self.stage_features, self.mconv_features,
+                        self.stage_kernel, self.feature_kernel, self.kernel_init, self.dtype,
+                        name=f"stage{t}")(features, beliefs, center)
+        outputs.append(beliefs.astype(jnp.float32))
+    return tuple(outputs)
+
+
+CPM6 = functools.partial(CPM, num_stages=6, num_parts=15)
+CPMFlic = functools.partial(CPM, num_stages=4, num_parts=10)
+# Small enough for unit tests (inputs of 32x32 and up).
+CPMTiny = functools.partial(CPM, num_stages=2, trunk_features=8, stage_features=4,
+                            head_features=16, mconv_features=8, big_kernel=3, stage_kernel=3,
+                            feature_kernel=3)

@@ -1,0 +1,200 @@
+"""Human Pose Estimation with Iterative Error Feedback (Carreira et al., CVPR 2016).
+
+Usage as pure functions:
+
+  model = ief.IEF(num_joints=16)
+  variables = model.init(rng, images, mean_pose)            # images [N,224,224,3], pose [K,2]
+  iterates = model.apply(variables, images, mean_pose)      # [T, N, 16, 2]: y_1 .. y_T
+  eps = model.apply(variables, images, poses, method="correction")   # f(x_t): [N, 16, 2]
+
+Poses are (x, y) normalised to the crop as in DeepPose: x' = (x - (S - 1) / 2) / S.
+
+One network f, shared by every iteration, sees the image concatenated with Gaussian maps of
+the current pose's K joints and of a fixed marking point at the crop centre, and outputs a
+correction: y_{t+1} = y_t + f(image, g(y_t)), y_0 = the training set's mean pose. The loop is
+`nn.scan` with broadcast parameters, so the program does not grow with T.
+
+f is GoogLeNet (Inception v1) in the BVLC layout with a first convolution taking 3 + K + 1
+channels, biases on every convolution, LRN (no BatchNorm), no auxiliary heads and one linear
+layer from the 1024-d average pool to 2K outputs: 6,059,664 parameters for K = 16, the count of
+the released model's main branch (LRN has no parameters, so the count cannot tell whether the
+release kept it; BVLC's layout has it).
+
+Chosen where the release differs or is unknown:
+- Maps: the release renders 100 exp(-0.001 d^2) - 50 (range -50..50, std 22.4 px at 224 px)
+  on RGB-minus-mean pixels in 0..255. Inputs here are [0, 1] pixels minus 0.5, so the maps are
+  divided by 255 the same way (range +-0.196) and the std scales with the crop (0.1 of its
+  side). Points are not rounded to whole pixels.
+- Output: f returns step_scale * (its linear output) in normalised units; step_scale defaults
+  to the paper's bound L = 20 px at 224 px, so a bounded target is at most 1 in network units
+  (the release's `mxStepNorm` plays this role; its value is not published).
+"""
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxpose.models import deeppose
+from jaxpose.models import layers
+
+Dtype = Any
+
+# Inception v1 modules: (name, (1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool projection)).
+# A 3x3/2 max pool precedes 4a and 5a.
+INCEPTION_V1 = (
+    ("3a", (64, 96, 128, 16, 32, 32)),
+    ("3b", (128, 128, 192, 32, 96, 64)),
+    ("4a", (192, 96, 208, 16, 48, 64)),
+    ("4b", (160, 112, 224, 24, 64, 64)),
+    ("4c", (128, 128, 256, 24, 64, 64)),
+    ("4d", (112, 144, 288, 32, 64, 64)),
+    ("4e", (256, 160, 320, 32, 128, 128)),
+    ("5a", (256, 160, 320, 32, 128, 128)),
+    ("5b", (384, 192, 384, 48, 128, 128)),
+)
+
+
+def _caffe_lrn(x):
+  """BVLC GoogLeNet's LRN (local_size 5, alpha 1e-4, beta 0.75, Caffe's k = 1 and alpha / n)."""
+  return deeppose.local_response_norm(x, size=5, k=1.0, alpha=1e-4 / 5, beta=0.75)
+
+
+class Inception(nn.Module):
+  """Inception v1 module: [N,H,W,C] -> [N,H,W,b1 + b3 + b5 + pool_proj] (ReLU outputs)."""
+
+  widths: tuple[int, ...]  # (1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool projection).
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    b1, r3, b3, r5, b5, proj = self.widths
+    conv1x1 = functools.partial(layers.Conv1x1, dtype=self.dtype)
+    conv = functools.partial(nn.Conv, dtype=self.dtype)
+    y1 = nn.relu(conv1x1(b1, name="1x1")(x))
+    y3 = nn.relu(conv1x1(r3, name="3x3_reduce")(x))
+    y3 = nn.relu(conv(b3, (3, 3), padding=1, name="3x3")(y3))
+    y5 = nn.relu(conv1x1(r5, name="5x5_reduce")(x))
+    y5 = nn.relu(conv(b5, (5, 5), padding=2, name="5x5")(y5))
+    yp = nn.max_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
+    yp = nn.relu(conv1x1(proj, name="pool_proj")(yp))
+    return jnp.concatenate([y1, y3, y5, yp], axis=-1)
+
+
+class GoogLeNetRegressor(nn.Module):
+  """Inception v1 trunk and one linear head: [N,H,W,C] -> [N, outputs] (float32).
+
+  At 224 px the maps are 112, 56, 28, 14 and 7 px; the 1024-d average pool feeds the head.
+  """
+
+  outputs: int
+  inception: tuple = INCEPTION_V1  # The Inception modules in order; for small variants.
+  width_divisor: int = 1  # Divides every layer's width (1: the paper's); for small variants.
+  lrn: bool = True  # BVLC's two LRN layers (after pool1 and after conv2).
+  dropout_rate: float = 0.4  # Before the head in training (BVLC); rng "dropout".
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    width = lambda c: max(1, c // self.width_divisor)  # noqa: E731
+    norm = _caffe_lrn if self.lrn else lambda y: y
+    x = x.astype(self.dtype)
+    x = nn.relu(nn.Conv(width(64), (7, 7), strides=2, padding=3, dtype=self.dtype,
+                        name="conv1")(x))
+    x = norm(layers.max_pool_ceil(x, 3, 2))
+    x = nn.relu(layers.Conv1x1(width(64), dtype=self.dtype, name="conv2_reduce")(x))
+    x = nn.relu(nn.Conv(width(192), (3, 3), padding=1, dtype=self.dtype, name="conv2")(x))
+    x = layers.max_pool_ceil(norm(x), 3, 2)
+    for name, widths in self.inception:
+      if name in ("4a", "5a"):
+        x = layers.max_pool_ceil(x, 3, 2)
+      x = Inception(tuple(width(c) for c in widths), dtype=self.dtype,
+                    name=f"inception_{name}")(x)
+    x = jnp.mean(x, axis=(1, 2))  # BVLC's 7x7 average pool on the 7x7 map.
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return nn.Dense(self.outputs, dtype=self.dtype, name="fc")(x).astype(jnp.float32)
+
+
+def render_pose_maps(poses, height: int, width: int, sigma: float = 0.1,
+                     value_range: tuple[float, float] = (-50 / 255, 50 / 255)):
+  """Gaussian maps of each joint plus the marking point at the crop centre: [N,H,W,K+1].
+
+  Args:
+    poses: [N, K, 2] (x, y) normalised to the crop.
+    height, width: map size in pixels.
+    sigma: Gaussian std as a fraction of the crop height.
+    value_range: (background, peak).
+  """
+  marked = jnp.concatenate([poses, jnp.zeros_like(poses[:, :1])], axis=1)  # Centre: (0, 0).
+  size = jnp.array([width, height], jnp.float32)
+  pixels = marked * size + (size - 1) / 2  # [N, K+1, 2]
+  dx = jnp.arange(width, dtype=jnp.float32)[None, None, :, None] - pixels[:, None, None, :, 0]
+  dy = jnp.arange(height, dtype=jnp.float32)[None, :, None, None] - pixels[:, None, None, :, 1]
+  low, high = value_range
+  gauss = jnp.exp(-(dx**2 + dy**2) / (2 * (sigma * height) ** 2))
+  return low + (high - low) * gauss
+
+
+def bounded_correction(y, y_true, max_step):
+  """The target e(y_true, y): the step toward the truth, at most `max_step` long per joint.
+
+  y, y_true: [..., K, 2] in the same units as `max_step`. Returns [..., K, 2]:
+  min(max_step, |u|) u / |u| with u = y_true - y (zero where u is zero).
+  """
+  u = y_true - y
+  norm = jnp.sqrt(jnp.maximum(jnp.sum(u * u, axis=-1, keepdims=True), 1e-24))
+  return u * jnp.minimum(1.0, max_step / norm)
+
+
+class IEF(nn.Module):
+  """Iterative error feedback: images [N,H,W,3], y0 [K,2] or [N,K,2] -> iterates [T,N,K,2].
+
+  `__call__` returns y_1 .. y_T (y_0 is the input); `correction` applies f once to given poses,
+  as Fixed Path Consolidation trains it. Rendered poses carry no gradient.
+  """
+
+  num_joints: int
+  num_iterations: int = 4  # T at test time, as the release.
+  inception: tuple = INCEPTION_V1  # See GoogLeNetRegressor.
+  width_divisor: int = 1
+  lrn: bool = True
+  dropout_rate: float = 0.4
+  map_sigma: float = 0.1  # Gaussian std / crop side (the release: 22.4 px at 224 px).
+  map_range: tuple[float, float] = (-50 / 255, 50 / 255)  # (background, peak) of the maps.
+  step_scale: float = 20 / 224  # Output units, normalised: the paper's L = 20 px at 224 px.
+  dtype: Dtype = jnp.float32
+
+  def setup(self):
+    self.net = GoogLeNetRegressor(2 * self.num_joints, inception=self.inception,
+                                  width_divisor=self.width_divisor, lrn=self.lrn,
+                                  dropout_rate=self.dropout_rate, dtype=self.dtype)
+
+  def correction(self, images, poses, *, train: bool = False):
+    """f: images [N,H,W,3] and poses [N,K,2] -> corrections [N,K,2] (normalised, float32)."""
+    n, h, w, _ = images.shape
+    maps = render_pose_maps(jax.lax.stop_gradient(poses), h, w, self.map_sigma, self.map_range)
+    x = jnp.concatenate([images.astype(self.dtype), maps.astype(self.dtype)], axis=-1)
+    return self.step_scale * self.net(x, train=train).reshape(n, self.num_joints, 2)
+
+  def __call__(self, images, y0, *, train: bool = False, num_iterations: int | None = None):
+    steps = self.num_iterations if num_iterations is None else num_iterations
+    if steps < 1:
+      raise ValueError(f"IEF num_iterations={steps}: need at least 1")
+    y0 = jnp.broadcast_to(y0, (images.shape[0], self.num_joints, 2)).astype(jnp.float32)
+
+    def step(module, y, images):
+      y = y + module.correction(images, y, train=train)
+      return y, y
+
+    scan = nn.scan(step, variable_broadcast="params", split_rngs={"params": False,
+                                                                  "dropout": True},
+                   in_axes=nn.broadcast, length=steps)
+    _, iterates = scan(self, y0, images)
+    return iterates
+
+
+# Small enough for unit tests: one module per resolution, 1/16 of the widths.
+IEFTiny = functools.partial(IEF, width_divisor=16,
+                            inception=tuple(m for m in INCEPTION_V1 if m[0] in ("3a", "4a", "5a")))

@@ -1,0 +1,134 @@
+"""IEF: the paper-sized GoogLeNet count (eval_shape), the scanned loop, maps, bounded steps."""
+
+import time
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxpose.models import ief
+
+
+def _count(tree):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def _fake_init(model, *args, **kwargs):
+  """Variables of `model.init`'s shapes drawn by numpy (kernels N(0, 1/fan_in), other leaves
+  near 0, or near 1 for BatchNorm scales and variances): XLA on CPU takes seconds per shape
+  to compile jax.random's samplers, which would dominate these tests."""
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *args, **kwargs))
+  rng = np.random.default_rng(0)
+
+  def draw(path, leaf):
+    if leaf.ndim > 1:
+      value = rng.normal(size=leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))
+    else:
+      value = float(path[-1].key in ("scale", "var")) + 0.1 * rng.normal(size=leaf.shape)
+    return jnp.asarray(value, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+@pytest.mark.parametrize("lrn", [True, False])
+def test_paper_parameter_count_at_224(lrn):
+  model = ief.IEF(16, lrn=lrn)
+  images, y0 = jnp.zeros((2, 224, 224, 3)), jnp.zeros((16, 2))
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), images, y0))
+  assert _count(variables) == 6_059_664  # LRN has no parameters: the count holds either way.
+  net = variables["params"]["net"]
+  assert net["conv1"]["kernel"].shape == (7, 7, 3 + 16 + 1, 64)
+  assert net["fc"]["kernel"].shape == (1024, 32)  # From the 1024-d pool of inception 5b.
+  assert sum(name.startswith("inception_") for name in net) == 9
+  out = jax.eval_shape(lambda v: model.apply(v, images, y0), variables)
+  assert out.shape == (4, 2, 16, 2) and out.dtype == jnp.float32
+
+
+def _tiny():
+  model = ief.IEFTiny(4)
+  images = jax.random.normal(jax.random.key(1), (2, 48, 48, 3))
+  y0 = jax.random.uniform(jax.random.key(2), (4, 2), minval=-0.3, maxval=0.3)
+  return model, images, y0, _fake_init(model, images, y0)
+
+
+def test_scan_equals_explicit_applications_of_f():
+  model, images, y0, variables = _tiny()
+  run = jax.jit(lambda v, y: model.apply(v, images, y, num_iterations=3))
+  iterates = run(variables, y0)
+  assert iterates.shape == (3, 2, 4, 2)
+  f = jax.jit(lambda v, y: model.apply(v, images, y, method="correction"))
+  y = jnp.broadcast_to(y0, (2, 4, 2))
+  for t in range(3):
+    y = y + f(variables, y)
+    np.testing.assert_allclose(iterates[t], y, rtol=1e-5, atol=1e-6)
+  assert np.abs(iterates[2] - iterates[0]).max() > 1e-3  # The loop moves the pose.
+  per_example = run(variables, jnp.broadcast_to(y0, (2, 4, 2)))  # y0 per example, same values.
+  np.testing.assert_allclose(per_example, iterates, rtol=1e-6)
+
+
+def test_dropout_only_in_training():
+  model, images, y0, variables = _tiny()
+  run = jax.jit(lambda v, train, rng: model.apply(v, images, y0, train=train,
+                                                  rngs={"dropout": rng}), static_argnums=1)
+  eval_out = run(variables, False, jax.random.key(3))
+  np.testing.assert_array_equal(eval_out, run(variables, False, jax.random.key(4)))
+  train_out = run(variables, True, jax.random.key(3))
+  assert train_out.shape == eval_out.shape == (4, 2, 4, 2)
+  assert not np.allclose(train_out, eval_out)
+  with pytest.raises(ValueError, match="num_iterations=0"):
+    jax.eval_shape(lambda v: model.apply(v, images, y0, num_iterations=0), variables)
+
+
+def test_program_size_and_compile_time_do_not_grow_with_iterations():
+  model, images, y0, variables = _tiny()
+  # A fresh constant in every program, so that compile() compiles rather than hitting the test
+  # suite's persistent cache (its switch is read once per process).
+  salt = float(time.time_ns() % 1_000_003)
+
+  def run(v, x, y, t):
+    return model.apply(v, x, y + 0 * (x[0, 0, 0, 0] + salt), num_iterations=t)
+
+  lowered = {t: jax.jit(run, static_argnums=3).lower(variables, images, y0, t) for t in (2, 8)}
+  sizes = {t: len(low.as_text()) for t, low in lowered.items()}
+  assert abs(sizes[8] - sizes[2]) < 0.01 * sizes[2], sizes
+  seconds = {}
+  for t, low in lowered.items():
+    start = time.process_time()
+    low.compile()
+    seconds[t] = time.process_time() - start
+  assert seconds[8] < 1.5 * seconds[2] + 0.5, seconds  # Unrolled would be ~4x.
+
+
+def test_rendered_maps_peak_at_joints_and_the_marking_point():
+  poses = jnp.array([[[-0.25, 0.125], [0.375, -0.5]]])  # Pixels (7.5, 19.5) and (27.5, -0.5).
+  maps = ief.render_pose_maps(poses, 32, 32, sigma=0.125, value_range=(-1.0, 3.0))
+  assert maps.shape == (1, 32, 32, 3)
+  ys, xs = np.mgrid[0:32, 0:32]
+  for c, (px, py) in enumerate([(7.5, 19.5), (27.5, -0.5), (15.5, 15.5)]):  # Last: centre.
+    want = -1.0 + 4.0 * np.exp(-((xs - px)**2 + (ys - py)**2) / (2 * 4.0**2))
+    np.testing.assert_allclose(maps[0, ..., c], want, rtol=1e-5, atol=1e-5)
+  assert float(maps.min()) >= -1.0 and float(maps.max()) <= 3.0
+
+
+_points = hnp.arrays(np.float32, (3, 2), elements=st.floats(-100, 100, width=32))
+
+
+@settings(max_examples=60, deadline=None)
+@given(y=_points, y_true=_points, max_step=st.floats(0.01, 50))
+def test_bounded_correction_steps_toward_the_truth_at_most_max_step(y, y_true, max_step):
+  e = np.asarray(ief.bounded_correction(jnp.asarray(y), jnp.asarray(y_true), max_step))
+  u = (y_true.astype(np.float64) - y)
+  dist = np.linalg.norm(u, axis=-1)
+  step = np.linalg.norm(e, axis=-1)
+  np.testing.assert_allclose(step, np.minimum(dist, max_step), rtol=1e-4, atol=1e-4)
+  # Along u: the cross product vanishes and the dot product is |e| |u|.
+  cross = e[:, 0] * u[:, 1] - e[:, 1] * u[:, 0]
+  assert np.all(np.abs(cross) <= 1e-4 * (1 + step * dist)), cross
+  np.testing.assert_allclose(np.sum(e * u, -1), step * dist, rtol=1e-4, atol=1e-3)
+  # Short errors are corrected fully.
+  short = dist <= max_step
+  np.testing.assert_allclose(e[short], u[short], rtol=1e-4, atol=1e-4)
