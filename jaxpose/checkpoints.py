@@ -347,16 +347,17 @@ def restore_variables(directory, step: int, abstract_variables):
   if set(model_state) <= {"batch_stats"}:  # The layout before the Family interface.
     targets.append({"params": params, **model_state})
   errors = []
+  _AbandonedReadNoise.install()
   for target in targets:
     reader = manager(directory, read_only=True)  # A fresh manager for each handler.
     try:
       restored = reader.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
           item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
           partial_restore=True)))["state"]
-    except (ValueError, KeyError, FileNotFoundError) as e:
-      errors.append(str(e).splitlines()[0][:300])
+    except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many kinds)
+      errors.append(e)
       continue
     nested = restored.pop("model_state", {})
     return {**restored, **nested}
-  raise ValueError(f"Checkpoint step {step} in {directory} could not be read as a jaxpose "
-                   f"train state: {errors[0]}")
+  raise DamagedCheckpointError(f"checkpoint step {step} in {directory} is damaged or "
+                               f"unreadable: {_first_line(errors[0])}")
