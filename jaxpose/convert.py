@@ -11,7 +11,7 @@ dict(np.load(f)), sep="/")` restores them).
 
 Files are parsed here: torch's zip format (`<name>/data.pkl` with one raw storage per entry
 `<name>/data/<key>`) and the legacy one (pickles, then the storages appended), through an
-Unpickler that builds only numpy arrays, OrderedDicts and inert placeholders, so loading a file
+Unpickler that builds only numpy arrays, OrderedDicts and inert stand-in objects, so loading a file
 runs none of its code. Conversions: convolution kernels OIHW -> HWIO; 1x1 convolutions, which
 jaxpose writes as Dense layers (`layers.Conv1x1`), (O, I, 1, 1) -> (I, O); BatchNorm weight /
 bias -> scale / bias, running_mean / running_var -> batch_stats mean / var

@@ -4,11 +4,14 @@ import io
 import os
 import pathlib
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 import tensorflow as tf
 
 from configs import quickstart
+from jaxpose import family
 from jaxpose import skeletons
 from jaxpose.data import pipeline
 
@@ -59,7 +62,26 @@ def shared_data_dir(subdirs=("mpii",)) -> pathlib.Path | None:
 
 def with_heatmap_targets(config, batch: dict) -> dict:
   """The heat-map targets a heat-map family's loss renders on the device, as numpy."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from jaxpose import family  # pylint: disable=g-import-not-at-top
   codec = family.heatmap_codec(config)
   return dict(batch, **jax.device_get(codec.render_targets(batch["joints"], batch["visible"])))
+
+
+def count(tree):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def fake_init(model, *args, **kwargs):
+  """Variables of `model.init`'s shapes drawn by numpy (kernels N(0, 1/fan_in), other leaves
+  near 0, or near 1 for BatchNorm scales and variances): XLA on CPU takes seconds per shape
+  to compile jax.random's samplers, which would dominate these tests."""
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *args, **kwargs))
+  rng = np.random.default_rng(0)
+
+  def draw(path, leaf):
+    if leaf.ndim > 1:
+      value = rng.normal(size=leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))
+    else:
+      value = float(path[-1].key in ("scale", "var")) + 0.1 * rng.normal(size=leaf.shape)
+    return jnp.asarray(value, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(draw, shapes)

@@ -5,28 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import helpers
 from jaxpose.models import deeppose
-
-
-def _count(tree):
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
-
-
-def _fake_init(model, *args, **kwargs):
-  """Variables of `model.init`'s shapes drawn by numpy (kernels N(0, 1/fan_in), other leaves
-  near 0, or near 1 for BatchNorm scales and variances): XLA on CPU takes seconds per shape
-  to compile jax.random's samplers, which would dominate these tests."""
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *args, **kwargs))
-  rng = np.random.default_rng(0)
-
-  def draw(path, leaf):
-    if leaf.ndim > 1:
-      value = rng.normal(size=leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))
-    else:
-      value = float(path[-1].key in ("scale", "var")) + 0.1 * rng.normal(size=leaf.shape)
-    return jnp.asarray(value, leaf.dtype)
-
-  return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 @pytest.mark.parametrize("joints,params", [(14, 58_396_060), (16, 58_412_448), (7, 58_338_702)])
@@ -34,7 +14,7 @@ def test_paper_parameter_counts_at_220(joints, params):
   model = deeppose.DeepPoseNet(joints)
   variables = jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros((1, 220, 220, 3))))
-  assert _count(variables) == params
+  assert helpers.count(variables) == params
   p = variables["params"]
   assert p["conv2"]["kernel"].shape == (5, 5, 96, 256)  # Ungrouped.
   # 220 -> 53 -> 26 -> 13 -> 6 with ceil-rounded pools: fc6 sees 6 * 6 * 256 inputs.
@@ -48,7 +28,7 @@ def test_cascade_stages_have_own_weights_of_the_same_architecture():
   variables = jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros((1, 220, 220, 3))))
   assert set(variables["params"]) == {"stage1", "stage2", "stage3"}
-  assert _count(variables) == 3 * 58_396_060
+  assert helpers.count(variables) == 3 * 58_396_060
   outs = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, 220, 220, 3))), variables)
   assert [o.shape for o in outs] == [(2, 14, 2)] * 3
 
@@ -67,7 +47,7 @@ def test_local_response_norm_matches_the_formula(size, k, alpha):
 def test_tiny_forward_dropout_and_batch_norm_variant():
   x = jax.random.normal(jax.random.key(1), (2, 48, 48, 3))
   model = deeppose.DeepPoseNetTiny(5)
-  variables = _fake_init(model, x)
+  variables = helpers.fake_init(model, x)
   assert set(variables) == {"params"}
   apply = jax.jit(lambda v, train, rng: model.apply(v, x, train=train, rngs={"dropout": rng}),
                   static_argnums=1)
@@ -79,7 +59,7 @@ def test_tiny_forward_dropout_and_batch_norm_variant():
     jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 36, 36, 3))))
 
   bn = deeppose.DeepPoseNetTiny(5, batch_norm=True)
-  variables = _fake_init(bn, x)
+  variables = helpers.fake_init(bn, x)
   assert "bn1" in variables["params"] and "bias" not in variables["params"]["conv1"]
   _, updates = jax.jit(lambda v: bn.apply(v, x, train=True, rngs={"dropout": jax.random.key(2)},
                                          mutable=["batch_stats"]))(variables)
@@ -137,7 +117,7 @@ def test_sample_displacements_have_the_given_moments(joint_cov):
 def _tiny_cascade():
   model = deeppose.DeepPoseCascadeTiny(3, torso=(0, 1), box_factor=1.5, patch_size=40)
   images = jax.random.normal(jax.random.key(1), (2, 48, 48, 3))
-  return model, images, _fake_init(model, images)
+  return model, images, helpers.fake_init(model, images)
 
 
 def test_refine_takes_row_i_of_the_patch_around_joint_i():

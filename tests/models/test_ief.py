@@ -10,28 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import helpers
 from jaxpose.models import ief
-
-
-def _count(tree):
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
-
-
-def _fake_init(model, *args, **kwargs):
-  """Variables of `model.init`'s shapes drawn by numpy (kernels N(0, 1/fan_in), other leaves
-  near 0, or near 1 for BatchNorm scales and variances): XLA on CPU takes seconds per shape
-  to compile jax.random's samplers, which would dominate these tests."""
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *args, **kwargs))
-  rng = np.random.default_rng(0)
-
-  def draw(path, leaf):
-    if leaf.ndim > 1:
-      value = rng.normal(size=leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))
-    else:
-      value = float(path[-1].key in ("scale", "var")) + 0.1 * rng.normal(size=leaf.shape)
-    return jnp.asarray(value, leaf.dtype)
-
-  return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 @pytest.mark.parametrize("lrn", [True, False])
@@ -39,7 +19,7 @@ def test_paper_parameter_count_at_224(lrn):
   model = ief.IEF(16, lrn=lrn)
   images, y0 = jnp.zeros((2, 224, 224, 3)), jnp.zeros((16, 2))
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), images, y0))
-  assert _count(variables) == 6_059_664  # LRN has no parameters: the count holds either way.
+  assert helpers.count(variables) == 6_059_664  # LRN has no parameters: the count holds either way.
   net = variables["params"]["net"]
   assert net["conv1"]["kernel"].shape == (7, 7, 3 + 16 + 1, 64)
   assert net["fc"]["kernel"].shape == (1024, 32)  # From the 1024-d pool of inception 5b.
@@ -52,7 +32,7 @@ def _tiny():
   model = ief.IEFTiny(4)
   images = jax.random.normal(jax.random.key(1), (2, 48, 48, 3))
   y0 = jax.random.uniform(jax.random.key(2), (4, 2), minval=-0.3, maxval=0.3)
-  return model, images, y0, _fake_init(model, images, y0)
+  return model, images, y0, helpers.fake_init(model, images, y0)
 
 
 def test_scan_equals_explicit_applications_of_f():
