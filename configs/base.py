@@ -29,7 +29,8 @@ def get_config() -> ml_collections.ConfigDict:
       distribution="uniform"))
   c.optimizer = ml_collections.ConfigDict(dict(
       name="rmsprop", learning_rate=2.5e-4, schedule="piecewise", decay_epochs=(60, 90),
-      decay_factor=0.1, decay_steps=0, warmup_steps=0, momentum=0.9, weight_decay=0.0))
+      decay_factor=0.1, decay_steps=0, warmup_steps=0, momentum=0.9, weight_decay=0.0,
+      caffe_lr_mult=False))  # Families with Caffe per-layer multipliers (CPM) honour it.
   c.batch_size = 6  # Global, over all devices and hosts.
   c.eval_batch_size = 48
   c.num_epochs = 100

@@ -98,8 +98,33 @@ def cpm(tiny: bool):
   return c
 
 
+def tompson(tiny: bool):
+  """A CPU-sized Tompson et al.: three narrow banks at 128 px, stride 4 (32x32 maps), the
+  spatial model on; trained in the paper's three phases (detector, spatial model, jointly)."""
+  c = _common(base.get_config())
+  c.model = ml_collections.ConfigDict(dict(
+      name="tompson", bank_features=(32, 32, 48, 128), bank_kernels=(5, 5, 5, 9),
+      head_features=(128,), output_stride=4, spatial_model=True))
+  c.output_size = 32
+  c.sigma = 1.0
+  c.loss = "softmax_ce"
+  steps = [1800, 300, 300]
+  if tiny:
+    c = _tiny(c)
+    c.model.update(bank_features=(8, 8, 8, 16), bank_kernels=(3, 3, 3, 3), head_features=(16,),
+                   lcn_size=5, lcn_sigma=1.0)
+    c.output_size = 16
+    steps = [3, 3, 3]
+  c.phases = (("detector", steps[0], "detector"), ("spatial", steps[1], "spatial"),
+              ("joint", steps[2], "*"))
+  c.num_train_steps = sum(steps)
+  c.eval_every_steps = sum(steps) // 4 if not tiny else sum(steps)
+  c.checkpoint_every_steps = c.eval_every_steps
+  return c
+
+
 def _regression_common(c, phase_names, steps, tiny):
-  c.augment.flip = True
+  """One phase per stage / iteration, each `steps[i]` long."""
   if tiny:
     c = _tiny(c)
     steps = [3] * len(phase_names)
@@ -135,7 +160,8 @@ def ief(tiny: bool):
   return _regression_common(c, phases, [1200, 800, 800], tiny)
 
 
-FAMILIES = {"hourglass": hourglass, "cpm": cpm, "deeppose": deeppose, "ief": ief}
+FAMILIES = {"hourglass": hourglass, "cpm": cpm, "tompson": tompson, "deeppose": deeppose,
+            "ief": ief}
 
 
 def get_config(arg: str | None = None):

@@ -106,20 +106,14 @@ def heatmap_losses(outputs, batch, kind: str, stack_weights=None, scale: float =
   return total, metrics
 
 
-def flip_back_heatmaps(maps, flip_permutation):
-  """Heat maps predicted on the mirrored image -> the unmirrored frame, left/right swapped."""
-  return maps[:, :, ::-1, :][..., jnp.asarray(flip_permutation)]
-
-
-def heatmap_predict(maps, flipped_maps, *, stride: int, flip_permutation):
-  """Final heat maps (averaged with the mirrored image's, flipped back) -> argmax with the
-  quarter-pixel shift -> input pixels. Returns (joints [B,K,2], scores [B,K])."""
+def heatmap_predict(maps, flipped_maps, *, codec: heatmap.HeatmapCodec, flip_permutation):
+  """Final heat maps (averaged with the mirrored image's, flipped back) -> the codec's argmax
+  with the quarter-pixel shift, in input pixels. Returns (joints [B,K,2], scores [B,K])."""
   maps = maps.astype(jnp.float32)
   if flipped_maps is not None:
-    back = flip_back_heatmaps(flipped_maps.astype(jnp.float32), flip_permutation)
+    back = codec.flip_back(flipped_maps.astype(jnp.float32), flip_permutation)
     maps = 0.5 * (maps + back)
-  coords, scores = heatmap.decode(maps)
-  return heatmap.heatmap_to_input(coords, stride), scores
+  return codec.decode(maps)
 
 
 def check_sizes(config):

@@ -354,7 +354,8 @@ def auc(pred, gt, visible, norm, skeleton: Skeleton,
 
 # The headline metric per joint set: (name, threshold). MPII: PCKh@0.5 (head size); LSP and
 # FLIC: PCK@0.2 (torso size). `norm_size` in the feature dict is the matching normaliser.
-HEADLINE = {"mpii": ("PCKh", 0.5), "lsp": ("PCK", 0.2), "flic": ("PCK", 0.2)}
+HEADLINE = {"mpii": ("PCKh", 0.5), "lsp": ("PCK", 0.2), "flic": ("PCK", 0.2),
+            "flic9": ("PCK", 0.2)}
 PCKH01_COLUMN = "PCKh@0.1"  # Extra columns of the headline table.
 AUC_COLUMN = "AUC"
 

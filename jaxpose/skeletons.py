@@ -83,7 +83,19 @@ FLIC = Skeleton(
             ("Hip", (5, 9))),
 )
 
-SKELETONS = {"mpii": MPII, "lsp": LSP, "flic": FLIC}
+# The 9 FLIC joints of the released CPM FLIC model, in its output order (its tenth map is the
+# background): FLIC without the neck, which FLIC does not label. Served from FLIC by name.
+FLIC9 = Skeleton(
+    name="flic9",
+    joints=("l_shoulder", "l_elbow", "l_wrist", "r_shoulder", "r_elbow", "r_wrist", "l_hip",
+            "r_hip", "nose"),
+    flip_pairs=((0, 3), (1, 4), (2, 5), (6, 7)),
+    limbs=((0, 1), (1, 2), (3, 4), (4, 5), (0, 3), (0, 6), (3, 7), (6, 7)),
+    groups=(("Head", (8,)), ("Shoulder", (0, 3)), ("Elbow", (1, 4)), ("Wrist", (2, 5)),
+            ("Hip", (6, 7))),
+)
+
+SKELETONS = {"mpii": MPII, "lsp": LSP, "flic": FLIC, "flic9": FLIC9}
 
 
 def get(name: str) -> Skeleton:
@@ -91,3 +103,15 @@ def get(name: str) -> Skeleton:
     return SKELETONS[name]
   except KeyError:
     raise ValueError(f"Unknown skeleton {name!r}; known: {sorted(SKELETONS)}") from None
+
+
+def joint_subset(skeleton: Skeleton, native: Skeleton) -> np.ndarray:
+  """Indices into `native`'s joints of `skeleton`'s joints (matched by name).
+
+  Raises ValueError naming the joints `native` lacks.
+  """
+  missing = [j for j in skeleton.joints if j not in native.joints]
+  if missing:
+    raise ValueError(f"Skeleton {skeleton.name!r} needs joints {missing}, which the data set's "
+                     f"skeleton {native.name!r} does not have.")
+  return np.asarray([native.index(j) for j in skeleton.joints])

@@ -54,6 +54,7 @@ def summarize(config) -> dict:
   params, model_state = families.split_variables(variables)
   return {
       "params": count(params),
+      "params_by_subtree": {k: count(v) for k, v in params.items()},
       "model_state": count(model_state),
       "gflops": float(cost.get("flops", float("nan"))) / 1e9,
       "input_shape": batch["image"].shape,
@@ -70,6 +71,8 @@ def main(argv) -> None:
   print(f"input: {s['input_shape']}  predicts: joints {s['output_shapes'][0]}, "
         f"scores {s['output_shapes'][1]}")
   print(f"params: {s['params']}")
+  if len(s["params_by_subtree"]) > 1 and len(s["params_by_subtree"]) <= 8:
+    print("  " + ", ".join(f"{k}: {v}" for k, v in s["params_by_subtree"].items()))
   print(f"model state: {s['model_state']} (e.g. BatchNorm running means and variances)")
   print(f"gflops: {s['gflops']:.2f} per image forward (XLA cost analysis; "
         f"{s['gflops'] / 2:.2f} G multiply-adds)")

@@ -41,13 +41,12 @@ def _source(n=10, seed=0) -> pipeline.Source:
   return pipeline.Source("oracle", tf.constant(images), ann, SKELETON)
 
 
+CODEC = heatmap.HeatmapCodec(SIZE, OUT, sigma=1.0)
+
+
 def _render(joints_px):
-  """Gaussian heat maps (sigma 1 heat-map px) at crop-pixel joints [B,K,2] -> [B,OUT,OUT,K]."""
-  uv = heatmap.input_to_heatmap(joints_px, SIZE // OUT)
-  grid = jnp.arange(OUT, dtype=jnp.float32)
-  gx = jnp.exp(-0.5 * jnp.square(grid[None, :, None] - uv[:, None, :, 0]))  # [B, W, K]
-  gy = jnp.exp(-0.5 * jnp.square(grid[None, :, None] - uv[:, None, :, 1]))  # [B, H, K]
-  return gy[:, :, None, :] * gx[:, None, :, :]
+  """Gaussian heat maps at crop-pixel joints [B,K,2] -> [B,OUT,OUT,K] (the codec's)."""
+  return CODEC.render_targets(joints_px, jnp.ones(joints_px.shape[:-1]))["targets"]
 
 
 def _oracle_family(source) -> families.Family:
@@ -68,7 +67,7 @@ def _oracle_family(source) -> families.Family:
     if flip_test:
       mirrored = crop.at[..., 0].set(SIZE - 1 - crop[..., 0])[:, perm]
       flipped = _render(mirrored)
-    return families.heatmap_predict(_render(crop), flipped, stride=SIZE // OUT,
+    return families.heatmap_predict(_render(crop), flipped, codec=CODEC,
                                     flip_permutation=perm)
 
   warps = np.stack([pipeline.crop_transform(c, s, 0.0, SIZE).numpy()
@@ -99,9 +98,9 @@ def test_a_forgotten_left_right_swap_would_be_caught(monkeypatch):
   family, variables = _oracle_family(source)
   original = families.heatmap_predict
 
-  def no_swap(maps, flipped, *, stride, flip_permutation):
+  def no_swap(maps, flipped, *, codec, flip_permutation):
     del flip_permutation
-    return original(maps, flipped, stride=stride, flip_permutation=np.arange(16))
+    return original(maps, flipped, codec=codec, flip_permutation=np.arange(16))
 
   monkeypatch.setattr(families, "heatmap_predict", no_swap)
   table, _, _ = evaluate.evaluate(variables, family, source, parallel.make_mesh(),
@@ -126,3 +125,18 @@ def test_rotated_and_scaled_crops_map_back_to_the_original_pixels():
   err = np.linalg.norm(joints - ann["joints"], axis=-1)
   assert np.all(err <= 4 * 200 * 1.2 * ann["scale"][:, None] / SIZE)
   assert np.median(err) < np.median(4 * 200 * ann["scale"]) / SIZE  # Mostly sub-pixel.
+
+
+def test_a_preemption_notice_stops_the_evaluation_between_batches():
+  source = _source()
+  family, variables = _oracle_family(source)
+  asked = []
+
+  def should_stop():
+    asked.append(1)
+    return len(asked) > 2  # Noticed before the third batch.
+
+  with pytest.raises(evaluate.Interrupted, match="after 2 batches"):
+    evaluate.predict_split(variables, family, source, parallel.make_mesh(), local_batch_size=2,
+                           should_stop=should_stop)
+  assert len(asked) == 3

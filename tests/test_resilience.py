@@ -3,6 +3,7 @@
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -97,17 +98,20 @@ def test_sigkill_mid_save_and_sigterm_resume_bit_exact(reference, tmp_path):
     proc.send_signal(signal.SIGKILL)
   proc.wait(60)
 
-  # 3. SIGTERM after the next checkpoint: saves where it stopped and exits 0.
+  # 3. SIGTERM once the loop has started: saves at the next step and exits 0.
   before = _steps(work)
+  log_path = work.parent / "work.log"
+  seen = len(log_path.read_text()) if log_path.exists() else 0
   proc = _start(work, data_dir)
-  _wait_for(proc, lambda: _steps(work) and _steps(work)[-1] > (before or [0])[-1], poll=0.01)
+  assert _wait_for(proc, lambda: "Training hourglass for" in log_path.read_text()[seen:],
+                   poll=0.01), log_path.read_text()[-3000:]
   proc.send_signal(signal.SIGTERM)
-  assert proc.wait(120) == 0, (work.parent / "work.log").read_text()[-3000:]
-  log = (work.parent / "work.log").read_text()
-  if _steps(work)[-1] < STEPS:
-    assert "after SIGTERM" in log
+  assert proc.wait(120) == 0, log_path.read_text()[-3000:]
+  log = log_path.read_text()[seen:]
+  if not before or before[-1] < STEPS:  # Steps were left to run: the signal must have acted.
+    assert "SIGTERM received" in log, log[-3000:]
     stopped = int(log.rsplit("Saved step ", 1)[1].split()[0])
-    assert _steps(work)[-1] == stopped
+    assert "after SIGTERM" in log and _steps(work)[-1] == stopped
 
   # 4. Run to the end with the same command.
   proc = _start(work, data_dir)
@@ -139,3 +143,45 @@ def test_nan_loss_stops_naming_step_and_metric_and_keeps_last_checkpoint(referen
   after, _ = _variables(work)
   jax.tree.map(np.testing.assert_array_equal, good, after)
   assert {p: p.stat().st_mtime_ns for p in (work / "checkpoints" / "4").rglob("*")} == files
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_sigterm_to_one_of_two_processes_saves_on_both(reference, tmp_path):
+  """A preemption notice to process 1 only: both processes save the same step and exit 0
+  (with a per-process flag, process 1 would enter the collective save alone and both hang)."""
+  data_dir, work = reference / "tfds", tmp_path / "work"
+  port = _free_port()
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
+             JAXPOSE_COMPILATION_CACHE=os.path.join(REPO, ".pytest_cache", "xla"))
+  cmd = _train_cmd(work, data_dir)
+  cmd[cmd.index(f"--config.num_train_steps={STEPS}")] = "--config.num_train_steps=100000"
+  cmd[cmd.index("--config.checkpoint_every_steps=1")] = "--config.checkpoint_every_steps=100000"
+  cmd += ["--config.log_every_steps=10", f"--coordinator_address=127.0.0.1:{port}",
+          "--num_processes=2"]
+  logs = [tmp_path / f"p{i}.log" for i in range(2)]
+  procs = [subprocess.Popen(cmd + [f"--process_id={i}"], cwd=REPO, env=env,
+                            stdout=open(logs[i], "w"), stderr=subprocess.STDOUT)
+           for i in range(2)]
+  try:
+    deadline = time.time() + 240
+    while time.time() < deadline and "step 20/" not in logs[0].read_text():  # Chief logs.
+      assert all(p.poll() is None for p in procs), logs[0].read_text()[-3000:]
+      time.sleep(0.2)
+    assert "step 20/" in logs[0].read_text(), logs[0].read_text()[-3000:]
+    procs[1].send_signal(signal.SIGTERM)
+    codes = [p.wait(90) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  texts = [log.read_text() for log in logs]
+  assert codes == [0, 0], [t[-2000:] for t in texts]
+  stopped = [int(t.rsplit("Saved step ", 1)[1].split()[0]) for t in texts]
+  assert stopped[0] == stopped[1] and _steps(work) == [stopped[0]]
+  _, step = _variables(work)
+  assert step == stopped[0]

@@ -12,7 +12,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "jaxpose"
 UPPER = {"jaxpose.train", "jaxpose.evaluate", "jaxpose.prediction_files", "jaxpose.visualize",
          "jaxpose.families", "jaxpose.checkpoints", "jaxpose.predict", "jaxpose.export"}
 LOWER_PREFIXES = ("jaxpose.metrics", "jaxpose.skeletons", "jaxpose.codecs", "jaxpose.models",
-                  "jaxpose.data")
+                  "jaxpose.data", "jaxpose.annotation_io", "jaxpose.drawing")
 
 
 def _modules() -> dict[str, pathlib.Path]:
@@ -71,6 +71,13 @@ def test_no_import_cycles():
 def test_cycle_detection_would_fire():
   with pytest.raises(graphlib.CycleError):
     tuple(graphlib.TopologicalSorter({"a": {"b"}, "b": {"a"}}).static_order())
+
+
+def test_a_deferred_upward_import_would_be_seen(tmp_path):
+  path = tmp_path / "module.py"
+  path.write_text("def f():\n  from jaxpose import visualize\n  import jaxpose.train\n")
+  names = set(_imported_names("jaxpose.data.module", path))
+  assert {"jaxpose.visualize", "jaxpose.train"} <= names
 
 
 def test_lower_layers_do_not_import_upper_ones():

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from jaxpose import summary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,3 +34,17 @@ def test_missing_config_file_is_named():
     assert "configs/nope.py" in str(e)
   else:
     raise AssertionError("no error")
+
+
+@pytest.mark.parametrize("config,params,parts", [
+    ("cpm_lsp.py", 31_219_866, None), ("cpm_flic.py", 21_323_816, None),
+    ("ief_mpii.py", 6_059_664, None),
+    ("deeppose_lsp.py", 3 * 58_396_060, {"stage1": 58_396_060, "stage2": 58_396_060,
+                                        "stage3": 58_396_060}),
+    ("tompson_flic.py", None, {"detector": 18_614_026})])
+def test_paper_configs_have_the_papers_sizes(config, params, parts):
+  s = summary.summarize(summary.load_config(os.path.join(REPO, "configs", config)))
+  if params is not None:
+    assert s["params"] == params
+  for name, n in (parts or {}).items():
+    assert s["params_by_subtree"][name] == n

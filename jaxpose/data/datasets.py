@@ -1,5 +1,6 @@
 """Data set name -> TFDS builder, and -> in-memory `pipeline.Source` for a split."""
 
+import dataclasses
 import os
 
 import jax
@@ -63,5 +64,22 @@ def load_source(dataset: ml_collections.ConfigDict, split: str) -> pipeline.Sour
                      f"{sorted(builder.info.splits)}.")
   ds = builder.as_dataset(split=split, shuffle_files=False,
                           decoders={"image": tfds.decode.SkipDecoding()})
-  return pipeline.source_from_dataset(ds, f"{dataset.name}/{split}",
-                                      skeletons.get(dataset.skeleton))
+  wanted = skeletons.get(dataset.skeleton)
+  native = skeletons.get(NATIVE_SKELETON.get(dataset.name, wanted.name))
+  source = pipeline.source_from_dataset(ds, f"{dataset.name}/{split}", native)
+  if wanted == native:
+    return source
+  return select_joints(source, wanted)
+
+
+# The joint set each data set is stored in; config.dataset.skeleton may ask for a subset.
+NATIVE_SKELETON = {"synthetic": "mpii", "mpii": "mpii", "lsp": "lsp", "flic": "flic"}
+
+
+def select_joints(source: pipeline.Source, skeleton: skeletons.Skeleton) -> pipeline.Source:
+  """The same people with `skeleton`'s joints only (picked by name from the source's)."""
+  index = skeletons.joint_subset(skeleton, source.skeleton)
+  ann = dict(source.annotations)
+  for key in ("joints", "visible", "occluded"):
+    ann[key] = ann[key][:, index]
+  return dataclasses.replace(source, annotations=ann, skeleton=skeleton)

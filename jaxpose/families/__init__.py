@@ -36,13 +36,13 @@ from jaxpose import skeletons
 from jaxpose.families import heatmaps
 from jaxpose.families import regression
 from jaxpose.family import (Family, PhaseContext, apply_train, eval_shape_variables,
-                                   flip_back_heatmaps, heatmap_losses, heatmap_predict,
-                                   split_variables)
+                            heatmap_losses, heatmap_predict, split_variables)
 
 # The table of families: config.model.name -> builder (config, skeleton, dtype) -> Family.
 BUILDERS = {
     "hourglass": heatmaps.hourglass_family,
     "cpm": heatmaps.cpm_family,
+    "tompson": heatmaps.tompson_family,
     "deeppose": regression.deeppose_family,
     "ief": regression.ief_family,
 }
@@ -50,7 +50,7 @@ BUILDERS = {
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 __all__ = ["BUILDERS", "Family", "PhaseContext", "apply_train", "create_family",
-           "eval_shape_variables", "flip_back_heatmaps", "heatmap_losses", "heatmap_predict",
+           "eval_shape_variables", "heatmap_losses", "heatmap_predict",
            "split_variables"]
 
 

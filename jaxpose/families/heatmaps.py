@@ -6,6 +6,7 @@ import jax.numpy as jnp
 from jaxpose import family
 from jaxpose.models import cpm
 from jaxpose.models import hourglass
+from jaxpose.models import tompson
 
 
 def hourglass_family(config, skeleton, dtype) -> family.Family:
@@ -15,7 +16,6 @@ def hourglass_family(config, skeleton, dtype) -> family.Family:
                                        remat=config.remat, **kwargs)
   except TypeError as e:
     raise ValueError(f"Bad config.model for 'hourglass': {e}") from None
-  stride = family.check_sizes(config)
   codec = family.heatmap_codec(config)
   loss_kind, loss_scale = config.loss, config.get("loss_scale", 1.0)
 
@@ -32,7 +32,7 @@ def hourglass_family(config, skeleton, dtype) -> family.Family:
     flipped = None
     if flip_test:
       flipped = model.apply(variables, images[:, :, ::-1, :], train=False)[-1]
-    return family.heatmap_predict(maps, flipped, stride=stride,
+    return family.heatmap_predict(maps, flipped, codec=codec,
                                 flip_permutation=skeleton.flip_permutation)
 
   return family.Family("hourglass", skeleton, config.input_size,
@@ -74,7 +74,6 @@ def cpm_family(config, skeleton, dtype) -> family.Family:
     model = cpm.CPM(num_parts=k + 1, dtype=dtype, **kwargs)
   except TypeError as e:
     raise ValueError(f"Bad config.model for 'cpm': {e}") from None
-  stride = family.check_sizes(config)
   center = cpm.center_map(size, jnp.full((2,), (size - 1) / 2.0), sigma=21.0 * size / 368.0)
   codec = family.heatmap_codec(config)
   loss_kind, loss_scale = config.loss, config.get("loss_scale", 1.0)
@@ -103,9 +102,63 @@ def cpm_family(config, skeleton, dtype) -> family.Family:
     if flip_test:
       mirrored = images[:, :, ::-1, :]
       flipped = model.apply(variables, mirrored, centers(images), train=False)[-1][..., :k]
-    return family.heatmap_predict(maps, flipped, stride=stride,
+    return family.heatmap_predict(maps, flipped, codec=codec,
                                   flip_permutation=skeleton.flip_permutation)
 
   groups = (cpm_layer_groups, CPM_LR_MULT) if config.optimizer.get("caffe_lr_mult") else None
   return family.Family("cpm", skeleton, size, init=family.init_fn(model, 32, 1), loss=loss,
                        predict=predict, layer_groups=groups, model=model)
+
+
+def tompson_family(config, skeleton, dtype) -> family.Family:
+  """Tompson et al.: the multi-resolution part detector, optionally with its spatial model.
+
+  Phases (config.phases, by name): "detector" trains the detector's loss only, "spatial" the
+  spatial model's only (on the detector it is given, frozen by its trainable subtree), any
+  other name both; without phases both losses train together. The spatial model's priors start
+  from the training set's joint-displacement histograms, measured when training starts.
+  """
+  kwargs = family.model_kwargs(config)
+  k, size = skeleton.num_joints, config.input_size
+  try:
+    model = tompson.Tompson(num_joints=k, dtype=dtype, **kwargs)
+  except TypeError as e:
+    raise ValueError(f"Bad config.model for 'tompson': {e}") from None
+  codec = family.heatmap_codec(config)
+  if codec.stride != model.output_stride:
+    raise ValueError(f"config.input_size / config.output_size = {codec.stride} must equal "
+                     f"config.model.output_stride = {model.output_stride}.")
+  names = [str(p[0]) for p in config.get("phases") or ()]
+  loss_kind, loss_scale = config.loss, config.get("loss_scale", 1.0)
+
+  def loss(params, model_state, batch, rng, *, phase=0):
+    batch = family.with_heatmap_targets(batch, codec)
+    outputs, model_state = family.apply_train(model, params, model_state, rng, batch["image"])
+    name = names[phase] if names else ""
+    total, metrics = 0.0, {}
+    if name != "spatial":
+      total, metrics = family.heatmap_losses(outputs[:1], batch, loss_kind, scale=loss_scale)
+    if len(outputs) > 1 and name != "detector":  # Log beliefs: a spatial softmax's logits.
+      spatial, m = family.heatmap_losses(outputs[1:], batch, "softmax_ce", scale=loss_scale)
+      total = total + spatial
+      metrics["loss_spatial"] = m["loss_stack0"]
+    return total, (model_state, metrics)
+
+  def begin_phase(phase, variables, context):
+    if phase > 0 or not model.spatial_model:
+      return variables
+    joints, visible = context.ground_truth
+    hist = tompson.displacement_histograms(joints, visible, codec.map_size, codec.stride)
+    return dict(variables, params=tompson.init_priors(variables["params"], hist))
+
+  def predict(variables, batch, flip_test):
+    images = batch["image"]
+    maps = model.apply(variables, images)[-1]
+    flipped = model.apply(variables, images[:, :, ::-1, :])[-1] if flip_test else None
+    return family.heatmap_predict(maps, flipped, codec=codec,
+                                  flip_permutation=skeleton.flip_permutation)
+
+  init_size = 8 * model.output_stride  # Banks pool twice more; the spatial kernels need the map.
+  init = family.init_fn(model, size if model.spatial_model else init_size)
+  return family.Family("tompson", skeleton, size, init=init, loss=loss, predict=predict,
+                       begin_phase=begin_phase, model=model)

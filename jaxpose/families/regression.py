@@ -22,17 +22,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpose import family
+from jaxpose.codecs import coordinate
 from jaxpose.models import deeppose
 from jaxpose.models import ief
 
 
-def normalize(joints_px, size: int):
-  """Crop pixels -> the crop-box frame: u = (x - (S - 1) / 2) / S."""
-  return (joints_px - (size - 1) / 2.0) / size
-
-
-def denormalize(u, size: int):
-  return u * size + (size - 1) / 2.0
+def coordinate_targets(batch, codec: coordinate.CoordinateCodec):
+  """The batch's joints in the crop-box frame, 0 where not annotated (never NaN in the loss)."""
+  u = coordinate.normalize(batch["joints"], codec.center, codec.input_size)
+  return jnp.where(batch["visible"][..., None] > 0, u, 0.0)
 
 
 def masked_l2(pred, target, visible):
@@ -41,23 +39,18 @@ def masked_l2(pred, target, visible):
   return jnp.sum(jnp.square(pred - target) * w) / jnp.maximum(jnp.sum(w), 1.0)
 
 
-def flip_back_coordinates(u, flip_permutation):
-  """Normalised joints predicted on the mirrored crop -> the unmirrored crop, left/right
-  swapped (the pipeline mirrors x -> S - 1 - x, which is u_x -> -u_x)."""
-  return (u * jnp.asarray([-1.0, 1.0]))[..., jnp.asarray(flip_permutation), :]
-
-
-def _stages_predict(apply, size, flip_permutation):
-  """predict for families whose model maps images to a sequence of normalised poses."""
+def _stages_predict(apply, codec: coordinate.CoordinateCodec, flip_permutation):
+  """predict for families whose model maps images to a sequence of normalised poses:
+  -> (joints [B, T, K, 2] crop px, scores [B, K])."""
 
   def predict(variables, batch, flip_test):
     images = batch["image"]
     stages = jnp.stack(apply(variables, images), axis=1)  # [B, T, K, 2]
     if flip_test:
       mirrored = jnp.stack(apply(variables, images[:, :, ::-1, :]), axis=1)
-      stages = 0.5 * (stages + flip_back_coordinates(mirrored, flip_permutation))
-    scores = jnp.ones(stages.shape[:1] + stages.shape[2:3], jnp.float32)
-    return denormalize(stages, size), scores
+      stages = 0.5 * (stages + codec.flip_back(mirrored, flip_permutation))
+    joints, scores = codec.decode(stages)
+    return joints, scores[:, -1]
 
   return predict
 
@@ -75,6 +68,7 @@ def deeppose_family(config, skeleton, dtype) -> family.Family:
   except TypeError as e:
     raise ValueError(f"Bad config.model for 'deeppose': {e}") from None
   stages = model.num_stages
+  codec = coordinate.CoordinateCodec(size)
 
   def init(rng):
     params_rng, dropout_rng = jax.random.split(rng)
@@ -85,7 +79,7 @@ def deeppose_family(config, skeleton, dtype) -> family.Family:
     return variables
 
   def loss(params, model_state, batch, rng, *, phase=0):
-    target = normalize(batch["joints"], size)
+    target = coordinate_targets(batch, codec)
     dropout_rng, noise_rng = jax.random.split(rng)
     if phase == 0:
       pred, new_state = family.apply_train(model, params, model_state, dropout_rng,
@@ -105,7 +99,7 @@ def deeppose_family(config, skeleton, dtype) -> family.Family:
     if phase == 0:
       return variables
     joints, gt, visible = context.predict_train(variables)
-    err = normalize(joints[:, phase - 1], size) - normalize(gt, size)  # [N, K, 2]
+    err = (joints[:, phase - 1] - gt) / size  # [N, K, 2], in crop-box units.
     mean, cov = _error_statistics(np.asarray(err), np.asarray(visible) > 0)
     cascade = dict(variables["cascade"])
     cascade["mean"] = cascade["mean"].at[phase - 1].set(mean)
@@ -114,7 +108,7 @@ def deeppose_family(config, skeleton, dtype) -> family.Family:
 
   apply = lambda v, x: model.apply(v, x, train=False)
   return family.Family("deeppose", skeleton, size, init=init, loss=loss,
-                       predict=_stages_predict(apply, size, skeleton.flip_permutation),
+                       predict=_stages_predict(apply, codec, skeleton.flip_permutation),
                        begin_phase=begin_phase, model=model)
 
 
@@ -143,6 +137,7 @@ def ief_family(config, skeleton, dtype) -> family.Family:
     model = ief.IEF(k, dtype=dtype, **kwargs)
   except TypeError as e:
     raise ValueError(f"Bad config.model for 'ief': {e}") from None
+  codec = coordinate.CoordinateCodec(size)
 
   def init(rng):
     params_rng, dropout_rng = jax.random.split(rng)
@@ -154,7 +149,7 @@ def ief_family(config, skeleton, dtype) -> family.Family:
     return variables
 
   def loss(params, model_state, batch, rng, *, phase=0):
-    target = normalize(batch["joints"], size)
+    target = coordinate_targets(batch, codec)
     images = batch["image"]
     y0 = jnp.broadcast_to(model_state["ief"]["mean_pose"], target.shape)
     step_rng, dropout_rng = jax.random.split(rng)
@@ -175,7 +170,7 @@ def ief_family(config, skeleton, dtype) -> family.Family:
     if phase > 0:
       return variables
     gt, visible = context.ground_truth
-    u = normalize(np.asarray(gt, np.float64), size)
+    u = (np.asarray(gt, np.float64) - codec.center) / size
     w = (np.asarray(visible) > 0)[..., None]
     mean = np.sum(np.where(w, u, 0.0), axis=0) / np.maximum(np.sum(w, axis=0), 1)
     return dict(variables, ief={"mean_pose": jnp.asarray(mean, jnp.float32)})
@@ -185,5 +180,5 @@ def ief_family(config, skeleton, dtype) -> family.Family:
     return tuple(model.apply(variables, images, y0, train=False))
 
   return family.Family("ief", skeleton, size, init=init, loss=loss,
-                       predict=_stages_predict(apply, size, skeleton.flip_permutation),
+                       predict=_stages_predict(apply, codec, skeleton.flip_permutation),
                        begin_phase=begin_phase, model=model)

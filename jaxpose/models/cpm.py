@@ -53,21 +53,6 @@ def center_map(size, center_xy, sigma: float = 21.0):
   return (gy[..., :, None] * gx[..., None, :])[..., None]
 
 
-class Conv1x1(layers.Conv1x1):
-  """`layers.Conv1x1` with a kernel initialiser: same parameters, same path (`<name>/dense`).
-
-  `layers.Conv1x1` takes no initialiser; this keeps its dense-over-channels form (fast on CPU)
-  and lets the release's Gaussian filler reach the 1x1 layers too.
-  """
-
-  kernel_init: Initializer = RELEASE_INIT
-
-  @nn.compact
-  def __call__(self, x):
-    return nn.Dense(self.features, use_bias=self.use_bias, dtype=self.dtype,
-                    kernel_init=self.kernel_init, name="dense")(x)
-
-
 def _image_trunk(x, conv, features: int, kernel: int):
   """Three `kernel`x`kernel` conv+ReLU, each followed by a ceil-rounded 3x3/2 max pool.
 
@@ -90,7 +75,7 @@ def pool_center_map(maps):
 def _conv(features: int, kernel: int, name: str, *, dtype: Dtype, kernel_init: Initializer):
   """A "same"-padded conv (a dense layer over channels when 1x1) in the calling module."""
   if kernel == 1:
-    return Conv1x1(features, dtype=dtype, kernel_init=kernel_init, name=name)
+    return layers.Conv1x1(features, dtype=dtype, kernel_init=kernel_init, name=name)
   return nn.Conv(features, (kernel, kernel), padding=kernel // 2, dtype=dtype,
                  kernel_init=kernel_init, name=name)
 

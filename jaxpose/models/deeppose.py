@@ -34,21 +34,6 @@ from jaxpose.models import layers
 Dtype = Any
 
 
-def local_response_norm(x, size: int = 5, k: float = 2.0, alpha: float = 1e-4,
-                        beta: float = 0.75):
-  """Across-channel local response normalisation: [..., C] -> [..., C].
-
-  y_c = x_c / (k + alpha * sum of x_d^2 over the `size` channels d centred on c) ** beta, the
-  formula of Krizhevsky et al. (2012) and of Chainer, whose defaults these are. Caffe divides
-  alpha by `size` and defaults k to 1: pass alpha=caffe_alpha / size, k=1 for a Caffe model.
-  """
-  sq = jnp.square(x.astype(jnp.float32))
-  window = (1,) * (x.ndim - 1) + (size,)
-  pads = ((0, 0),) * (x.ndim - 1) + ((size // 2, (size - 1) // 2),)
-  total = jax.lax.reduce_window(sq, 0.0, jax.lax.add, window, (1,) * x.ndim, pads)
-  return (x.astype(jnp.float32) * (k + alpha * total) ** -beta).astype(x.dtype)
-
-
 class DeepPoseNet(nn.Module):
   """AlexNet-style regressor: images [N,H,W,C] -> joints [N,num_joints,2] (float32, normalised).
 
@@ -81,7 +66,7 @@ class DeepPoseNet(nn.Module):
       if i in (1, 2, 5):
         x = layers.max_pool_ceil(x, 3, 2)
       if i in (1, 2) and not self.batch_norm:
-        x = local_response_norm(x)
+        x = layers.local_response_norm(x)
     if 0 in x.shape[1:3]:
       raise ValueError(f"DeepPoseNet: a {size[0]}x{size[1]} input is too small (need >= 37 px)")
     x = x.reshape(x.shape[0], -1)

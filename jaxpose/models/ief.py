@@ -37,7 +37,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxpose.models import deeppose
 from jaxpose.models import layers
 
 Dtype = Any
@@ -59,7 +58,7 @@ INCEPTION_V1 = (
 
 def _caffe_lrn(x):
   """BVLC GoogLeNet's LRN (local_size 5, alpha 1e-4, beta 0.75, Caffe's k = 1 and alpha / n)."""
-  return deeppose.local_response_norm(x, size=5, k=1.0, alpha=1e-4 / 5, beta=0.75)
+  return layers.local_response_norm(x, size=5, k=1.0, alpha=1e-4 / 5, beta=0.75)
 
 
 class Inception(nn.Module):

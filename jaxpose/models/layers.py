@@ -49,13 +49,16 @@ class Conv1x1(nn.Module):
   features: int
   use_bias: bool = True
   init_scheme: str = "lecun"  # "pytorch" or "lecun" (see the module docstring).
+  kernel_init: Any = None  # An explicit kernel initialiser (biases 0) instead of the scheme's.
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
+    inits = (conv_inits(self.init_scheme, x.shape[-1]) if self.kernel_init is None
+             else dict(kernel_init=self.kernel_init))
     # Parameter named `kernel` of shape (C, features): a 1x1 conv kernel without its 1x1 dims.
     return nn.Dense(self.features, use_bias=self.use_bias, dtype=self.dtype, name="dense",
-                    **conv_inits(self.init_scheme, x.shape[-1]))(x)
+                    **inits)(x)
 
 
 class BatchNorm(nn.Module):
@@ -194,3 +197,18 @@ def _ceil_overhang(size: int, window: int, stride: int) -> int:
   """Pixels past the edge that the last window of a ceil-rounded pooling covers."""
   out = -(-(size - window) // stride) + 1
   return max(0, (out - 1) * stride + window - size)
+
+
+def local_response_norm(x, size: int = 5, k: float = 2.0, alpha: float = 1e-4,
+                        beta: float = 0.75):
+  """Across-channel local response normalisation: [..., C] -> [..., C].
+
+  y_c = x_c / (k + alpha * sum of x_d^2 over the `size` channels d centred on c) ** beta, the
+  formula of Krizhevsky et al. (2012) and of Chainer, whose defaults these are. Caffe divides
+  alpha by `size` and defaults k to 1: pass alpha=caffe_alpha / size, k=1 for a Caffe model.
+  """
+  sq = jnp.square(x.astype(jnp.float32))
+  window = (1,) * (x.ndim - 1) + (size,)
+  pads = ((0, 0),) * (x.ndim - 1) + ((size // 2, (size - 1) // 2),)
+  total = jax.lax.reduce_window(sq, 0.0, jax.lax.add, window, (1,) * x.ndim, pads)
+  return (x.astype(jnp.float32) * (k + alpha * total) ** -beta).astype(x.dtype)

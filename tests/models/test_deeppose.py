@@ -7,6 +7,7 @@ import pytest
 
 import helpers
 from jaxpose.models import deeppose
+from jaxpose.models import layers
 
 
 @pytest.mark.parametrize("joints,params", [(14, 58_396_060), (16, 58_412_448), (7, 58_338_702)])
@@ -40,7 +41,7 @@ def test_local_response_norm_matches_the_formula(size, k, alpha):
   for c in range(7):
     window = x[..., max(0, c - size // 2):c + (size - 1) // 2 + 1]
     want[..., c] = x[..., c] / (k + alpha * np.sum(window**2, axis=-1)) ** 0.75
-  got = deeppose.local_response_norm(jnp.asarray(x), size=size, k=k, alpha=alpha)
+  got = layers.local_response_norm(jnp.asarray(x), size=size, k=k, alpha=alpha)
   np.testing.assert_allclose(got, want, rtol=1e-5)
 
 

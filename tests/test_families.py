@@ -1,0 +1,109 @@
+"""Every family through the one interface: a tiny variant trains, predicts, and its phases work."""
+
+import jax
+import numpy as np
+import pytest
+
+import helpers
+from configs import quickstart
+from jaxpose import families
+from jaxpose import optim
+from jaxpose import parallel
+from jaxpose import train
+from jaxpose.data import pipeline
+
+FAMILIES = ("hourglass", "cpm", "tompson", "deeppose", "ief")
+
+
+def _tiny(name):
+  c = quickstart.get_config(f"{name}-tiny")
+  c.optimizer.warmup_steps = 0
+  return c
+
+
+def _batch(config, family, mesh, source):
+  ds = pipeline.train_dataset(source, input_size=family.input_size, target_fn=family.target_fn,
+                              augment=pipeline.Augment(), global_batch_size=config.batch_size,
+                              seed=0)
+  return parallel.global_batch(next(ds.as_numpy_iterator()), mesh)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_tiny_family_trains_and_predicts(name):
+  config = _tiny(name)
+  family = families.create_family(config)
+  mesh = parallel.make_mesh()
+  source = helpers.dots_source(n=8, size=64)
+  phases = optim.phases(config, source.num_examples)
+  state = train.create_train_state(family, train.create_optimizer(config, 8, phases[0]),
+                                   jax.random.key(0), mesh)
+  batch = _batch(config, family, mesh, source)
+  step = train.make_train_step(family, mesh, phase=0)
+  before = jax.device_get(state.params)
+  state, metrics = step(state, batch, jax.random.key(1))
+  assert np.isfinite(float(metrics["loss"])), metrics
+  changed = jax.tree.map(lambda a, b: bool(np.any(a != b)), before, jax.device_get(state.params))
+  trainable = phases[0].trainable or tuple(before)
+  assert all(any(jax.tree.leaves(changed[k])) for k in trainable)
+  assert not any(any(jax.tree.leaves(changed[k])) for k in before if k not in trainable)
+  variables = {"params": state.params, **state.model_state}
+  joints, scores = family.predict(variables, {"image": batch["image"]}, True)
+  stages = 1 if joints.ndim == 3 else joints.shape[1]
+  assert joints.shape[-2:] == (16, 2) and scores.shape == (config.batch_size, 16)
+  assert stages == {"hourglass": 1, "cpm": 1, "tompson": 1, "deeppose": 3, "ief": 3}[name]
+  assert np.all(np.isfinite(joints))
+
+
+def test_dropout_follows_the_step_key():
+  config = _tiny("deeppose")
+  config.model.dropout_rate = 0.5
+  family = families.create_family(config)
+  variables = family.init(jax.random.key(0))
+  params, state = families.split_variables(variables)
+  mesh = parallel.make_mesh()
+  batch = jax.device_get(_batch(config, family, mesh, helpers.dots_source(n=8, size=64)))
+  loss = lambda key: float(family.loss(params, state, batch, key)[0])
+  assert loss(jax.random.key(3)) == loss(jax.random.key(3))
+  assert loss(jax.random.key(3)) != loss(jax.random.key(4))
+
+
+def test_deeppose_later_stages_train_on_measured_errors():
+  config = _tiny("deeppose")
+  family = families.create_family(config)
+  variables = family.init(jax.random.key(0))
+  n, k = 20, 16
+  rng = np.random.default_rng(0)
+  gt = rng.uniform(10, 50, (n, k, 2))
+  offset = np.array([3.0, -2.0])
+  preds = np.stack([gt + offset + rng.normal(0, 1.0, gt.shape)] * 3, axis=1)
+  context = families.PhaseContext(ground_truth=(gt, np.ones((n, k))),
+                                  predict_train=lambda v: (preds, gt, np.ones((n, k))))
+  after = family.begin_phase(1, variables, context)
+  size = config.input_size
+  np.testing.assert_allclose(after["cascade"]["mean"][0], np.tile(offset / size, (k, 1)),
+                             atol=0.6 / size)
+  cov = np.asarray(after["cascade"]["cov"][0])
+  np.testing.assert_allclose(cov[:, 0, 0], 1.0 / size**2, rtol=0.6)
+  assert family.begin_phase(0, variables, context) is variables
+
+
+def test_ief_starts_from_the_mean_training_pose():
+  config = _tiny("ief")
+  family = families.create_family(config)
+  variables = family.init(jax.random.key(0))
+  gt = np.zeros((2, 16, 2)) + np.array([[10.0, 20.0]])
+  gt[1] += 4.0
+  visible = np.ones((2, 16))
+  visible[1, 0] = 0  # A missing joint does not count toward its mean.
+  context = families.PhaseContext(ground_truth=(gt, visible), predict_train=None)
+  mean = np.asarray(family.begin_phase(0, variables, context)["ief"]["mean_pose"])
+  size = config.input_size
+  np.testing.assert_allclose(mean[0], (np.array([10.0, 20.0]) - (size - 1) / 2) / size)
+  np.testing.assert_allclose(mean[1], (np.array([12.0, 22.0]) - (size - 1) / 2) / size)
+
+
+def test_unknown_family_is_named():
+  config = _tiny("hourglass")
+  config.model.name = "resnet"
+  with pytest.raises(ValueError, match="'resnet'.*known"):
+    families.create_family(config)
