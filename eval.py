@@ -28,16 +28,31 @@ _SPLIT = flags.DEFINE_string("split", None, "With --ckpt: split to evaluate (def
                              "config's evaluation split).")
 _FLIP = flags.DEFINE_bool("flip_test", True, "Average with the flipped image's heat maps.")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Global evaluation batch size.")
+_SCALES = flags.DEFINE_list(
+    "scales", [], "With --ckpt, heat-map families: multi-scale testing, e.g. "
+    "0.7,0.8,0.9,1,1.1,1.2,1.3 (CPM's release): heat maps of crops at each factor x the "
+    "person's box, averaged in the unscaled crop's frame.")
 _OUTPUT_JSON = flags.DEFINE_string("output_json", None, "Write the numbers here as JSON.")
 _WRITE_OUTPUTS = flags.DEFINE_bool(
     "write_outputs", True, "With --ckpt: also write predictions, PCK curves, best/worst "
     "overlays (and for MPII the benchmark .mat) into WORKDIR/eval/<split>_step<step>/.")
 runtime.define_distributed_flags()
+runtime.define_output_flags()
 
 
 def _write_json(path, payload):
   with open(path, "w") as f:
     json.dump(payload, f, indent=2, sort_keys=False)
+
+
+def _parse_scales(values) -> tuple[float, ...]:
+  try:
+    scales = tuple(float(v) for v in values)
+  except ValueError:
+    raise app.UsageError(f"--scales={','.join(values)}: expected numbers like 0.8,1,1.2.")
+  if any(not 0 < f < 10 for f in scales):
+    raise app.UsageError(f"--scales={','.join(values)}: factors must be in (0, 10).")
+  return scales
 
 
 def main(argv):
@@ -57,12 +72,15 @@ def main(argv):
                                        "dataset": result.dataset,
                                        "convention": result.convention})
     return
-  runtime.setup()
+  from jaxpose import checkpoints  # pylint: disable=g-import-not-at-top
+  workdir = checkpoints.resolve(_CKPT.value)[0].parent  # Names a missing path.
+  runtime.setup(log_file=str(workdir / "logs" / "eval.log"))
   from jaxpose import evaluate  # pylint: disable=g-import-not-at-top  (after jax set-up)
   result = evaluate.evaluate_checkpoint(_CKPT.value, split=_SPLIT.value,
                                         flip_test=_FLIP.value, batch_size=_BATCH.value,
                                         convention=_CONVENTION.value,
-                                        write_outputs=_WRITE_OUTPUTS.value)
+                                        write_outputs=_WRITE_OUTPUTS.value,
+                                        scales=_parse_scales(_SCALES.value))
   print(result["text"])
   for path in result["outputs"]:
     print(f"wrote {path}")

@@ -10,6 +10,8 @@ the same command on each (TPU pods are detected; elsewhere pass --coordinator_ad
 JAX_PROCESS_ID).
 """
 
+import os
+
 from absl import app
 from absl import flags
 from ml_collections import config_flags
@@ -25,12 +27,13 @@ _ALLOW_INEXACT = flags.DEFINE_bool(
     "bit-exact with an uninterrupted one.")
 flags.mark_flags_as_required(["config", "workdir"])
 runtime.define_distributed_flags()
+runtime.define_output_flags()
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  runtime.setup()
+  runtime.setup(log_file=os.path.join(_WORKDIR.value, "logs", "train.log"))
   from jaxpose import train  # pylint: disable=g-import-not-at-top  (after jax set-up)
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
                            allow_inexact_resume=_ALLOW_INEXACT.value)

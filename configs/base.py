@@ -38,6 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Training phases run in order, ((name, num_steps, trainable subtrees or "*"), ...); empty:
   # one phase of num_train_steps / num_epochs training everything (jaxpose/optim.py).
   c.phases = ()
+  c.phase_sample = 2048  # Training people a phase hook predicts (e.g. DeepPose's error stats).
   c.log_every_steps = 100
   c.eval_every_steps = 5000
   c.checkpoint_every_steps = 5000

@@ -366,6 +366,34 @@ def from_pytorch_pose(path: str, num_stacks: int | None = None) -> dict[str, dic
   return read_pytorch_pose(path, num_stacks)[0]
 
 
+def write_checkpoint(variables: dict, kwargs: dict, config_spec: str, workdir: str) -> str:
+  """Writes `variables` as step 0 of an orbax checkpoint in WORKDIR/checkpoints that
+  `eval.py --ckpt` and `predict.py` accept (parameters and BatchNorm statistics, no optimiser
+  state). The config (`path[:arg]`) must describe the same model; returns the step folder."""
+  from jaxpose import checkpoints  # pylint: disable=g-import-not-at-top
+  from jaxpose import skeletons  # pylint: disable=g-import-not-at-top
+  from jaxpose import summary  # pylint: disable=g-import-not-at-top
+  config = summary.load_config(config_spec)
+  model = dict(config.model)
+  if model.get("name") != "hourglass":
+    raise ValueError(f"{config_spec}: config.model.name is {model.get('name')!r}; pytorch-pose "
+                     "checkpoints are hourglasses.")
+  joints = skeletons.get(config.dataset.skeleton).num_joints
+  wanted = {"num_joints": joints, **{k: model[k] for k in kwargs if k in model}}
+  differ = {k: (kwargs[k], v) for k, v in wanted.items() if k in kwargs and kwargs[k] != v}
+  if differ:
+    raise ValueError(f"{config_spec} describes another hourglass than the checkpoint: "
+                     + ", ".join(f"{k}: file {a}, config {b}" for k, (a, b) in differ.items()))
+  manager = checkpoints.manager(f"{workdir}/checkpoints", config)
+  if manager.latest_step() is not None:
+    raise ValueError(f"{workdir} already holds checkpoints; convert into an empty workdir.")
+  state = {"step": np.int32(0), "params": variables["params"],
+           "model_state": {"batch_stats": variables["batch_stats"]}}
+  checkpoints.save(manager, state, config, 0)
+  manager.wait_until_finished()
+  return f"{workdir}/checkpoints/0"
+
+
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(prog="python -m jaxpose.convert", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -374,14 +402,24 @@ def main(argv: list[str] | None = None) -> None:
   pp.add_argument("checkpoint", help="a .pth.tar file (zip or legacy torch.save format)")
   pp.add_argument("--num_stacks", type=int, default=None,
                   help="expected number of stacks (default: as the file holds)")
-  pp.add_argument("--out_npz", required=True, help="where to write the variables")
+  pp.add_argument("--out_npz", help="write the variables here (flattened with '/')")
+  pp.add_argument("--config", help="with --out: the config describing the model, e.g. "
+                  "configs/hourglass_mpii.py (8 stacks) or configs/hourglass_mpii.py:2")
+  pp.add_argument("--out", help="a new workdir: an orbax checkpoint eval.py --ckpt reads")
   args = parser.parse_args(argv)
+  if not (args.out_npz or args.out) or bool(args.out) != bool(args.config):
+    parser.error("give --out_npz FILE, or --out WORKDIR with --config CONFIG (or both)")
   try:
     variables, kwargs = read_pytorch_pose(args.checkpoint, args.num_stacks)
+    if args.out_npz:
+      np.savez(args.out_npz, **traverse_util.flatten_dict(variables, sep="/"))
+      print(f"{args.out_npz}: variables of StackedHourglass({_kwargs_str(kwargs)})")
+    if args.out:
+      step_dir = write_checkpoint(variables, kwargs, args.config, args.out)
+      print(f"{step_dir}: checkpoint of StackedHourglass({_kwargs_str(kwargs)}); "
+            f"python eval.py --ckpt {args.out}")
   except (ValueError, OSError) as e:
     sys.exit(f"error: {e}")
-  np.savez(args.out_npz, **traverse_util.flatten_dict(variables, sep="/"))
-  print(f"{args.out_npz}: variables of StackedHourglass({_kwargs_str(kwargs)})")
 
 
 if __name__ == "__main__":

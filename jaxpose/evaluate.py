@@ -17,28 +17,38 @@ from jaxpose import parallel
 from jaxpose import prediction_files
 from jaxpose import visualize
 from jaxpose.data import datasets
+from jaxpose.data import device_augment
 from jaxpose.data import pipeline
 from jaxpose.families import Family
 
 EVAL_KEYS = ("image", "transform")
+MULTISCALE_KEYS = ("scaled_images", "scaled_transforms")
 
 
 class Interrupted(Exception):
   """Evaluation stopped between batches because `should_stop` said so (a preemption)."""
 
 
-def make_predict_step(family: Family, mesh, flip_test: bool, frame: str = "image"):
+def make_predict_step(family: Family, mesh, flip_test: bool, frame: str = "image",
+                      scales: tuple[float, ...] = ()):
   """Jitted (variables, batch) -> (joints, scores [B,K]), replicated.
 
   joints: [B,K,2], or [B,T,K,2] for families that report every stage; in original-image
   pixels (`frame="image"`, through the inverse of each example's crop warp) or crop pixels
-  (`frame="crop"`).
+  (`frame="crop"`). With `scales` (heat-map families), the heat maps of the crops at every
+  scale factor are resampled into the unscaled crop's heat-map frame, averaged, then decoded.
   """
   if frame not in ("image", "crop"):
     raise ValueError(f"frame={frame!r}; expected 'image' or 'crop'.")
+  if scales and family.heatmaps is None:
+    raise ValueError(f"Multi-scale testing (scales {list(scales)}) averages heat maps; the "
+                     f"{family.name!r} family regresses coordinates.")
 
   def predict(variables, batch):
-    joints, scores = family.predict(variables, batch, flip_test)
+    if scales:
+      joints, scores = family.codec.decode(_multiscale_maps(family, variables, batch, flip_test))
+    else:
+      joints, scores = family.predict(variables, batch, flip_test)
     if frame == "image":
       inv = jnp.linalg.inv(batch["transform"])  # Crop pixels -> original pixels.
       extra = joints.ndim - 3  # A stage axis between batch and joints, if any.
@@ -51,20 +61,38 @@ def make_predict_step(family: Family, mesh, flip_test: bool, frame: str = "image
                  out_shardings=parallel.replicated(mesh))
 
 
+def _multiscale_maps(family: Family, variables, batch, flip_test: bool):
+  """The mean over scales of each scale's heat maps, resampled into the heat-map frame of the
+  unscaled crop (`batch["transform"]`): [B, h, w, K]."""
+  codec = family.codec
+  s = codec.stride
+  to_crop = jnp.array([[s, 0, s / 2 - 0.5], [0, s, s / 2 - 0.5], [0, 0, 1]], jnp.float32)
+  to_map = jnp.linalg.inv(to_crop)
+  reference_inv = jnp.linalg.inv(batch["transform"])  # Unscaled crop px -> original px.
+  total = 0.0
+  for i in range(batch["scaled_images"].shape[1]):
+    maps = family.heatmaps(variables, batch["scaled_images"][:, i], flip_test)
+    # Reference heat-map px -> reference crop px -> original px -> scale-i crop -> its map.
+    m = to_map @ batch["scaled_transforms"][:, i] @ reference_inv @ to_crop  # [B, 3, 3]
+    total = total + jax.vmap(device_augment.warp_bilinear, in_axes=(0, 0, None))(
+        maps, m[:, :2], codec.output_size)
+  return total / batch["scaled_images"].shape[1]
+
+
 def predict_split(variables, family: Family, source: pipeline.Source, mesh, *,
                   local_batch_size: int, flip_test: bool = True, predict_step=None,
-                  frame: str = "image", should_stop=None):
+                  frame: str = "image", should_stop=None, scales: tuple[float, ...] = ()):
   """Predictions for every example of `source`, in source order: (joints [N,K,2] or
   [N,T,K,2], scores [N,K]). `should_stop()` is asked between batches (on every process in
   the same order); when it says True this raises `Interrupted`."""
-  predict_step = predict_step or make_predict_step(family, mesh, flip_test, frame)
+  predict_step = predict_step or make_predict_step(family, mesh, flip_test, frame, scales)
   n = source.num_examples
   preds, scores = None, None
   seen = np.zeros(n, bool)
   pc, pi = jax.process_count(), jax.process_index()
   ds = pipeline.eval_dataset(source, input_size=family.input_size,
                              local_batch_size=local_batch_size, process_index=pi,
-                             process_count=pc)
+                             process_count=pc, scales=scales)
   # The layout is a pure function of the process index, so every process knows where each
   # row of the replicated predictions goes without communicating: global batch b is the
   # processes' b-th local batches, in process order.
@@ -75,7 +103,8 @@ def predict_split(variables, family: Family, source: pipeline.Source, mesh, *,
     rows = slice(b * local_batch_size, (b + 1) * local_batch_size)
     index = np.concatenate([idx[rows] for idx, _ in layouts])
     mask = np.concatenate([m[rows] for _, m in layouts])
-    inputs = parallel.global_batch({k_: batch[k_] for k_ in EVAL_KEYS}, mesh)
+    keys = EVAL_KEYS + (MULTISCALE_KEYS if scales else ())
+    inputs = parallel.global_batch({k_: batch[k_] for k_ in keys}, mesh)
     joints, score = jax.device_get(predict_step(variables, inputs))
     if preds is None:
       preds = np.full((n,) + joints.shape[1:], np.nan, np.float32)
@@ -126,13 +155,13 @@ def format_table(table: dict[str, float], source: pipeline.Source, title: str) -
 
 def evaluate(variables, family: Family, source: pipeline.Source, mesh, *,
              local_batch_size: int, flip_test: bool = True, predict_step=None,
-             convention: str = "official", should_stop=None):
-  """Predicts and scores a split. Returns (table, final preds [N,K,2], per-stage tables or
+             convention: str = "official", should_stop=None, scales: tuple[float, ...] = ()):
+  """Predicts (at `scales` x the person's box, averaged, if given) and scores a split. Returns (table, final preds [N,K,2], per-stage tables or
   None): families that report stages or iterations get a table after each."""
   start = time.time()
   preds, _ = predict_split(variables, family, source, mesh, local_batch_size=local_batch_size,
                            flip_test=flip_test, predict_step=predict_step,
-                           should_stop=should_stop)
+                           should_stop=should_stop, scales=scales)
   stages = None
   if preds.ndim == 4:  # [N, T, K, 2]
     stages = [score(preds[:, t], source, convention) for t in range(preds.shape[1])]
@@ -165,8 +194,8 @@ def load_checkpoint(path: str, mesh):
 
 def evaluate_checkpoint(path: str, *, split: str | None = None, flip_test: bool = True,
                         batch_size: int | None = None, convention: str = "official",
-                        write_outputs: bool = True) -> dict:
-  """eval.py --ckpt: restores, predicts the split, scores. Returns a JSON-able dict with
+                        write_outputs: bool = True, scales: tuple[float, ...] = ()) -> dict:
+  """eval.py --ckpt: restores, predicts the split (multi-scale with `scales`), scores. Returns a JSON-able dict with
   "table" ({column: percent, ..., "AUC": ...}), "text" (the printable table) and "outputs"
   (files written into WORKDIR/eval/<split>_step<step>/ when `write_outputs`)."""
   mesh = parallel.make_mesh()
@@ -177,10 +206,12 @@ def evaluate_checkpoint(path: str, *, split: str | None = None, flip_test: bool 
   source = datasets.load_source(config.dataset, split)
   table, preds, stages = evaluate(variables, family, source, mesh,
                                   local_batch_size=batch_size // jax.process_count(),
-                                  flip_test=flip_test, convention=convention)
+                                  flip_test=flip_test, convention=convention, scales=scales)
   name, threshold = HEADLINE[source.skeleton.name]
+  how = [convention] + (["flip test"] if flip_test else []) + (
+      [f"scales {','.join(f'{f:g}' for f in scales)}"] if scales else [])
   title = (f"{config.model.name} step {step} on {source.name} ({source.num_examples} people), "
-           f"{name}@{threshold} ({convention}{', flip test' if flip_test else ''})")
+           f"{name}@{threshold} ({', '.join(how)})")
   text = format_table(table, source, title)
   if stages:
     text = "\n".join([format_table(t, source, f"after stage {i + 1} of {len(stages)}")
@@ -192,7 +223,8 @@ def evaluate_checkpoint(path: str, *, split: str | None = None, flip_test: bool 
     outputs = write_eval_outputs(str(out_dir), preds, source, config, convention)
   result = {"table": table, "text": text, "step": int(step), "checkpoint": str(path),
             "dataset": source.name, "num_examples": source.num_examples,
-            "flip_test": flip_test, "convention": convention, "outputs": outputs}
+            "flip_test": flip_test, "convention": convention, "scales": list(scales),
+            "outputs": outputs}
   if stages:
     result["stages"] = stages
   return result

@@ -31,6 +31,10 @@ class Family:
   # (params -> tree of group names, {group: (lr_mult, decay_mult)}), or None.
   layer_groups: tuple[Callable[[Any], Any], dict[str, tuple[float, float]]] | None = None
   model: nn.Module | None = None  # The linen module, for summaries and users' own code.
+  # Heat-map families: (variables, images, flip_test) -> final maps [B,h,w,K] (flip-averaged),
+  # and their codec; what multi-scale testing averages across scales.
+  heatmaps: Callable[..., Any] | None = None
+  codec: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,9 +43,9 @@ class PhaseContext:
 
   ground_truth: (joints [N,K,2], visible [N,K]) of the training split, in the crop pixels of
     its unaugmented crops.
-  predict_train(variables) -> (joints [N,K,2] or [N,T,K,2], ground truth, visible): the
-    family's predictions on the whole training split (no augmentation, no flip test), in the
-    same frame.
+  predict_train(variables) -> (joints [M,K,2] or [M,T,K,2], ground truth [M,K,2], visible
+    [M,K]): the family's predictions on a fixed random sample of M training people
+    (`config.phase_sample`; no augmentation, no flip test), in the same frame.
   """
 
   ground_truth: tuple[Any, Any]
@@ -106,14 +110,34 @@ def heatmap_losses(outputs, batch, kind: str, stack_weights=None, scale: float =
   return total, metrics
 
 
+def flip_average(maps, flipped_maps, codec: heatmap.HeatmapCodec, flip_permutation):
+  """Heat maps averaged with the mirrored image's (flipped back, left/right swapped)."""
+  maps = maps.astype(jnp.float32)
+  if flipped_maps is None:
+    return maps
+  return 0.5 * (maps + codec.flip_back(flipped_maps.astype(jnp.float32), flip_permutation))
+
+
 def heatmap_predict(maps, flipped_maps, *, codec: heatmap.HeatmapCodec, flip_permutation):
   """Final heat maps (averaged with the mirrored image's, flipped back) -> the codec's argmax
   with the quarter-pixel shift, in input pixels. Returns (joints [B,K,2], scores [B,K])."""
-  maps = maps.astype(jnp.float32)
-  if flipped_maps is not None:
-    back = codec.flip_back(flipped_maps.astype(jnp.float32), flip_permutation)
-    maps = 0.5 * (maps + back)
-  return codec.decode(maps)
+  return codec.decode(flip_average(maps, flipped_maps, codec, flip_permutation))
+
+
+def heatmap_heads(final_maps, codec: heatmap.HeatmapCodec, flip_permutation):
+  """(variables, images) -> final heat maps  =>  the family's `heatmaps` and `predict`."""
+
+  def heatmaps(variables, images, flip_test):
+    flipped = final_maps(variables, images[:, :, ::-1, :]) if flip_test else None
+    return flip_average(final_maps(variables, images), flipped, codec, flip_permutation)
+
+  def predict(variables, batch, flip_test):
+    images = batch["image"]
+    flipped = final_maps(variables, images[:, :, ::-1, :]) if flip_test else None
+    return heatmap_predict(final_maps(variables, images), flipped, codec=codec,
+                           flip_permutation=flip_permutation)
+
+  return heatmaps, predict
 
 
 def check_sizes(config):

@@ -489,6 +489,14 @@ def evaluate_predictions(preds: np.ndarray, gt: GroundTruth,
                     description=description, text="\n\n".join(texts))
 
 
+def joint_subset(gt: GroundTruth, skeleton: Skeleton) -> GroundTruth:
+  """The same people scored on `skeleton`'s joints (picked by name); normalisers unchanged."""
+  index = skeletons.joint_subset(skeleton, gt.skeleton)
+  occluded = None if gt.occluded is None else gt.occluded[:, index]
+  return dataclasses.replace(gt, skeleton=skeleton, joints=gt.joints[:, index],
+                             visible=gt.visible[:, index], occluded=occluded)
+
+
 def evaluate_file(preds_path: str, dataset: str, gt_path: str,
                   convention: str | metrics.Convention = "official", *,
                   preds_one_based: bool = True) -> Evaluation:
@@ -508,7 +516,17 @@ def evaluate_file(preds_path: str, dataset: str, gt_path: str,
     predictions, the load description and the printable text.
   """
   gt = load_ground_truth(dataset, gt_path)
-  raw, description = load_predictions(preds_path, gt.num_people, gt.skeleton.num_joints)
+  try:
+    raw, description = load_predictions(preds_path, gt.num_people, gt.skeleton.num_joints)
+  except ValueError as error:
+    if dataset != "flic_test":
+      raise
+    try:  # The released CPM FLIC model's 9 joints (its order: skeletons.FLIC9)?
+      raw, description = load_predictions(preds_path, gt.num_people, skeletons.FLIC9.num_joints)
+    except ValueError:
+      raise error from None
+    gt = joint_subset(gt, skeletons.FLIC9)
+    description += " (the 9 joints of the released CPM FLIC model)"
   preds = from_matlab_pixels(raw) if preds_one_based else raw
   description += (" (1-based pixels)" if preds_one_based else " (0-based pixels)")
   description += f"; ground truth {gt.description}"

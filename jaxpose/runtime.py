@@ -4,6 +4,10 @@ import functools
 import os
 import sys
 
+# TensorFlow's C++ INFO lines (oneDNN notices, ...) stay off the console; set it to 0 to see
+# them. Before anything imports TensorFlow.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 from absl import flags
 from absl import logging as absl_logging
 import jax
@@ -21,11 +25,23 @@ def define_distributed_flags():
   _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 
 
-def setup() -> None:
-  """Hides accelerators from TensorFlow (input pipeline only), enables the persistent XLA
-  compilation cache, and starts the distributed runtime when asked."""
+_VERBOSE = None
+
+
+def define_output_flags():
+  global _VERBOSE
+  _VERBOSE = flags.DEFINE_bool(
+      "verbose", False, "Also print the libraries' INFO and WARNING lines (orbax, TFDS, JAX, "
+      "CLU), which otherwise go only to the log file.")
+
+
+def setup(log_file: str | None = None) -> None:
+  """A quiet console (jaxpose's own lines; the libraries' only from ERROR up, all of them in
+  `log_file` when given, or on the console with --verbose), TensorFlow without accelerators
+  (input pipeline only), the persistent XLA compilation cache, and the distributed runtime
+  when asked."""
+  quiet_console(verbose=_VERBOSE is not None and _VERBOSE.value)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  absl_logging.get_absl_handler().addFilter(_QuietLibraries())
   tf.config.set_visible_devices([], "GPU")
   cache = os.environ.get("JAXPOSE_COMPILATION_CACHE",
                          os.path.join(os.path.expanduser("~"), ".cache", "jaxpose", "xla"))
@@ -37,13 +53,48 @@ def setup() -> None:
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   else:
     parallel.initialize_distributed()
+  if log_file and jax.process_index() == 0:  # After the distributed start, which comes first.
+    log_to_file(log_file)
 
 
-class _QuietLibraries:
-  """Drops INFO records from orbax (a dozen lines per save), keeps its warnings and errors."""
+def quiet_console(verbose: bool = False) -> None:
+  """Console: jaxpose's records as plain lines; other libraries' from ERROR up (all with
+  `verbose`)."""
+  handler = absl_logging.get_absl_handler()
+  handler.setFormatter(_PlainFormatter())
+  if not verbose:
+    handler.addFilter(_OwnRecords())
+  absl_logging.set_verbosity(absl_logging.INFO)
+
+
+def log_to_file(log_file: str) -> None:
+  """Every record (libraries' too), with its origin and time, appended to `log_file`."""
+  import logging  # pylint: disable=g-import-not-at-top
+  os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+  to_file = logging.FileHandler(log_file)
+  to_file.setFormatter(logging.Formatter(
+      "%(asctime)s %(levelname)s %(name)s %(filename)s:%(lineno)d] %(message)s"))
+  logging.getLogger().addHandler(to_file)
+
+
+class _OwnRecords:
+  """Passes jaxpose's records (and anyone's errors)."""
 
   def filter(self, record) -> bool:
-    return record.levelno >= 30 or "/orbax/" not in record.pathname
+    own = f"{os.sep}jaxpose{os.sep}" in record.pathname or record.pathname.endswith(
+        ("train.py", "eval.py", "predict.py")) and "site-packages" not in record.pathname
+    return record.levelno >= 40 or own
+
+
+class _PlainFormatter:
+  """"message" for INFO, "warning: message" above it: lines a person reads."""
+
+  def format(self, record) -> str:
+    message = record.getMessage()
+    if record.exc_info:
+      import traceback  # pylint: disable=g-import-not-at-top
+      message += "\n" + "".join(traceback.format_exception(*record.exc_info))
+    return message if record.levelno < 30 else f"{record.levelname.lower()}: {message}"
 
 
 def clean_errors(main, program: str):

@@ -224,18 +224,21 @@ def _enter_phase(run: _Run, phase: optim.Phase, step: int) -> None:
 
 
 def _phase_context(run: _Run) -> families.PhaseContext:
-  """What a family's phase hook may use: predictions on the training split (no augmentation,
-  no flip test), in crop pixels, with the ground truth in the same frame."""
+  """What a family's phase hook may use: the training split's ground truth, and predictions
+  on a fixed random sample of it (`config.phase_sample` people; no augmentation, no flip
+  test), in crop pixels, with the ground truth in the same frame."""
   source, size = run.train_source, run.family.input_size
   ann = source.annotations
   warps = pipeline.crop_transform(ann["center"], ann["scale"], 0.0, size)
   gt = pipeline.transform_points(warps, ann["joints"].astype(np.float32)).numpy()
+  n = min(source.num_examples, run.config.get("phase_sample", 2048))
+  sample = np.sort(np.random.default_rng(run.config.seed).permutation(source.num_examples)[:n])
 
   def predict_train(variables):
     joints, _ = evaluate.predict_split(
-        variables, run.family, source, run.mesh, frame="crop", flip_test=False,
-        local_batch_size=run.config.eval_batch_size // jax.process_count())
-    return joints, gt, ann["visible"]
+        variables, run.family, pipeline.subset(source, sample), run.mesh, frame="crop",
+        flip_test=False, local_batch_size=run.config.eval_batch_size // jax.process_count())
+    return joints, gt[sample], ann["visible"][sample]
 
   return families.PhaseContext(ground_truth=(gt, ann["visible"]), predict_train=predict_train)
 

@@ -85,3 +85,14 @@ def fake_init(model, *args, **kwargs):
     return jnp.asarray(value, leaf.dtype)
 
   return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def tiny_checkpoint(workdir) -> pathlib.Path:
+  """A quickstart:tiny hourglass checkpoint with random weights, written as the converter
+  writes one (what eval.py, predict.py and the exporter read)."""
+  from jaxpose import convert  # pylint: disable=g-import-not-at-top
+  from jaxpose import families  # pylint: disable=g-import-not-at-top
+  variables = families.create_family(quickstart.get_config("tiny")).init(jax.random.key(0))
+  convert.write_checkpoint(variables, dict(num_stacks=1, num_joints=16, features=16, depth=2),
+                           "configs/quickstart.py:tiny", str(workdir))
+  return pathlib.Path(workdir)

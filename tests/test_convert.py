@@ -170,3 +170,50 @@ def test_paper_sized_8_stacks_through_the_converter():
   assert jax.tree.structure(variables) == jax.tree.structure(shapes)
   assert all(jax.tree.leaves(jax.tree.map(lambda a, b: a.shape == b.shape, variables, shapes)))
   assert sum(a.size for a in jax.tree.leaves(variables["params"])) == 25_594_624
+
+
+def _tiny_variables():
+  """A quickstart:tiny hourglass's variables and the kwargs a pytorch-pose file would give."""
+  from configs import quickstart  # pylint: disable=g-import-not-at-top
+  from jaxpose import families  # pylint: disable=g-import-not-at-top
+  family = families.create_family(quickstart.get_config("tiny"))
+  variables = family.init(jax.random.key(3))
+  kwargs = dict(num_stacks=1, num_joints=16, features=16, depth=2, num_blocks=1)
+  return variables, kwargs
+
+
+def test_converted_weights_become_a_checkpoint_eval_reads(tmp_path):
+  from jaxpose import evaluate, parallel  # pylint: disable=g-import-not-at-top
+  variables, kwargs = _tiny_variables()
+  step_dir = convert.write_checkpoint(variables, kwargs, "configs/quickstart.py:tiny",
+                                      str(tmp_path / "work"))
+  assert step_dir.endswith("checkpoints/0")
+  config, family, restored, step = evaluate.load_checkpoint(str(tmp_path / "work"),
+                                                            parallel.make_mesh())
+  assert step == 0 and family.name == "hourglass" and config.model.features == 16
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(variables),
+               jax.device_get(restored))
+  with pytest.raises(ValueError, match="already holds checkpoints"):
+    convert.write_checkpoint(variables, kwargs, "configs/quickstart.py:tiny",
+                             str(tmp_path / "work"))
+
+
+def test_a_config_of_another_model_is_refused(tmp_path):
+  variables, kwargs = _tiny_variables()
+  with pytest.raises(ValueError, match="num_stacks: file 1, config 8"):
+    convert.write_checkpoint(variables, kwargs, "configs/hourglass_mpii.py", str(tmp_path))
+  with pytest.raises(ValueError, match="'cpm'"):
+    convert.write_checkpoint(variables, kwargs, "configs/cpm_lsp.py", str(tmp_path))
+  assert not (tmp_path / "checkpoints").exists()
+
+
+def test_cli_writes_a_workdir_from_a_released_style_file(tmp_path):
+  """The golden 5-joint file cannot match a 16-joint config: the CLI says so in one line."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  src = sorted(GOLDEN.glob("*.pth.tar"))[0]
+  proc = subprocess.run([sys.executable, "-m", "jaxpose.convert", "pytorch-pose", str(src),
+                         "--config", "configs/quickstart.py:tiny", "--out", str(tmp_path / "w")],
+                        cwd=GOLDEN.parents[1], capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr
+  assert "num_joints: file 5, config 16" in proc.stderr.splitlines()[-1]

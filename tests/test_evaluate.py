@@ -140,3 +140,66 @@ def test_a_preemption_notice_stops_the_evaluation_between_batches():
     evaluate.predict_split(variables, family, source, parallel.make_mesh(), local_batch_size=2,
                            should_stop=should_stop)
   assert len(asked) == 3
+
+
+def _dot_source(n=6, seed=2) -> pipeline.Source:
+  """Each photo shows one bright dot, where all 16 joints are."""
+  rng = np.random.default_rng(seed)
+  images, joints, centers, scales = [], [], [], []
+  for _ in range(n):
+    img = rng.integers(0, 40, (120, 160, 3), dtype=np.uint8)
+    dot = rng.uniform((40, 30), (120, 90))
+    x, y = np.rint(dot).astype(int)
+    img[y - 1:y + 2, x - 1:x + 2] = 255
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "PNG")
+    images.append(buf.getvalue())
+    joints.append(np.tile([x, y], (16, 1)))
+    centers.append(dot + rng.uniform(-10, 10, 2))
+    scales.append(rng.uniform(0.3, 0.45))
+  visible = np.ones((n, 16), np.float32)
+  scales = np.asarray(scales, np.float32)
+  ann = {"joints": np.asarray(joints, np.float32), "visible": visible,
+         "occluded": np.zeros_like(visible), "center": np.asarray(centers, np.float32),
+         "scale": scales, "head_box": np.zeros((n, 4), np.float32),
+         "norm_size": scales * 200 / SIZE * 8, "id": np.arange(n)}  # 0.5 x: a map pixel.
+  return pipeline.Source("dots", tf.constant(images), ann, SKELETON)
+
+
+def _dot_family():
+  """A 'model' whose heat maps are the crop's brightness pooled to the map grid: its maxima
+  sit on the dot, at every scale."""
+
+  def heatmaps(variables, images, flip_test):
+    del variables, flip_test
+    red = images[..., :1] + 0.5
+    pooled = red.reshape(red.shape[0], OUT, SIZE // OUT, OUT, SIZE // OUT, 1).mean((2, 4))
+    return jnp.broadcast_to(pooled, pooled.shape[:3] + (16,))
+
+  def predict(variables, batch, flip_test):
+    return CODEC.decode(heatmaps(variables, batch["image"], flip_test))
+
+  return families.Family("dots", SKELETON, SIZE, init=lambda rng: {"params": {}}, loss=None,
+                         predict=predict, heatmaps=heatmaps, codec=CODEC)
+
+
+def test_multiscale_heatmaps_are_averaged_in_the_unscaled_frame():
+  source, family, mesh = _dot_source(), _dot_family(), parallel.make_mesh()
+  variables = {"params": {}}
+  single, _ = evaluate.predict_split(variables, family, source, mesh, local_batch_size=2,
+                                     flip_test=False)
+  one, _ = evaluate.predict_split(variables, family, source, mesh, local_batch_size=2,
+                                  flip_test=False, scales=(1.0,))
+  np.testing.assert_allclose(one, single, atol=1e-3)  # One scale: the plain prediction.
+  table, multi, _ = evaluate.evaluate(variables, family, source, mesh, local_batch_size=2,
+                                      flip_test=False, scales=(0.8, 1.0, 1.25))
+  assert table["Total"] == pytest.approx(100.0)
+  err = np.linalg.norm(multi - source.annotations["joints"], axis=-1)
+  assert np.all(err <= 200 * source.annotations["scale"][:, None] / OUT)  # One map pixel.
+
+
+def test_multiscale_needs_heatmaps():
+  source = _source(n=2)
+  family, _ = _oracle_family(source)
+  with pytest.raises(ValueError, match="Multi-scale.*'oracle'"):
+    evaluate.make_predict_step(family, parallel.make_mesh(), False, scales=(0.9, 1.1))

@@ -251,6 +251,24 @@ def test_evaluate_flic_yang(gt_file):
 
 
 @needs_data
+def test_flic_files_in_the_cpm_releases_nine_joints_are_recognised(tmp_path):
+  """Yang's FLIC predictions reordered to the 9 joints of the released CPM FLIC model (its
+  order, no neck) score the same elbows and wrists."""
+  pred = scipy.io.loadmat(DATA / "flic" / "yang_cvpr16_pred_keypoints_flic_oc.mat")["pred"]
+  order = skeletons.joint_subset(skeletons.FLIC9, skeletons.FLIC)
+  path = tmp_path / "cpm_flic_9.mat"
+  scipy.io.savemat(path, {"pred": pred[:, order, :]})
+  result = pf.evaluate_file(path, "flic_test", DATA / "flic" / "examples.mat")
+  assert "9 joints of the released CPM FLIC model" in result.text
+  assert result.table["Elbow"] == pytest.approx(96.75, abs=0.005)
+  assert result.table["Wrist"] == pytest.approx(94.24, abs=0.005)
+  assert "Head" in result.table and len(order) == 9
+  scipy.io.savemat(path, {"pred": pred[:, :8, :]})  # 8 joints: still refused, as before.
+  with pytest.raises(ValueError, match="K=10"):
+    pf.evaluate_file(path, "flic_test", DATA / "flic" / "examples.mat")
+
+
+@needs_data
 def test_flic_ground_truth_matches_observer_centric_file():
   gt = pf.load_ground_truth("flic_test", DATA / "flic")
   oc = scipy.io.loadmat(DATA / "flic" / "flic-joints-test-oc.mat")["joints"].transpose(2, 1, 0)

@@ -63,6 +63,14 @@ def source_from_dataset(ds: tf.data.Dataset, name: str, skeleton: skeletons.Skel
                 skeleton=skeleton)
 
 
+def subset(source: Source, indices) -> Source:
+  """The people at `indices` (in that order)."""
+  indices = np.asarray(indices)
+  return dataclasses.replace(
+      source, images=tf.gather(source.images, indices),
+      annotations={k: v[indices] for k, v in source.annotations.items()})
+
+
 # ---------------------------------------------------------------------------------------------
 # Geometry.
 
@@ -476,8 +484,13 @@ def eval_layout(num_examples: int, local_batch_size: int, process_index: int,
 
 
 def eval_dataset(source: Source, *, input_size: int, local_batch_size: int,
-                 process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
-  """One deterministic pass over the split: batches with `index` and `mask` (padding = 0)."""
+                 process_index: int = 0, process_count: int = 1,
+                 scales: tuple[float, ...] = ()) -> tf.data.Dataset:
+  """One deterministic pass over the split: batches with `index` and `mask` (padding = 0).
+
+  `scales` (multi-scale testing): each example also carries "scaled_images" [S, size, size, 3]
+  and "scaled_transforms" [S, 3, 3], its crops with the person's box times each factor.
+  """
   check_joints(source)
   indices, mask = eval_layout(source.num_examples, local_batch_size, process_index,
                               process_count)
@@ -489,6 +502,12 @@ def eval_dataset(source: Source, *, input_size: int, local_batch_size: int,
     out = process_example(encoded, ann, input_size=input_size, skeleton=source.skeleton,
                           target_fn=None, augment=None)
     out.update(index=index, mask=valid)
+    if scales:  # One decode, one crop per factor (as process_example crops, unaugmented).
+      image = decode_image(encoded)
+      matrices = [crop_transform(ann["center"], ann["scale"] * f, 0.0, input_size) for f in scales]
+      out.update(scaled_images=tf.stack([
+          normalize(tf.clip_by_value(warp_image(image, m, input_size), 0.0, 1.0))
+          for m in matrices]), scaled_transforms=tf.stack(matrices))
     return out
 
   ds = tf.data.Dataset.from_tensor_slices((indices, mask))

@@ -26,18 +26,11 @@ def hourglass_family(config, skeleton, dtype) -> family.Family:
     total, metrics = family.heatmap_losses(outputs, batch, loss_kind, scale=loss_scale)
     return total, (model_state, metrics)
 
-  def predict(variables, batch, flip_test):
-    images = batch["image"]
-    maps = model.apply(variables, images, train=False)[-1]
-    flipped = None
-    if flip_test:
-      flipped = model.apply(variables, images[:, :, ::-1, :], train=False)[-1]
-    return family.heatmap_predict(maps, flipped, codec=codec,
-                                flip_permutation=skeleton.flip_permutation)
-
+  heatmaps, predict = family.heatmap_heads(
+      lambda v, x: model.apply(v, x, train=False)[-1], codec, skeleton.flip_permutation)
   return family.Family("hourglass", skeleton, config.input_size,
-                     init=family.init_fn(model, 4 * 2 ** model.depth), loss=loss,
-                     predict=predict, model=model)
+                       init=family.init_fn(model, 4 * 2 ** model.depth), loss=loss,
+                       predict=predict, model=model, heatmaps=heatmaps, codec=codec)
 
 
 
@@ -95,19 +88,14 @@ def cpm_family(config, skeleton, dtype) -> family.Family:
                                              scale=loss_scale)
     return total, (model_state, metrics)
 
-  def predict(variables, batch, flip_test):
-    images = batch["image"]
-    maps = model.apply(variables, images, centers(images), train=False)[-1][..., :k]
-    flipped = None
-    if flip_test:
-      mirrored = images[:, :, ::-1, :]
-      flipped = model.apply(variables, mirrored, centers(images), train=False)[-1][..., :k]
-    return family.heatmap_predict(maps, flipped, codec=codec,
-                                  flip_permutation=skeleton.flip_permutation)
+  heatmaps, predict = family.heatmap_heads(  # The parts' maps; not the background.
+      lambda v, x: model.apply(v, x, centers(x), train=False)[-1][..., :k], codec,
+      skeleton.flip_permutation)
 
   groups = (cpm_layer_groups, CPM_LR_MULT) if config.optimizer.get("caffe_lr_mult") else None
   return family.Family("cpm", skeleton, size, init=family.init_fn(model, 32, 1), loss=loss,
-                       predict=predict, layer_groups=groups, model=model)
+                       predict=predict, layer_groups=groups, model=model, heatmaps=heatmaps,
+                       codec=codec)
 
 
 def tompson_family(config, skeleton, dtype) -> family.Family:
@@ -151,14 +139,10 @@ def tompson_family(config, skeleton, dtype) -> family.Family:
     hist = tompson.displacement_histograms(joints, visible, codec.map_size, codec.stride)
     return dict(variables, params=tompson.init_priors(variables["params"], hist))
 
-  def predict(variables, batch, flip_test):
-    images = batch["image"]
-    maps = model.apply(variables, images)[-1]
-    flipped = model.apply(variables, images[:, :, ::-1, :])[-1] if flip_test else None
-    return family.heatmap_predict(maps, flipped, codec=codec,
-                                  flip_permutation=skeleton.flip_permutation)
+  heatmaps, predict = family.heatmap_heads(lambda v, x: model.apply(v, x)[-1], codec,
+                                           skeleton.flip_permutation)
 
   init_size = 8 * model.output_stride  # Banks pool twice more; the spatial kernels need the map.
   init = family.init_fn(model, size if model.spatial_model else init_size)
   return family.Family("tompson", skeleton, size, init=init, loss=loss, predict=predict,
-                       begin_phase=begin_phase, model=model)
+                       begin_phase=begin_phase, model=model, heatmaps=heatmaps, codec=codec)

@@ -1,0 +1,144 @@
+"""Pose of people in photos, from a checkpoint of any family.
+
+  predictor = Predictor("runs/qs")                      # a workdir or a checkpoint step folder
+  joints, scores = predictor.predict(image)             # the whole image is the person's box
+  joints, scores = predictor.predict(image, box=(x0, y0, x1, y1))
+
+`image` is an [H, W, 3] uint8 (or float in [0, 1]) array or a path; joints come back in its
+pixels (0-based, pixel centres at integers), [K, 2], with a confidence per joint (the heat-map
+maximum for heat-map families, 1 for coordinate regression). The crop is the one the data sets
+use: a square of side 200 x scale around the centre, scale = 1.25 x the box's longer side / 200
+(the margin MPII's annotated scales carry), or the whole image's longer side for no box.
+Images go through the same jitted prediction as `eval.py` (flip test on by default), in batches.
+"""
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import numpy as np
+import tensorflow as tf
+
+from jaxpose import evaluate
+from jaxpose import parallel
+from jaxpose.data import pipeline
+
+BOX_MARGIN = 1.25  # Crop side / the box's longer side.
+
+
+@dataclasses.dataclass(frozen=True)
+class Person:
+  """Where to crop: centre (x, y) in image pixels and scale (crop side / 200)."""
+
+  center: tuple[float, float]
+  scale: float
+
+  @classmethod
+  def from_box(cls, box: Sequence[float]) -> "Person":
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if not (x1 > x0 and y1 > y0):
+      raise ValueError(f"Box {tuple(box)}: expected x0,y0,x1,y1 with x1 > x0 and y1 > y0.")
+    return cls(((x0 + x1) / 2, (y0 + y1) / 2), BOX_MARGIN * max(x1 - x0, y1 - y0) / 200)
+
+  @classmethod
+  def whole_image(cls, height: int, width: int) -> "Person":
+    return cls(((width - 1) / 2, (height - 1) / 2), max(height, width) / 200)
+
+
+def read_image(path: str) -> np.ndarray:
+  """A photo as [H, W, 3] uint8; ValueError naming the file when it does not decode."""
+  try:
+    data = tf.io.read_file(path)
+    return pipeline.decode_pixels(data).numpy()
+  except (tf.errors.OpError, ValueError) as e:
+    message = getattr(e, "message", str(e)).splitlines()[0]
+    raise ValueError(f"{path}: cannot read the image ({message}).") from None
+
+
+class Predictor:
+  """A checkpoint's family, variables and jitted prediction step (see module docstring)."""
+
+  def __init__(self, ckpt: str, *, flip_test: bool = True, batch_size: int = 8):
+    self.mesh = parallel.make_mesh()
+    self.config, self.family, self.variables, self.step = evaluate.load_checkpoint(ckpt,
+                                                                                   self.mesh)
+    self.skeleton = self.family.skeleton
+    self.batch_size = -(-batch_size // self.mesh.devices.size) * self.mesh.devices.size
+    self._step = evaluate.make_predict_step(self.family, self.mesh, flip_test)
+
+  def crop(self, image: np.ndarray, person: Person) -> tuple[np.ndarray, np.ndarray]:
+    """(model input [S, S, 3], the 3x3 warp original -> crop pixels)."""
+    size = self.family.input_size
+    matrix = pipeline.crop_transform(np.asarray(person.center, np.float32), person.scale, 0.0,
+                                     size)
+    pixels = tf.convert_to_tensor(image)
+    pixels = (tf.cast(pixels, tf.float32) / 255.0 if pixels.dtype == tf.uint8
+              else tf.cast(pixels, tf.float32))
+    crop = pipeline.warp_image(pixels, matrix, size)
+    return pipeline.normalize(tf.clip_by_value(crop, 0.0, 1.0)).numpy(), matrix.numpy()
+
+  def predict_many(self, images: Sequence[np.ndarray], people: Sequence[Person]):
+    """Joints [N, K, 2] in each image's pixels and scores [N, K]."""
+    crops = [self.crop(im, p) for im, p in zip(images, people)]
+    joints, scores = [], []
+    for start in range(0, len(crops), self.batch_size):
+      chunk = crops[start:start + self.batch_size]
+      pad = self.batch_size - len(chunk)
+      chunk = chunk + [chunk[-1]] * pad  # One compiled batch shape.
+      batch = {"image": np.stack([c for c, _ in chunk]),
+               "transform": np.stack([m for _, m in chunk]).astype(np.float32)}
+      j, s = jax.device_get(self._step(self.variables, parallel.global_batch(batch, self.mesh)))
+      if j.ndim == 4:  # Families reporting every stage: the last is the answer.
+        j = j[:, -1]
+      joints.append(j[:len(chunk) - pad])
+      scores.append(s[:len(chunk) - pad])
+    return np.concatenate(joints), np.concatenate(scores)
+
+  def predict(self, image, box: Sequence[float] | None = None):
+    """One person: (joints [K, 2] in image pixels, scores [K])."""
+    if isinstance(image, str):
+      image = read_image(image)
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3:
+      raise ValueError(f"Expected an [H, W, 3] image; got shape {image.shape}.")
+    person = Person.from_box(box) if box is not None else Person.whole_image(*image.shape[:2])
+    joints, scores = self.predict_many([image], [person])
+    return joints[0], scores[0]
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+
+
+def expand_paths(paths: Sequence[str]) -> list[str]:
+  """Files as given, folders as their images (sorted); a missing path is an error naming it."""
+  out = []
+  for p in paths:
+    if tf.io.gfile.isdir(p):
+      out += sorted(tf.io.gfile.join(p, f) for f in tf.io.gfile.listdir(p)
+                    if f.lower().endswith(IMAGE_SUFFIXES))
+    elif tf.io.gfile.exists(p):
+      out.append(p)
+    else:
+      raise FileNotFoundError(f"{p}: no such image or folder.")
+  return out
+
+
+def write_outputs(out_dir: str, path: str, image: np.ndarray, joints, scores, skeleton,
+                  person: Person) -> list[str]:
+  """<out_dir>/<name>.json (keypoints in image pixels, scores) and <name>.png (the skeleton)."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  from jaxpose import drawing  # pylint: disable=g-import-not-at-top
+  stem = os.path.splitext(os.path.basename(path))[0]
+  os.makedirs(out_dir, exist_ok=True)
+  record = {"image": path, "height": int(image.shape[0]), "width": int(image.shape[1]),
+            "center": list(person.center), "scale": person.scale,
+            "keypoints": [{"name": n, "x": float(x), "y": float(y), "score": float(s)}
+                          for n, (x, y), s in zip(skeleton.joints, joints, scores)]}
+  json_path = os.path.join(out_dir, f"{stem}.json")
+  with open(json_path, "w") as f:
+    json.dump(record, f, indent=1)
+  png_path = os.path.join(out_dir, f"{stem}.png")
+  drawing.save_png(drawing.draw_skeleton(image, joints, np.ones(len(joints)), skeleton),
+                   png_path)
+  return [json_path, png_path]

@@ -1,0 +1,75 @@
+r"""Keypoints of the person in each photo, from a checkpoint of any family.
+
+  python predict.py --ckpt runs/qs photo.jpg                      # whole image = the person
+  python predict.py --ckpt runs/qs photo.jpg --box 120,40,380,620 --out preds/
+  python predict.py --ckpt runs/qs photos/                        # every image in a folder
+
+Writes, per image, OUT/<name>.json (keypoints in original-image pixels with a confidence per
+joint) and OUT/<name>.png (the skeleton drawn on the photo). An unreadable image is reported by
+name and skipped; the others are still written. In Python: jaxpose.predict.Predictor.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+
+from jaxpose import runtime
+
+_CKPT = flags.DEFINE_string("ckpt", None, "Workdir or checkpoint step folder.")
+_OUT = flags.DEFINE_string("out", "predictions", "Folder for the JSON and PNG files.")
+_BOX = flags.DEFINE_list("box", None, "x0,y0,x1,y1 of the person (the same for every image).")
+_CENTER = flags.DEFINE_list("center", None, "cx,cy of the person (with --scale).")
+_SCALE = flags.DEFINE_float("scale", None, "Crop side / 200 around --center.")
+_FLIP = flags.DEFINE_bool("flip_test", True, "Average with the mirrored image's prediction.")
+_BATCH = flags.DEFINE_integer("batch_size", 8, "Images per jitted batch.")
+flags.mark_flag_as_required("ckpt")
+runtime.define_output_flags()
+
+
+def _person(predict_lib, image):
+  if _BOX.value:
+    return predict_lib.Person.from_box([float(v) for v in _BOX.value])
+  if _CENTER.value or _SCALE.value:
+    if not (_CENTER.value and _SCALE.value and len(_CENTER.value) == 2):
+      raise app.UsageError("--center cx,cy and --scale s go together.")
+    return predict_lib.Person(tuple(float(v) for v in _CENTER.value), _SCALE.value)
+  return predict_lib.Person.whole_image(*image.shape[:2])
+
+
+def main(argv):
+  if len(argv) < 2:
+    raise app.UsageError("Give at least one image or folder.")
+  runtime.setup()  # Libraries quiet; --verbose shows them.
+  import tqdm  # pylint: disable=g-import-not-at-top
+  from jaxpose import predict as predict_lib  # pylint: disable=g-import-not-at-top
+  paths = predict_lib.expand_paths(argv[1:])
+  predictor = predict_lib.Predictor(_CKPT.value, flip_test=_FLIP.value,
+                                    batch_size=_BATCH.value)
+  skipped, written = [], 0
+  chunks = [paths[i:i + predictor.batch_size] for i in range(0, len(paths), predictor.batch_size)]
+  with tqdm.tqdm(total=len(paths), unit="image", disable=len(paths) < 2) as bar:
+    for chunk in chunks:
+      images, people, kept = [], [], []
+      for path in chunk:
+        try:
+          image = predict_lib.read_image(path)
+        except ValueError as e:
+          skipped.append(str(e))
+          tqdm.tqdm.write(f"skipped {e}", file=sys.stderr)
+          continue
+        images.append(image)
+        people.append(_person(predict_lib, image))
+        kept.append(path)
+      if images:
+        joints, scores = predictor.predict_many(images, people)
+        for path, image, person, j, s in zip(kept, images, people, joints, scores):
+          predict_lib.write_outputs(_OUT.value, path, image, j, s, predictor.skeleton, person)
+          written += 1
+      bar.update(len(chunk))
+  print(f"wrote {written} x (.json, .png) into {_OUT.value}"
+        + (f"; skipped {len(skipped)} unreadable" if skipped else ""))
+
+
+if __name__ == "__main__":
+  app.run(runtime.clean_errors(main, "predict.py"))

@@ -1,0 +1,66 @@
+"""predict.py and jaxpose.predict.Predictor: keypoints in the photo's pixels, bad files skipped."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+import pytest
+
+import helpers
+from jaxpose import predict
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  return helpers.tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "work")
+
+
+def _photo(h=90, w=140, seed=0):
+  return np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
+
+
+def test_predictor_returns_joints_in_the_photos_pixels(workdir):
+  predictor = predict.Predictor(str(workdir), batch_size=2)
+  joints, scores = predictor.predict(_photo())
+  assert joints.shape == (16, 2) and scores.shape == (16,)
+  # The whole image is the box: every prediction lies in the crop, i.e. near the image.
+  assert np.all(joints > -30) and np.all(joints[:, 0] < 170) and np.all(joints[:, 1] < 170)
+  boxed, _ = predictor.predict(_photo(), box=(10, 20, 50, 80))
+  # A person box 40 x 60 px -> a 75 px crop around (30, 50): predictions stay near it.
+  assert np.all(np.abs(boxed - [30, 50]) <= 38)
+  many, _ = predictor.predict_many([_photo(seed=i) for i in range(3)],
+                                   [predict.Person.whole_image(90, 140)] * 3)
+  np.testing.assert_allclose(many[0], joints, atol=1e-4)  # Batching does not change results.
+
+
+def test_person_geometry_and_bad_boxes():
+  p = predict.Person.from_box((0, 0, 100, 200))
+  assert p.center == (50, 100) and p.scale == pytest.approx(1.25)
+  assert predict.Person.whole_image(100, 300).scale == pytest.approx(1.5)
+  with pytest.raises(ValueError, match="x1 > x0"):
+    predict.Person.from_box((10, 10, 5, 20))
+
+
+def test_cli_writes_json_and_png_and_skips_unreadable_files(workdir, tmp_path):
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  for i in range(2):
+    Image.fromarray(_photo(seed=i)).save(photos / f"p{i}.jpg")
+  (photos / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+  out = tmp_path / "out"
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+  proc = subprocess.run([sys.executable, "predict.py", "--ckpt", str(workdir), str(photos),
+                         "--out", str(out)], cwd=REPO, capture_output=True, text=True,
+                        timeout=300, env=env)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "broken.jpg" in proc.stderr and "skipped 1 unreadable" in proc.stdout
+  assert sorted(os.listdir(out)) == ["p0.json", "p0.png", "p1.json", "p1.png"]
+  record = json.loads((out / "p0.json").read_text())
+  assert record["width"] == 140 and len(record["keypoints"]) == 16
+  assert set(record["keypoints"][0]) == {"name", "x", "y", "score"}
+  assert Image.open(out / "p0.png").size == (140, 90)
