@@ -29,8 +29,10 @@ RESUME_KEYS = ("optimizer", "batch_size", "seed", "input_size", "output_size", "
 
 
 def model_signature(config) -> dict:
-  """What must match between a checkpoint and the model restoring it."""
-  return {"model": config.model.to_dict(), "skeleton": config.dataset.skeleton}
+  """What must match between a checkpoint and the model restoring it (as JSON values, so a
+  tuple in the config equals the list the checkpoint's JSON stores)."""
+  return json.loads(json.dumps({"model": config.model.to_dict(),
+                                "skeleton": config.dataset.skeleton}))
 
 
 def resume_signature(config) -> dict:
@@ -356,6 +358,12 @@ def restore_variables(directory, step: int, abstract_variables):
           partial_restore=True)))["state"]
     except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many kinds)
       errors.append(e)
+      if "OUT_OF_RANGE" in str(e) or "DATA_LOSS" in str(e):
+        break  # Damaged data, not another layout: no second read of the broken files.
+      continue
+    if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(restored)):
+      # A partial restore leaves what the checkpoint lacks as the target's placeholders.
+      errors.append(ValueError(f"step {step} lacks {sorted(target)} in this layout"))
       continue
     nested = restored.pop("model_state", {})
     return {**restored, **nested}

@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 import helpers
+from configs import quickstart
 from jaxpose import checkpoints
 from jaxpose import evaluate
 from jaxpose import families
@@ -172,3 +173,58 @@ def test_unknown_config_key_is_an_error_naming_it(tmp_path):
       cwd=REPO, capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0
   assert "learning_rat" in proc.stderr
+
+
+def test_resume_inside_a_later_phase_is_bit_exact(tmp_path):
+  """DeepPose-tiny trains stage by stage (3 phases of 3 steps); stopped inside phase 2 (after
+  its hook measured stage 1's errors) and resumed, it ends where the uninterrupted run ends."""
+  def config():
+    c = quickstart.get_config("deeppose-tiny")
+    c.dataset.data_dir = str(tmp_path / "tfds")
+    c.checkpoint_every_steps = 1
+    c.eval_every_steps = 1000
+    return c
+
+  full = config()
+  train.train_and_evaluate(full, str(tmp_path / "full"))
+  half = config()
+  half.phases = (("stage1", 3, "stage1"), ("stage2", 2, "stage2"))  # Stops at step 5.
+  train.train_and_evaluate(half, str(tmp_path / "split"))
+  train.train_and_evaluate(full, str(tmp_path / "split"), allow_inexact_resume=True)
+  mesh = parallel.make_mesh()
+  _, _, a, s1 = evaluate.load_checkpoint(str(tmp_path / "full"), mesh)
+  _, _, b, s2 = evaluate.load_checkpoint(str(tmp_path / "split"), mesh)
+  assert s1 == s2 == 9
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(a), jax.device_get(b))
+  assert float(np.abs(a["cascade"]["cov"][0]).sum()) > 0  # Stage 1's errors were measured.
+
+
+def test_checkpoints_from_before_the_family_interface_still_evaluate(tmp_path):
+  """The old train state kept `batch_stats` beside `params` (and the optimiser state)."""
+  config = _config(tmp_path)
+  family = families.create_family(config)
+  variables = family.init(jax.random.key(1))
+  old = {"step": np.int32(6), "params": variables["params"],
+         "batch_stats": variables["batch_stats"],
+         "opt_state": [np.zeros(3, np.float32)]}
+  manager = checkpoints.manager(tmp_path / "old" / "checkpoints", config)
+  checkpoints.save(manager, old, config, 6)
+  manager.wait_until_finished()
+  _, _, restored, step = evaluate.load_checkpoint(str(tmp_path / "old"), parallel.make_mesh())
+  assert step == 6
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(variables),
+               jax.device_get(restored))
+
+
+def test_every_batch_size_is_checked_at_start(tmp_path):
+  config = _config(tmp_path, eval_batch_size=0)
+  with pytest.raises(ValueError, match="eval_batch_size=0"):
+    train.train_and_evaluate(config, str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()  # Refused before anything was written.
+
+
+def test_init_and_step_keys_are_independent():
+  init_key, train_key = train.seed_keys(0)
+  keys = [init_key] + [jax.random.fold_in(train_key, s) for s in range(3)]
+  data = [tuple(np.asarray(jax.random.key_data(k)).ravel()) for k in keys]
+  assert len(set(data)) == len(data)

@@ -185,6 +185,9 @@ def max_pool_ceil(x, window: int, stride: int):
   a k x k window, and a gradient of elementwise selects, where XLA's select-and-scatter
   gradient of `reduce_window` costs ~8x the forward pass on CPU (benchmarks/pooling.py).
   """
+  if min(x.shape[1:3]) < window:  # No whole window fits: as reduce_window rounds it.
+    pads = [(0, _ceil_overhang(n, window, stride)) for n in x.shape[1:3]]
+    return nn.max_pool(x, (window, window), strides=(stride, stride), padding=pads)
   pads = [(0, 0)] + [(0, _ceil_overhang(n, window, stride)) for n in x.shape[1:3]] + [(0, 0)]
   x = jnp.pad(x, pads, constant_values=-jnp.inf)
   for axis in (1, 2):
