@@ -362,7 +362,7 @@ def restore_variables(directory, step: int, abstract_variables):
         break  # Damaged data, not another layout: no second read of the broken files.
       continue
     if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(restored)):
-      # A partial restore leaves what the checkpoint lacks as the target's placeholders.
+      # A partial restore leaves what the checkpoint lacks as the target's abstract leaves.
       errors.append(ValueError(f"step {step} lacks {sorted(target)} in this layout"))
       continue
     nested = restored.pop("model_state", {})
