@@ -9,7 +9,6 @@ joint) and OUT/<name>.png (the skeleton drawn on the photo). An unreadable image
 name and skipped; the others are still written. In Python: jaxpose.predict.Predictor.
 """
 
-import sys
 
 from absl import app
 from absl import flags
@@ -41,14 +40,14 @@ def main(argv):
   if len(argv) < 2:
     raise app.UsageError("Give at least one image or folder.")
   runtime.setup()  # Libraries quiet; --verbose shows them.
-  import tqdm  # pylint: disable=g-import-not-at-top
   from jaxpose import predict as predict_lib  # pylint: disable=g-import-not-at-top
+  from jaxpose import progress  # pylint: disable=g-import-not-at-top
   paths = predict_lib.expand_paths(argv[1:])
   predictor = predict_lib.Predictor(_CKPT.value, flip_test=_FLIP.value,
                                     batch_size=_BATCH.value)
   skipped, written = [], 0
   chunks = [paths[i:i + predictor.batch_size] for i in range(0, len(paths), predictor.batch_size)]
-  with tqdm.tqdm(total=len(paths), unit="image", disable=len(paths) < 2) as bar:
+  with progress.bar(len(paths), "predict") as bar:
     for chunk in chunks:
       images, people, kept = [], [], []
       for path in chunk:
@@ -56,7 +55,7 @@ def main(argv):
           image = predict_lib.read_image(path)
         except ValueError as e:
           skipped.append(str(e))
-          tqdm.tqdm.write(f"skipped {e}", file=sys.stderr)
+          progress.write(f"skipped {e}")
           continue
         images.append(image)
         people.append(_person(predict_lib, image))

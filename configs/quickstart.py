@@ -84,13 +84,14 @@ def cpm(tiny: bool):
   c = _common(base.get_config())
   c.model = ml_collections.ConfigDict(dict(
       name="cpm", num_stages=3, trunk_features=32, stage_features=16, head_features=64,
-      mconv_features=32, big_kernel=3, stage_kernel=7, feature_kernel=3, dropout_rate=0.1))
+      mconv_features=32, big_kernel=3, stage_kernel=7, feature_kernel=3, dropout_rate=0.1,
+      batch_norm=True, init_scheme="he", num_pools=3))
   c.output_size = 16
   c.sigma = 0.875  # The release's 7 px at stride 8.
   c.loss = "softmax_ce"
-  c.num_train_steps = 2000
-  c.eval_every_steps = 500
-  c.checkpoint_every_steps = 500
+  c.num_train_steps = 1800
+  c.eval_every_steps = 450
+  c.checkpoint_every_steps = 450
   if tiny:
     c = _tiny(c)
     c.model.update(num_stages=2, trunk_features=8, stage_features=4, head_features=16,

@@ -15,6 +15,7 @@ from jaxpose import families
 from jaxpose import metrics
 from jaxpose import parallel
 from jaxpose import prediction_files
+from jaxpose import progress
 from jaxpose import visualize
 from jaxpose.data import datasets
 from jaxpose.data import device_augment
@@ -97,8 +98,10 @@ def predict_split(variables, family: Family, source: pipeline.Source, mesh, *,
   # row of the replicated predictions goes without communicating: global batch b is the
   # processes' b-th local batches, in process order.
   layouts = [pipeline.eval_layout(n, local_batch_size, p, pc) for p in range(pc)]
+  shown = progress.bar(n, f"evaluate {source.name}", min_total=local_batch_size * pc + 1)
   for b, batch in enumerate(_batches(ds, source)):
     if should_stop is not None and should_stop():
+      shown.close()
       raise Interrupted(f"Evaluation of {source.name} stopped after {b} batches.")
     rows = slice(b * local_batch_size, (b + 1) * local_batch_size)
     index = np.concatenate([idx[rows] for idx, _ in layouts])
@@ -112,6 +115,8 @@ def predict_split(variables, family: Family, source: pipeline.Source, mesh, *,
     preds[index[mask]] = joints[mask]
     scores[index[mask]] = score[mask]
     seen[index[mask]] = True
+    shown.update(int(mask.sum()))
+  shown.close()
   if not seen.all():
     raise RuntimeError(f"Evaluation missed {np.sum(~seen)} examples of {source.name}.")
   return preds, scores

@@ -1,8 +1,11 @@
 """Process set-up shared by the entry points: flags, distributed runtime, caches, TF."""
 
+import contextlib
 import functools
 import os
+import re
 import sys
+import tempfile
 
 # TensorFlow's C++ INFO lines (oneDNN notices, ...) stay off the console; set it to 0 to see
 # them. Before anything imports TensorFlow.
@@ -40,21 +43,66 @@ def setup(log_file: str | None = None) -> None:
   `log_file` when given, or on the console with --verbose), TensorFlow without accelerators
   (input pipeline only), the persistent XLA compilation cache, and the distributed runtime
   when asked."""
-  quiet_console(verbose=_VERBOSE is not None and _VERBOSE.value)
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], "GPU")
+  verbose = _VERBOSE is not None and _VERBOSE.value
+  quiet_console(verbose=verbose)
   cache = os.environ.get("JAXPOSE_COMPILATION_CACHE",
                          os.path.join(os.path.expanduser("~"), ".cache", "jaxpose", "xla"))
   if cache:
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-  from jaxpose import parallel  # pylint: disable=g-import-not-at-top
-  if _COORDINATOR is not None:
-    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  else:
-    parallel.initialize_distributed()
+  with start_up_notices_captured(quiet=not verbose) as notices:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.set_visible_devices([], "GPU")
+    from jaxpose import parallel  # pylint: disable=g-import-not-at-top
+    if _COORDINATOR is not None:
+      parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                      _PROCESS_ID.value)
+    else:
+      parallel.initialize_distributed()
+    jax.devices()  # The backends start here (XLA's CPU backend prints its oneDNN notice).
   if log_file and jax.process_index() == 0:  # After the distributed start, which comes first.
-    log_to_file(log_file)
+    to_file = log_to_file(log_file)
+    import logging  # pylint: disable=g-import-not-at-top
+    start_up = logging.getLogger("start_up_notices")  # To the file only, not the console.
+    start_up.propagate = False
+    start_up.setLevel(logging.INFO)
+    start_up.addHandler(to_file)
+    for line in notices:
+      start_up.info("%s", line)
+
+
+# What TensorFlow's and XLA's C++ sides print on stderr at start-up whatever
+# TF_CPP_MIN_LOG_LEVEL says (absl's pre-initialisation logging): the oneDNN notice (once from
+# TensorFlow's import, once from JAX's CPU backend) and absl's remark about itself.
+_START_UP_NOTICES = re.compile(
+    r"oneDNN custom operations are on|All log messages before absl::InitializeLog\(\)")
+
+
+@contextlib.contextmanager
+def start_up_notices_captured(quiet: bool = True):
+  """Within the block, C++ writes to stderr (file descriptor 2, not sys.stderr) are captured;
+  at the end everything but the known start-up notices is passed on. Yields the list the
+  notices are appended to (for the log file)."""
+  notices = []
+  if not quiet:
+    yield notices
+    return
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      yield notices
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      lines = captured.read().decode(errors="replace").splitlines()
+      notices.extend(line for line in lines if _START_UP_NOTICES.search(line))
+      others = [line for line in lines if not _START_UP_NOTICES.search(line)]
+      if others:
+        sys.stderr.write("\n".join(others) + "\n")
+        sys.stderr.flush()
 
 
 def quiet_console(verbose: bool = False) -> None:
@@ -67,7 +115,7 @@ def quiet_console(verbose: bool = False) -> None:
   absl_logging.set_verbosity(absl_logging.INFO)
 
 
-def log_to_file(log_file: str) -> None:
+def log_to_file(log_file: str):
   """Every record (libraries' too), with its origin and time, appended to `log_file`."""
   import logging  # pylint: disable=g-import-not-at-top
   os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
@@ -75,6 +123,7 @@ def log_to_file(log_file: str) -> None:
   to_file.setFormatter(logging.Formatter(
       "%(asctime)s %(levelname)s %(name)s %(filename)s:%(lineno)d] %(message)s"))
   logging.getLogger().addHandler(to_file)
+  return to_file
 
 
 class _OwnRecords:

@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+from jaxpose import progress
 from jaxpose import skeletons
 
 # Per-example target function: (joints [K,2] input px, visible [K], input_size) -> dict of tensors.
@@ -303,8 +304,14 @@ def precrop(source: Source, *, input_size: int, augment: Augment | None,
       (source.images, matrices.astype(np.float32), sides.astype(np.int32)))
   ds = ds.map(tf.autograph.experimental.do_not_convert(crop),
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  chunks = []
   try:
-    images = np.concatenate(list(ds.batch(1024).as_numpy_iterator()))
+    with progress.bar(source.num_examples, f"pre-crop {source.name}",
+                      min_total=1000) as shown:
+      for chunk in ds.batch(256).as_numpy_iterator():
+        chunks.append(chunk)
+        shown.update(len(chunk))
+    images = np.concatenate(chunks)
   except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
     check_decodable(source, range(source.num_examples))  # Names the culprit(s).
     raise

@@ -58,8 +58,8 @@ CPM_LR_MULT = {"stage1_weight": (5.0, 1.0), "stage1_bias": (10.0, 0.0), "weight"
 
 
 def cpm_family(config, skeleton, dtype) -> family.Family:
-  """Convolutional Pose Machines: K part maps plus background at stride 8, every stage
-  supervised; the centre map is a Gaussian at the crop centre (where the person's centre is in
+  """Convolutional Pose Machines: K part maps plus background at stride 8 (the release; 4 with
+  config.model.num_pools = 2), every stage supervised; the centre map is a Gaussian at the crop centre (where the person's centre is in
   every crop the pipeline cuts), sigma 21 px at 368 px."""
   kwargs = family.model_kwargs(config)
   k, size = skeleton.num_joints, config.input_size
@@ -69,10 +69,15 @@ def cpm_family(config, skeleton, dtype) -> family.Family:
     raise ValueError(f"Bad config.model for 'cpm': {e}") from None
   center = cpm.center_map(size, jnp.full((2,), (size - 1) / 2.0), sigma=21.0 * size / 368.0)
   codec = family.heatmap_codec(config)
+  if codec.stride != 2 ** model.num_pools:
+    raise ValueError(f"config.input_size / config.output_size = {codec.stride} must equal "
+                     f"CPM's stride 2**config.model.num_pools = {2 ** model.num_pools}.")
   loss_kind, loss_scale = config.loss, config.get("loss_scale", 1.0)
 
   def centers(images):
-    return jnp.broadcast_to(center, images.shape[:3] + (1,))
+    # A compile-time constant; the barrier keeps XLA from constant-folding its pooling, which
+    # takes seconds per batch shape (and logs "Constant folding ... is taking > 1s").
+    return jax.lax.optimization_barrier(jnp.broadcast_to(center, images.shape[:3] + (1,)))
 
   def loss(params, model_state, batch, rng, *, phase=0):
     del phase

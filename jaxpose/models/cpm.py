@@ -33,6 +33,9 @@ Dtype = Any
 Initializer = Callable[..., jax.Array]
 
 RELEASE_INIT = nn.initializers.normal(stddev=0.01)  # The release's Gaussian filler; bias 0.
+# CPM.init_scheme -> kernel initialiser; "release" uses CPM.kernel_init (RELEASE_INIT).
+INIT_SCHEMES = {"release": None, "lecun": nn.initializers.lecun_normal(),
+                "he": nn.initializers.he_normal()}
 
 
 def center_map(size, center_xy, sigma: float = 21.0):
@@ -53,31 +56,50 @@ def center_map(size, center_xy, sigma: float = 21.0):
   return (gy[..., :, None] * gx[..., None, :])[..., None]
 
 
-def _image_trunk(x, conv, features: int, kernel: int):
-  """Three `kernel`x`kernel` conv+ReLU, each followed by a ceil-rounded 3x3/2 max pool.
+def _image_trunk(x, conv, features: int, kernel: int, num_pools: int = 3,
+                 norm=lambda y, name: y):
+  """Three `kernel`x`kernel` conv+ReLU, the first `num_pools` (the release: all three) each
+  followed by a ceil-rounded 3x3/2 max pool.
 
   `conv(features, kernel, name)` builds a convolution in the caller's scope, so the layers are
-  named conv1..conv3 there. [N,H,W,C] -> [N,H/8,W/8,features] for H, W divisible by 8.
+  named conv1..conv3 there; `norm(x, name)` goes between each convolution and its ReLU.
+  [N,H,W,C] -> [N,H/s,W/s,features], s = 2**num_pools, for H and W divisible by s.
   """
   for i in range(1, 4):
-    x = nn.relu(conv(features, kernel, f"conv{i}")(x))
-    x = layers.max_pool_ceil(x, 3, 2)
+    x = nn.relu(norm(conv(features, kernel, f"conv{i}")(x), f"bn{i}"))
+    if i <= num_pools:
+      x = layers.max_pool_ceil(x, 3, 2)
   return x
 
 
-def pool_center_map(maps):
+def pool_center_map(maps, stride: int = 8):
   """Centre maps [N,H,W,1] -> [N,ceil((H-9)/8)+1,...,1]: Caffe's 9x9/8 average pool, each
   window divided by its valid pixels (368 -> 46; the last row and column average 8 rows or
-  columns, not 9)."""
-  return layers.avg_pool_ceil(maps, 9, 8)
+  columns, not 9). Another `stride` s pools (s+1)x(s+1)/s the same way (H/s rows)."""
+  return layers.avg_pool_ceil(maps, stride + 1, stride)
 
 
-def _conv(features: int, kernel: int, name: str, *, dtype: Dtype, kernel_init: Initializer):
+def _conv(features: int, kernel: int, name: str, *, dtype: Dtype, kernel_init: Initializer,
+          use_bias: bool = True):
   """A "same"-padded conv (a dense layer over channels when 1x1) in the calling module."""
   if kernel == 1:
-    return layers.Conv1x1(features, dtype=dtype, kernel_init=kernel_init, name=name)
-  return nn.Conv(features, (kernel, kernel), padding=kernel // 2, dtype=dtype,
-                 kernel_init=kernel_init, name=name)
+    return layers.Conv1x1(features, use_bias=use_bias, dtype=dtype, kernel_init=kernel_init,
+                          name=name)
+  return nn.Conv(features, (kernel, kernel), padding=kernel // 2, use_bias=use_bias,
+                 dtype=dtype, kernel_init=kernel_init, name=name)
+
+
+def _layer_makers(module: nn.Module, train: bool):
+  """(conv, norm) for a stage module: with `module.batch_norm`, convolutions without biases and
+  a BatchNorm between each and its ReLU; otherwise the release's biased convolutions."""
+  bn = module.batch_norm
+  conv = functools.partial(_conv, dtype=module.dtype, kernel_init=module.kernel_init,
+                           use_bias=not bn)
+
+  def norm(x, name):
+    return layers.batch_norm(train, module.dtype, name=name)(x) if bn else x
+
+  return conv, norm
 
 
 class Stage1(nn.Module):
@@ -92,16 +114,18 @@ class Stage1(nn.Module):
   dropout_rate: float
   kernel_init: Initializer
   dtype: Dtype = jnp.float32
+  num_pools: int = 3
+  batch_norm: bool = False
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
-    conv = functools.partial(_conv, dtype=self.dtype, kernel_init=self.kernel_init)
+    conv, norm = _layer_makers(self, train)
     drop = nn.Dropout(self.dropout_rate, deterministic=not train)
-    x = _image_trunk(x, conv, self.trunk_features, self.big_kernel)
-    x = nn.relu(conv(self.stage_features, self.feature_kernel, "conv4")(x))
-    x = drop(nn.relu(conv(self.head_features, self.big_kernel, "conv5")(x)))
-    x = drop(nn.relu(conv(self.head_features, 1, "conv6")(x)))
-    return conv(self.num_parts, 1, "conv7")(x)
+    x = _image_trunk(x, conv, self.trunk_features, self.big_kernel, self.num_pools, norm)
+    x = nn.relu(norm(conv(self.stage_features, self.feature_kernel, "conv4")(x), "bn4"))
+    x = drop(nn.relu(norm(conv(self.head_features, self.big_kernel, "conv5")(x), "bn5")))
+    x = drop(nn.relu(norm(conv(self.head_features, 1, "conv6")(x), "bn6")))
+    return _conv(self.num_parts, 1, "conv7", dtype=self.dtype, kernel_init=self.kernel_init)(x)
 
 
 class Trunk(nn.Module):
@@ -111,11 +135,13 @@ class Trunk(nn.Module):
   kernel: int
   kernel_init: Initializer
   dtype: Dtype = jnp.float32
+  num_pools: int = 3
+  batch_norm: bool = False
 
   @nn.compact
-  def __call__(self, x):
-    conv = functools.partial(_conv, dtype=self.dtype, kernel_init=self.kernel_init)
-    return _image_trunk(x, conv, self.features, self.kernel)
+  def __call__(self, x, *, train: bool = False):
+    conv, norm = _layer_makers(self, train)
+    return _image_trunk(x, conv, self.features, self.kernel, self.num_pools, norm)
 
 
 class Stage(nn.Module):
@@ -131,21 +157,23 @@ class Stage(nn.Module):
   feature_kernel: int
   kernel_init: Initializer
   dtype: Dtype = jnp.float32
+  batch_norm: bool = False
 
   @nn.compact
-  def __call__(self, features, beliefs, center):
-    conv = functools.partial(_conv, dtype=self.dtype, kernel_init=self.kernel_init)
-    x = nn.relu(conv(self.stage_features, self.feature_kernel, "conv")(features))
+  def __call__(self, features, beliefs, center, *, train: bool = False):
+    conv, norm = _layer_makers(self, train)
+    x = nn.relu(norm(conv(self.stage_features, self.feature_kernel, "conv")(features), "bn"))
     x = jnp.concatenate([x, beliefs.astype(x.dtype), center.astype(x.dtype)], axis=-1)
     for i in range(1, 4):
-      x = nn.relu(conv(self.mconv_features, self.stage_kernel, f"mconv{i}")(x))
-    x = nn.relu(conv(self.mconv_features, 1, "mconv4")(x))
-    return conv(self.num_parts, 1, "mconv5")(x)
+      x = nn.relu(norm(conv(self.mconv_features, self.stage_kernel, f"mconv{i}")(x), f"bn{i}"))
+    x = nn.relu(norm(conv(self.mconv_features, 1, "mconv4")(x), "bn4"))
+    return _conv(self.num_parts, 1, "mconv5", dtype=self.dtype, kernel_init=self.kernel_init)(x)
 
 
 class CPM(nn.Module):
   """(images [N,H,W,3], centre maps [N,H,W,1]) -> tuple of `num_stages` belief maps
-  [N,H/8,W/8,num_parts] float32. H and W must be divisible by 8 (368 in the release)."""
+  [N,H/8,W/8,num_parts] float32 (H/4 with `num_pools=2`). H and W must be divisible by the
+  stride (368 in the release)."""
 
   num_stages: int = 6  # The release: 6 (MPI, LSP), 4 (FLIC).
   num_parts: int = 15  # Belief maps, the background included (K + 1).
@@ -159,27 +187,40 @@ class CPM(nn.Module):
   dropout_rate: float = 0.5  # After stage 1's conv5 and conv6, in training only.
   kernel_init: Initializer = RELEASE_INIT  # Biases start at 0.
   dtype: Dtype = jnp.float32  # Computation dtype; parameters stay float32.
+  # Not the release, options for short CPU runs: 2 pools per trunk (stride 4: 32x32 maps at
+  # 128 px, nearer the release's 46x46 than stride 8's 16x16), and `init_scheme` "lecun" or
+  # "he" instead of `kernel_init` (the release's std 0.01 shrinks the signal ~2x a layer).
+  num_pools: int = 3
+  init_scheme: str = "release"
+  batch_norm: bool = False  # BatchNorm before every ReLU (adds "batch_stats"): CPU runs only.
 
   @nn.compact
   def __call__(self, images, center_map, *, train: bool = False):
+    stride = 2 ** self.num_pools
     if center_map.shape[:3] != images.shape[:3] or center_map.shape[3:] != (1,):
       raise ValueError(f"CPM: center_map shape {center_map.shape} must be [N,H,W,1] with the "
                        f"images' N,H,W {images.shape[:3]}")
-    if images.shape[1] % 8 or images.shape[2] % 8:
-      raise ValueError(f"CPM: image size {images.shape[1:3]} must be divisible by 8")
+    if images.shape[1] % stride or images.shape[2] % stride:
+      raise ValueError(f"CPM: image size {images.shape[1:3]} must be divisible by {stride}")
+    if self.init_scheme not in INIT_SCHEMES:
+      raise ValueError(f"CPM: init_scheme={self.init_scheme!r}; expected one of "
+                       f"{list(INIT_SCHEMES)}")
+    kernel_init = INIT_SCHEMES[self.init_scheme] or self.kernel_init
     x = images.astype(self.dtype)
-    center = pool_center_map(center_map.astype(jnp.float32))
+    center = pool_center_map(center_map.astype(jnp.float32), stride)
     beliefs = Stage1(self.num_parts, self.trunk_features, self.stage_features,
                      self.head_features, self.big_kernel, self.feature_kernel, self.dropout_rate,
-                     self.kernel_init, self.dtype, name="stage1")(x, train=train)
+                     kernel_init, self.dtype, self.num_pools, self.batch_norm,
+                     name="stage1")(x, train=train)
     outputs = [beliefs.astype(jnp.float32)]
     if self.num_stages > 1:
-      features = Trunk(self.trunk_features, self.big_kernel, self.kernel_init, self.dtype,
-                       name="trunk2")(x)
+      features = Trunk(self.trunk_features, self.big_kernel, kernel_init, self.dtype,
+                       self.num_pools, self.batch_norm, name="trunk2")(x, train=train)
       for t in range(2, self.num_stages + 1):
         beliefs = Stage(self.num_parts, self.stage_features, self.mconv_features,
-                        self.stage_kernel, self.feature_kernel, self.kernel_init, self.dtype,
-                        name=f"stage{t}")(features, beliefs, center)
+                        self.stage_kernel, self.feature_kernel, kernel_init, self.dtype,
+                        self.batch_norm, name=f"stage{t}")(features, beliefs, center,
+                                                           train=train)
         outputs.append(beliefs.astype(jnp.float32))
     return tuple(outputs)
 

@@ -61,24 +61,41 @@ def _caffe_lrn(x):
   return layers.local_response_norm(x, size=5, k=1.0, alpha=1e-4 / 5, beta=0.75)
 
 
+def _conv_relu(module: nn.Module, features: int, kernel: int, name: str, train: bool, **kw):
+  """conv -> ReLU in `module`'s scope (BVLC), or conv without bias -> BatchNorm -> ReLU with
+  `module.batch_norm` (BN-Inception's layer; the BatchNorm is named f"{name}_bn")."""
+  bn = module.batch_norm
+  if kernel == 1:
+    conv = layers.Conv1x1(features, use_bias=not bn, dtype=module.dtype, name=name)
+  else:
+    conv = nn.Conv(features, (kernel, kernel), use_bias=not bn, dtype=module.dtype, name=name,
+                   **kw)
+
+  def apply(x):
+    y = conv(x)
+    if bn:
+      y = layers.batch_norm(train, module.dtype, name=f"{name}_bn")(y)
+    return nn.relu(y)
+
+  return apply
+
+
 class Inception(nn.Module):
   """Inception v1 module: [N,H,W,C] -> [N,H,W,b1 + b3 + b5 + pool_proj] (ReLU outputs)."""
 
   widths: tuple[int, ...]  # (1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool projection).
   dtype: Dtype = jnp.float32
+  batch_norm: bool = False  # See GoogLeNetRegressor.
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, *, train: bool = False):
     b1, r3, b3, r5, b5, proj = self.widths
-    conv1x1 = functools.partial(layers.Conv1x1, dtype=self.dtype)
-    conv = functools.partial(nn.Conv, dtype=self.dtype)
-    y1 = nn.relu(conv1x1(b1, name="1x1")(x))
-    y3 = nn.relu(conv1x1(r3, name="3x3_reduce")(x))
-    y3 = nn.relu(conv(b3, (3, 3), padding=1, name="3x3")(y3))
-    y5 = nn.relu(conv1x1(r5, name="5x5_reduce")(x))
-    y5 = nn.relu(conv(b5, (5, 5), padding=2, name="5x5")(y5))
+    layer = functools.partial(_conv_relu, self, train=train)
+    y1 = layer(b1, 1, "1x1")(x)
+    y3 = layer(b3, 3, "3x3", padding=1)(layer(r3, 1, "3x3_reduce")(x))
+    y5 = layer(b5, 5, "5x5", padding=2)(layer(r5, 1, "5x5_reduce")(x))
     yp = nn.max_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
-    yp = nn.relu(conv1x1(proj, name="pool_proj")(yp))
+    yp = layer(proj, 1, "pool_proj")(yp)
     return jnp.concatenate([y1, y3, y5, yp], axis=-1)
 
 
@@ -94,23 +111,26 @@ class GoogLeNetRegressor(nn.Module):
   lrn: bool = True  # BVLC's two LRN layers (after pool1 and after conv2).
   dropout_rate: float = 0.4  # Before the head in training (BVLC); rng "dropout".
   dtype: Dtype = jnp.float32
+  # BatchNorm after every convolution, no LRN (as BN-Inception; adds "batch_stats"): not the
+  # paper's network, which started from ImageNet weights; an option for training from scratch.
+  batch_norm: bool = False
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
     width = lambda c: max(1, c // self.width_divisor)  # noqa: E731
-    norm = _caffe_lrn if self.lrn else lambda y: y
+    norm = _caffe_lrn if self.lrn and not self.batch_norm else lambda y: y
+    layer = functools.partial(_conv_relu, self, train=train)
     x = x.astype(self.dtype)
-    x = nn.relu(nn.Conv(width(64), (7, 7), strides=2, padding=3, dtype=self.dtype,
-                        name="conv1")(x))
+    x = layer(width(64), 7, "conv1", strides=2, padding=3)(x)
     x = norm(layers.max_pool_ceil(x, 3, 2))
-    x = nn.relu(layers.Conv1x1(width(64), dtype=self.dtype, name="conv2_reduce")(x))
-    x = nn.relu(nn.Conv(width(192), (3, 3), padding=1, dtype=self.dtype, name="conv2")(x))
+    x = layer(width(64), 1, "conv2_reduce")(x)
+    x = layer(width(192), 3, "conv2", padding=1)(x)
     x = layers.max_pool_ceil(norm(x), 3, 2)
     for name, widths in self.inception:
       if name in ("4a", "5a"):
         x = layers.max_pool_ceil(x, 3, 2)
       x = Inception(tuple(width(c) for c in widths), dtype=self.dtype,
-                    name=f"inception_{name}")(x)
+                    batch_norm=self.batch_norm, name=f"inception_{name}")(x, train=train)
     x = jnp.mean(x, axis=(1, 2))  # BVLC's 7x7 average pool on the 7x7 map.
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.outputs, dtype=self.dtype, name="fc")(x).astype(jnp.float32)
@@ -163,12 +183,14 @@ class IEF(nn.Module):
   map_sigma: float = 0.1  # Gaussian std / crop side (the release: 22.4 px at 224 px).
   map_range: tuple[float, float] = (-50 / 255, 50 / 255)  # (background, peak) of the maps.
   step_scale: float = 20 / 224  # Output units, normalised: the paper's L = 20 px at 224 px.
+  batch_norm: bool = False  # See GoogLeNetRegressor.
   dtype: Dtype = jnp.float32
 
   def setup(self):
     self.net = GoogLeNetRegressor(2 * self.num_joints, inception=self.inception,
                                   width_divisor=self.width_divisor, lrn=self.lrn,
-                                  dropout_rate=self.dropout_rate, dtype=self.dtype)
+                                  dropout_rate=self.dropout_rate, batch_norm=self.batch_norm,
+                                  dtype=self.dtype)
 
   def correction(self, images, poses, *, train: bool = False):
     """f: images [N,H,W,3] and poses [N,K,2] -> corrections [N,K,2] (normalised, float32)."""
@@ -187,9 +209,13 @@ class IEF(nn.Module):
       y = y + module.correction(images, y, train=train)
       return y, y
 
-    scan = nn.scan(step, variable_broadcast="params", split_rngs={"params": False,
-                                                                  "dropout": True},
-                   in_axes=nn.broadcast, length=steps)
+    # Parameters are shared by every iteration; BatchNorm statistics (with batch_norm) are
+    # read by each, and in training updated by each in turn (carried).
+    stats = dict(variable_carry="batch_stats") if train else dict(
+        variable_broadcast=["params", "batch_stats"])
+    stats.setdefault("variable_broadcast", "params")
+    scan = nn.scan(step, split_rngs={"params": False, "dropout": True}, in_axes=nn.broadcast,
+                   length=steps, **stats)
     _, iterates = scan(self, y0, images)
     return iterates
 

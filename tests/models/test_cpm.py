@@ -212,3 +212,31 @@ def test_bad_centre_map_shape_is_named():
     model.init(jax.random.key(0), images, jnp.zeros((1, 32, 32)))
   with pytest.raises(ValueError, match="divisible by 8"):
     model.init(jax.random.key(0), jnp.zeros((1, 36, 36, 3)), jnp.zeros((1, 36, 36, 1)))
+
+
+def test_two_pools_give_stride_4_with_the_same_parameters():
+  """The CPU option: the same layers (so the same count) at stride 4; the centre map pools
+  5x5/4 dividing by valid pixels."""
+  images, centers = _inputs(1, 32)
+  shapes = {}
+  for pools in (3, 2):
+    model = _tiny(num_pools=pools)
+    variables = jax.eval_shape(lambda m=model: m.init(jax.random.key(0), images, centers))
+    outputs = jax.eval_shape(lambda v, m=model: m.apply(v, images, centers), variables)
+    shapes[pools] = (_count(variables), outputs[-1].shape)
+  assert shapes[3] == (shapes[2][0], (1, 4, 4, 3))
+  assert shapes[2][1] == (1, 8, 8, 3)
+  np.testing.assert_allclose(cpm.pool_center_map(jnp.ones((1, 32, 32, 1)), 4), 1.0, rtol=1e-6)
+  with pytest.raises(ValueError, match="divisible by 4"):
+    _tiny(num_pools=2).init(jax.random.key(0), jnp.zeros((1, 30, 30, 3)),
+                            jnp.zeros((1, 30, 30, 1)))
+
+
+def test_init_schemes():
+  images, centers = _inputs(1, 32)
+  for scheme, std in (("release", 0.01), ("he", np.sqrt(2 / (3 * 3 * 3)))):
+    params = _tiny(init_scheme=scheme).init(jax.random.key(0), images, centers)["params"]
+    kernel = params["stage1"]["conv1"]["kernel"]  # 3x3x3 -> 8: fan-in 27.
+    assert abs(float(jnp.std(kernel)) / std - 1) < 0.25, (scheme, float(jnp.std(kernel)))
+  with pytest.raises(ValueError, match="init_scheme='xavier'"):
+    _tiny(init_scheme="xavier").init(jax.random.key(0), images, centers)

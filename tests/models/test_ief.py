@@ -28,15 +28,16 @@ def test_paper_parameter_count_at_224(lrn):
   assert out.shape == (4, 2, 16, 2) and out.dtype == jnp.float32
 
 
-def _tiny():
-  model = ief.IEFTiny(4)
+def _tiny(**kw):
+  model = ief.IEFTiny(4, **kw)
   images = jax.random.normal(jax.random.key(1), (2, 48, 48, 3))
   y0 = jax.random.uniform(jax.random.key(2), (4, 2), minval=-0.3, maxval=0.3)
   return model, images, y0, helpers.fake_init(model, images, y0)
 
 
-def test_scan_equals_explicit_applications_of_f():
-  model, images, y0, variables = _tiny()
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_scan_equals_explicit_applications_of_f(batch_norm):
+  model, images, y0, variables = _tiny(batch_norm=batch_norm)
   run = jax.jit(lambda v, y: model.apply(v, images, y, num_iterations=3))
   iterates = run(variables, y0)
   assert iterates.shape == (3, 2, 4, 2)
@@ -112,3 +113,19 @@ def test_bounded_correction_steps_toward_the_truth_at_most_max_step(y, y_true, m
   # Short errors are corrected fully.
   short = dist <= max_step
   np.testing.assert_allclose(e[short], u[short], rtol=1e-4, atol=1e-4)
+
+
+def test_batch_norm_option_without_lrn_or_biases_and_training_through_the_scan():
+  """BN-Inception's layers (the CPU quickstart trains from scratch): statistics in
+  "batch_stats", no convolution biases; __call__ in training carries the statistics through
+  the iterations (each updates them in turn), inference only reads them."""
+  model, images, y0, variables = _tiny(batch_norm=True)
+  net = variables["params"]["net"]
+  assert "bias" not in net["conv1"] and "conv1_bn" in net
+  assert set(variables["batch_stats"]["net"]["conv1_bn"]) == {"mean", "var"}
+  out, state = model.apply(variables, images, y0, train=True, num_iterations=2,
+                           mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
+  assert out.shape == (2, 2, 4, 2)
+  before = variables["batch_stats"]["net"]["conv1_bn"]["mean"]
+  after = state["batch_stats"]["net"]["conv1_bn"]["mean"]
+  assert not np.allclose(before, after)

@@ -1,0 +1,43 @@
+"""What a person sees: train.py and eval.py print their own lines (progress, tables, where
+files went); the libraries' INFO lines and TensorFlow's start-up notices go to the log file."""
+
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LIBRARY_NOISE = ("oneDNN", "absl::InitializeLog", " INFO ", "orbax", "Constructing tf.data")
+
+
+def _run(args, env=None):
+  proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                        timeout=300, env={**os.environ, **(env or {})})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc.stdout + proc.stderr
+
+
+def test_train_and_eval_print_only_their_own_lines(tmp_path):
+  workdir = tmp_path / "w"
+  data = f"--config.dataset.data_dir={tmp_path / 'tfds'}"
+  train_out = _run(["train.py", "--config", "configs/quickstart.py:tiny", "--workdir",
+                    str(workdir), data])
+  eval_out = _run(["eval.py", "--ckpt", str(workdir)])
+  for out in (train_out, eval_out):
+    noise = [line for line in out.splitlines() if any(n in line for n in LIBRARY_NOISE)]
+    assert not noise, noise
+  assert len(train_out.splitlines()) < 40, train_out
+  assert "Total" in eval_out
+  # The evaluation over the split shows a progress bar with a rate and an ETA.
+  assert "evaluate synthetic" in eval_out and "image/s" in eval_out
+  quiet = _run(["eval.py", "--ckpt", str(workdir)], env={"JAXPOSE_PROGRESS": "0"})
+  assert "Total" in quiet and "image/s" not in quiet
+  log = (workdir / "logs" / "train.log").read_text()
+  assert "oneDNN custom operations" in log  # Kept, in the log file.
+
+
+def test_verbose_shows_the_library_lines(tmp_path):
+  out = _run(["-c", "from absl import app, flags\n"
+              "from jaxpose import runtime\n"
+              "runtime.define_output_flags()\n"
+              "app.run(lambda argv: runtime.setup())", "--verbose"])
+  assert "oneDNN custom operations" in out
