@@ -106,11 +106,11 @@ def tompson(tiny: bool):
   c = _common(base.get_config())
   c.model = ml_collections.ConfigDict(dict(
       name="tompson", bank_features=(16, 32, 32, 64), bank_kernels=(5, 5, 5, 7),
-      head_features=(64,), output_stride=4, spatial_model=True))
+      head_features=(64,), output_stride=4, spatial_model=True, batch_norm=True))
   c.output_size = 32
   c.sigma = 1.0
   c.loss = "softmax_ce"
-  steps = [1300, 300, 300]
+  steps = [1100, 250, 300]
   if tiny:
     c = _tiny(c)
     c.model.update(bank_features=(8, 8, 8, 16), bank_kernels=(3, 3, 3, 3), head_features=(16,),
@@ -143,11 +143,12 @@ def deeppose(tiny: bool):
   c = _common(base.get_config())
   c.model = ml_collections.ConfigDict(dict(
       name="deeppose", num_stages=3, features=(48, 96, 128, 128, 96), hidden=1024,
-      dropout_rate=0.2, box_factor=1.0, patch_size=64))
+      dropout_rate=0.2, box_factor=1.0, patch_size=48, batch_norm=True))
+  c.batch_size = 16
   if tiny:
     c.model.update(features=(8, 16, 16, 16, 16), hidden=32, patch_size=64)
   phases = (("stage1", "stage1"), ("stage2", "stage2"), ("stage3", "stage3"))
-  return _regression_common(c, phases, [3500, 700, 700], tiny)
+  return _regression_common(c, phases, [2400, 500, 500], tiny)
 
 
 def ief(tiny: bool):
@@ -155,7 +156,7 @@ def ief(tiny: bool):
   consolidation (one phase per step)."""
   c = _common(base.get_config())
   c.model = ml_collections.ConfigDict(dict(name="ief", num_iterations=3, width_divisor=4,
-                                           dropout_rate=0.2))
+                                           dropout_rate=0.2, batch_norm=True))
   if tiny:
     c.model.width_divisor = 16
   phases = (("step1", "*"), ("step2", "*"), ("step3", "*"))

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from jaxpose import progress
 from jaxpose.data import pipeline
 
 # A visible joint may lie at most this fraction of the image's longer side outside the image
@@ -197,6 +198,16 @@ def find_file(manual_dir: str, candidates: Sequence[str], instructions: str) -> 
                           f"(looked for {tried}). {instructions}")
 
 
+def download_and_prepare(builder: tfds.core.DatasetBuilder, **kwargs) -> None:
+  """`builder.download_and_prepare(**kwargs)` showing jaxpose's progress bars (with totals, so
+  with an ETA) instead of TFDS's (which count examples without a total)."""
+  tfds.display_progress_bar(False)
+  try:
+    builder.download_and_prepare(**kwargs)
+  finally:
+    tfds.display_progress_bar(True)
+
+
 def download_config(manual_dir: str | None = None) -> tfds.download.DownloadConfig:
   """A DownloadConfig for `download_and_prepare` (nothing is downloaded by these builders)."""
   return tfds.download.DownloadConfig(manual_dir=manual_dir)
@@ -282,8 +293,10 @@ def generate_examples(people: People, image_dir: str,
     example["image"] = data
     return example
 
-  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+  with (concurrent.futures.ThreadPoolExecutor(workers) as pool,
+        progress.bar(len(people), f"read {image_dir}", min_total=100) as shown):
     for start in range(0, len(people), _CHUNK):
       indices = range(start, min(start + _CHUNK, len(people)))
       for i, example in zip(indices, pool.map(make, indices)):
+        shown.update()
         yield i, example

@@ -49,7 +49,7 @@ def prepare(dataset: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   builder = _builder(dataset)
   if not builder.is_prepared():
     if jax.process_index() == 0:
-      builder.download_and_prepare()
+      builder_lib.download_and_prepare(builder)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"prepare {builder.info.full_name}")
     builder = _builder(dataset)

@@ -35,7 +35,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   start = time.perf_counter()
   builder = datasets.get_builder(args.name, args.config, data_dir, manual_dir)
   try:
-    builder.download_and_prepare(download_config=builder_lib.download_config(manual_dir))
+    builder_lib.download_and_prepare(
+        builder, download_config=builder_lib.download_config(manual_dir))
   except (FileNotFoundError, builder_lib.AnnotationError, builder_lib.ImageError) as e:
     raise SystemExit(f"Cannot build {args.name}: {e}") from None
   sizes = ", ".join(f"{split} {info.num_examples}" for split, info in builder.info.splits.items())

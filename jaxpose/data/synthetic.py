@@ -48,6 +48,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from jaxpose import drawing
+from jaxpose import progress
 from jaxpose.data import builder_lib
 from jaxpose.data import synthetic_people
 from jaxpose.data import synthetic_render
@@ -185,25 +186,30 @@ class SyntheticPose(tfds.core.GeneratorBasedBuilder,
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # Nothing to download.
     return {
-        "train": self._generate_examples(TRAIN_SEED, self.builder_config.num_train),
+        "train": self._generate_examples(TRAIN_SEED, self.builder_config.num_train, "train"),
         "validation": self._generate_examples(VALIDATION_SEED,
-                                              self.builder_config.num_validation),
+                                              self.builder_config.num_validation, "validation"),
     }
 
-  def _generate_examples(self, seed: int, num: int) -> Iterator[tuple[int, dict]]:
+  def _generate_examples(self, seed: int, num: int, split: str = ""
+                         ) -> Iterator[tuple[int, dict]]:
     """Yields (index, example) in index order; renders in worker processes if large."""
+    with progress.bar(num, f"render synthetic {split}", min_total=_POOL_MIN_EXAMPLES) as shown:
+      for index, example in enumerate(self._render(seed, num)):
+        shown.update()
+        yield index, example
+
+  def _render(self, seed: int, num: int) -> Iterator[dict]:
     render_one = functools.partial(_encoded_example, seed)
     workers = min(os.cpu_count() or 1, 8)
     if num < _POOL_MIN_EXAMPLES or workers < 2:
-      for index in range(num):
-        yield index, render_one(index)
+      yield from map(render_one, range(num))
       return
     # Not a plain fork: the parent may run JAX and TensorFlow threads (train.py builds the data
     # set on first use), and forking a multithreaded process can deadlock. A fork server
     # starts clean once and forks the workers from there.
     with multiprocessing.get_context("forkserver").Pool(workers) as pool:
-      for index, example in enumerate(pool.imap(render_one, range(num), _POOL_CHUNK)):
-        yield index, example
+      yield from pool.imap(render_one, range(num), _POOL_CHUNK)
 
 
 def num_examples(split: str, config: str = "default") -> int:
@@ -228,7 +234,7 @@ def load(split: str, config: str = "default", data_dir: str | None = None) -> tf
     data_dir: TFDS data directory; None means TFDS's default (~/tensorflow_datasets).
   """
   builder = SyntheticPose(config=config, data_dir=data_dir)
-  builder.download_and_prepare()
+  builder_lib.download_and_prepare(builder)
   return builder.as_dataset(split=split, shuffle_files=False)
 
 
@@ -266,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
   if args.build:
     start = time.perf_counter()
     builder = SyntheticPose(config=args.build, data_dir=args.data_dir)
-    builder.download_and_prepare()
+    builder_lib.download_and_prepare(builder)
     print(f"Built synthetic_pose/{args.build} in {builder.data_dir} "
           f"in {time.perf_counter() - start:.1f} s")
   if not (args.preview or args.build):

@@ -91,11 +91,16 @@ class Bank(nn.Module):
   kernels: Sequence[int] = (5, 5, 5, 9)
   pools: Sequence[bool] = (True, True, False, False)  # A 2x2/2 max pool after each conv?
   dtype: Dtype = jnp.float32
+  batch_norm: bool = False  # See Tompson.batch_norm.
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, *, train: bool = False):
     for i, (f, k, pool) in enumerate(zip(self.features, self.kernels, self.pools)):
-      x = nn.relu(nn.Conv(f, (k, k), padding=k // 2, dtype=self.dtype, name=f"conv{i + 1}")(x))
+      x = nn.Conv(f, (k, k), padding=k // 2, use_bias=not self.batch_norm, dtype=self.dtype,
+                  name=f"conv{i + 1}")(x)
+      if self.batch_norm:
+        x = layers.batch_norm(train, self.dtype, name=f"bn{i + 1}")(x)
+      x = nn.relu(x)
       if pool:
         x = layers.max_pool_ceil(x, 2, 2)
     return x
@@ -113,9 +118,10 @@ class PartDetector(nn.Module):
   lcn_size: int = 9
   lcn_sigma: float = 2.0
   dtype: Dtype = jnp.float32
+  batch_norm: bool = False  # See Tompson.batch_norm.
 
   @nn.compact
-  def __call__(self, images):
+  def __call__(self, images, *, train: bool = False):
     if self.output_stride not in (4, 8):
       raise ValueError(f"Tompson: output_stride {self.output_stride} must be 4 or 8")
     pools = (True, True, self.output_stride == 8, False)
@@ -124,7 +130,8 @@ class PartDetector(nn.Module):
       if i:
         x = layers.avg_pool_ceil(x, 2, 2)
       y = local_contrast_normalise(x, self.lcn_size, self.lcn_sigma).astype(self.dtype)
-      y = Bank(self.bank_features, self.bank_kernels, pools, self.dtype, name=f"bank{i}")(y)
+      y = Bank(self.bank_features, self.bank_kernels, pools, self.dtype, self.batch_norm,
+               name=f"bank{i}")(y, train=train)
       if merged is None:
         merged = y
       else:
@@ -132,7 +139,10 @@ class PartDetector(nn.Module):
         merged = merged + y[:, :merged.shape[1], :merged.shape[2]]
     x = merged
     for i, f in enumerate(self.head_features):
-      x = nn.relu(layers.Conv1x1(f, dtype=self.dtype, name=f"fc{i + 1}")(x))
+      x = layers.Conv1x1(f, use_bias=not self.batch_norm, dtype=self.dtype, name=f"fc{i + 1}")(x)
+      if self.batch_norm:
+        x = layers.batch_norm(train, self.dtype, name=f"fc{i + 1}_bn")(x)
+      x = nn.relu(x)
     return layers.Conv1x1(self.num_joints, dtype=self.dtype, name="out")(x).astype(jnp.float32)
 
 
@@ -245,13 +255,17 @@ class Tompson(nn.Module):
   spatial_method: str = "fft"  # "fft" or "conv".
   spatial_log: bool = True  # Spatial output as log beliefs (True) or beliefs.
   dtype: Dtype = jnp.float32  # Detector computation dtype; parameters stay float32.
+  # BatchNorm after every detector convolution (adds "batch_stats"; the paper predates it): an
+  # option for short CPU runs from scratch. Without it there is no dropout or BatchNorm, and
+  # training and evaluation compute the same function.
+  batch_norm: bool = False
 
   @nn.compact
   def __call__(self, images, *, train: bool = False):
-    del train  # No dropout or BatchNorm: the same function in training and evaluation.
     maps = PartDetector(self.num_joints, self.bank_features, self.bank_kernels,
                         self.head_features, self.output_stride, self.num_banks, self.lcn_size,
-                        self.lcn_sigma, self.dtype, name="detector")(images)
+                        self.lcn_sigma, self.dtype, self.batch_norm,
+                        name="detector")(images, train=train)
     if not self.spatial_model:
       return (maps,)
     spatial = SpatialModel(self.spatial_normalise, self.spatial_method,

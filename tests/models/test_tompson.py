@@ -192,3 +192,20 @@ def test_tiny_forward_and_one_gradient_step_reaches_both_subtrees():
   new = jax.tree.map(lambda p, g: p - 1e-2 * g, params, grads)
   assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(new))
   assert float(jax.jit(loss_fn)(new)) < float(loss)
+
+
+def test_batch_norm_option():
+  """The CPU option: BatchNorm after every detector convolution (no conv biases there), its
+  statistics in "batch_stats", updated in training only; the spatial model is unchanged."""
+  model = tompson.TompsonTiny(num_joints=3, spatial_model=True, batch_norm=True)
+  images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  variables = model.init(jax.random.key(1), images)
+  bank = variables["params"]["detector"]["bank0"]
+  assert "bias" not in bank["conv1"] and "bn1" in bank
+  assert "fc1_bn" in variables["batch_stats"]["detector"]
+  eval_out = model.apply(variables, images)
+  train_out, state = model.apply(variables, images, train=True, mutable=["batch_stats"])
+  assert len(eval_out) == len(train_out) == 2
+  assert not np.allclose(eval_out[0], train_out[0])
+  assert not np.allclose(state["batch_stats"]["detector"]["bank0"]["bn1"]["mean"],
+                         variables["batch_stats"]["detector"]["bank0"]["bn1"]["mean"])
