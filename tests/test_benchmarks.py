@@ -95,14 +95,14 @@ def test_torch_cpm_has_jaxpose_parameter_counts():
   pytest.importorskip("torch")
   from benchmarks import torch_models  # pylint: disable=g-import-not-at-top
   for spec in ("configs/quickstart.py:cpm-tiny", "configs/quickstart.py:cpm",
-               "configs/cpm_mpii.py"):
+               "configs/cpm_mpii.py", "configs/cpm_flic.py"):
     config = bench.load_config(str(REPO / spec), 2)
     assert torch_models.num_params(bench.torch_model(config)) == _jax_params(str(REPO / spec))
   assert torch_models.num_params(torch_models.CPM()) == 31_219_866  # The release's LSP model.
 
 
 def _from_torch(params, state_dict):
-  """jaxpose CPM parameters with the values of a torch_models.CPM state_dict."""
+  """jaxpose CPM parameters (the release's layout) with a torch_models.CPM's state_dict."""
 
   def value(path, leaf):
     keys = [p.key for p in path]
@@ -113,6 +113,8 @@ def _from_torch(params, state_dict):
       prefix = f"stages.{int(module[5:]) - 2}.{layer}"
     else:
       prefix = f"{module}.{layer}"
+    if layer not in ("conv7", "mconv5"):  # Inside conv-ReLU blocks.
+      prefix += ".conv"
     w = state_dict[prefix + (".bias" if keys[-1] == "bias" else ".weight")].numpy()
     if keys[-1] != "bias":
       w = w.transpose(2, 3, 1, 0)  # OIHW -> HWIO
@@ -122,16 +124,19 @@ def _from_torch(params, state_dict):
   return jax.tree_util.tree_map_with_path(value, params)
 
 
-def test_torch_cpm_computes_what_jaxpose_cpm_computes():
+@pytest.mark.parametrize("num_pools", [3, 2])
+def test_torch_cpm_computes_what_jaxpose_cpm_computes(num_pools):
   torch = pytest.importorskip("torch")
   from benchmarks import torch_models  # pylint: disable=g-import-not-at-top
   kw = dict(num_stages=3, num_parts=5, trunk_features=8, stage_features=4, head_features=16,
-            mconv_features=8, big_kernel=3, stage_kernel=5, feature_kernel=3, dropout_rate=0.0)
+            mconv_features=8, big_kernel=3, stage_kernel=5, feature_kernel=3, dropout_rate=0.0,
+            num_pools=num_pools)
   torch.manual_seed(0)
   twin = torch_models.CPM(**kw).eval()
   for p in twin.parameters():
     torch.nn.init.normal_(p, std=0.3)
-  size = 72  # Pools hang over the edge: 72 -> 36 -> 18 -> 9; the centre pool's last window too.
+  # 72 px: the pools hang over the edge (72 -> 36 -> 18 -> 9), the centre pool's last window too.
+  size = 72
   x = np.random.default_rng(0).normal(size=(2, size, size, 3)).astype(np.float32)
   center = np.array(cpm.center_map(size, jnp.array([[30.0, 40.0], [50.0, 20.0]]), sigma=5.0))
   model = cpm.CPM(**kw)
@@ -142,4 +147,5 @@ def test_torch_cpm_computes_what_jaxpose_cpm_computes():
                     torch.from_numpy(center.transpose(0, 3, 1, 2)))
   for got, want in zip(outputs, expected, strict=True):
     want = want.numpy().transpose(0, 2, 3, 1)
+    assert got.shape == want.shape == (2, size // 2**num_pools, size // 2**num_pools, 5)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
