@@ -20,9 +20,21 @@ port's 4) and `num_joints`, so tests can build tiny ones. Images [N,3,H,W] -> li
 `num_stacks` heat maps [N,num_joints,H/4,W/4]; the same function as
 `jaxpose.models.hourglass.StackedHourglass`.
 
-  python benchmarks/torch_models.py      # parameter counts of the 2- and 8-stack models
+CPM: the released 6-stage network (`pose_deploy_centerMap.prototxt`), layer for layer as
+`jaxpose.models.cpm.CPM` and with the same hyperparameter names, so `CPM(**config.model)`
+(less `name`) has that module's parameter count. Caffe's ceil-rounded pools are PyTorch's
+`ceil_mode=True` (both overhang the bottom / right edge only); the centre map's 9x9/8 average
+pool divides each clipped window by its valid pixels (`count_include_pad=False`), as
+`jaxpose.models.layers.avg_pool_ceil` does. Images [N,3,H,W] and centre maps [N,1,H,W] -> list
+of `num_stages` belief maps [N,num_parts,H/8,W/8]. jaxpose's CPU options (`num_pools`,
+`init_scheme`, `batch_norm`) are here too.
+
+  python benchmarks/torch_models.py      # parameter counts of the released-size models
 """
 
+import collections
+
+import torch
 from torch import nn
 from torch.nn import functional as F
 
@@ -114,6 +126,122 @@ class StackedHourglass(nn.Module):
     return out
 
 
+def _conv(inplanes: int, features: int, kernel: int, bias: bool = True) -> nn.Conv2d:
+  """A "same"-padded convolution (odd kernels), as `jaxpose.models.cpm._conv`."""
+  return nn.Conv2d(inplanes, features, kernel, padding=kernel // 2, bias=bias)
+
+
+def _conv_relu(inplanes: int, features: int, kernel: int, batch_norm: bool) -> nn.Sequential:
+  """conv, ReLU; with `batch_norm`, a bias-free conv, BatchNorm, ReLU (jaxpose's option)."""
+  layers = [("conv", _conv(inplanes, features, kernel, bias=not batch_norm))]
+  if batch_norm:
+    layers.append(("bn", nn.BatchNorm2d(features)))
+  return nn.Sequential(collections.OrderedDict(layers + [("relu", nn.ReLU())]))
+
+
+def _cpm_trunk(features: int, kernel: int, num_pools: int, batch_norm: bool) -> nn.Sequential:
+  """Three conv+ReLU, the first `num_pools` each followed by Caffe's ceil-rounded 3x3/2 max
+  pool: [N,3,H,W] -> [N,features,H/s,W/s], s = 2**num_pools."""
+  layers = []
+  for i in range(1, 4):
+    layers.append((f"conv{i}", _conv_relu(3 if i == 1 else features, features, kernel,
+                                          batch_norm)))
+    if i <= num_pools:
+      layers.append((f"pool{i}", nn.MaxPool2d(3, 2, ceil_mode=True)))
+  return nn.Sequential(collections.OrderedDict(layers))
+
+
+class CPMStage1(nn.Module):
+  """Stage 1 with its own image trunk: images [N,3,H,W] -> beliefs [N,num_parts,H/s,W/s]."""
+
+  def __init__(self, num_parts, trunk_features, stage_features, head_features, big_kernel,
+               feature_kernel, dropout_rate, num_pools, batch_norm):
+    super().__init__()
+    self.trunk = _cpm_trunk(trunk_features, big_kernel, num_pools, batch_norm)
+    self.conv4 = _conv_relu(trunk_features, stage_features, feature_kernel, batch_norm)
+    self.conv5 = _conv_relu(stage_features, head_features, big_kernel, batch_norm)
+    self.conv6 = _conv_relu(head_features, head_features, 1, batch_norm)
+    self.conv7 = _conv(head_features, num_parts, 1)
+    self.drop = nn.Dropout(dropout_rate)
+
+  def forward(self, x):
+    x = self.conv4(self.trunk(x))
+    x = self.drop(self.conv5(x))
+    return self.conv7(self.drop(self.conv6(x)))
+
+
+class CPMStage(nn.Module):
+  """Stage t >= 2: (trunk features, previous beliefs, pooled centre map) -> beliefs, all at
+  the trunk's stride; concatenated in the release's order."""
+
+  def __init__(self, num_parts, trunk_features, stage_features, mconv_features, stage_kernel,
+               feature_kernel, batch_norm):
+    super().__init__()
+    self.conv = _conv_relu(trunk_features, stage_features, feature_kernel, batch_norm)
+    width = stage_features + num_parts + 1
+    self.mconv1 = _conv_relu(width, mconv_features, stage_kernel, batch_norm)
+    self.mconv2 = _conv_relu(mconv_features, mconv_features, stage_kernel, batch_norm)
+    self.mconv3 = _conv_relu(mconv_features, mconv_features, stage_kernel, batch_norm)
+    self.mconv4 = _conv_relu(mconv_features, mconv_features, 1, batch_norm)
+    self.mconv5 = _conv(mconv_features, num_parts, 1)
+
+  def forward(self, features, beliefs, center):
+    x = torch.cat([self.conv(features), beliefs, center], dim=1)
+    for layer in (self.mconv1, self.mconv2, self.mconv3, self.mconv4, self.mconv5):
+      x = layer(x)
+    return x
+
+
+def _init_cpm(model: nn.Module, scheme: str) -> None:
+  """Kernels as `jaxpose.models.cpm.INIT_SCHEMES` (the release's N(0, 0.01), or He / LeCun
+  normal, untruncated here), biases 0; BatchNorm as PyTorch's default (1, 0)."""
+  if scheme not in ("release", "he", "lecun"):
+    raise ValueError(f"init_scheme={scheme!r}; expected 'release', 'he' or 'lecun'.")
+  for m in model.modules():
+    if isinstance(m, nn.Conv2d):
+      if scheme == "release":
+        nn.init.normal_(m.weight, std=0.01)
+      else:
+        nn.init.kaiming_normal_(m.weight, nonlinearity="relu" if scheme == "he" else "linear")
+      if m.bias is not None:
+        nn.init.zeros_(m.bias)
+
+
+class CPM(nn.Module):
+  """(images [N,3,H,W], centre maps [N,1,H,W]) -> list of `num_stages` belief maps
+  [N,num_parts,H/s,W/s], s = 2**num_pools. Defaults: the released MPI / LSP model
+  (31,219,866 parameters); `num_pools`, `init_scheme` and `batch_norm` are jaxpose's options
+  for short CPU runs."""
+
+  def __init__(self, num_stages: int = 6, num_parts: int = 15, trunk_features: int = 128,
+               stage_features: int = 32, head_features: int = 512, mconv_features: int = 128,
+               big_kernel: int = 9, stage_kernel: int = 11, feature_kernel: int = 5,
+               dropout_rate: float = 0.5, num_pools: int = 3, init_scheme: str = "release",
+               batch_norm: bool = False):
+    super().__init__()
+    self.stage1 = CPMStage1(num_parts, trunk_features, stage_features, head_features,
+                            big_kernel, feature_kernel, dropout_rate, num_pools, batch_norm)
+    self.trunk2 = (_cpm_trunk(trunk_features, big_kernel, num_pools, batch_norm)
+                   if num_stages > 1 else None)
+    self.stages = nn.ModuleList(
+        CPMStage(num_parts, trunk_features, stage_features, mconv_features, stage_kernel,
+                 feature_kernel, batch_norm) for _ in range(num_stages - 1))
+    stride = 2**num_pools  # Caffe's 9x9/8 at the release's stride 8.
+    self.center_pool = nn.AvgPool2d(stride + 1, stride, ceil_mode=True,
+                                    count_include_pad=False)
+    _init_cpm(self, init_scheme)
+
+  def forward(self, images, center_map):
+    beliefs = self.stage1(images)
+    outputs = [beliefs]
+    if self.stages:
+      features, center = self.trunk2(images), self.center_pool(center_map)
+      for stage in self.stages:
+        beliefs = stage(features, beliefs, center)
+        outputs.append(beliefs)
+    return outputs
+
+
 def num_params(model: nn.Module) -> int:
   """Trainable parameters (BatchNorm running statistics excluded)."""
   return sum(p.numel() for p in model.parameters())
@@ -122,3 +250,5 @@ def num_params(model: nn.Module) -> int:
 if __name__ == "__main__":
   for stacks in (2, 8):
     print(f"hg_s{stacks}_b1: {num_params(StackedHourglass(num_stacks=stacks)):,} parameters")
+  print(f"CPM, 6 stages, 14+1 parts: {num_params(CPM()):,} parameters")
+  print(f"CPM, 4 stages, 9+1 parts (FLIC): {num_params(CPM(num_stages=4, num_parts=10)):,}")

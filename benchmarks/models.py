@@ -1,0 +1,607 @@
+r"""jaxpose against PyTorch twins of the same networks, model by model: train-step time,
+inference time, peak memory and the time from process start to the first training step.
+
+  python benchmarks/models.py --torch            # the six paper-size models (hours on a CPU)
+  python benchmarks/models.py --quick --models hourglass2 --torch                # a smoke run
+  python benchmarks/models.py --configs configs/quickstart.py:cpm,configs/quickstart.py:hourglass
+
+--models picks paper configs by name (MODELS below; all six when neither --models nor --configs
+is given); --configs adds any config spec, "file.py[:arg]" as train.py's --config takes it.
+Every number comes from its own fresh process (`--child`), so compiled programs, allocator pools
+and peak memory never carry over between measurements. Per model and framework:
+
+  train step   median seconds per step over --steps timed steps after --warmup steps. jaxpose:
+               `families.create_family`, `train.create_train_state`, `train.make_train_step`
+               with the config's optimiser of its first phase (the trainer's own step, targets
+               rendered inside it). PyTorch: forward, the config's heat-map loss summed over
+               stacks / stages (targets rendered once on the host), backward, the config's
+               optimiser (RMSProp 2.5e-4 for the hourglass, SGD momentum 0.9 with the release's
+               per-layer multipliers for CPM).
+  inference    median seconds of one forward pass on the batch, no flip test. jaxpose: the
+               family's `predict` under jax.jit (decoding included); PyTorch: forward in eval
+               mode under torch.no_grad().
+  peak RSS     ru_maxrss of the training process after its timed steps (MB).
+  first step   seconds from the process's start (/proc/self/stat) to its first training step
+               done, imports included: cold (jaxpose: a fresh, empty persistent compilation
+               cache) and warm (a second process on the same cache; PyTorch has no such cache,
+               its second process only finds its files in the OS page cache).
+
+Batches are random and built on the host: uint8 pixels, given to both frameworks as the float32
+input the host pipeline makes of them (pixels / 255 - 0.5), joints inside the crop, all
+visible. No data set is read: every config gets the synthetic data set's skeleton (MPII's 16
+joints). `--device_augment` instead feeds jaxpose the uint8 pixels and lets its train step
+resample them (`config.augment_on_device`, the paper configs' setting), work the PyTorch step
+does not do. PyTorch runs on the CPU with --threads threads, in NCHW (or, with
+--torch_channels_last, its NHWC memory format, often faster on CPUs); JAX on its default device.
+Ratios are jaxpose / PyTorch: below 1, jaxpose is faster or smaller. Models without a PyTorch
+twin (Tompson, DeepPose, IEF) show "-" there.
+
+Writes --out (JSON: the machine, the settings, one record per model, rewritten after each
+model) and the table next to it (.md), headed by the machine; prints the table.
+"""
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+_SCRIPT_START = time.time()  # Before any heavy import: the fallback for the process start.
+
+import numpy as np  # noqa: E402  (after the clock above)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+# --models names -> config specs: the papers' recipes at their sizes.
+MODELS = {
+    "hourglass2": "configs/hourglass_mpii.py:2",
+    "hourglass8": "configs/hourglass_mpii.py",
+    "cpm": "configs/cpm_mpii.py",
+    "tompson": "configs/tompson_mpii.py",
+    "deeppose": "configs/deeppose_mpii.py",
+    "ief": "configs/ief_mpii.py",
+}
+TORCH_TWINS = ("hourglass", "cpm")  # config.model.name values with a PyTorch twin.
+SKELETON, NUM_JOINTS = "mpii", 16  # The synthetic data set's joints (datasets.NATIVE_SKELETON).
+NUM_EXAMPLES = 22246  # The training-set size schedules are built for (MPII's); no effect on speed.
+# The CPM release's Caffe lr_mult / decay_mult by (stage 1?, bias?), as jaxpose's CPM_LR_MULT
+# (not imported: the PyTorch child never imports JAX).
+CAFFE_LR_MULT = {(True, False): (5.0, 1.0), (True, True): (10.0, 0.0), (False, False): (1.0, 1.0),
+                 (False, True): (2.0, 0.0)}
+RECORD = "@@record "  # Prefix of the child's result line on stdout.
+# Table columns: (heading, key in a framework's record, scale to the unit in the heading).
+COLUMNS = (("train step (ms)", "train_step_s", 1e3),
+           ("inference (ms)", "inference_s", 1e3),
+           ("peak RSS (MB)", "peak_rss_mb", 1.0),
+           ("first step, cold (s)", "first_step_cold_s", 1.0),
+           ("first step, warm (s)", "first_step_warm_s", 1.0))
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared by both frameworks' children: the config, the batch, the clock.
+
+
+def load_config(spec: str, batch_size: int):
+  """'file.py[:arg]' -> the locked ConfigDict train.py's --config would give (ml_collections'
+  config_flags), with the benchmark's batch size and the synthetic data set's skeleton."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", spec, "Config file.", flag_values=values,
+                                  lock_config=True)
+  values(["models.py"])
+  config = values.config
+  config.batch_size = batch_size
+  config.dataset.skeleton = SKELETON
+  return config
+
+
+def random_batch(batch_size: int, size: int, num_joints: int = NUM_JOINTS, seed: int = 0) -> dict:
+  """A host batch: uint8 pixels [B,S,S,3], joints [B,K,2] inside the crop, visible [B,K]."""
+  rng = np.random.default_rng(seed)
+  return {"pixels": rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
+          "joints": rng.uniform(0.1 * size, 0.9 * size, (batch_size, num_joints, 2)).astype(
+              np.float32),
+          "visible": np.ones((batch_size, num_joints), np.float32)}
+
+
+def float_images(pixels: np.ndarray) -> np.ndarray:
+  """uint8 pixels -> the model input the host pipeline makes (pipeline.normalize)."""
+  return pixels.astype(np.float32) / 255.0 - 0.5
+
+
+def seconds_since_start() -> float:
+  """Seconds since this process started (/proc/self/stat against /proc/uptime, 10 ms ticks);
+  since this module started where /proc does not say (or says something implausible)."""
+  fallback = time.time() - _SCRIPT_START
+  try:
+    with open("/proc/self/stat") as f:
+      ticks = int(f.read().rpartition(")")[2].split()[19])  # Field 22, starttime.
+    with open("/proc/uptime") as f:
+      uptime = float(f.read().split()[0])
+  except (OSError, ValueError, IndexError):
+    return fallback
+  elapsed = uptime - ticks / os.sysconf("SC_CLK_TCK")
+  return elapsed if fallback <= elapsed < fallback + 60 else fallback
+
+
+def peak_rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux.
+
+
+def time_calls(fn, warmup: int, repeats: int) -> list[float]:
+  """Seconds of each of `repeats` calls of `fn` after `warmup` untimed ones."""
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return times
+
+
+# ---------------------------------------------------------------------------------------------
+# jaxpose.
+
+
+def _jax_count(tree) -> int:
+  import jax  # pylint: disable=g-import-not-at-top
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def _jax_train_batch(host: dict, device_augment: bool) -> dict:
+  """The batch the trainer's step takes: the host pipeline's float32 images, or (with
+  `device_augment`) the stored uint8 pixels with identity crop maps and unit colour gains."""
+  from jaxpose.data import pipeline  # pylint: disable=g-import-not-at-top
+  b = len(host["pixels"])
+  batch = {"joints": host["joints"], "visible": host["visible"],
+           "transform": np.tile(np.eye(3, dtype=np.float32), (b, 1, 1))}
+  if not device_augment:
+    return dict(batch, image=float_images(host["pixels"]))
+  return dict(batch, **{pipeline.PIXELS: host["pixels"],
+                        pipeline.INVERSE: np.tile(np.eye(2, 3, dtype=np.float32), (b, 1, 1)),
+                        pipeline.GAINS: np.ones((b, 3), np.float32)})
+
+
+def jax_train(config, host: dict, task: dict):
+  """(record fields, one training step) with the trainer's state, step and first phase."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxpose import families, optim, parallel, train  # pylint: disable=g-import-not-at-top
+  family = families.create_family(config)
+  if family.target_fn is not None:
+    raise NotImplementedError(f"{family.name}: host-side targets (Family.target_fn) are not "
+                              "generated by this benchmark.")
+  mesh = parallel.make_mesh()
+  all_phases = optim.phases(config, NUM_EXAMPLES)
+  phase = all_phases[0]
+  tx = train.create_optimizer(config, NUM_EXAMPLES, phase, layer_groups=family.layer_groups)
+  state = train.create_train_state(family, tx, jax.random.key(config.seed), mesh)
+  step = train.make_train_step(family, mesh, phase.index)
+  batch = parallel.global_batch(_jax_train_batch(host, task["device_augment"]), mesh)
+  rng = jax.random.key(1)
+  held = {"state": state}
+
+  def run():
+    held["state"], metrics = step(held["state"], batch, rng)
+    jax.block_until_ready((held["state"], metrics))
+
+  info = {"params": _jax_count(state.params), "device": jax.devices()[0].device_kind,
+          "phase": f"{phase.name} (1 of {len(all_phases)})"}
+  return info, run
+
+
+def jax_infer(config, host: dict, task: dict):
+  """(record fields, one forward pass): the family's predict, jitted, without flip test."""
+  del task
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxpose import families  # pylint: disable=g-import-not-at-top
+  family = families.create_family(config)
+  variables = jax.jit(family.init)(jax.random.key(config.seed))
+  predict = jax.jit(lambda v, b: family.predict(v, b, False))
+  batch = {"image": jax.device_put(float_images(host["pixels"]))}
+
+  def run():
+    jax.block_until_ready(predict(variables, batch))
+
+  return {"params": _jax_count(variables["params"]),
+          "device": jax.devices()[0].device_kind}, run
+
+
+def _jax_imports(task: dict) -> None:
+  import jax  # pylint: disable=g-import-not-at-top
+  if task.get("cache_dir"):  # Before anything compiles; every program is cached.
+    jax.config.update("jax_compilation_cache_dir", task["cache_dir"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  # What the builders import (TensorFlow comes with jaxpose's codecs): counted as import time.
+  from jaxpose import families, train  # noqa: F401  pylint: disable=g-import-not-at-top
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch.
+
+
+def torch_model(config):
+  """The PyTorch twin of the config's model (the same layers and sizes), or None."""
+  from benchmarks import torch_models  # pylint: disable=g-import-not-at-top
+  kwargs = {k: v for k, v in config.model.items() if k != "name"}
+  if config.model.name == "hourglass":
+    kwargs = {k: kwargs[k] for k in ("num_stacks", "features", "depth", "num_blocks")
+              if k in kwargs}
+    return torch_models.StackedHourglass(num_joints=NUM_JOINTS, **kwargs)
+  if config.model.name == "cpm":
+    return torch_models.CPM(num_parts=NUM_JOINTS + 1, **kwargs)
+  return None
+
+
+def _center_map(batch_size: int, size: int) -> np.ndarray:
+  """CPM's centre maps [B,1,S,S]: a Gaussian at the crop centre, sigma 21 px at 368 px."""
+  g = np.exp(-np.square(np.arange(size) - (size - 1) / 2) / (2 * (21.0 * size / 368) ** 2))
+  return np.broadcast_to(np.outer(g, g)[None, None], (batch_size, 1, size, size)).astype(
+      np.float32)
+
+
+def heatmap_targets(config, host: dict, background: bool):
+  """Gaussian targets [B,K,h,w] at the config's output size and their weights [B,K]; with
+  `background`, CPM's extra map (1 - max over the parts, weight 1) appended."""
+  h, stride = config.output_size, config.input_size / config.output_size
+  grid = np.arange(h, dtype=np.float32)
+  xy = (host["joints"] + 0.5) / stride - 0.5  # [B,K,2] in heat-map pixels.
+  gx = np.exp(-np.square(grid - xy[..., :1]) / (2 * config.sigma**2))  # [B,K,w]
+  gy = np.exp(-np.square(grid - xy[..., 1:]) / (2 * config.sigma**2))  # [B,K,h]
+  maps, weights = gy[..., :, None] * gx[..., None, :], host["visible"]
+  if background:
+    maps = np.concatenate([maps, 1.0 - maps.max(axis=1, keepdims=True)], axis=1)
+    weights = np.concatenate([weights, np.ones_like(weights[:, :1])], axis=1)
+  return maps.astype(np.float32), weights.astype(np.float32)
+
+
+def torch_loss(kind: str, scale: float, targets, weights):
+  """outputs (one map per stack / stage) -> the config's loss summed over them, as
+  `jaxpose.family.heatmap_losses` computes it."""
+  import torch  # pylint: disable=g-import-not-at-top
+  k = NUM_JOINTS
+
+  def loss(outputs):
+    total = 0.0
+    for pred in outputs:
+      if kind == "softmax_ce":  # The parts only (CPM's background stays free).
+        t = targets[:, :k].flatten(2)
+        t = t / t.sum(-1, keepdim=True).clamp_min(1e-12)
+        ce = -(t * torch.log_softmax(pred[:, :k].flatten(2), -1)).sum(-1)
+        w = weights[:, :k]
+        total = total + scale * (ce * w).sum() / w.sum().clamp_min(1.0)
+      else:
+        err = torch.square(pred - targets) * weights[:, :, None, None]
+        total = total + scale * (err.mean() if kind == "mse" else 0.5 * err.sum() / len(pred))
+    return total
+
+  return loss
+
+
+def torch_optimizer(model, opt):
+  """The config's optimiser: RMSProp as jaxpose's (alpha 0.99, eps 1e-8), Adam, or SGD with
+  momentum and L2 weight decay (with the Caffe release's per-layer multipliers when asked)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  groups = [{"params": list(model.parameters())}]
+  if opt.name == "sgd" and opt.get("caffe_lr_mult"):
+    by_group = {}
+    for name, p in model.named_parameters():
+      by_group.setdefault((name.startswith("stage1."), name.endswith(".bias")), []).append(p)
+    groups = [{"params": ps, "lr": opt.learning_rate * CAFFE_LR_MULT[g][0],
+               "weight_decay": opt.weight_decay * CAFFE_LR_MULT[g][1]}
+              for g, ps in by_group.items()]
+  if opt.name == "rmsprop":
+    return torch.optim.RMSprop(groups, lr=opt.learning_rate, alpha=0.99, eps=1e-8)
+  if opt.name == "adam":
+    return torch.optim.Adam(groups, lr=opt.learning_rate)
+  if opt.name == "sgd":
+    return torch.optim.SGD(groups, lr=opt.learning_rate, momentum=opt.momentum,
+                           weight_decay=opt.weight_decay)
+  raise ValueError(f"No PyTorch optimiser for config.optimizer.name {opt.name!r}.")
+
+
+def _torch_inputs(config, host: dict, channels_last: bool):
+  """(model, NCHW inputs) of the config's twin on the host batch; with `channels_last`, both
+  in PyTorch's NHWC memory format (the tensors' shapes stay NCHW)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  model = torch_model(config)
+  if model is None:
+    raise ValueError(f"No PyTorch twin of {config.model.name!r}; twins: {TORCH_TWINS}.")
+  inputs = [torch.from_numpy(float_images(host["pixels"]).transpose(0, 3, 1, 2).copy())]
+  if config.model.name == "cpm":
+    inputs.append(torch.from_numpy(_center_map(len(host["pixels"]), config.input_size)))
+  if channels_last:
+    model = model.to(memory_format=torch.channels_last)
+    inputs = [x.contiguous(memory_format=torch.channels_last) for x in inputs]
+  return model, inputs
+
+
+def torch_train(config, host: dict, task: dict):
+  """(record fields, one training step): forward, loss, backward, optimiser step."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from benchmarks import torch_models  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(task["threads"])
+  model, inputs = _torch_inputs(config, host, task["channels_last"])
+  model.train()
+  targets, weights = heatmap_targets(config, host, background=config.model.name == "cpm")
+  loss_fn = torch_loss(config.loss, config.get("loss_scale", 1.0), torch.from_numpy(targets),
+                       torch.from_numpy(weights))
+  optimizer = torch_optimizer(model, config.optimizer)
+
+  def run():
+    optimizer.zero_grad(set_to_none=True)
+    loss_fn(model(*inputs)).backward()
+    optimizer.step()
+
+  return {"params": torch_models.num_params(model), "device": "cpu"}, run
+
+
+def torch_infer(config, host: dict, task: dict):
+  """(record fields, one forward pass) in eval mode under torch.no_grad()."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from benchmarks import torch_models  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(task["threads"])
+  model, inputs = _torch_inputs(config, host, task["channels_last"])
+  model.eval()
+
+  def run():
+    with torch.no_grad():
+      model(*inputs)
+
+  return {"params": torch_models.num_params(model), "device": "cpu"}, run
+
+
+def _torch_imports(task: dict) -> None:
+  del task
+  import torch  # noqa: F401  pylint: disable=g-import-not-at-top
+  from benchmarks import torch_models  # noqa: F401  pylint: disable=g-import-not-at-top
+
+
+# ---------------------------------------------------------------------------------------------
+# One measurement (the child) and the processes that run them (the parent).
+
+BUILDERS = {("jax", "train"): jax_train, ("jax", "infer"): jax_infer,
+            ("torch", "train"): torch_train, ("torch", "infer"): torch_infer}
+IMPORTS = {"jax": _jax_imports, "torch": _torch_imports}
+
+
+def measure(task: dict) -> dict:
+  """One measurement in this process, `task["kind"]` of "train" (step times, peak RSS),
+  "infer" (forward times) or "startup" (seconds from the process start to one step done)."""
+  IMPORTS[task["framework"]](task)
+  record = {"import_s": seconds_since_start(), "import_rss_mb": peak_rss_mb()}
+  config = load_config(task["spec"], task["batch"])
+  host = random_batch(task["batch"], config.input_size)
+  build = BUILDERS[task["framework"], "infer" if task["kind"] == "infer" else "train"]
+  info, run = build(config, host, task)
+  record.update(info)
+  if task["kind"] == "startup":
+    run()
+    return dict(record, first_step_s=seconds_since_start())
+  times = time_calls(run, task["warmup"], task["steps"])
+  return dict(record, median_s=statistics.median(times), times_s=times,
+              peak_rss_mb=peak_rss_mb())
+
+
+def spawn(task: dict, timeout: float | None = None) -> dict:
+  """`measure(task)` in a fresh Python process: its record, or {"error": why}."""
+  env = dict(os.environ)
+  env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  try:
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child",
+                           json.dumps(task)], capture_output=True, text=True, env=env,
+                          timeout=timeout, check=False)
+  except subprocess.TimeoutExpired:
+    return {"error": f"timed out after {timeout} s"}
+  for line in reversed(proc.stdout.splitlines()):
+    if line.startswith(RECORD):
+      return json.loads(line[len(RECORD):])
+  tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+  return {"error": f"exit {proc.returncode}: " + " | ".join(tail)}
+
+
+def measure_framework(framework: str, spec: str, args, label: str) -> dict:
+  """Train, inference and cold / warm start-up of one model, each in a fresh process."""
+  task = dict(framework=framework, spec=spec, batch=args.batch, warmup=args.warmup,
+              steps=args.steps, threads=args.threads, device_augment=args.device_augment,
+              channels_last=args.torch_channels_last)
+  runs = {"train": spawn(dict(task, kind="train"), args.timeout),
+          "infer": spawn(dict(task, kind="infer"), args.timeout)}
+  with tempfile.TemporaryDirectory(prefix="jaxpose_xla_cache_") as cache:
+    for kind in ("cold", "warm"):  # The same empty directory, then full.
+      runs[kind] = spawn(dict(task, kind="startup", cache_dir=cache), args.timeout)
+  train, infer, cold, warm = runs["train"], runs["infer"], runs["cold"], runs["warm"]
+  out = {"params": train.get("params", infer.get("params")), "device": train.get("device"),
+         "phase": train.get("phase"), "train_step_s": train.get("median_s"),
+         "train_step_times_s": train.get("times_s"), "inference_s": infer.get("median_s"),
+         "inference_times_s": infer.get("times_s"), "peak_rss_mb": train.get("peak_rss_mb"),
+         "first_step_cold_s": cold.get("first_step_s"),
+         "first_step_warm_s": warm.get("first_step_s"), "import_s": cold.get("import_s"),
+         "import_rss_mb": train.get("import_rss_mb")}
+  errors = {k: r["error"] for k, r in runs.items() if "error" in r}
+  if errors:
+    out["errors"] = errors
+  _progress(f"{label} {framework}", out)
+  return out
+
+
+def _progress(label: str, record: dict) -> None:
+  line = ", ".join(f"{h} {_cell(record.get(key), scale)}" for h, key, scale in COLUMNS)
+  print(f"  {label}: {line}", file=sys.stderr, flush=True)
+  for kind, error in record.get("errors", {}).items():
+    print(f"    {kind} failed: {error}", file=sys.stderr, flush=True)
+
+
+def ratios(jax_record: dict, torch_record: dict | None) -> dict:
+  """jaxpose / PyTorch for every column both measured."""
+  if not torch_record:
+    return {}
+  return {key: jax_record[key] / torch_record[key] for _, key, _ in COLUMNS
+          if jax_record.get(key) is not None and torch_record.get(key)}
+
+
+def run_model(name: str, spec: str, args) -> dict:
+  """One model's record: its config, both frameworks' numbers, the ratios."""
+  config = load_config(spec, args.batch)
+  record = {"model": name, "config": os.path.relpath(spec, REPO), "family": config.model.name,
+            "input_size": config.input_size, "batch": args.batch}
+  print(f"{name}: {record['config']}", file=sys.stderr, flush=True)
+  record["jax"] = measure_framework("jax", spec, args, name)
+  twin = args.torch and config.model.name in TORCH_TWINS
+  record["torch"] = measure_framework("torch", spec, args, name) if twin else None
+  record["ratios"] = ratios(record["jax"], record["torch"])
+  return record
+
+
+# ---------------------------------------------------------------------------------------------
+# The report.
+
+
+def _cell(value, scale: float = 1.0, digits: int | None = None) -> str:
+  if value is None:
+    return "-"
+  value *= scale
+  digits = digits if digits is not None else (0 if value >= 100 else 1 if value >= 10 else 2)
+  return f"{value:,.{digits}f}"
+
+
+def machine() -> dict:
+  """The CPU (from /proc/cpuinfo), its cores, the library versions and the date."""
+  cpu = "unknown CPU"
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next((line.split(":", 1)[1].strip() for line in f
+                  if line.startswith("model name")), cpu)
+  except OSError:
+    pass
+
+  def version(package):
+    try:
+      return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+      return None
+
+  return {"cpu": cpu, "cores": os.cpu_count(), "jax": version("jax"),
+          "jaxlib": version("jaxlib"), "torch": version("torch"),
+          "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+
+
+def markdown(records: list[dict], host: dict, settings: dict) -> str:
+  """The table: per column jaxpose, PyTorch and their ratio; headed by the machine."""
+  device = next((r["jax"].get("device") for r in records if r["jax"].get("device")), "?")
+  head = (f"{host['cpu']}, {host['cores']} cores; jax {host['jax']}, jaxlib {host['jaxlib']}, "
+          f"torch {host['torch'] or '-'}; {host['date']}. Batch {settings['batch']}, "
+          f"{settings['warmup']} warm-up + {settings['steps']} timed steps (medians), PyTorch "
+          f"on {settings['threads']} threads"
+          + (" (channels_last)" if settings["torch_channels_last"] else "")
+          + (", jaxpose resampling uint8 pixels in its step" if settings["device_augment"]
+             else "") + f"; jax on {device}.")
+  cols = "".join(f" {h}: jax | torch | jax/torch |" for h, _, _ in COLUMNS)
+  lines = [head, "", "| model | params |" + cols,
+           "|---|---:|" + "---:|---:|---:|" * len(COLUMNS)]
+  for r in records:
+    torch_r = r["torch"] or {}
+    cells = [f"{_cell(r['jax'].get(key), scale)} | {_cell(torch_r.get(key), scale)} | "
+             f"{_cell(r['ratios'].get(key), digits=2)}" for _, key, scale in COLUMNS]
+    lines.append(f"| {r['model']} | {_cell(r['jax'].get('params'), digits=0)} | "
+                 + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def _write(path: str, host: dict, settings: dict, records: list[dict]) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump({"machine": host, "settings": settings, "models": records}, f, indent=1)
+  with open(os.path.splitext(path)[0] + ".md", "w") as f:
+    f.write(markdown(records, host, settings) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line.
+
+
+def _resolve(spec: str) -> str:
+  """A config spec with its file as an absolute path (as given, else under the repository)."""
+  path, sep, arg = spec.partition(":")
+  if not os.path.exists(path) and os.path.exists(os.path.join(REPO, path)):
+    path = os.path.join(REPO, path)
+  if not os.path.exists(path):
+    raise SystemExit(f"Config file {path!r} not found.")
+  return os.path.abspath(path) + sep + arg
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--torch", action="store_true", help="Also time the PyTorch twins.")
+  parser.add_argument("--models", help=f"Comma-separated, of {','.join(MODELS)}.")
+  parser.add_argument("--configs", help="Comma-separated config specs, 'file.py[:arg]'.")
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--warmup", type=int, default=3, help="Untimed steps / passes first.")
+  parser.add_argument("--steps", type=int, default=10, help="Timed steps / passes.")
+  parser.add_argument("--quick", action="store_true", help="2 warm-up + 3 timed: a smoke run.")
+  parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                      help="PyTorch's threads (default: the cores this process may use).")
+  parser.add_argument("--device_augment", action="store_true",
+                      help="Feed jaxpose uint8 pixels that its train step resamples.")
+  parser.add_argument("--torch_channels_last", action="store_true",
+                      help="Run PyTorch in its NHWC memory format (default: NCHW, as the "
+                      "reference implementations).")
+  parser.add_argument("--timeout", type=float, default=None,
+                      help="Seconds allowed to each measuring process.")
+  parser.add_argument("--out", default=os.path.join(REPO, "runs", "models_benchmark.json"))
+  parser.add_argument("--child", help=argparse.SUPPRESS)  # A task (JSON): measure, print.
+  args = parser.parse_args(argv)
+  if args.quick:
+    args.warmup, args.steps = 2, 3
+  if args.warmup < 1 or args.steps < 1:
+    parser.error("--warmup and --steps must be at least 1 (the first step compiles).")
+  return args
+
+
+def _selected(args) -> list[tuple[str, str]]:
+  """(name, resolved spec) of every model asked for."""
+  names = args.models.split(",") if args.models else ([] if args.configs else list(MODELS))
+  unknown = sorted(set(names) - set(MODELS))
+  if unknown:
+    raise SystemExit(f"Unknown --models {unknown}; known: {', '.join(MODELS)}.")
+  specs = [s for s in (args.configs or "").split(",") if s]
+  return [(n, _resolve(MODELS[n])) for n in names] + [(s, _resolve(s)) for s in specs]
+
+
+def main(argv=None) -> None:
+  args = parse_args(argv)
+  if args.child:
+    print(RECORD + json.dumps(measure(json.loads(args.child))), flush=True)
+    return
+  if args.torch:
+    try:
+      import torch  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    except ImportError as e:
+      raise SystemExit(f"--torch: PyTorch is not importable ({e}); pip install -r "
+                       "requirements-torch.txt") from None
+  models = _selected(args)
+  if not models:
+    raise SystemExit("No models: give --models and/or --configs.")
+  host = machine()
+  settings = {k: getattr(args, k) for k in ("batch", "warmup", "steps", "threads", "torch",
+                                            "torch_channels_last", "device_augment")}
+  records = []
+  for name, spec in models:
+    records.append(run_model(name, spec, args))
+    _write(args.out, host, settings, records)  # After each model: a long run keeps its part.
+  print(markdown(records, host, settings))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,151 @@
+"""benchmarks/models.py and its PyTorch twins: a measurement's record, the report, and twins
+with jaxpose's parameter counts (the PyTorch parts are skipped without torch)."""
+
+import ast
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks import models as bench
+from jaxpose import families
+from jaxpose import summary
+from jaxpose.models import cpm
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY = str(REPO / "configs" / "quickstart.py") + ":hourglass-tiny"
+
+
+def _task(framework, kind, spec=TINY, **overrides):
+  return dict(framework=framework, kind=kind, spec=spec, batch=2, warmup=1, steps=2, threads=1,
+              device_augment=False, channels_last=False, **overrides)
+
+
+def _jax_params(spec):
+  variables = families.eval_shape_variables(families.create_family(bench.load_config(spec, 2)))
+  return summary.count(variables["params"])
+
+
+def test_jax_measurement_record_has_positive_times_and_rss():
+  record = bench.measure(_task("jax", "train"))  # In this process: its compilations are cached.
+  assert record["params"] == _jax_params(TINY) > 0
+  assert record["median_s"] > 0 and len(record["times_s"]) == 2
+  assert all(t > 0 for t in record["times_s"])
+  assert record["peak_rss_mb"] >= record["import_rss_mb"] > 0
+  assert record["import_s"] > 0
+  assert record["phase"] == "train (1 of 1)"
+
+
+def test_report_ratios_and_missing_twins():
+  jax_r = {"params": 10, "train_step_s": 0.2, "inference_s": 0.05, "peak_rss_mb": 800.0,
+           "first_step_cold_s": 30.0, "first_step_warm_s": 5.0}
+  torch_r = dict(jax_r, train_step_s=0.4, peak_rss_mb=None)
+  r = bench.ratios(jax_r, torch_r)
+  assert r == {"train_step_s": 0.5, "inference_s": 1.0, "first_step_cold_s": 1.0,
+               "first_step_warm_s": 1.0}
+  assert bench.ratios(jax_r, None) == {}
+  records = [{"model": "a", "jax": jax_r, "torch": torch_r, "ratios": r},
+             {"model": "b", "jax": jax_r, "torch": None, "ratios": {}}]
+  host = {"cpu": "Some CPU", "cores": 2, "jax": "1", "jaxlib": "1", "torch": None,
+          "date": "today"}
+  settings = dict(batch=8, warmup=2, steps=3, threads=2, torch_channels_last=False,
+                  device_augment=False)
+  lines = bench.markdown(records, host, settings).splitlines()
+  assert lines[0].startswith("Some CPU, 2 cores") and "Batch 8" in lines[0]
+  assert lines[4].startswith("| a | 10 | 200 | 400 | 0.50 |")
+  assert lines[5].startswith("| b | 10 | 200 | - | - |")
+  assert len(lines[5].split("|")) == len(lines[2].split("|"))
+
+
+def test_heatmap_targets_peak_at_the_joints():
+  config = bench.load_config(TINY, 2)  # 64 px in, 16 px out.
+  host = bench.random_batch(2, config.input_size)
+  maps, weights = bench.heatmap_targets(config, host, background=True)
+  assert maps.shape == (2, 17, 16, 16) and weights.shape == (2, 17)
+  peak = np.unravel_index(np.argmax(maps[0, 3]), maps.shape[2:])
+  expected = (host["joints"][0, 3] + 0.5) / 4 - 0.5
+  np.testing.assert_allclose(peak[::-1], expected, atol=0.5)
+
+
+def test_jaxpose_never_imports_torch():
+  for path in (REPO / "jaxpose").rglob("*.py"):
+    for node in ast.walk(ast.parse(path.read_text())):
+      names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+               [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+      assert not any(n.split(".")[0] == "torch" for n in names), path
+
+
+# ---------------------------------------------------------------------------------------------
+# With PyTorch.
+
+
+def test_torch_measurement_in_a_fresh_process_matches_the_parameter_count():
+  pytest.importorskip("torch")
+  record = bench.spawn(_task("torch", "train"), timeout=120)
+  assert "error" not in record, record
+  assert record["params"] == _jax_params(TINY)
+  assert record["median_s"] > 0 and record["peak_rss_mb"] > 0
+  startup = bench.spawn(_task("torch", "startup"), timeout=120)
+  assert startup["first_step_s"] > startup["import_s"] > 0
+
+
+def test_torch_cpm_has_jaxpose_parameter_counts():
+  pytest.importorskip("torch")
+  from benchmarks import torch_models  # pylint: disable=g-import-not-at-top
+  for spec in ("configs/quickstart.py:cpm-tiny", "configs/quickstart.py:cpm",
+               "configs/cpm_mpii.py", "configs/cpm_flic.py"):
+    config = bench.load_config(str(REPO / spec), 2)
+    assert torch_models.num_params(bench.torch_model(config)) == _jax_params(str(REPO / spec))
+  assert torch_models.num_params(torch_models.CPM()) == 31_219_866  # The release's LSP model.
+
+
+def _from_torch(params, state_dict):
+  """jaxpose CPM parameters (the release's layout) with a torch_models.CPM's state_dict."""
+
+  def value(path, leaf):
+    keys = [p.key for p in path]
+    module, layer = keys[0], keys[1]
+    if module == "stage1" and layer in ("conv1", "conv2", "conv3"):
+      prefix = f"stage1.trunk.{layer}"
+    elif module.startswith("stage") and module != "stage1":
+      prefix = f"stages.{int(module[5:]) - 2}.{layer}"
+    else:
+      prefix = f"{module}.{layer}"
+    if layer not in ("conv7", "mconv5"):  # Inside conv-ReLU blocks.
+      prefix += ".conv"
+    w = state_dict[prefix + (".bias" if keys[-1] == "bias" else ".weight")].numpy()
+    if keys[-1] != "bias":
+      w = w.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+      w = w[0, 0] if leaf.ndim == 2 else w  # A 1x1 convolution as a dense kernel.
+    return jnp.asarray(w)
+
+  return jax.tree_util.tree_map_with_path(value, params)
+
+
+@pytest.mark.parametrize("num_pools", [3, 2])
+def test_torch_cpm_computes_what_jaxpose_cpm_computes(num_pools):
+  torch = pytest.importorskip("torch")
+  from benchmarks import torch_models  # pylint: disable=g-import-not-at-top
+  kw = dict(num_stages=3, num_parts=5, trunk_features=8, stage_features=4, head_features=16,
+            mconv_features=8, big_kernel=3, stage_kernel=5, feature_kernel=3, dropout_rate=0.0,
+            num_pools=num_pools)
+  torch.manual_seed(0)
+  twin = torch_models.CPM(**kw).eval()
+  for p in twin.parameters():
+    torch.nn.init.normal_(p, std=0.3)
+  # 72 px: the pools hang over the edge (72 -> 36 -> 18 -> 9), the centre pool's last window too.
+  size = 72
+  x = np.random.default_rng(0).normal(size=(2, size, size, 3)).astype(np.float32)
+  center = np.array(cpm.center_map(size, jnp.array([[30.0, 40.0], [50.0, 20.0]]), sigma=5.0))
+  model = cpm.CPM(**kw)
+  params = jax.eval_shape(model.init, jax.random.key(0), x, center)["params"]
+  outputs = model.apply({"params": _from_torch(params, twin.state_dict())}, x, center)
+  with torch.no_grad():
+    expected = twin(torch.from_numpy(x.transpose(0, 3, 1, 2)),
+                    torch.from_numpy(center.transpose(0, 3, 1, 2)))
+  for got, want in zip(outputs, expected, strict=True):
+    want = want.numpy().transpose(0, 2, 3, 1)
+    assert got.shape == want.shape == (2, size // 2**num_pools, size // 2**num_pools, 5)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
