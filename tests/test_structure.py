@@ -84,3 +84,16 @@ def test_lower_layers_do_not_import_upper_ones():
   bad = [f"{m} imports {d}" for m, deps in import_graph().items()
          if m.startswith(LOWER_PREFIXES) for d in deps if d in UPPER]
   assert not bad, bad
+
+
+def test_models_and_families_import_without_tensorflow():
+  """JAX users of the models and families (and the benchmark's processes) do not pay for
+  TensorFlow's import (~4 s, ~430 MB of RSS): only the input pipeline needs it."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  code = ("import sys\nfrom jaxpose import families, family\n"
+          "from jaxpose.models import cpm, deeppose, hourglass, ief, tompson\n"
+          "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]

@@ -16,7 +16,6 @@ puts the crop at [-0.5, 0.5). The crop mirror x -> S - 1 - x is exactly u_x -> -
 import dataclasses
 
 import jax.numpy as jnp
-import tensorflow as tf
 
 
 def normalize(joints, center, size):
@@ -59,6 +58,7 @@ class CoordinateCodec:
   def encode(self, joints, visible) -> dict:
     """TF, one example: joints [K, 2] input px, visible [K] -> {"coords": [K, 2] normalised
     (0 for missing joints, whatever their stored value), "coord_weight": [K] = visible}."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top  (only the pipeline needs TF)
     weight = tf.cast(visible, tf.float32)
     coords = (tf.cast(joints, tf.float32) - self.center) / float(self.input_size)
     coords = tf.where(weight[:, None] > 0, coords, 0.0)

@@ -18,7 +18,6 @@ the model (jax.numpy, also fine on numpy arrays). `HeatmapCodec` wraps them in t
 import dataclasses
 
 import jax.numpy as jnp
-import tensorflow as tf
 
 
 def input_to_heatmap(xy, stride: float):
@@ -44,6 +43,7 @@ def encode(joints, visible, size: tuple[int, int], sigma: float):
     targets [H, W, K] float32 and per-joint weights [K] float32: 0 for missing joints and for
     joints whose Gaussian lies entirely outside the map (more than 3 sigma away).
   """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (only the pipeline needs TF)
   joints = tf.cast(joints, tf.float32)
   visible = tf.cast(visible, tf.float32)
   h, w = size
@@ -146,6 +146,7 @@ class HeatmapCodec:
   def encode(self, joints, visible) -> dict:
     """TF, one example: joints [K, 2] input px, visible [K] -> {"targets": [H, W, K],
     "target_weight": [K]}."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top  (only the pipeline needs TF)
     uv = input_to_heatmap(tf.cast(joints, tf.float32), self.stride)
     targets, weights = encode(uv, visible, self.map_size, self.sigma)
     return {"targets": targets, "target_weight": weights}
