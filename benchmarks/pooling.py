@@ -1,9 +1,12 @@
-r"""Ceil-rounded 3x3/2 max pooling on CPU: XLA's reduce_window against the separable strided
-maximum `jaxpose.models.layers.max_pool_ceil` uses (forward and forward + backward).
+r"""Max pooling on CPU: XLA's reduce_window against the strided maxima jaxpose uses, for the
+ceil-rounded 3x3/2 pools (`layers.max_pool_ceil`: CPM, DeepPose, IEF) and the hourglass's 2x2/2
+(`layers.max_pool2`), forward and forward + backward.
 
   python benchmarks/pooling.py            # prints seconds and the ratio, one run
 """
 
+import os
+import sys
 import time
 
 import flax.linen as nn
@@ -11,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpose.models import layers
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from jaxpose.models import layers  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _reduce_window(x):
@@ -35,6 +39,11 @@ def main() -> None:
   cases = {"forward": (_reduce_window, strided),
            "forward+backward": (jax.grad(lambda y: _reduce_window(y).sum()),
                                 jax.grad(lambda y: strided(y).sum()))}
+  window2 = lambda y: nn.max_pool(y, (2, 2), strides=(2, 2))  # noqa: E731
+  np.testing.assert_array_equal(window2(x), layers.max_pool2(x))
+  cases.update({"2x2/2 forward": (window2, layers.max_pool2),
+                "2x2/2 forward+backward": (jax.grad(lambda y: window2(y).sum()),
+                                           jax.grad(lambda y: layers.max_pool2(y).sum()))})
   for name, (slow_fn, fast_fn) in cases.items():
     slow, fast = _time(slow_fn, x), _time(fast_fn, x)
     print(f"{name}: reduce_window {slow * 1e3:.1f} ms, strided maximum {fast * 1e3:.1f} ms, "

@@ -169,8 +169,14 @@ def upsample_nearest(x, factor: int = 2):
 
 
 def max_pool2(x):
-  """2x2 max pooling with stride 2: [N,H,W,C] -> [N,H/2,W/2,C]."""
-  return nn.max_pool(x, (2, 2), strides=(2, 2))
+  """2x2 max pooling with stride 2: [N,H,W,C] -> [N,floor(H/2),floor(W/2),C] (as VALID
+  pooling rounds). A maximum of strided slices, like `max_pool_ceil`: the same values as
+  `nn.max_pool`, and a gradient of selects instead of XLA's slow select-and-scatter on CPU
+  (benchmarks/pooling.py). On ties (rare before a ReLU) the gradient is shared, not given to
+  the first maximum; both are subgradients."""
+  x = x[:, :x.shape[1] // 2 * 2, :x.shape[2] // 2 * 2]
+  x = jnp.maximum(x[:, 0::2], x[:, 1::2])
+  return jnp.maximum(x[:, :, 0::2], x[:, :, 1::2])
 
 
 def max_pool_ceil(x, window: int, stride: int):
