@@ -78,24 +78,26 @@ def hourglass(tiny: bool):
 
 
 def cpm(tiny: bool):
-  """A CPU-sized CPM: the release's layout (stage 1's own trunk, a shared second trunk, 3
-  stages) at 128 px, stride 8 (16x16 belief maps), narrower, with 3x3 trunk and 7x7 stage
-  kernels (0.24 s a step of 8 here; the release's 9x9 trunk at width 48 took 1.06 s)."""
+  """A CPU-sized CPM in the layout of the release's VGG variant (one shared 3x3 front end with
+  2x2 pools to stride 8, then stages of 7x7 convolutions on [beliefs, features, centre map]),
+  at 128 px (16x16 belief maps), narrow, 3 stages of three 7x7 convolutions, with BatchNorm and
+  He initialisation for training from scratch. The original layout narrowed the same way (its
+  two 3-conv trunks) reached 54.6 in ten minutes: too shallow to localise."""
   c = _common(base.get_config())
   c.model = ml_collections.ConfigDict(dict(
-      name="cpm", num_stages=3, trunk_features=32, stage_features=16, head_features=64,
-      mconv_features=32, big_kernel=3, stage_kernel=7, feature_kernel=3, dropout_rate=0.1,
-      batch_norm=True, init_scheme="he", num_pools=3))
+      name="cpm", variant="vgg", num_stages=3, vgg_features=((16,), (32, 32), (64, 64), (64, 64)),
+      cpm_features=(64, 32), head_features=128, mconv_features=32, num_mconv=3, stage_kernel=7,
+      batch_norm=True, init_scheme="he"))
   c.output_size = 16
   c.sigma = 0.875  # The release's 7 px at stride 8.
   c.loss = "softmax_ce"
-  c.num_train_steps = 1800
-  c.eval_every_steps = 450
-  c.checkpoint_every_steps = 450
+  c.num_train_steps = 2000
+  c.eval_every_steps = 500
+  c.checkpoint_every_steps = 500
   if tiny:
     c = _tiny(c)
-    c.model.update(num_stages=2, trunk_features=8, stage_features=4, head_features=16,
-                   mconv_features=8, big_kernel=3, stage_kernel=3)
+    c.model.update(num_stages=2, vgg_features=((4,), (8,), (8,), (8,)), cpm_features=(8,),
+                   head_features=16, mconv_features=8, num_mconv=1, stage_kernel=3)
     c.output_size = 8
   return c
 
@@ -143,12 +145,11 @@ def deeppose(tiny: bool):
   c = _common(base.get_config())
   c.model = ml_collections.ConfigDict(dict(
       name="deeppose", num_stages=3, features=(48, 96, 128, 128, 96), hidden=1024,
-      dropout_rate=0.2, box_factor=1.0, patch_size=48, batch_norm=True))
-  c.batch_size = 16
+      dropout_rate=0.2, box_factor=1.0, patch_size=48, batch_norm=False))
   if tiny:
     c.model.update(features=(8, 16, 16, 16, 16), hidden=32, patch_size=64)
   phases = (("stage1", "stage1"), ("stage2", "stage2"), ("stage3", "stage3"))
-  return _regression_common(c, phases, [2400, 500, 500], tiny)
+  return _regression_common(c, phases, [6000, 1200, 1200], tiny)
 
 
 def ief(tiny: bool):

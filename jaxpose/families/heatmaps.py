@@ -57,21 +57,28 @@ CPM_LR_MULT = {"stage1_weight": (5.0, 1.0), "stage1_bias": (10.0, 0.0), "weight"
                "bias": (2.0, 0.0)}
 
 
+# config.model.variant: the original release (two 9x9 trunks) or its VGG variant.
+CPM_VARIANTS = {"original": cpm.CPM, "vgg": cpm.CPMVGG}
+
+
 def cpm_family(config, skeleton, dtype) -> family.Family:
   """Convolutional Pose Machines: K part maps plus background at stride 8 (the release; 4 with
   config.model.num_pools = 2), every stage supervised; the centre map is a Gaussian at the crop centre (where the person's centre is in
   every crop the pipeline cuts), sigma 21 px at 368 px."""
   kwargs = family.model_kwargs(config)
   k, size = skeleton.num_joints, config.input_size
+  variant = kwargs.pop("variant", "original")
+  if variant not in CPM_VARIANTS:
+    raise ValueError(f"config.model.variant={variant!r}; expected one of {list(CPM_VARIANTS)}.")
   try:
-    model = cpm.CPM(num_parts=k + 1, dtype=dtype, **kwargs)
+    model = CPM_VARIANTS[variant](num_parts=k + 1, dtype=dtype, **kwargs)
   except TypeError as e:
     raise ValueError(f"Bad config.model for 'cpm': {e}") from None
   center = cpm.center_map(size, jnp.full((2,), (size - 1) / 2.0), sigma=21.0 * size / 368.0)
   codec = family.heatmap_codec(config)
-  if codec.stride != 2 ** model.num_pools:
+  if codec.stride != model.stride:
     raise ValueError(f"config.input_size / config.output_size = {codec.stride} must equal "
-                     f"CPM's stride 2**config.model.num_pools = {2 ** model.num_pools}.")
+                     f"the CPM's stride {model.stride}.")
   loss_kind, loss_scale = config.loss, config.get("loss_scale", 1.0)
 
   def centers(images):

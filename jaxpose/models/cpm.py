@@ -18,6 +18,11 @@ stage's last. The centre map (a Gaussian of sigma 21 px at the person's centre, 
 `center_map`) is average-pooled 9x9/8 once, dividing each window by its valid pixels as Caffe
 does. Initialisation is the release's (Gaussian std 0.01, bias 0). With the release's sizes the
 6-stage 14+1-part model has 31,219,866 parameters and the 4-stage FLIC model 21,323,816.
+
+`CPMVGG` is the release's other MPI model (`pose_deploy_resize.prototxt`): a VGG-19 front end
+shared by every stage instead of two 9x9 trunks (29,852,058 parameters); the CPU quickstart
+(`configs/quickstart.py:cpm`) is a narrow version of it. Both take `batch_norm` and
+`init_scheme` options for short runs from scratch, which the releases do not have.
 """
 
 import functools
@@ -194,9 +199,13 @@ class CPM(nn.Module):
   init_scheme: str = "release"
   batch_norm: bool = False  # BatchNorm before every ReLU (adds "batch_stats"): CPU runs only.
 
+  @property
+  def stride(self) -> int:
+    return 2 ** self.num_pools
+
   @nn.compact
   def __call__(self, images, center_map, *, train: bool = False):
-    stride = 2 ** self.num_pools
+    stride = self.stride
     if center_map.shape[:3] != images.shape[:3] or center_map.shape[3:] != (1,):
       raise ValueError(f"CPM: center_map shape {center_map.shape} must be [N,H,W,1] with the "
                        f"images' N,H,W {images.shape[:3]}")
@@ -225,9 +234,100 @@ class CPM(nn.Module):
     return tuple(outputs)
 
 
+class CPMVGG(nn.Module):
+  """The release's VGG variant (`pose_deploy_resize.prototxt`): one shared VGG-19 front end
+  (conv1_1 ... conv4_2, 3x3 convolutions, 2x2/2 max pools: 368 -> 46) and conv4_3..4_7_CPM
+  feed every stage; stage 1 is two 1x1 convolutions, stages t >= 2 concatenate [previous
+  beliefs, image features, pooled centre map] (this model's order, FAMILIES.md G5) and apply
+  five 7x7 and two 1x1 convolutions. With the release's widths and 15 maps: 29,852,058
+  parameters.
+
+  (images [N,H,W,3], centre maps [N,H,W,1]) -> tuple of `num_stages` belief maps
+  [N,H/8,W/8,num_parts] float32; H and W divisible by 8.
+  """
+
+  num_stages: int = 6
+  num_parts: int = 15
+  # VGG blocks, each followed by a 2x2/2 pool except the last: conv1_x, conv2_x, conv3_x, conv4_x.
+  vgg_features: tuple = ((64, 64), (128, 128), (256, 256, 256, 256), (512, 512))
+  cpm_features: tuple = (256, 256, 256, 256, 128)  # conv4_3_CPM .. conv4_7_CPM.
+  head_features: int = 512  # Stage 1's conv5_1_CPM (1x1).
+  mconv_features: int = 128  # Stages >= 2: Mconv1..6.
+  num_mconv: int = 5  # 7x7 convolutions per stage >= 2.
+  stage_kernel: int = 7
+  dropout_rate: float = 0.0  # Not in the VGG release; the CPU quickstart may use it.
+  kernel_init: Initializer = RELEASE_INIT
+  init_scheme: str = "release"  # See CPM.
+  batch_norm: bool = False  # See CPM.
+  dtype: Dtype = jnp.float32
+
+  @property
+  def stride(self) -> int:
+    return 2 ** (len(self.vgg_features) - 1)
+
+  @nn.compact
+  def __call__(self, images, center_map, *, train: bool = False):
+    stride = self.stride
+    if images.shape[1] % stride or images.shape[2] % stride:
+      raise ValueError(f"CPMVGG: image size {images.shape[1:3]} must be divisible by {stride}")
+    if center_map.shape[:3] != images.shape[:3] or center_map.shape[3:] != (1,):
+      raise ValueError(f"CPMVGG: center_map shape {center_map.shape} must be [N,H,W,1] with "
+                       f"the images' N,H,W {images.shape[:3]}")
+    if self.init_scheme not in INIT_SCHEMES:
+      raise ValueError(f"CPMVGG: init_scheme={self.init_scheme!r}; expected one of "
+                       f"{list(INIT_SCHEMES)}")
+    module = _Layers(INIT_SCHEMES[self.init_scheme] or self.kernel_init, self.batch_norm,
+                     self.dtype, train)
+    x = images.astype(self.dtype)
+    for b, widths in enumerate(self.vgg_features, start=1):
+      if b > 1:
+        x = layers.max_pool2(x)
+      for i, f in enumerate(widths, start=1):
+        x = module.conv_relu(f, 3, f"conv{b}_{i}")(x)
+    for i, f in enumerate(self.cpm_features, start=3):
+      x = module.conv_relu(f, 3, f"conv4_{i}_CPM")(x)
+    features = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    center = pool_center_map(center_map.astype(jnp.float32), stride)
+    y = module.conv_relu(self.head_features, 1, "conv5_1_CPM")(features)
+    beliefs = module.conv(self.num_parts, 1, "conv5_2_CPM", bias=True)(y)
+    outputs = [beliefs.astype(jnp.float32)]
+    for t in range(2, self.num_stages + 1):
+      y = jnp.concatenate([beliefs.astype(x.dtype), features, center.astype(x.dtype)], -1)
+      for i in range(1, self.num_mconv + 1):
+        y = module.conv_relu(self.mconv_features, self.stage_kernel,
+                             f"Mconv{i}_stage{t}")(y)
+      y = module.conv_relu(self.mconv_features, 1, f"Mconv{self.num_mconv + 1}_stage{t}")(y)
+      beliefs = module.conv(self.num_parts, 1, f"Mconv{self.num_mconv + 2}_stage{t}",
+                            bias=True)(y)
+      outputs.append(beliefs.astype(jnp.float32))
+    return tuple(outputs)
+
+
+class _Layers:
+  """Convolutions (and BatchNorms) for a compact module: flat names, as the prototxt's."""
+
+  def __init__(self, kernel_init, batch_norm: bool, dtype, train: bool):
+    self.kernel_init, self.batch_norm, self.dtype, self.train = (kernel_init, batch_norm, dtype,
+                                                                 train)
+
+  def conv(self, features: int, kernel: int, name: str, *, bias: bool | None = None):
+    bias = not self.batch_norm if bias is None else bias
+    return _conv(features, kernel, name, dtype=self.dtype, kernel_init=self.kernel_init,
+                 use_bias=bias)
+
+  def conv_relu(self, features: int, kernel: int, name: str):
+    """conv (-> BatchNorm) -> ReLU, created in the calling compact method's module."""
+    conv = self.conv(features, kernel, name)
+    norm = (layers.batch_norm(self.train, self.dtype, name=f"{name}_bn") if self.batch_norm
+            else None)
+    return lambda x: nn.relu(norm(conv(x)) if norm is not None else conv(x))
+
+
 CPM6 = functools.partial(CPM, num_stages=6, num_parts=15)
 CPMFlic = functools.partial(CPM, num_stages=4, num_parts=10)
 # Small enough for unit tests (inputs of 32x32 and up).
 CPMTiny = functools.partial(CPM, num_stages=2, trunk_features=8, stage_features=4,
                             head_features=16, mconv_features=8, big_kernel=3, stage_kernel=3,
                             feature_kernel=3)
+# The VGG release (pose_deploy_resize): 6 stages, 14 joints + background.
+CPMVGG6 = functools.partial(CPMVGG, num_stages=6, num_parts=15)

@@ -240,3 +240,46 @@ def test_init_schemes():
     assert abs(float(jnp.std(kernel)) / std - 1) < 0.25, (scheme, float(jnp.std(kernel)))
   with pytest.raises(ValueError, match="init_scheme='xavier'"):
     _tiny(init_scheme="xavier").init(jax.random.key(0), images, centers)
+
+
+def _tiny_vgg(**kw):
+  return cpm.CPMVGG(num_stages=2, num_parts=3, vgg_features=((4,), (4,), (6,), (6,)),
+                    cpm_features=(5,), head_features=8, mconv_features=4, num_mconv=1,
+                    stage_kernel=3, **kw)
+
+
+def test_vgg_variant_release_count_and_shapes():
+  model = cpm.CPMVGG6()
+  images, centers = jnp.zeros((1, 368, 368, 3)), jnp.zeros((1, 368, 368, 1))
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), images, centers))
+  assert _count(variables) == 29_852_058  # FAMILIES.md, pose_deploy_resize.
+  params = variables["params"]
+  assert params["Mconv1_stage2"]["kernel"].shape == (7, 7, 15 + 128 + 1, 128)
+  assert params["conv4_7_CPM"]["kernel"].shape == (3, 3, 256, 128)
+  outputs = jax.eval_shape(lambda v: model.apply(v, images, centers), variables)
+  assert len(outputs) == 6 and all(o.shape == (1, 46, 46, 15) for o in outputs)
+
+
+def test_vgg_variant_concat_order_is_beliefs_features_centre():
+  """With Mconv1's weights on the last input channel zeroed, stage 2 no longer depends on the
+  centre map: the centre map is that channel (the VGG release's order, FAMILIES.md G5)."""
+  model = _tiny_vgg()
+  images, centers = _inputs(1, 32)
+  params = _random_params(model, images, centers)
+  kernel = params["Mconv1_stage2"]["kernel"]
+  assert kernel.shape[2] == 3 + 5 + 1
+  stage2_vs_centre = lambda p, c: model.apply({"params": p}, images, c)[1].sum()  # noqa: E731
+  assert np.abs(jax.grad(stage2_vs_centre, argnums=1)(params, centers)).max() > 0
+  zeroed = dict(params, Mconv1_stage2=dict(params["Mconv1_stage2"],
+                                           kernel=kernel.at[:, :, -1].set(0.0)))
+  np.testing.assert_array_equal(jax.grad(stage2_vs_centre, argnums=1)(zeroed, centers), 0.0)
+
+
+def test_vgg_variant_batch_norm_and_the_family_option():
+  model = _tiny_vgg(batch_norm=True, init_scheme="he")
+  images, centers = _inputs(2, 32)
+  variables = model.init(jax.random.key(0), images, centers)
+  assert "bias" not in variables["params"]["conv1_1"]
+  assert "bias" in variables["params"]["conv5_2_CPM"]["dense"]  # Belief outputs keep their bias.
+  _, state = model.apply(variables, images, centers, train=True, mutable=["batch_stats"])
+  assert "conv1_1_bn" in state["batch_stats"]
