@@ -32,6 +32,10 @@ _SCALES = flags.DEFINE_list(
     "scales", [], "With --ckpt, heat-map families: multi-scale testing, e.g. "
     "0.7,0.8,0.9,1,1.1,1.2,1.3 (CPM's release): heat maps of crops at each factor x the "
     "person's box, averaged in the unscaled crop's frame.")
+_UPSAMPLE = flags.DEFINE_integer(
+    "decode_upsample", None, "With --ckpt, heat-map families: decode each map by bicubic "
+    "upsampling by this factor and the argmax (CPM's release: its stride, 8), or 0 for the "
+    "argmax with the quarter-pixel shift. Default: the checkpoint's config.", lower_bound=0)
 _OUTPUT_JSON = flags.DEFINE_string("output_json", None, "Write the numbers here as JSON.")
 _WRITE_OUTPUTS = flags.DEFINE_bool(
     "write_outputs", True, "With --ckpt: also write predictions, PCK curves, best/worst "
@@ -80,7 +84,8 @@ def main(argv):
                                         flip_test=_FLIP.value, batch_size=_BATCH.value,
                                         convention=_CONVENTION.value,
                                         write_outputs=_WRITE_OUTPUTS.value,
-                                        scales=_parse_scales(_SCALES.value))
+                                        scales=_parse_scales(_SCALES.value),
+                                        decode_upsample=_UPSAMPLE.value)
   print(result["text"])
   for path in result["outputs"]:
     print(f"wrote {path}")

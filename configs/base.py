@@ -22,6 +22,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.input_size = 256
   c.output_size = 64  # Heat-map side (heat-map families).
   c.sigma = 1.0  # Heat-map Gaussian std in output pixels (1 at 64x64; scale with resolution).
+  # Heat-map decoding: 0 = argmax + quarter-pixel shift (the hourglass papers); n = bicubic
+  # upsampling by n, then the argmax (CPM's release, n = its stride 8). eval.py can override.
+  c.decode_upsample = 0
   c.loss = "mse"  # Heat-map families: "mse" (the papers') or "softmax_ce".
   c.loss_scale = 1.0  # Constant factor on the loss (e.g. the PyTorch reference's 0.5).
   c.augment = ml_collections.ConfigDict(dict(

@@ -199,12 +199,17 @@ def load_checkpoint(path: str, mesh):
 
 def evaluate_checkpoint(path: str, *, split: str | None = None, flip_test: bool = True,
                         batch_size: int | None = None, convention: str = "official",
-                        write_outputs: bool = True, scales: tuple[float, ...] = ()) -> dict:
-  """eval.py --ckpt: restores, predicts the split (multi-scale with `scales`), scores. Returns a JSON-able dict with
-  "table" ({column: percent, ..., "AUC": ...}), "text" (the printable table) and "outputs"
-  (files written into WORKDIR/eval/<split>_step<step>/ when `write_outputs`)."""
+                        write_outputs: bool = True, scales: tuple[float, ...] = (),
+                        decode_upsample: int | None = None) -> dict:
+  """eval.py --ckpt: restores, predicts the split (multi-scale with `scales`; heat maps
+  decoded as `decode_upsample` says, default the config's), scores. Returns a JSON-able dict
+  with "table" ({column: percent, ..., "AUC": ...}), "text" (the printable table) and
+  "outputs" (files written into WORKDIR/eval/<split>_step<step>/ when `write_outputs`)."""
   mesh = parallel.make_mesh()
   config, family, variables, step = load_checkpoint(path, mesh)
+  if decode_upsample is not None and decode_upsample != config.get("decode_upsample", 0):
+    config.decode_upsample = decode_upsample
+    family = families.create_family(config)
   split = split or config.dataset.eval_split
   batch_size = batch_size or config.eval_batch_size
   parallel.check_batch_size(batch_size, mesh, what="--batch_size")
@@ -214,7 +219,8 @@ def evaluate_checkpoint(path: str, *, split: str | None = None, flip_test: bool 
                                   flip_test=flip_test, convention=convention, scales=scales)
   name, threshold = HEADLINE[source.skeleton.name]
   how = [convention] + (["flip test"] if flip_test else []) + (
-      [f"scales {','.join(f'{f:g}' for f in scales)}"] if scales else [])
+      [f"scales {','.join(f'{f:g}' for f in scales)}"] if scales else []) + (
+      [f"maps upsampled x{config.decode_upsample}"] if config.get("decode_upsample") else [])
   title = (f"{config.model.name} step {step} on {source.name} ({source.num_examples} people), "
            f"{name}@{threshold} ({', '.join(how)})")
   text = format_table(table, source, title)

@@ -151,7 +151,8 @@ def check_sizes(config):
 def heatmap_codec(config) -> heatmap.HeatmapCodec:
   """The config's Gaussian heat maps (sizes checked)."""
   check_sizes(config)
-  return heatmap.HeatmapCodec(config.input_size, config.output_size, config.sigma)
+  return heatmap.HeatmapCodec(config.input_size, config.output_size, config.sigma,
+                              upsample=config.get("decode_upsample", 0))
 
 
 def with_heatmap_targets(batch, codec: heatmap.HeatmapCodec):

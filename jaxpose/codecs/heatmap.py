@@ -17,6 +17,7 @@ the model (jax.numpy, also fine on numpy arrays). `HeatmapCodec` wraps them in t
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 
 
@@ -121,6 +122,29 @@ def decode(heatmaps):
   return coords, maxvals
 
 
+def decode_upsampled(heatmaps, factor: int):
+  """The CPM release's decoding: maps resized `factor`x by bicubic interpolation (the release
+  resizes the beliefs to the input with OpenCV's INTER_CUBIC; jax.image's Keys kernel has
+  a = -0.5, OpenCV's -0.75), then the argmax on the fine grid. Sub-cell precision without the
+  quarter shift, which matters for coarse maps (CPM's stride 8).
+
+  Args:
+    heatmaps: [..., H, W, K].
+    factor: upsampling factor (the stride: one fine pixel per input pixel).
+
+  Returns:
+    coords [..., K, 2] (x, y) in heat-map pixels and the fine maps' maxima [..., K].
+  """
+  heatmaps = jnp.asarray(heatmaps, jnp.float32)
+  *batch, h, w, k = heatmaps.shape
+  fine = jax.image.resize(heatmaps, (*batch, h * factor, w * factor, k), "cubic")
+  flat = jnp.moveaxis(fine.reshape(*batch, h * factor * w * factor, k), -1, -2)
+  idx = jnp.argmax(flat, axis=-1)
+  maxvals = jnp.take_along_axis(flat, idx[..., None], axis=-1)[..., 0]
+  fine_xy = jnp.stack([idx % (w * factor), idx // (w * factor)], axis=-1).astype(jnp.float32)
+  return (fine_xy + 0.5) / factor - 0.5, maxvals  # Fine pixel centres -> heat-map pixels.
+
+
 @dataclasses.dataclass(frozen=True)
 class HeatmapCodec:
   """Heat maps of `output_size`^2 for an `input_size`^2 crop, Gaussians of std `sigma`
@@ -130,10 +154,14 @@ class HeatmapCodec:
   input_size: int
   output_size: int
   sigma: float
+  # 0: argmax with the quarter-pixel shift (the hourglass papers); n > 0: `decode_upsampled`
+  # by n (the CPM release's decoding, with n = the stride).
+  upsample: int = 0
 
   def __post_init__(self):
-    if self.input_size <= 0 or self.output_size <= 0 or self.sigma <= 0:
-      raise ValueError(f"HeatmapCodec needs positive sizes and sigma; got {self}.")
+    if self.input_size <= 0 or self.output_size <= 0 or self.sigma <= 0 or self.upsample < 0:
+      raise ValueError(f"HeatmapCodec needs positive sizes and sigma (and upsample >= 0); "
+                       f"got {self}.")
 
   @property
   def stride(self) -> float:
@@ -160,7 +188,8 @@ class HeatmapCodec:
 
   def decode(self, outputs):
     """Heat maps [..., H, W, K] -> (joints [..., K, 2] input px, maxima [..., K])."""
-    coords, scores = decode(outputs)
+    coords, scores = (decode_upsampled(outputs, self.upsample) if self.upsample
+                      else decode(outputs))
     return heatmap_to_input(coords, self.stride), scores
 
   def flip_back(self, outputs, flip_permutation):

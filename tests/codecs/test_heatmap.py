@@ -136,3 +136,23 @@ def test_jnp_render_equals_tf_encode():
     one = CODEC.encode(4 * joints[0, b], visible[0, b])
     for key in ("targets", "target_weight"):
       np.testing.assert_allclose(batch[key][b], one[key], atol=1e-6)
+
+
+def test_upsampled_decoding_is_sub_cell_accurate_on_coarse_maps():
+  """CPM's release decoding (bicubic upsampling, then the argmax) finds a Gaussian's sub-cell
+  centre on a 16x16 map closer than the quarter shift (measured: mean 0.087 against 0.124 cells
+  at CPM's sigma, 0.045 against 0.124 for a wider 1.5)."""
+  rng = np.random.default_rng(0)
+  uv = rng.uniform(2.0, 13.0, (50, 3, 2)).astype(np.float32)  # [B, K, 2] map pixels.
+  for sigma, ratio in ((0.875, 0.8), (1.5, 0.5)):
+    maps, _ = heatmap.render(uv, np.ones((50, 3)), (16, 16), sigma)
+    fine, peaks = heatmap.decode_upsampled(maps, 8)
+    assert fine.shape == (50, 3, 2) and peaks.shape == (50, 3)
+    fine_err = np.abs(np.asarray(fine) - uv)
+    quarter_err = np.abs(np.asarray(heatmap.decode(maps)[0]) - uv)
+    assert fine_err.max() < 0.2 and fine_err.mean() < ratio * quarter_err.mean()
+  codec = heatmap.HeatmapCodec(128, 16, 0.875, upsample=8)
+  joints, _ = codec.decode(maps)
+  np.testing.assert_allclose(joints, heatmap.heatmap_to_input(uv, 8.0), atol=8 * 0.2)
+  with pytest.raises(ValueError, match="upsample"):
+    heatmap.HeatmapCodec(128, 16, 0.875, upsample=-1)
