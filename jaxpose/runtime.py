@@ -59,7 +59,7 @@ def setup(log_file: str | None = None) -> None:
                                       _PROCESS_ID.value)
     else:
       parallel.initialize_distributed()
-    jax.devices()  # The backends start here (XLA's CPU backend prints its oneDNN notice).
+    jax.devices()  # The backends start here, inside the capture too.
   if log_file and jax.process_index() == 0:  # After the distributed start, which comes first.
     to_file = log_to_file(log_file)
     import logging  # pylint: disable=g-import-not-at-top
@@ -71,9 +71,9 @@ def setup(log_file: str | None = None) -> None:
       start_up.info("%s", line)
 
 
-# What TensorFlow's and XLA's C++ sides print on stderr at start-up whatever
-# TF_CPP_MIN_LOG_LEVEL says (absl's pre-initialisation logging): the oneDNN notice (once from
-# TensorFlow's import, once from JAX's CPU backend) and absl's remark about itself.
+# What TensorFlow's C++ side prints on stderr at import whatever TF_CPP_MIN_LOG_LEVEL says
+# (absl's pre-initialisation logging, once per TensorFlow library that loads): the oneDNN
+# notice and absl's remark about itself.
 _START_UP_NOTICES = re.compile(
     r"oneDNN custom operations are on|All log messages before absl::InitializeLog\(\)")
 
