@@ -151,7 +151,7 @@ def deeppose(tiny: bool):
   """A CPU-sized DeepPose cascade: 3 stages of a narrow AlexNet-style regressor at 128 px,
   trained stage by stage (one phase each); refinement patches of 48 px (the box around a joint
   is about the pose diameter, ~40 px here, so 64 px patches only upsampled it at 1.8x the
-  cost). Measured (README): 36.6 -> 41.1 -> 41.5 per stage. BatchNorm (model.batch_norm)
+  cost). Measured (README): 33.3 -> 38.1 -> 39.5 per stage, 13.3 min. BatchNorm (model.batch_norm)
   with batch 16 trained stage 1 slower per image than this (loss 0.0089 against 0.0074 after
   the same 38k images)."""
   c = _common(base.get_config())
@@ -161,7 +161,11 @@ def deeppose(tiny: bool):
   if tiny:
     c.model.update(features=(8, 16, 16, 16, 16), hidden=32, patch_size=64)
   phases = (("stage1", "stage1"), ("stage2", "stage2"), ("stage3", "stage3"))
-  return _regression_common(c, phases, [6000, 800, 800], tiny)
+  # The error statistics each later stage trains on, from 512 training people (2048 by
+  # default): 2x2 covariances need few samples, and predicting 2048 through the cascade cost
+  # ~1 min a stage here.
+  c.phase_sample = 512
+  return _regression_common(c, phases, [5000, 600, 600], tiny)
 
 
 def ief(tiny: bool):

@@ -62,9 +62,10 @@ CPM_VARIANTS = {"original": cpm.CPM, "vgg": cpm.CPMVGG}
 
 
 def cpm_family(config, skeleton, dtype) -> family.Family:
-  """Convolutional Pose Machines: K part maps plus background at stride 8 (the release; 4 with
-  config.model.num_pools = 2), every stage supervised; the centre map is a Gaussian at the crop centre (where the person's centre is in
-  every crop the pipeline cuts), sigma 21 px at 368 px."""
+  """Convolutional Pose Machines (config.model.variant: "original" or "vgg"): K part maps
+  plus background at the model's stride (8 in the releases), every stage supervised; the
+  centre map is a Gaussian at the crop centre (where the person's centre is in every crop the
+  pipeline cuts), sigma 21 px at 368 px."""
   kwargs = family.model_kwargs(config)
   k, size = skeleton.num_joints, config.input_size
   variant = kwargs.pop("variant", "original")
