@@ -152,8 +152,9 @@ class _AbandonedReadNoise:
   are still in flight. When each finishes, TensorStore's done-callback calls
   `loop.call_soon_threadsafe` on the closed loop and reports "RuntimeError: Event loop is closed"
   through `sys.unraisablehook`, one traceback per read; when the pending tasks are collected,
-  asyncio logs "Task was destroyed but it is pending!". The restore's own error says what is
-  wrong; these two reports (and only these) are dropped.
+  asyncio logs "Task was destroyed but it is pending!" (or, by timing, the reads' coroutines and
+  gathering future are collected with their read errors). The restore's own error says what is
+  wrong; these reports (and only these) are dropped.
   """
 
   installed = False
@@ -174,6 +175,11 @@ class _AbandonedReadNoise:
 
   @staticmethod
   def is_closed_loop_callback(unraisable) -> bool:
+    """The closed loop's callback report, or (depending on timing) the abandoned read's own
+    coroutine finalised with its read error."""
+    code = getattr(unraisable.object, "cr_code", None)
+    if getattr(code, "co_name", "") == "_read_array_index_and_device_put":
+      return True
     frames = traceback.extract_tb(unraisable.exc_traceback)
     return (isinstance(unraisable.exc_value, RuntimeError)
             and str(unraisable.exc_value) == "Event loop is closed"
@@ -182,8 +188,11 @@ class _AbandonedReadNoise:
   @staticmethod
   def keep_log_record(record) -> bool:
     message = record.getMessage()
-    return not (message.startswith("Task was destroyed but it is pending!")
-                and "orbax" in message)
+    pending = message.startswith("Task was destroyed but it is pending!") and "orbax" in message
+    # The gather of the other reads, failed too, collected without being awaited.
+    unretrieved = ("exception was never retrieved" in message
+                   and "Encountered error while reading array index" in message)
+    return not (pending or unretrieved)
 
 
 def _first_line(error: BaseException) -> str:
