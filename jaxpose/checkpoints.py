@@ -177,7 +177,7 @@ class _AbandonedReadNoise:
   def is_closed_loop_callback(unraisable) -> bool:
     """The closed loop's callback report, or (depending on timing) the abandoned read's own
     coroutine finalised with its read error."""
-    code = getattr(unraisable.object, "cr_code", None)
+    code = getattr(getattr(unraisable, "object", None), "cr_code", None)
     if getattr(code, "co_name", "") == "_read_array_index_and_device_put":
       return True
     frames = traceback.extract_tb(unraisable.exc_traceback)
