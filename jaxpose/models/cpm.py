@@ -94,17 +94,26 @@ def _conv(features: int, kernel: int, name: str, *, dtype: Dtype, kernel_init: I
                  dtype=dtype, kernel_init=kernel_init, name=name)
 
 
-def _layer_makers(module: nn.Module, train: bool):
-  """(conv, norm) for a stage module: with `module.batch_norm`, convolutions without biases and
-  a BatchNorm between each and its ReLU; otherwise the release's biased convolutions."""
+def _layer_makers(module: nn.Module, train: bool, kernel_init: Initializer | None = None):
+  """(conv, norm) for a module: with `module.batch_norm`, convolutions without biases and
+  a BatchNorm between each and its ReLU; otherwise the release's biased convolutions.
+  `kernel_init` defaults to the module's."""
   bn = module.batch_norm
-  conv = functools.partial(_conv, dtype=module.dtype, kernel_init=module.kernel_init,
-                           use_bias=not bn)
+  conv = functools.partial(_conv, dtype=module.dtype, use_bias=not bn,
+                           kernel_init=kernel_init or module.kernel_init)
 
   def norm(x, name):
     return layers.batch_norm(train, module.dtype, name=name)(x) if bn else x
 
   return conv, norm
+
+
+def _scheme_init(module: nn.Module) -> Initializer:
+  """The kernel initialiser `module.init_scheme` names ("release": `module.kernel_init`)."""
+  if module.init_scheme not in INIT_SCHEMES:
+    raise ValueError(f"{type(module).__name__}: init_scheme={module.init_scheme!r}; expected "
+                     f"one of {list(INIT_SCHEMES)}")
+  return INIT_SCHEMES[module.init_scheme] or module.kernel_init
 
 
 class Stage1(nn.Module):
@@ -211,10 +220,7 @@ class CPM(nn.Module):
                        f"images' N,H,W {images.shape[:3]}")
     if images.shape[1] % stride or images.shape[2] % stride:
       raise ValueError(f"CPM: image size {images.shape[1:3]} must be divisible by {stride}")
-    if self.init_scheme not in INIT_SCHEMES:
-      raise ValueError(f"CPM: init_scheme={self.init_scheme!r}; expected one of "
-                       f"{list(INIT_SCHEMES)}")
-    kernel_init = INIT_SCHEMES[self.init_scheme] or self.kernel_init
+    kernel_init = _scheme_init(self)
     x = images.astype(self.dtype)
     center = pool_center_map(center_map.astype(jnp.float32), stride)
     beliefs = Stage1(self.num_parts, self.trunk_features, self.stage_features,
@@ -273,54 +279,36 @@ class CPMVGG(nn.Module):
     if center_map.shape[:3] != images.shape[:3] or center_map.shape[3:] != (1,):
       raise ValueError(f"CPMVGG: center_map shape {center_map.shape} must be [N,H,W,1] with "
                        f"the images' N,H,W {images.shape[:3]}")
-    if self.init_scheme not in INIT_SCHEMES:
-      raise ValueError(f"CPMVGG: init_scheme={self.init_scheme!r}; expected one of "
-                       f"{list(INIT_SCHEMES)}")
-    module = _Layers(INIT_SCHEMES[self.init_scheme] or self.kernel_init, self.batch_norm,
-                     self.dtype, train)
+    kernel_init = _scheme_init(self)
+    conv, norm = _layer_makers(self, train, kernel_init)
+
+    def conv_relu(features: int, kernel: int, name: str):
+      return lambda y: nn.relu(norm(conv(features, kernel, name)(y), f"{name}_bn"))
+
+    def beliefs_conv(name: str):  # Linear, with a bias also under BatchNorm.
+      return _conv(self.num_parts, 1, name, dtype=self.dtype, kernel_init=kernel_init)
+
     x = images.astype(self.dtype)
     for b, widths in enumerate(self.vgg_features, start=1):
       if b > 1:
         x = layers.max_pool2(x)
       for i, f in enumerate(widths, start=1):
-        x = module.conv_relu(f, 3, f"conv{b}_{i}")(x)
+        x = conv_relu(f, 3, f"conv{b}_{i}")(x)
     for i, f in enumerate(self.cpm_features, start=3):
-      x = module.conv_relu(f, 3, f"conv4_{i}_CPM")(x)
+      x = conv_relu(f, 3, f"conv4_{i}_CPM")(x)
     features = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     center = pool_center_map(center_map.astype(jnp.float32), stride)
-    y = module.conv_relu(self.head_features, 1, "conv5_1_CPM")(features)
-    beliefs = module.conv(self.num_parts, 1, "conv5_2_CPM", bias=True)(y)
+    y = conv_relu(self.head_features, 1, "conv5_1_CPM")(features)
+    beliefs = beliefs_conv("conv5_2_CPM")(y)
     outputs = [beliefs.astype(jnp.float32)]
     for t in range(2, self.num_stages + 1):
       y = jnp.concatenate([beliefs.astype(x.dtype), features, center.astype(x.dtype)], -1)
       for i in range(1, self.num_mconv + 1):
-        y = module.conv_relu(self.mconv_features, self.stage_kernel,
-                             f"Mconv{i}_stage{t}")(y)
-      y = module.conv_relu(self.mconv_features, 1, f"Mconv{self.num_mconv + 1}_stage{t}")(y)
-      beliefs = module.conv(self.num_parts, 1, f"Mconv{self.num_mconv + 2}_stage{t}",
-                            bias=True)(y)
+        y = conv_relu(self.mconv_features, self.stage_kernel, f"Mconv{i}_stage{t}")(y)
+      y = conv_relu(self.mconv_features, 1, f"Mconv{self.num_mconv + 1}_stage{t}")(y)
+      beliefs = beliefs_conv(f"Mconv{self.num_mconv + 2}_stage{t}")(y)
       outputs.append(beliefs.astype(jnp.float32))
     return tuple(outputs)
-
-
-class _Layers:
-  """Convolutions (and BatchNorms) for a compact module: flat names, as the prototxt's."""
-
-  def __init__(self, kernel_init, batch_norm: bool, dtype, train: bool):
-    self.kernel_init, self.batch_norm, self.dtype, self.train = (kernel_init, batch_norm, dtype,
-                                                                 train)
-
-  def conv(self, features: int, kernel: int, name: str, *, bias: bool | None = None):
-    bias = not self.batch_norm if bias is None else bias
-    return _conv(features, kernel, name, dtype=self.dtype, kernel_init=self.kernel_init,
-                 use_bias=bias)
-
-  def conv_relu(self, features: int, kernel: int, name: str):
-    """conv (-> BatchNorm) -> ReLU, created in the calling compact method's module."""
-    conv = self.conv(features, kernel, name)
-    norm = (layers.batch_norm(self.train, self.dtype, name=f"{name}_bn") if self.batch_norm
-            else None)
-    return lambda x: nn.relu(norm(conv(x)) if norm is not None else conv(x))
 
 
 CPM6 = functools.partial(CPM, num_stages=6, num_parts=15)
