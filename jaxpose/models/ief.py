@@ -211,11 +211,11 @@ class IEF(nn.Module):
 
     # Parameters are shared by every iteration; BatchNorm statistics (with batch_norm) are
     # read by each, and in training updated by each in turn (carried).
-    stats = dict(variable_carry="batch_stats") if train else dict(
-        variable_broadcast=["params", "batch_stats"])
-    stats.setdefault("variable_broadcast", "params")
-    scan = nn.scan(step, split_rngs={"params": False, "dropout": True}, in_axes=nn.broadcast,
-                   length=steps, **stats)
+    carry = "batch_stats" if train else False
+    broadcast = ["params"] if train else ["params", "batch_stats"]
+    scan = nn.scan(step, variable_broadcast=broadcast, variable_carry=carry,
+                   split_rngs={"params": False, "dropout": True}, in_axes=nn.broadcast,
+                   length=steps)
     _, iterates = scan(self, y0, images)
     return iterates
 
