@@ -99,24 +99,23 @@ def predict_split(variables, family: Family, source: pipeline.Source, mesh, *,
   # processes' b-th local batches, in process order.
   layouts = [pipeline.eval_layout(n, local_batch_size, p, pc) for p in range(pc)]
   shown = progress.bar(n, f"evaluate {source.name}", min_total=local_batch_size * pc + 1)
-  for b, batch in enumerate(_batches(ds, source)):
-    if should_stop is not None and should_stop():
-      shown.close()
-      raise Interrupted(f"Evaluation of {source.name} stopped after {b} batches.")
-    rows = slice(b * local_batch_size, (b + 1) * local_batch_size)
-    index = np.concatenate([idx[rows] for idx, _ in layouts])
-    mask = np.concatenate([m[rows] for _, m in layouts])
-    keys = EVAL_KEYS + (MULTISCALE_KEYS if scales else ())
-    inputs = parallel.global_batch({k_: batch[k_] for k_ in keys}, mesh)
-    joints, score = jax.device_get(predict_step(variables, inputs))
-    if preds is None:
-      preds = np.full((n,) + joints.shape[1:], np.nan, np.float32)
-      scores = np.zeros((n,) + score.shape[1:], np.float32)
-    preds[index[mask]] = joints[mask]
-    scores[index[mask]] = score[mask]
-    seen[index[mask]] = True
-    shown.update(int(mask.sum()))
-  shown.close()
+  with shown:
+    for b, batch in enumerate(_batches(ds, source)):
+      if should_stop is not None and should_stop():
+        raise Interrupted(f"Evaluation of {source.name} stopped after {b} batches.")
+      rows = slice(b * local_batch_size, (b + 1) * local_batch_size)
+      index = np.concatenate([idx[rows] for idx, _ in layouts])
+      mask = np.concatenate([m[rows] for _, m in layouts])
+      keys = EVAL_KEYS + (MULTISCALE_KEYS if scales else ())
+      inputs = parallel.global_batch({k_: batch[k_] for k_ in keys}, mesh)
+      joints, score = jax.device_get(predict_step(variables, inputs))
+      if preds is None:
+        preds = np.full((n,) + joints.shape[1:], np.nan, np.float32)
+        scores = np.zeros((n,) + score.shape[1:], np.float32)
+      preds[index[mask]] = joints[mask]
+      scores[index[mask]] = score[mask]
+      seen[index[mask]] = True
+      shown.update(int(mask.sum()))
   if not seen.all():
     raise RuntimeError(f"Evaluation missed {np.sum(~seen)} examples of {source.name}.")
   return preds, scores
