@@ -185,7 +185,7 @@ def jax_train(config, host: dict, task: dict):
   phase = all_phases[0]
   tx = train.create_optimizer(config, NUM_EXAMPLES, phase, layer_groups=family.layer_groups)
   state = train.create_train_state(family, tx, jax.random.key(config.seed), mesh)
-  step = train.make_train_step(family, mesh, phase.index)
+  step = train.make_train_step(family, mesh, phase)
   batch = parallel.global_batch(_jax_train_batch(host, task["device_augment"]), mesh)
   rng = jax.random.key(1)
   held = {"state": state}

@@ -24,6 +24,7 @@ from clu import periodic_actions
 from etils import epath
 from flax.training import train_state
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -76,23 +77,38 @@ def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
 # The step.
 
 
-def train_step(state: TrainState, batch, rng, *, family: families.Family, phase: int = 0):
-  """(state, batch, rng) -> (state, metrics). Pure; compiled once per phase."""
+def train_step(state: TrainState, batch, rng, *, family: families.Family, phase: int = 0,
+               trainable: tuple[str, ...] | None = None):
+  """(state, batch, rng) -> (state, metrics). Pure; compiled once per phase.
+
+  `trainable` (the phase's top-level parameter subtrees, None = all): only these are
+  differentiated; the others enter the loss as constants and get zero gradients, so a phase
+  that trains one part of a model does not pay for the rest's backward pass (Tompson's spatial
+  model on a frozen detector, a cascade stage after the first). `grad_norm` is over them.
+  """
   if "image" not in batch:  # config.augment_on_device: resample and colour here.
     batch = dict(batch, image=device_augment.input_images(batch, family.input_size))
+  names = set(state.params) if trainable is None else set(trainable)
+  frozen = {k: v for k, v in state.params.items() if k not in names}
 
   def loss_fn(params):
-    return family.loss(params, state.model_state, batch, rng, phase=phase)
+    return family.loss({**frozen, **params}, state.model_state, batch, rng, phase=phase)
 
-  (loss, (model_state, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  new_state = state.apply_gradients(grads=grads, model_state=model_state)
+  (loss, (model_state, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      {k: v for k, v in state.params.items() if k in names})
   metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+  grads = {k: grads[k] if k in names else jax.tree.map(jnp.zeros_like, v)
+           for k, v in state.params.items()}
+  new_state = state.apply_gradients(grads=grads, model_state=model_state)
   return new_state, metrics
 
 
-def make_train_step(family, mesh, phase: int = 0):
+def make_train_step(family, mesh, phase: int | optim.Phase = 0):
+  """The jitted step of one phase (an `optim.Phase`, or an index: then everything trains)."""
+  index, trainable = (phase.index, phase.trainable) if isinstance(phase, optim.Phase) else (
+      phase, None)
   rep, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-  step = functools.partial(train_step, family=family, phase=phase)
+  step = functools.partial(train_step, family=family, phase=index, trainable=trainable)
   return jax.jit(step, in_shardings=(rep, data, rep), out_shardings=(rep, rep),
                  donate_argnums=0)
 
@@ -319,7 +335,7 @@ def _loop(run: _Run, step: int, source, train_iter) -> dict | None:
     if phase is None or step >= phase.end_step:
       phase = optim.phase_at(run.phases, step)
       _enter_phase(run, phase, step)
-      step_fn = make_train_step(run.family, run.mesh, phase.index)
+      step_fn = make_train_step(run.family, run.mesh, phase)
     batch = parallel.global_batch(_next_batch(train_iter, source, config, step), run.mesh)
     run.state, metrics = step_fn(run.state, batch, jax.random.fold_in(run.train_key, step))
     step += 1
