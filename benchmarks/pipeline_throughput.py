@@ -8,14 +8,15 @@ Data: generated photo-like JPEGs of 1280x720 (MPII's usual size; quality 90, ~45
 MPII's average of 12.9 GB / 24984 images = ~520 KB; the decode time grows with the file size)
 with one person each at MPII-typical scales (hourglass scale 1.9-5.6, box side 380-1120 px),
 held in memory as `datasets.load_source` holds a real split.
-Batches come from `pipeline.train_dataset` with the heat-map targets of the Stacked Hourglass
-family (`families.create_family(configs/hourglass_mpii.py)`: 64x64 maps, sigma 1) and the
-paper's augmentation. The goal is >= 300 images/s per core. It is measured twice: on the
+Batches come from `pipeline.train_dataset` as the Stacked Hourglass family
+(`families.create_family(configs/hourglass_mpii.py)`) takes them, with the paper's augmentation:
+crops and joints (the family renders its 64x64 heat maps inside the jitted step). The goal
+is >= 300 images/s per core. It is measured twice: on the
 original photos, and on the same split after `pipeline.precrop` (what `train.py` does when
 `config.dataset.precrop`, the default of the MPII/LSP configs: each person's reachable square
 stored once at the density the crops need), with the one-off cost of pre-cropping; and a
-third time with `config.augment_on_device` (the host decodes and renders targets, the jitted
-train step resamples), with the device half's cost on JAX's default backend.
+third time with `config.augment_on_device` (the host decodes, the jitted train step
+resamples), with the device half's cost on JAX's default backend.
 
 --profile times the per-example stages on the same examples, for the original photos and the
 pre-cropped ones: JPEG decode alone, decode + uint8 -> float conversion, decode + warp, and
@@ -209,7 +210,7 @@ def main(argv=None) -> None:
   target_fn = families.create_family(hourglass_mpii.get_config()).target_fn
 
   rate = train_rate(source, target_fn, args.threads, args.batch_size, args.batches)
-  print(f"pipeline.train_dataset, full augmentation + heat maps at {INPUT_SIZE}x{INPUT_SIZE}, "
+  print(f"pipeline.train_dataset, full augmentation at {INPUT_SIZE}x{INPUT_SIZE}, "
         f"original photos: {rate:.0f} images/s = {rate / cores:.0f} images/s per core")
   cropped, cost = precropped(source)
   side = np.mean([tf.io.extract_jpeg_shape(x).numpy()[0] for x in cropped.images])

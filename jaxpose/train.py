@@ -84,7 +84,7 @@ def train_step(state: TrainState, batch, rng, *, family: families.Family, phase:
   `trainable` (the phase's top-level parameter subtrees, None = all): only these are
   differentiated; the others enter the loss as constants and get zero gradients, so a phase
   that trains one part of a model does not pay for the rest's backward pass (Tompson's spatial
-  model on a frozen detector, a cascade stage after the first). `grad_norm` is over them.
+  model on a frozen detector). `grad_norm` is over them.
   """
   if "image" not in batch:  # config.augment_on_device: resample and colour here.
     batch = dict(batch, image=device_augment.input_images(batch, family.input_size))
