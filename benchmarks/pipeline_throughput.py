@@ -11,8 +11,8 @@ held in memory as `datasets.load_source` holds a real split.
 Batches come from `pipeline.train_dataset` as the Stacked Hourglass family
 (`families.create_family(configs/hourglass_mpii.py)`) takes them, with the paper's augmentation:
 crops and joints (the family renders its 64x64 heat maps inside the jitted step). The goal
-is >= 300 images/s per core. It is measured twice: on the
-original photos, and on the same split after `pipeline.precrop` (what `train.py` does when
+is >= 300 images/s per core. It is measured twice: on the original photos, and on the same
+split after `pipeline.precrop` (what `train.py` does when
 `config.dataset.precrop`, the default of the MPII/LSP configs: each person's reachable square
 stored once at the density the crops need), with the one-off cost of pre-cropping; and a
 third time with `config.augment_on_device` (the host decodes, the jitted train step
