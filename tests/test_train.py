@@ -180,6 +180,7 @@ def test_resume_inside_a_later_phase_is_bit_exact(tmp_path):
   its hook measured stage 1's errors) and resumed, it ends where the uninterrupted run ends."""
   def config():
     c = quickstart.get_config("deeppose-tiny")
+    c.model.dropout_rate = 0.2  # The resumed step keys must drive dropout as the first run's.
     c.dataset.data_dir = str(tmp_path / "tfds")
     c.checkpoint_every_steps = 1
     c.eval_every_steps = 1000
