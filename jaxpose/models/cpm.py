@@ -61,17 +61,16 @@ def center_map(size, center_xy, sigma: float = 21.0):
   return (gy[..., :, None] * gx[..., None, :])[..., None]
 
 
-def _image_trunk(x, conv, features: int, kernel: int, num_pools: int = 3,
-                 norm=lambda y, name: y):
+def _image_trunk(x, conv_relu, features: int, kernel: int, num_pools: int = 3):
   """Three `kernel`x`kernel` conv+ReLU, the first `num_pools` (the release: all three) each
   followed by a ceil-rounded 3x3/2 max pool.
 
-  `conv(features, kernel, name)` builds a convolution in the caller's scope, so the layers are
-  named conv1..conv3 there; `norm(x, name)` goes between each convolution and its ReLU.
-  [N,H,W,C] -> [N,H/s,W/s,features], s = 2**num_pools, for H and W divisible by s.
+  `conv_relu` (from `_layer_makers`) builds the layers in the caller's scope: conv1..conv3
+  (and bn1..bn3). [N,H,W,C] -> [N,H/s,W/s,features], s = 2**num_pools, for H and W divisible
+  by s.
   """
   for i in range(1, 4):
-    x = nn.relu(norm(conv(features, kernel, f"conv{i}")(x), f"bn{i}"))
+    x = conv_relu(features, kernel, f"conv{i}", f"bn{i}")(x)
     if i <= num_pools:
       x = layers.max_pool_ceil(x, 3, 2)
   return x
@@ -95,17 +94,24 @@ def _conv(features: int, kernel: int, name: str, *, dtype: Dtype, kernel_init: I
 
 
 def _layer_makers(module: nn.Module, train: bool, kernel_init: Initializer | None = None):
-  """(conv, norm) for a module: with `module.batch_norm`, convolutions without biases and
-  a BatchNorm between each and its ReLU; otherwise the release's biased convolutions.
-  `kernel_init` defaults to the module's."""
-  bn = module.batch_norm
-  conv = functools.partial(_conv, dtype=module.dtype, use_bias=not bn,
-                           kernel_init=kernel_init or module.kernel_init)
+  """(conv_relu, linear): the layer makers of a CPM module, in its scope.
 
-  def norm(x, name):
-    return layers.batch_norm(train, module.dtype, name=name)(x) if bn else x
+  `conv_relu(features, kernel, name, norm_name)`: with `module.batch_norm` a convolution without
+  bias, then a BatchNorm named `norm_name`, then ReLU; otherwise the release's biased
+  convolution and ReLU. `linear(features, name)`: a stage's last layer, a biased 1x1
+  convolution without ReLU (also under BatchNorm). `kernel_init` defaults to the module's.
+  """
+  bn, dtype, init = module.batch_norm, module.dtype, kernel_init or module.kernel_init
 
-  return conv, norm
+  def conv_relu(features: int, kernel: int, name: str, norm_name: str):
+    conv = _conv(features, kernel, name, dtype=dtype, kernel_init=init, use_bias=not bn)
+    norm = layers.batch_norm(train, dtype, name=norm_name) if bn else (lambda y: y)
+    return lambda x: nn.relu(norm(conv(x)))
+
+  def linear(features: int, name: str):
+    return _conv(features, 1, name, dtype=dtype, kernel_init=init)
+
+  return conv_relu, linear
 
 
 def _scheme_init(module: nn.Module) -> Initializer:
@@ -133,13 +139,13 @@ class Stage1(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
-    conv, norm = _layer_makers(self, train)
+    conv_relu, linear = _layer_makers(self, train)
     drop = nn.Dropout(self.dropout_rate, deterministic=not train)
-    x = _image_trunk(x, conv, self.trunk_features, self.big_kernel, self.num_pools, norm)
-    x = nn.relu(norm(conv(self.stage_features, self.feature_kernel, "conv4")(x), "bn4"))
-    x = drop(nn.relu(norm(conv(self.head_features, self.big_kernel, "conv5")(x), "bn5")))
-    x = drop(nn.relu(norm(conv(self.head_features, 1, "conv6")(x), "bn6")))
-    return _conv(self.num_parts, 1, "conv7", dtype=self.dtype, kernel_init=self.kernel_init)(x)
+    x = _image_trunk(x, conv_relu, self.trunk_features, self.big_kernel, self.num_pools)
+    x = conv_relu(self.stage_features, self.feature_kernel, "conv4", "bn4")(x)
+    x = drop(conv_relu(self.head_features, self.big_kernel, "conv5", "bn5")(x))
+    x = drop(conv_relu(self.head_features, 1, "conv6", "bn6")(x))
+    return linear(self.num_parts, "conv7")(x)
 
 
 class Trunk(nn.Module):
@@ -154,8 +160,8 @@ class Trunk(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
-    conv, norm = _layer_makers(self, train)
-    return _image_trunk(x, conv, self.features, self.kernel, self.num_pools, norm)
+    conv_relu, _ = _layer_makers(self, train)
+    return _image_trunk(x, conv_relu, self.features, self.kernel, self.num_pools)
 
 
 class Stage(nn.Module):
@@ -175,13 +181,13 @@ class Stage(nn.Module):
 
   @nn.compact
   def __call__(self, features, beliefs, center, *, train: bool = False):
-    conv, norm = _layer_makers(self, train)
-    x = nn.relu(norm(conv(self.stage_features, self.feature_kernel, "conv")(features), "bn"))
+    conv_relu, linear = _layer_makers(self, train)
+    x = conv_relu(self.stage_features, self.feature_kernel, "conv", "bn")(features)
     x = jnp.concatenate([x, beliefs.astype(x.dtype), center.astype(x.dtype)], axis=-1)
     for i in range(1, 4):
-      x = nn.relu(norm(conv(self.mconv_features, self.stage_kernel, f"mconv{i}")(x), f"bn{i}"))
-    x = nn.relu(norm(conv(self.mconv_features, 1, "mconv4")(x), "bn4"))
-    return _conv(self.num_parts, 1, "mconv5", dtype=self.dtype, kernel_init=self.kernel_init)(x)
+      x = conv_relu(self.mconv_features, self.stage_kernel, f"mconv{i}", f"bn{i}")(x)
+    x = conv_relu(self.mconv_features, 1, "mconv4", "bn4")(x)
+    return linear(self.num_parts, "mconv5")(x)
 
 
 class CPM(nn.Module):
@@ -279,14 +285,10 @@ class CPMVGG(nn.Module):
     if center_map.shape[:3] != images.shape[:3] or center_map.shape[3:] != (1,):
       raise ValueError(f"CPMVGG: center_map shape {center_map.shape} must be [N,H,W,1] with "
                        f"the images' N,H,W {images.shape[:3]}")
-    kernel_init = _scheme_init(self)
-    conv, norm = _layer_makers(self, train, kernel_init)
+    make_conv_relu, linear = _layer_makers(self, train, _scheme_init(self))
 
-    def conv_relu(features: int, kernel: int, name: str):
-      return lambda y: nn.relu(norm(conv(features, kernel, name)(y), f"{name}_bn"))
-
-    def beliefs_conv(name: str):  # Linear, with a bias also under BatchNorm.
-      return _conv(self.num_parts, 1, name, dtype=self.dtype, kernel_init=kernel_init)
+    def conv_relu(features: int, kernel: int, name: str):  # The prototxt's names, "_bn" added.
+      return make_conv_relu(features, kernel, name, f"{name}_bn")
 
     x = images.astype(self.dtype)
     for b, widths in enumerate(self.vgg_features, start=1):
@@ -299,14 +301,14 @@ class CPMVGG(nn.Module):
     features = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     center = pool_center_map(center_map.astype(jnp.float32), stride)
     y = conv_relu(self.head_features, 1, "conv5_1_CPM")(features)
-    beliefs = beliefs_conv("conv5_2_CPM")(y)
+    beliefs = linear(self.num_parts, "conv5_2_CPM")(y)
     outputs = [beliefs.astype(jnp.float32)]
     for t in range(2, self.num_stages + 1):
       y = jnp.concatenate([beliefs.astype(x.dtype), features, center.astype(x.dtype)], -1)
       for i in range(1, self.num_mconv + 1):
         y = conv_relu(self.mconv_features, self.stage_kernel, f"Mconv{i}_stage{t}")(y)
       y = conv_relu(self.mconv_features, 1, f"Mconv{self.num_mconv + 1}_stage{t}")(y)
-      beliefs = beliefs_conv(f"Mconv{self.num_mconv + 2}_stage{t}")(y)
+      beliefs = linear(self.num_parts, f"Mconv{self.num_mconv + 2}_stage{t}")(y)
       outputs.append(beliefs.astype(jnp.float32))
     return tuple(outputs)
 
