@@ -238,7 +238,8 @@ def torch_model(config):
     kwargs = {k: kwargs[k] for k in ("num_stacks", "features", "depth", "num_blocks")
               if k in kwargs}
     return torch_models.StackedHourglass(num_joints=NUM_JOINTS, **kwargs)
-  if config.model.name == "cpm" and kwargs.pop("variant", "original") == "original":
+  variant = kwargs.pop("variant", "original")
+  if config.model.name == "cpm" and variant == "original":
     return torch_models.CPM(num_parts=NUM_JOINTS + 1, **kwargs)
   return None  # No twin (CPM's VGG variant among them): "-" in the torch columns.
 

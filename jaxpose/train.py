@@ -88,17 +88,15 @@ def train_step(state: TrainState, batch, rng, *, family: families.Family, phase:
   """
   if "image" not in batch:  # config.augment_on_device: resample and colour here.
     batch = dict(batch, image=device_augment.input_images(batch, family.input_size))
-  names = set(state.params) if trainable is None else set(trainable)
-  frozen = {k: v for k, v in state.params.items() if k not in names}
+  trained = {k: v for k, v in state.params.items() if trainable is None or k in trainable}
+  frozen = {k: v for k, v in state.params.items() if k not in trained}
 
   def loss_fn(params):
     return family.loss({**frozen, **params}, state.model_state, batch, rng, phase=phase)
 
-  (loss, (model_state, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      {k: v for k, v in state.params.items() if k in names})
+  (loss, (model_state, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trained)
   metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
-  grads = {k: grads[k] if k in names else jax.tree.map(jnp.zeros_like, v)
-           for k, v in state.params.items()}
+  grads = {**jax.tree.map(jnp.zeros_like, frozen), **grads}
   new_state = state.apply_gradients(grads=grads, model_state=model_state)
   return new_state, metrics
 
