@@ -18,7 +18,11 @@ def get_config() -> ml_collections.ConfigDict:
       # Keep only what the training crops can reach of each photo, once, at start-up
       # (pipeline.precrop): a 589x589 JPEG to decode per example instead of a 1280x720 photo
       # (3.7x faster). Evaluation reads the original images.
-      precrop=True))
+      precrop=True,
+      # Build the pre-crop once into a cache folder (jaxpose/data/precrop_cache.py), shared by
+      # every host and every later run, in precrop_cache_dir (default DATA_DIR/jaxpose_precrop);
+      # False: pre-crop in memory at every start.
+      precrop_cache=True, precrop_cache_dir=""))
   c.input_size = 256
   c.output_size = 64  # Heat-map side (heat-map families).
   c.sigma = 1.0  # Heat-map Gaussian std in output pixels (1 at 64x64; scale with resolution).

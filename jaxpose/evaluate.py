@@ -295,7 +295,7 @@ def write_eval_outputs(out_dir: str, preds: np.ndarray, source: pipeline.Source,
 def _person_tile(source: pipeline.Source, i: int, pred: np.ndarray, size: int = 160):
   """The person's box (200 x scale around the centre) with the predicted skeleton, resized."""
   ann = source.annotations
-  image = pipeline.decode_image(source.images[i]).numpy()
+  image = pipeline.decode_image(source.encoded(i)).numpy()
   drawn = visualize.draw_skeleton(image, pred, ann["visible"][i], source.skeleton)
   matrix = pipeline.crop_transform(ann["center"][i], ann["scale"][i], 0.0, size)
   crop = pipeline.warp_image(tf.constant(visualize.to_uint8(drawn), tf.float32), matrix, size)

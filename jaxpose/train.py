@@ -128,21 +128,6 @@ def _check_finite(history: list[tuple[int, dict]]) -> dict[str, float]:
   return {k: float(np.mean([m[k] for m in values])) for k in values[0]}
 
 
-def precrop_source(source: pipeline.Source, input_size: int,
-                   augment: pipeline.Augment) -> pipeline.Source:
-  """`pipeline.precrop` with a log line: what it cost and what it saves per image."""
-  start = time.perf_counter()
-  cropped = pipeline.precrop(source, input_size=input_size, augment=augment)
-
-  def megabytes(s):
-    return float(tf.reduce_sum(tf.strings.length(s.images))) / 2**20
-
-  logging.info("Pre-cropped %d training images in %.1f s: %.1f MB -> %.1f MB of JPEG.",
-               source.num_examples, time.perf_counter() - start, megabytes(source),
-               megabytes(cropped))
-  return cropped
-
-
 @dataclasses.dataclass
 class _Run:
   """What the loop's pieces share: set once, then only `state` changes."""
@@ -187,7 +172,8 @@ def _set_up(config, workdir: str, allow_inexact_resume: bool) -> _Run:
                                  allow_inexact_resume=allow_inexact_resume)
   writer = (metric_writers.create_default_writer(str(workdir)) if is_chief
             else metric_writers.MultiWriter([]))
-  train_source = datasets.load_source(config.dataset, config.dataset.train_split)
+  train_source = datasets.load_training_source(
+      config.dataset, input_size=family.input_size, augment=pipeline.Augment(**config.augment))
   eval_source = datasets.load_source(config.dataset, config.dataset.eval_split)
   all_phases = optim.phases(config, train_source.num_examples)
   _, train_key = seed_keys(config.seed)
@@ -259,13 +245,10 @@ def _phase_context(run: _Run) -> families.PhaseContext:
 
 def _train_iterator(run: _Run, start_step: int):
   config = run.config
-  augment = pipeline.Augment(**config.augment)
   source = run.train_source
-  if config.dataset.precrop:
-    source = precrop_source(source, run.family.input_size, augment)
   ds = pipeline.train_dataset(
       source, input_size=run.family.input_size, target_fn=run.family.target_fn,
-      augment=augment, global_batch_size=config.batch_size, seed=config.seed,
+      augment=pipeline.Augment(**config.augment), global_batch_size=config.batch_size, seed=config.seed,
       start_step=start_step, process_index=jax.process_index(),
       process_count=jax.process_count(), on_device=config.augment_on_device)
   return source, ds.as_numpy_iterator()

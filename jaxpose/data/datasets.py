@@ -1,8 +1,11 @@
-"""Data set name -> TFDS builder, and -> in-memory `pipeline.Source` for a split."""
+"""Data set name -> TFDS builder, and -> `pipeline.Source` for a split (in memory, or the
+pre-cropped training split from its cache, `precrop_cache`)."""
 
 import dataclasses
 import os
+import time
 
+from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import ml_collections
@@ -14,6 +17,7 @@ from jaxpose.data import flic
 from jaxpose.data import lsp
 from jaxpose.data import mpii
 from jaxpose.data import pipeline
+from jaxpose.data import precrop_cache
 from jaxpose.data import synthetic
 
 DEFAULT_DATA_DIR = os.path.join("~", "tensorflow_datasets")
@@ -56,20 +60,75 @@ def prepare(dataset: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   return builder
 
 
-def load_source(dataset: ml_collections.ConfigDict, split: str) -> pipeline.Source:
-  """Loads one split (images still encoded) into memory."""
-  builder = prepare(dataset)
+def _checked_split(builder: tfds.core.DatasetBuilder, dataset: ml_collections.ConfigDict,
+                   split: str) -> None:
   if split not in builder.info.splits:
     raise ValueError(f"Data set {dataset.name!r} has no split {split!r}; it has "
                      f"{sorted(builder.info.splits)}.")
+
+
+def _read(builder, dataset: ml_collections.ConfigDict, split: str) -> pipeline.Source:
+  """`split` ("train", or a TFDS slice such as "train[0:1024]") in its native joints."""
   ds = builder.as_dataset(split=split, shuffle_files=False,
                           decoders={"image": tfds.decode.SkipDecoding()})
+  return pipeline.source_from_dataset(ds, f"{dataset.name}/{split}", _native(dataset))
+
+
+def _native(dataset: ml_collections.ConfigDict) -> skeletons.Skeleton:
+  return skeletons.get(NATIVE_SKELETON.get(dataset.name, dataset.skeleton))
+
+
+def _wanted_joints(dataset: ml_collections.ConfigDict, source: pipeline.Source):
   wanted = skeletons.get(dataset.skeleton)
-  native = skeletons.get(NATIVE_SKELETON.get(dataset.name, wanted.name))
-  source = pipeline.source_from_dataset(ds, f"{dataset.name}/{split}", native)
-  if wanted == native:
-    return source
-  return select_joints(source, wanted)
+  return source if wanted == source.skeleton else select_joints(source, wanted)
+
+
+def load_source(dataset: ml_collections.ConfigDict, split: str) -> pipeline.Source:
+  """Loads one split (images still encoded) into memory."""
+  builder = prepare(dataset)
+  _checked_split(builder, dataset, split)
+  return _wanted_joints(dataset, _read(builder, dataset, split))
+
+
+def load_training_source(dataset: ml_collections.ConfigDict, *, input_size: int,
+                         augment: pipeline.Augment) -> pipeline.Source:
+  """The training split as the pipeline reads it: pre-cropped when `dataset.precrop` (from
+  the cache, built on first use, when `dataset.precrop_cache`; else in memory, at every
+  start), else the photos in memory."""
+  if not dataset.precrop:
+    return load_source(dataset, dataset.train_split)
+  if not dataset.precrop_cache:
+    source = load_source(dataset, dataset.train_split)
+    start = time.perf_counter()
+    cropped = pipeline.precrop(source, input_size=input_size, augment=augment)
+    logging.info("Pre-cropped %d training images in memory in %.1f s.", source.num_examples,
+                 time.perf_counter() - start)
+    return cropped
+  builder = prepare(dataset)
+  split = dataset.train_split
+  _checked_split(builder, dataset, split)
+  info = builder.info
+  cache_split = precrop_cache.Split(
+      name=f"{dataset.name}/{split}",
+      fingerprint={"builder": info.full_name,
+                   "shard_lengths": [int(n) for n in info.splits[split].shard_lengths],
+                   "num_bytes": int(info.splits[split].num_bytes)},
+      num_examples=int(info.splits[split].num_examples), skeleton=_native(dataset),
+      read=lambda begin, end: _read(builder, dataset, f"{split}[{begin}:{end}]"))
+  cache_dir = os.path.expanduser(dataset.precrop_cache_dir or os.path.join(
+      dataset.data_dir or DEFAULT_DATA_DIR, "jaxpose_precrop"))
+  start = time.perf_counter()
+  source = precrop_cache.load(cache_split, cache_dir, input_size=input_size, augment=augment,
+                              process_index=jax.process_index(),
+                              process_count=jax.process_count(), sync=_sync)
+  logging.info("Pre-cropped training split %s: %d people, ready in %.1f s (cache %s).",
+               cache_split.name, source.num_examples, time.perf_counter() - start, cache_dir)
+  return _wanted_joints(dataset, source)
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 # The joint set each data set is stored in; config.dataset.skeleton may ask for a subset.

@@ -17,7 +17,7 @@ step) -> per batch: targets from the model's codec. Evaluation: `process_example
 import dataclasses
 import enum
 import math
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import tensorflow as tf
@@ -35,19 +35,35 @@ FEATURES = ("joints", "visible", "occluded", "center", "scale", "head_box", "nor
 PIXELS, INVERSE, GAINS = "pixels", "inverse", "gains"
 
 
+class EncodedImages(Protocol):
+  """Encoded images kept outside memory (e.g. `precrop_cache.ImageShards`), read on demand."""
+
+  def __len__(self) -> int: ...
+  def gather(self, index) -> tf.Tensor: ...  # [n] or scalar int index -> encoded bytes
+  def take(self, indices) -> "EncodedImages": ...  # The images at `indices`, in that order.
+
+
 @dataclasses.dataclass(frozen=True)
 class Source:
-  """One split held in memory: encoded images plus per-person annotations (leading dim N)."""
+  """One split: encoded images (in memory, or read on demand from files) plus per-person
+  annotations held in memory (leading dim N)."""
 
   name: str
-  images: tf.Tensor  # [N] encoded JPEG/PNG bytes.
+  images: tf.Tensor | EncodedImages  # [N] encoded JPEG/PNG bytes.
   annotations: dict  # name -> [N, ...] numpy arrays (see jaxpose.data feature dict).
   skeleton: skeletons.Skeleton
   side: int = 0  # > 0: every image fits a side x side square (`precrop` sources).
 
   @property
   def num_examples(self) -> int:
-    return int(self.images.shape[0])
+    return len(self.images) if not isinstance(self.images, tf.Tensor) else \
+        int(self.images.shape[0])
+
+  def encoded(self, index) -> tf.Tensor:
+    """The encoded image(s) at `index` (a scalar or [n] int tensor, traceable)."""
+    if isinstance(self.images, tf.Tensor):
+      return tf.gather(self.images, index)
+    return self.images.gather(index)
 
 
 def source_from_dataset(ds: tf.data.Dataset, name: str, skeleton: skeletons.Skeleton) -> Source:
@@ -67,9 +83,10 @@ def source_from_dataset(ds: tf.data.Dataset, name: str, skeleton: skeletons.Skel
 def subset(source: Source, indices) -> Source:
   """The people at `indices` (in that order)."""
   indices = np.asarray(indices)
-  return dataclasses.replace(
-      source, images=tf.gather(source.images, indices),
-      annotations={k: v[indices] for k, v in source.annotations.items()})
+  images = (tf.gather(source.images, indices) if isinstance(source.images, tf.Tensor)
+            else source.images.take(indices))
+  return dataclasses.replace(source, images=images,
+                             annotations={k: v[indices] for k, v in source.annotations.items()})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,31 +304,42 @@ def precrop(source: Source, *, input_size: int, augment: Augment | None,
   `process_example` gives the same joints and targets and nearly the same pixels. The
   training crops' content changes only by one extra bilinear resampling and the re-encoding.
   For training sources only: evaluation keeps the original images, whose pixels predictions
-  are reported in.
+  are reported in. `jaxpose.data.precrop_cache` stores the result on disk, built once.
 
   Measured on the benchmark's photo-like 1280x720 JPEGs (benchmarks/pipeline_throughput.py):
   training crops differ from the direct path's by 6.6/255 on average at quality 90 and 6.3/255
   at 95 (mostly the second resampling's blur), while quality 90 decodes 10-15% faster.
   """
+  with progress.bar(source.num_examples, f"pre-crop {source.name}", min_total=1000) as shown:
+    images, annotations, side = precrop_arrays(source, input_size=input_size, augment=augment,
+                                               quality=quality, on_chunk=shown.update)
+  return Source(name=f"{source.name} (pre-cropped)", images=tf.constant(images),
+                annotations=annotations, skeleton=source.skeleton, side=side)
+
+
+def precrop_arrays(source: Source, *, input_size: int, augment: Augment | None,
+                   quality: int = 90, on_chunk: Callable[[int], object] = lambda n: None
+                   ) -> tuple[np.ndarray, dict, int]:
+  """`precrop`'s parts: the encoded crops [N] (numpy bytes), the annotations in the stored
+  pixels, and the side every stored crop fits in. `on_chunk(n)` after each n crops."""
   ann = source.annotations
   sides, matrices = precrop_geometry(ann["center"], ann["scale"], input_size=input_size,
                                      augment=augment)
 
-  def crop(encoded, matrix, side):
-    return tf.io.encode_jpeg(warp_image(decode_pixels(encoded), matrix, side), quality=quality)
+  def crop(index, matrix, side):
+    image = decode_pixels(source.encoded(index))
+    return tf.io.encode_jpeg(warp_image(image, matrix, side), quality=quality)
 
   ds = tf.data.Dataset.from_tensor_slices(
-      (source.images, matrices.astype(np.float32), sides.astype(np.int32)))
+      (tf.range(source.num_examples, dtype=tf.int64), matrices.astype(np.float32),
+       sides.astype(np.int32)))
   ds = ds.map(tf.autograph.experimental.do_not_convert(crop),
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   chunks = []
   try:
-    with progress.bar(source.num_examples, f"pre-crop {source.name}",
-                      min_total=1000) as shown:
-      for chunk in ds.batch(256).as_numpy_iterator():
-        chunks.append(chunk)
-        shown.update(len(chunk))
-    images = np.concatenate(chunks)
+    for chunk in ds.batch(256).as_numpy_iterator():
+      chunks.append(chunk)
+      on_chunk(len(chunk))
   except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
     check_decodable(source, range(source.num_examples))  # Names the culprit(s).
     raise
@@ -328,8 +356,8 @@ def precrop(source: Source, *, input_size: int, augment: Augment | None,
       head_box=points(ann["head_box"].reshape(-1, 2, 2)).reshape(-1, 4),
       scale=(ann["scale"] * density).astype(np.float32),
       norm_size=(ann["norm_size"] * density).astype(np.float32))
-  return Source(name=f"{source.name} (pre-cropped)", images=tf.constant(images),
-                annotations=annotations, skeleton=source.skeleton, side=int(sides.max()))
+  images = np.concatenate(chunks) if chunks else np.zeros([0], object)
+  return images, annotations, int(sides.max()) if len(sides) else 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,7 +370,7 @@ def _example_reader(source: Source):
   tables = {k: tf.constant(v) for k, v in source.annotations.items()}
 
   def read(index):
-    return tf.gather(source.images, index), {k: tf.gather(v, index) for k, v in tables.items()}
+    return source.encoded(index), {k: tf.gather(v, index) for k, v in tables.items()}
 
   return read
 
@@ -376,7 +404,7 @@ def check_decodable(source: Source, indices) -> None:
   bad = []
   for i in sorted(set(int(i) for i in indices)):
     try:
-      decode_image(source.images[i])
+      decode_image(source.encoded(i))
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
       bad.append(f"index {i} (id {int(source.annotations['id'][i])}): "
                  f"{e.message.splitlines()[0] if hasattr(e, 'message') else e}")
@@ -445,11 +473,14 @@ def train_dataset(source: Source, *, input_size: int, target_fn: TargetFn | None
     out = {"index": index, "transform": matrix, INVERSE: tf.linalg.inv(matrix)[:, :2],
            GAINS: gains, "joints": joints, "visible": visible}
     begin = process_index * local
-    return {k: v[begin:begin + local] for k, v in out.items()}
+    out = {k: v[begin:begin + local] for k, v in out.items()}
+    # This process's encoded images, read once per batch (from files, one call for all).
+    out["encoded"] = source.encoded(out["index"])
+    return out
 
   # Per example: decode, then resample and colour (or leave that to the accelerator).
   def pixels(ex):
-    encoded = tf.gather(source.images, ex["index"])
+    encoded = ex["encoded"]
     out = {k: ex[k] for k in ("transform", "joints", "visible")}
     if on_device:
       # Decoding only the window a crop reads (decode_and_crop_jpeg) saves less than
