@@ -43,6 +43,58 @@ def conv_inits(scheme: str, fan_in: int) -> dict[str, Any]:
   raise ValueError(f"init_scheme={scheme!r}; expected one of {INIT_SCHEMES}.")
 
 
+# ---------------------------------------------------------------------------------------------
+# Gradients XLA's CPU backend computes slowly, written out. Measured at the hourglass's sizes
+# (batch 8, 64x64; `python benchmarks/backward.py`), the gradient of a 3x3 convolution with
+# respect to its kernel (XLA's backprop-filter convolution) takes ~5x the forward pass, a dense
+# layer's kernel gradient waits on a slow fused transpose, and BatchNorm's differentiated
+# two-pass statistics take more passes than its closed form. Same parameters, same values.
+
+
+@jax.custom_vjp
+def dense(x, kernel):
+  """[..., C] @ [C, F] -> [..., F], with the kernel gradient's operands materialised before
+  their product (`lax.optimization_barrier`): without it XLA on CPU fuses the elementwise
+  work that produced them into the transpose the product needs, a strided loop that cost more
+  than the product itself (`python benchmarks/backward.py`: 0.67-0.84x the time of nn.Dense's
+  gradient at the hourglass's sizes)."""
+  return jnp.dot(x, kernel)
+
+
+def _dense_fwd(x, kernel):
+  return jnp.dot(x, kernel), (x, kernel)
+
+
+def _dense_bwd(residuals, dy):
+  x, kernel = residuals
+  rows, flat_dy = jax.lax.optimization_barrier(
+      (x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])))
+  dk = jnp.dot(rows.T, flat_dy, preferred_element_type=jnp.float32)
+  return jnp.dot(dy, kernel.T), dk.astype(kernel.dtype)
+
+
+dense.defvjp(_dense_fwd, _dense_bwd)
+
+
+class Dense(nn.Module):
+  """`nn.Dense`'s parameters (`kernel` [C, features], `bias`), dtype handling and forward
+  pass, with `dense`'s gradient."""
+
+  features: int
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+  kernel_init: Any = nn.linear.default_kernel_init
+  bias_init: Any = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+    y = dense(x.astype(self.dtype), kernel.astype(self.dtype))
+    if self.use_bias:
+      y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(self.dtype)
+    return y
+
+
 class Conv1x1(nn.Module):
   """A 1x1 convolution as a dense layer over channels: [..., C] -> [..., features]."""
 
@@ -57,8 +109,106 @@ class Conv1x1(nn.Module):
     inits = (conv_inits(self.init_scheme, x.shape[-1]) if self.kernel_init is None
              else dict(kernel_init=self.kernel_init))
     # Parameter named `kernel` of shape (C, features): a 1x1 conv kernel without its 1x1 dims.
-    return nn.Dense(self.features, use_bias=self.use_bias, dtype=self.dtype, name="dense",
-                    **inits)(x)
+    return Dense(self.features, use_bias=self.use_bias, dtype=self.dtype, name="dense",
+                 **inits)(x)
+
+
+# Below this many input channels, conv2d's kernel gradient is XLA's (measured: on the 7x7 stem's
+# 3 channels, 49 thin products took 1.15x XLA's time).
+MIN_CHANNELS_FOR_TAPS = 16
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv2d(x, kernel, stride: int, padding: int):
+  """[N,H,W,Cin] * [k,k,Cin,Cout] -> [N,H',W',Cout], symmetric zero padding: lax's convolution,
+  with its kernel gradient computed as k*k matrix products of strided input windows with the
+  output gradient (a sum over N*H'*W' each): the whole gradient in 0.74-0.76x nn.Conv's time
+  at the hourglass's 3x3 on 128 channels (`python benchmarks/backward.py`)."""
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), [(padding, padding)] * 2,
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _conv2d_fwd(x, kernel, stride, padding):
+  return conv2d(x, kernel, stride, padding), (x, kernel)
+
+
+def _conv2d_bwd(stride, padding, residuals, dy):
+  x, kernel = residuals
+  k, c = kernel.shape[0], x.shape[-1]
+  if c < MIN_CHANNELS_FOR_TAPS:  # k*k thin products: XLA's own gradient is faster.
+    _, vjp = jax.vjp(functools.partial(conv2d.fun, stride=stride, padding=padding), x, kernel)
+    return vjp(dy)
+  _, input_vjp = jax.vjp(lambda x: conv2d.fun(x, kernel, stride, padding), x)
+  dx, = input_vjp(dy)
+  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  ho, wo = dy.shape[1], dy.shape[2]
+  flat_dy = dy.reshape(-1, dy.shape[-1])
+
+  def window(i, j):  # The inputs kernel tap (i, j) met, one row per output pixel.
+    rows = xp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
+    return jnp.dot(rows.reshape(-1, c).T, flat_dy, preferred_element_type=jnp.float32)
+
+  dk = jnp.stack([jnp.stack([window(i, j) for j in range(k)]) for i in range(k)])
+  return dx, dk.astype(kernel.dtype)
+
+
+conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+class Conv(nn.Module):
+  """A square convolution with `nn.Conv`'s parameters (`kernel` [k,k,Cin,Cout], `bias`), dtype
+  handling and forward pass, symmetric zero padding, and `conv2d`'s faster kernel gradient."""
+
+  features: int
+  kernel_size: int
+  strides: int = 1
+  padding: int = 0
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+  kernel_init: Any = nn.linear.default_kernel_init
+  bias_init: Any = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x):
+    k = self.kernel_size
+    kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features),
+                        jnp.float32)
+    y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.strides, self.padding)
+    if self.use_bias:
+      y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(self.dtype)
+    return y
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _normalize(x, mean, var, scale, bias, epsilon: float):
+  """(x - mean) / sqrt(var + epsilon) * scale + bias over the last axis, where mean and var
+  are x's own batch statistics over the other axes: the gradient is the closed form
+  (dx = scale * rstd / n * (n dy - sum dy - xhat sum(dy xhat))), not the statistics' chain,
+  with zero cotangents for mean and var, whose influence it already holds: 0.64-0.72x the
+  time of autodiff's gradient (`python benchmarks/backward.py`). Only valid for batch
+  statistics: BatchNorm calls it in training mode only."""
+  return (x - mean) * (jax.lax.rsqrt(var + epsilon) * scale) + bias
+
+
+def _normalize_fwd(x, mean, var, scale, bias, epsilon):
+  rstd = jax.lax.rsqrt(var + epsilon)
+  return (x - mean) * (rstd * scale) + bias, (x, mean, rstd, scale)
+
+
+def _normalize_bwd(epsilon, residuals, dy):
+  del epsilon  # In rstd already.
+  x, mean, rstd, scale = residuals
+  axes = tuple(range(x.ndim - 1))
+  xhat = (x - mean) * rstd
+  dbias = jnp.sum(dy, axes)
+  dscale = jnp.sum(dy * xhat, axes)
+  n = x.size // x.shape[-1]
+  dx = (scale * rstd / n) * (n * dy - dbias - xhat * dscale)
+  zero = jnp.zeros_like(mean)
+  return dx, zero, zero, dscale, dbias
+
+
+_normalize.defvjp(_normalize_fwd, _normalize_bwd)
 
 
 class BatchNorm(nn.Module):
@@ -97,6 +247,7 @@ class BatchNorm(nn.Module):
         running_var = var * (n / max(n - 1, 1)) if self.unbiased_running_var else var
         ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
         ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * running_var
+      return _normalize(x32, mean, var, scale, bias, self.epsilon).astype(self.dtype)
     mul = jax.lax.rsqrt(var + self.epsilon) * scale
     return ((x32 - mean) * mul + bias).astype(self.dtype)
 
@@ -128,8 +279,8 @@ class Bottleneck(nn.Module):
     y = nn.relu(bn(name="bn1")(x))
     y = conv1x1(mid, name="conv1")(y)
     y = nn.relu(bn(name="bn2")(y))
-    y = nn.Conv(mid, (3, 3), padding=1, dtype=self.dtype, name="conv2",
-                **conv_inits(self.init_scheme, mid * 9))(y)
+    y = Conv(mid, 3, padding=1, dtype=self.dtype, name="conv2",
+             **conv_inits(self.init_scheme, mid * 9))(y)
     y = nn.relu(bn(name="bn3")(y))
     y = conv1x1(self.features, name="conv3")(y)
     if x.shape[-1] != self.features:
@@ -156,9 +307,9 @@ class ConvBNReLU(nn.Module):
                   dtype=self.dtype, name="conv")(x)
     else:
       pad = k // 2 if self.padding is None else self.padding
-      x = nn.Conv(self.features, (k, k), strides=self.strides, padding=pad,
-                  use_bias=self.use_bias, dtype=self.dtype, name="conv",
-                  **conv_inits(self.init_scheme, x.shape[-1] * k * k))(x)
+      x = Conv(self.features, k, strides=self.strides, padding=pad, use_bias=self.use_bias,
+               dtype=self.dtype, name="conv",
+               **conv_inits(self.init_scheme, x.shape[-1] * k * k))(x)
     return nn.relu(batch_norm(train, self.dtype, name="bn")(x))
 
 

@@ -138,3 +138,47 @@ def test_hourglass_defaults_to_pytorch_scheme_with_unchanged_layout():
   assert checked == 48  # Every convolution and dense layer, fc_back and score_back too.
   flat = traverse_util.flatten_dict(flax_default, sep="/")
   assert not any(np.any(flat[p[:-len("kernel")] + "bias"]) for p in flat if p.endswith("kernel"))
+
+
+@pytest.mark.parametrize("kernel,stride,padding,size", [(3, 1, 1, 9), (7, 2, 3, 17), (3, 1, 0, 8),
+                                                        (11, 4, 0, 35)])
+def test_conv_equals_flax_conv_with_its_own_kernel_gradient(kernel, stride, padding, size):
+  x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
+  ours = layers.Conv(4, kernel, strides=stride, padding=padding)
+  flax_conv = nn.Conv(4, (kernel, kernel), strides=stride, padding=padding)
+  variables = ours.init(jax.random.key(1), x)
+  jax.tree.map(lambda a, b: np.testing.assert_equal(a.shape, b.shape), variables,
+               flax_conv.init(jax.random.key(1), x))
+  np.testing.assert_allclose(ours.apply(variables, x), flax_conv.apply(variables, x),
+                             atol=1e-6, rtol=0)
+
+  def grads(module):
+    return jax.grad(lambda v, x: jnp.sum(jnp.sin(module.apply(v, x))), argnums=(0, 1))(
+        variables, x)
+
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-5),
+               grads(ours), grads(flax_conv))
+  bf16 = layers.Conv(4, kernel, strides=stride, padding=padding, dtype=jnp.bfloat16)
+  g = jax.grad(lambda v: jnp.sum(bf16.apply(v, x).astype(jnp.float32)))(variables)
+  assert g["params"]["kernel"].dtype == jnp.float32
+
+
+def test_batchnorm_gradient_is_the_statistics_chain_rule():
+  x = jax.random.normal(jax.random.key(0), (4, 6, 6, 5)) * 3 + 1
+  params = {"scale": jnp.linspace(0.5, 2.0, 5), "bias": jnp.linspace(-1.0, 1.0, 5)}
+  bn = layers.batch_norm(train=True, dtype=jnp.float32)
+  stats = bn.init(jax.random.key(0), x)["batch_stats"]
+
+  def ours(p, x):
+    y, _ = bn.apply({"params": p, "batch_stats": stats}, x, mutable=["batch_stats"])
+    return jnp.sum(jnp.sin(y) * jnp.arange(5.0))
+
+  def plain(p, x):  # Autodiff through the two-pass statistics.
+    mean = jnp.mean(x, (0, 1, 2))
+    var = jnp.mean(jnp.square(x - mean), (0, 1, 2))
+    y = (x - mean) / jnp.sqrt(var + 1e-5) * p["scale"] + p["bias"]
+    return jnp.sum(jnp.sin(y) * jnp.arange(5.0))
+
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5),
+               jax.grad(ours, argnums=(0, 1))(params, x),
+               jax.grad(plain, argnums=(0, 1))(params, x))
