@@ -9,7 +9,7 @@ version for smoke tests; plain "tiny" is the hourglass's). Each variant trains f
 minutes on a 2-core CPU; the README's table gives every family's number.
 
 Hourglass: 1 stack, 48 features, depth 3, 128x128 input, 32x32 heat maps (sigma 1), batch 8,
-3400 steps. Unlike the paper configs it trains with a per-joint softmax cross-entropy on the
+4000 steps. Unlike the paper configs it trains with a per-joint softmax cross-entropy on the
 Gaussian targets and Adam (1.5e-3, warm-up, cosine decay): on CPU, from scratch, plain MSE on
 sigma-1 targets sits near zero for the first ~500 steps while cross-entropy learns at once.
 Augmentation is flips, +-15% scale and colour jitter only (the synthetic people are already
@@ -66,9 +66,10 @@ def hourglass(tiny: bool):
   c.sigma = 1.0
   c.loss = "softmax_ce"
   c.loss_scale = 1.0
-  c.num_train_steps = 3400
-  c.eval_every_steps = 425
-  c.checkpoint_every_steps = 425
+  # 4000 steps: 88.86 in 9.3 min since the faster gradients (3400 steps: 87.92 in 9.3 before).
+  c.num_train_steps = 4000
+  c.eval_every_steps = 500
+  c.checkpoint_every_steps = 500
   if tiny:
     c = _tiny(c)
     c.model.features = 16
