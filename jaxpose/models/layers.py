@@ -89,10 +89,15 @@ class Dense(nn.Module):
   @nn.compact
   def __call__(self, x):
     kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
-    y = dense(x.astype(self.dtype), kernel.astype(self.dtype))
-    if self.use_bias:
-      y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(self.dtype)
+    return _plus_bias(self, dense(x.astype(self.dtype), kernel.astype(self.dtype)))
+
+
+def _plus_bias(module: nn.Module, y):
+  """y + `module`'s float32 `bias` parameter in its dtype, when it has one (as nn.Dense)."""
+  if not module.use_bias:
     return y
+  return y + module.param("bias", module.bias_init, (module.features,),
+                          jnp.float32).astype(module.dtype)
 
 
 class Conv1x1(nn.Module):
@@ -177,10 +182,8 @@ class Conv(nn.Module):
     k = self.kernel_size
     kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features),
                         jnp.float32)
-    y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.strides, self.padding)
-    if self.use_bias:
-      y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(self.dtype)
-    return y
+    return _plus_bias(self, conv2d(x.astype(self.dtype), kernel.astype(self.dtype),
+                                   self.strides, self.padding))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
