@@ -245,11 +245,11 @@ def _phase_context(run: _Run) -> families.PhaseContext:
 
 def _train_iterator(run: _Run, start_step: int):
   config = run.config
-  source = run.train_source
+  source = run.train_source  # Pre-cropped when config.dataset.precrop (_set_up).
   ds = pipeline.train_dataset(
       source, input_size=run.family.input_size, target_fn=run.family.target_fn,
-      augment=pipeline.Augment(**config.augment), global_batch_size=config.batch_size, seed=config.seed,
-      start_step=start_step, process_index=jax.process_index(),
+      augment=pipeline.Augment(**config.augment), global_batch_size=config.batch_size,
+      seed=config.seed, start_step=start_step, process_index=jax.process_index(),
       process_count=jax.process_count(), on_device=config.augment_on_device)
   return source, ds.as_numpy_iterator()
 

@@ -56,8 +56,9 @@ class Source:
 
   @property
   def num_examples(self) -> int:
-    return len(self.images) if not isinstance(self.images, tf.Tensor) else \
-        int(self.images.shape[0])
+    if isinstance(self.images, tf.Tensor):
+      return int(self.images.shape[0])
+    return len(self.images)
 
   def encoded(self, index) -> tf.Tensor:
     """The encoded image(s) at `index` (a scalar or [n] int tensor, traceable)."""
