@@ -245,13 +245,12 @@ def _phase_context(run: _Run) -> families.PhaseContext:
 
 def _train_iterator(run: _Run, start_step: int):
   config = run.config
-  source = run.train_source  # Pre-cropped when config.dataset.precrop (_set_up).
-  ds = pipeline.train_dataset(
-      source, input_size=run.family.input_size, target_fn=run.family.target_fn,
+  ds = pipeline.train_dataset(  # run.train_source is pre-cropped when config.dataset.precrop.
+      run.train_source, input_size=run.family.input_size, target_fn=run.family.target_fn,
       augment=pipeline.Augment(**config.augment), global_batch_size=config.batch_size,
       seed=config.seed, start_step=start_step, process_index=jax.process_index(),
       process_count=jax.process_count(), on_device=config.augment_on_device)
-  return source, ds.as_numpy_iterator()
+  return ds.as_numpy_iterator()
 
 
 def _log(run: _Run, step: int, history, last_log) -> tuple[int, float]:
@@ -291,19 +290,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   last evaluation's table."""
   run = _set_up(config, workdir, allow_inexact_resume)
   step = _restore_or_init(run)
-  source, train_iter = _train_iterator(run, step)
+  train_iter = _train_iterator(run, step)
   run.preemption.install()
   logging.info("Training %s for %d steps (%d per epoch) on %d devices, batch %d.",
                run.family.name, run.num_steps,
                optim.steps_per_epoch(config, run.train_source.num_examples),
                run.mesh.devices.size, config.batch_size)
-  table = _loop(run, step, source, train_iter)
+  table = _loop(run, step, train_iter)
   run.manager.wait_until_finished()
   run.writer.flush()
   return table or {}
 
 
-def _loop(run: _Run, step: int, source, train_iter) -> dict | None:
+def _loop(run: _Run, step: int, train_iter) -> dict | None:
   config = run.config
   report = (periodic_actions.ReportProgress(num_train_steps=run.num_steps, writer=run.writer,
                                             every_steps=config.log_every_steps)
@@ -317,7 +316,7 @@ def _loop(run: _Run, step: int, source, train_iter) -> dict | None:
       phase = optim.phase_at(run.phases, step)
       _enter_phase(run, phase, step)
       step_fn = make_train_step(run.family, run.mesh, phase)
-    batch = parallel.global_batch(_next_batch(train_iter, source, config, step), run.mesh)
+    batch = parallel.global_batch(_next_batch(run, train_iter, step), run.mesh)
     run.state, metrics = step_fn(run.state, batch, jax.random.fold_in(run.train_key, step))
     step += 1
     history.append((step, metrics))
@@ -366,11 +365,12 @@ def _timed_eval(run: _Run, step: int, predict_step, clock: _Clock):
   return table, table["Total"], False
 
 
-def _next_batch(train_iter, source, config, step):
+def _next_batch(run: _Run, train_iter, step):
   """The next local batch; an image that fails to decode is reported by example."""
   try:
     return next(train_iter)
   except tf.errors.OpError as e:
+    source, config = run.train_source, run.config
     pipeline.check_decodable(source, pipeline.train_step_indices(
         source, step=step, global_batch_size=config.batch_size, seed=config.seed,
         process_index=jax.process_index(), process_count=jax.process_count()))
