@@ -283,10 +283,13 @@ def _abandon_a_read_and_complete_it():
 def test_abandoned_reads_are_not_reported(monkeypatch):
   noise = checkpoints._AbandonedReadNoise  # pylint: disable=protected-access
   reported = []
+  gc.collect()  # What earlier restores in this process abandoned is reported now, not below.
   monkeypatch.setattr(sys, "unraisablehook", reported.append)
   _abandon_a_read_and_complete_it()
-  assert [str(u.exc_value) for u in reported] == ["Event loop is closed"]
-  assert noise.is_closed_loop_callback(reported[0])
+  closed = [u for u in reported if str(u.exc_value) == "Event loop is closed"]
+  assert len(closed) == 1 and noise.is_closed_loop_callback(closed[0])
+  # By timing, an earlier test's abandoned reads can still be finalised here: they are noise too.
+  assert all(noise.is_closed_loop_callback(u) for u in reported)
 
   reported.clear()
   monkeypatch.setattr(noise, "installed", False)
