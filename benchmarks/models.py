@@ -205,7 +205,7 @@ def jax_infer(config, host: dict, task: dict):
   import jax  # pylint: disable=g-import-not-at-top
   from jaxpose import families  # pylint: disable=g-import-not-at-top
   family = families.create_family(config)
-  variables = jax.jit(family.init)(jax.random.key(config.seed))
+  variables = families.init_variables(family, jax.random.key(config.seed))
   predict = jax.jit(lambda v, b: family.predict(v, b, False))
   batch = {"image": jax.device_put(float_images(host["pixels"]))}
 

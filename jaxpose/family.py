@@ -183,3 +183,23 @@ def model_kwargs(config) -> dict:
 def eval_shape_variables(family: Family) -> Variables:
   """The family's variables as shapes (no compile, no memory)."""
   return jax.eval_shape(family.init, jax.random.key(0))
+
+
+# Compiling an initialiser is mostly XLA's backend optimising code that runs once: a Threefry
+# draw per parameter, inlined hundreds of times. Without that optimisation (measured on CPU):
+# the 2-stack hourglass's init compiles in 12.5 s instead of 19.9 s, the IEF quickstart-tiny's
+# in 6.5 s instead of 31 s, and runs in 0.56 s instead of 0.08 s. The values agree to rounding
+# (7e-9 at most); every process compiles with the same options, so they agree exactly.
+INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+
+
+def compile_init(init: Callable[..., Any], *args, out_shardings=None):
+  """`init` jitted and compiled with INIT_COMPILER_OPTIONS (the persistent cache applies)."""
+  jitted = jax.jit(init, out_shardings=out_shardings)
+  return jitted.lower(*args).compile(compiler_options=INIT_COMPILER_OPTIONS)
+
+
+def init_variables(family: Family, rng: jax.Array) -> Variables:
+  """`family.init(rng)`, compiled as the trainer compiles it (not op by op: eagerly, the IEF
+  quickstart-tiny's init took 59 s here)."""
+  return compile_init(family.init, rng)(rng)

@@ -63,8 +63,9 @@ def create_train_state(family: families.Family, tx, rng, mesh, *,
     params, model_state = families.split_variables(family.init(rng))
     return TrainState.create(apply_fn=None, params=params, model_state=model_state, tx=tx)
 
-  init = jax.jit(init, out_shardings=parallel.replicated(mesh))
-  return jax.eval_shape(init) if abstract else init()
+  if abstract:
+    return jax.eval_shape(jax.jit(init, out_shardings=parallel.replicated(mesh)))
+  return families.compile_init(init, out_shardings=parallel.replicated(mesh))()
 
 
 def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:

@@ -92,7 +92,8 @@ def tiny_checkpoint(workdir) -> pathlib.Path:
   writes one (what eval.py, predict.py and the exporter read)."""
   from jaxpose import convert  # pylint: disable=g-import-not-at-top
   from jaxpose import families  # pylint: disable=g-import-not-at-top
-  variables = families.create_family(quickstart.get_config("tiny")).init(jax.random.key(0))
+  variables = families.init_variables(families.create_family(quickstart.get_config("tiny")),
+                                       jax.random.key(0))
   convert.write_checkpoint(variables, dict(num_stacks=1, num_joints=16, features=16, depth=2),
                            "configs/quickstart.py:tiny", str(workdir))
   return pathlib.Path(workdir)

@@ -177,7 +177,7 @@ def _tiny_variables():
   from configs import quickstart  # pylint: disable=g-import-not-at-top
   from jaxpose import families  # pylint: disable=g-import-not-at-top
   family = families.create_family(quickstart.get_config("tiny"))
-  variables = family.init(jax.random.key(3))
+  variables = families.init_variables(family, jax.random.key(3))
   kwargs = dict(num_stacks=1, num_joints=16, features=16, depth=2, num_blocks=1)
   return variables, kwargs
 

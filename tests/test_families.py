@@ -94,7 +94,7 @@ def test_dropout_follows_the_step_key():
   config = _tiny("deeppose")
   config.model.dropout_rate = 0.5
   family = families.create_family(config)
-  variables = family.init(jax.random.key(0))
+  variables = families.init_variables(family, jax.random.key(0))
   params, state = families.split_variables(variables)
   mesh = parallel.make_mesh()
   batch = jax.device_get(_batch(config, family, mesh, helpers.dots_source(n=8, size=64)))
@@ -106,7 +106,7 @@ def test_dropout_follows_the_step_key():
 def test_deeppose_later_stages_train_on_measured_errors():
   config = _tiny("deeppose")
   family = families.create_family(config)
-  variables = family.init(jax.random.key(0))
+  variables = families.init_variables(family, jax.random.key(0))
   n, k = 20, 16
   rng = np.random.default_rng(0)
   gt = rng.uniform(10, 50, (n, k, 2))
@@ -126,7 +126,7 @@ def test_deeppose_later_stages_train_on_measured_errors():
 def test_ief_starts_from_the_mean_training_pose():
   config = _tiny("ief")
   family = families.create_family(config)
-  variables = family.init(jax.random.key(0))
+  variables = families.init_variables(family, jax.random.key(0))
   gt = np.zeros((2, 16, 2)) + np.array([[10.0, 20.0]])
   gt[1] += 4.0
   visible = np.ones((2, 16))

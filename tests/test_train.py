@@ -204,7 +204,7 @@ def test_checkpoints_from_before_the_family_interface_still_evaluate(tmp_path):
   """The old train state kept `batch_stats` beside `params` (and the optimiser state)."""
   config = _config(tmp_path)
   family = families.create_family(config)
-  variables = family.init(jax.random.key(1))
+  variables = families.init_variables(family, jax.random.key(1))
   old = {"step": np.int32(6), "params": variables["params"],
          "batch_stats": variables["batch_stats"],
          "opt_state": [np.zeros(3, np.float32)]}

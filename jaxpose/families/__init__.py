@@ -35,8 +35,9 @@ import ml_collections
 from jaxpose import skeletons
 from jaxpose.families import heatmaps
 from jaxpose.families import regression
-from jaxpose.family import (Family, PhaseContext, apply_train, eval_shape_variables,
-                            heatmap_losses, heatmap_predict, split_variables)
+from jaxpose.family import (Family, PhaseContext, apply_train, compile_init,
+                            eval_shape_variables, heatmap_losses, heatmap_predict,
+                            init_variables, split_variables)
 
 # The table of families: config.model.name -> builder (config, skeleton, dtype) -> Family.
 BUILDERS = {
@@ -49,8 +50,8 @@ BUILDERS = {
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
-__all__ = ["BUILDERS", "Family", "PhaseContext", "apply_train", "create_family",
-           "eval_shape_variables", "heatmap_losses", "heatmap_predict",
+__all__ = ["BUILDERS", "Family", "PhaseContext", "apply_train", "compile_init", "create_family",
+           "eval_shape_variables", "heatmap_losses", "heatmap_predict", "init_variables",
            "split_variables"]
 
 
