@@ -54,6 +54,18 @@ def test_tiny_family_trains_and_predicts(name):
   assert np.all(np.isfinite(joints))
 
 
+def test_unoptimised_init_gives_the_optimised_programs_values():
+  """families.init_variables compiles without XLA's backend optimisation (code that runs once):
+  the same variables as the default compilation, to rounding."""
+  family = families.create_family(_tiny("hourglass"))
+  key = jax.random.key(5)
+  fast, default = families.init_variables(family, key), jax.jit(family.init)(key)
+  assert jax.tree.structure(fast) == jax.tree.structure(default)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), fast, default)
+  other = families.init_variables(family, jax.random.key(6))  # The key is used.
+  assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(other)))
+
+
 def test_a_phase_differentiates_only_its_trainable_subtrees():
   """Tompson's spatial phase: the frozen detector's backward pass is not computed (fewer
   FLOPs), and the update is the one of differentiating everything and zeroing the rest."""
