@@ -33,12 +33,13 @@ class Residuals(nn.Module):
   num_blocks: int
   init_scheme: str = "pytorch"
   dtype: Dtype = jnp.float32
+  recompute: bool = False  # layers.Bottleneck's: keep one activation per layer in training.
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
     for i in range(self.num_blocks):
       x = layers.Bottleneck(self.features, init_scheme=self.init_scheme, dtype=self.dtype,
-                            name=f"block{i}")(x, train=train)
+                            recompute=self.recompute, name=f"block{i}")(x, train=train)
     return x
 
 
@@ -54,16 +55,19 @@ class Hourglass(nn.Module):
   num_blocks: int = 1
   init_scheme: str = "pytorch"
   dtype: Dtype = jnp.float32
+  recompute: bool = False
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
     res = functools.partial(Residuals, self.features, self.num_blocks,
-                            init_scheme=self.init_scheme, dtype=self.dtype)
+                            init_scheme=self.init_scheme, dtype=self.dtype,
+                            recompute=self.recompute)
     up = res(name="up")(x, train=train)
     low = res(name="down")(layers.max_pool2(x), train=train)
     if self.depth > 1:
       low = Hourglass(self.features, self.depth - 1, self.num_blocks,
-                      init_scheme=self.init_scheme, dtype=self.dtype, name="inner")(
+                      init_scheme=self.init_scheme, dtype=self.dtype,
+                      recompute=self.recompute, name="inner")(
                           low, train=train)
     else:
       low = res(name="bottom")(low, train=train)
@@ -84,13 +88,15 @@ class Stack(nn.Module):
   last: bool
   init_scheme: str = "pytorch"
   dtype: Dtype = jnp.float32
+  recompute: bool = False
 
   @nn.compact
   def __call__(self, x, train):
     kw = dict(init_scheme=self.init_scheme, dtype=self.dtype)
-    y = Hourglass(self.features, self.depth, self.num_blocks, name="hourglass", **kw)(
-        x, train=train)
-    y = Residuals(self.features, self.num_blocks, name="res", **kw)(y, train=train)
+    y = Hourglass(self.features, self.depth, self.num_blocks, recompute=self.recompute,
+                  name="hourglass", **kw)(x, train=train)
+    y = Residuals(self.features, self.num_blocks, recompute=self.recompute, name="res", **kw)(
+        y, train=train)
     y = layers.ConvBNReLU(self.features, kernel_size=1, name="fc", **kw)(y, train=train)
     heatmaps = layers.Conv1x1(self.num_joints, name="score", **kw)(y)
     if not self.last:  # Intermediate predictions re-enter the next stack.
@@ -110,7 +116,12 @@ class StackedHourglass(nn.Module):
   features: int = 256  # Width inside the hourglasses (the paper's 256).
   depth: int = 4  # Number of 2x downsamplings inside each hourglass (64 -> 4 px).
   num_blocks: int = 1  # Residual modules per hourglass level.
-  remat: bool = False  # Rematerialise each stack in the backward pass.
+  # Rematerialise in the backward pass: each stack (`nn.remat`) and, in every bottleneck, the
+  # BatchNorm-ReLU outputs (`layers.bn_relu_conv`). XLA on CPU merges `nn.remat`'s recomputation
+  # back into the forward pass (measured: the same 64 convolutions and temporaries, 2 and 4
+  # stacks); the bottlenecks' recomputation holds there: the 2-stack step's temporaries 2,314 ->
+  # 1,330 MB at batch 8, 256 px, for ~25% more time a step.
+  remat: bool = False
   # Initialisers: "pytorch" (the PyTorch port's: U(+-1/sqrt(fan_in)) kernels and biases) or
   # "lecun" (Flax's default: LeCun-normal kernels, zero biases). BatchNorm: scale 1, bias 0.
   init_scheme: str = "pytorch"
@@ -123,16 +134,18 @@ class StackedHourglass(nn.Module):
     # Stem: 7x7/2 conv (pad 3, as the PyTorch port), residual, pool, two residuals: 4x down.
     x = layers.ConvBNReLU(f // 4, kernel_size=7, strides=2, padding=3, name="stem_conv",
                           **kw)(x.astype(self.dtype), train=train)
-    x = layers.Bottleneck(f // 2, name="stem_res1", **kw)(x, train=train)
+    block = functools.partial(layers.Bottleneck, recompute=self.remat, **kw)
+    x = block(f // 2, name="stem_res1")(x, train=train)
     x = layers.max_pool2(x)
-    x = layers.Bottleneck(f, name="stem_res2", **kw)(x, train=train)
-    x = layers.Bottleneck(f, name="stem_res3", **kw)(x, train=train)
+    x = block(f, name="stem_res2")(x, train=train)
+    x = block(f, name="stem_res3")(x, train=train)
 
     stack_cls = nn.remat(Stack, static_argnums=(2,)) if self.remat else Stack
     outputs = []
     for i in range(self.num_stacks):
       x, heatmaps = stack_cls(f, self.depth, self.num_blocks, self.num_joints,
-                              last=i == self.num_stacks - 1, name=f"stack{i}", **kw)(x, train)
+                              last=i == self.num_stacks - 1, recompute=self.remat,
+                              name=f"stack{i}", **kw)(x, train)
       outputs.append(heatmaps.astype(jnp.float32))
     return tuple(outputs)
 

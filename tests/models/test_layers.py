@@ -185,3 +185,71 @@ def test_batchnorm_gradient_is_the_statistics_chain_rule():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5),
                jax.grad(ours, argnums=(0, 1))(params, x),
                jax.grad(plain, argnums=(0, 1))(params, x))
+
+
+@pytest.mark.parametrize("channels,geometry", [(5, None), (20, None), (5, (1, 1)), (20, (2, 1))])
+def test_fused_bn_relu_conv_gradient_is_the_plain_chain_rule(channels, geometry):
+  """bn_relu_conv keeps only x and recomputes the rest: its gradients equal autodiff through
+  batch statistics, ReLU and the product (dense 1x1, or a 3x3 conv on both sides of
+  MIN_CHANNELS_FOR_TAPS), and the ReLU's zeros pass no gradient."""
+  keys = jax.random.split(jax.random.key(2), 3)
+  x = jax.random.normal(keys[0], (3, 8, 8, channels)) * 2 + 0.5
+  scale, bias = jnp.linspace(0.5, 1.5, channels), jnp.linspace(-0.5, 0.5, channels)
+  kshape = (channels, 7) if geometry is None else (3, 3, channels, 7)
+  kernel = jax.random.normal(keys[1], kshape) * 0.3
+  weights = jax.random.normal(keys[2], (7,))
+
+  def product(y, k):
+    if geometry is None:
+      return jnp.dot(y, k)
+    s, p = geometry
+    return jax.lax.conv_general_dilated(y, k, (s, s), [(p, p)] * 2,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  def plain(x, scale, bias, kernel):
+    mean = jnp.mean(x, (0, 1, 2))
+    var = jnp.mean(jnp.square(x - mean), (0, 1, 2))
+    y = nn.relu((x - mean) / jnp.sqrt(var + 1e-5) * scale + bias)
+    return jnp.sum(jnp.sin(product(y, kernel)) * weights)
+
+  def fused(x, scale, bias, kernel):
+    mean = jnp.mean(x, (0, 1, 2))
+    var = jnp.mean(jnp.square(x - mean), (0, 1, 2))
+    out = layers.bn_relu_conv(x, mean, var, scale, bias, kernel, 1e-5, geometry)
+    return jnp.sum(jnp.sin(out) * weights)
+
+  args = (x, scale, bias, kernel)
+  np.testing.assert_allclose(fused(*args), plain(*args), rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4),
+               jax.grad(fused, argnums=(0, 1, 2, 3))(*args),
+               jax.grad(plain, argnums=(0, 1, 2, 3))(*args))
+
+
+def test_bottleneck_trains_as_the_unfused_layers():
+  """The training pass through the fused units: same outputs, batch statistics and gradients
+  as BN, ReLU and convolution applied one after another (the inference path)."""
+  x = jax.random.normal(jax.random.key(3), (2, 8, 8, 24))
+  block = layers.Bottleneck(32, recompute=True)
+  variables = block.init(jax.random.key(4), x)
+
+  class Unfused(nn.Module):  # The same parameters, layer by layer.
+    @nn.compact
+    def __call__(self, x):
+      bn = lambda name: layers.batch_norm(True, jnp.float32, name=name)
+      y = layers.Conv1x1(16, name="conv1")(nn.relu(bn("bn1")(x)))
+      y = layers.Conv(16, 3, padding=1, name="conv2")(nn.relu(bn("bn2")(y)))
+      y = layers.Conv1x1(32, name="conv3")(nn.relu(bn("bn3")(y)))
+      return layers.Conv1x1(32, name="proj")(x) + y
+
+  def loss(module, kwargs):
+    def f(params):
+      y, updates = module.apply({**variables, "params": params}, x, mutable=["batch_stats"],
+                                **kwargs)
+      return jnp.sum(jnp.sin(y)), updates
+    return jax.value_and_grad(f, has_aux=True)(variables["params"])
+
+  (v1, stats1), g1 = loss(block, {"train": True})
+  (v2, stats2), g2 = loss(Unfused(), {})
+  np.testing.assert_allclose(v1, v2, rtol=1e-5)
+  for a, b in ((stats1, stats2), (g1, g2)):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4), a, b)
