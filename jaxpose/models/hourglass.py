@@ -120,7 +120,7 @@ class StackedHourglass(nn.Module):
   # BatchNorm-ReLU outputs (`layers.bn_relu_conv`). XLA on CPU merges `nn.remat`'s recomputation
   # back into the forward pass (measured: the same 64 convolutions and temporaries, 2 and 4
   # stacks); the bottlenecks' recomputation holds there: the 2-stack step's temporaries 2,314 ->
-  # 1,330 MB at batch 8, 256 px, for ~25% more time a step.
+  # 1,330 MB at batch 8, 256 px, for 25-35% more time a step.
   remat: bool = False
   # Initialisers: "pytorch" (the PyTorch port's: U(+-1/sqrt(fan_in)) kernels and biases) or
   # "lecun" (Flax's default: LeCun-normal kernels, zero biases). BatchNorm: scale 1, bias 0.
