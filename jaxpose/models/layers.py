@@ -87,8 +87,7 @@ class Dense(nn.Module):
   bias_init: Any = nn.initializers.zeros
 
   def __call__(self, x):
-    kernel, bias = self.weights(x.shape[-1])
-    return _plus(dense(x.astype(self.dtype), kernel), bias)
+    return _apply_dense(self, x)
 
   @nn.compact
   def weights(self, in_features: int):
@@ -109,6 +108,12 @@ def _plus(y, bias):
   return y if bias is None else y + bias
 
 
+def _apply_dense(module: nn.Module, x):
+  """x @ kernel + bias with `module.weights` (Dense's, or Conv1x1's, which are a Dense's)."""
+  kernel, bias = module.weights(x.shape[-1])
+  return _plus(dense(x.astype(module.dtype), kernel), bias)
+
+
 class Conv1x1(nn.Module):
   """A 1x1 convolution as a dense layer over channels: [..., C] -> [..., features]."""
 
@@ -119,8 +124,7 @@ class Conv1x1(nn.Module):
   dtype: Dtype = jnp.float32
 
   def __call__(self, x):
-    kernel, bias = self.weights(x.shape[-1])
-    return _plus(dense(x.astype(self.dtype), kernel), bias)
+    return _apply_dense(self, x)
 
   @nn.compact
   def weights(self, in_features: int):
@@ -318,15 +322,15 @@ def _bn_relu_conv_bwd(epsilon, geometry, residuals, dout):
   # A data dependence on dout, so that XLA computes this after dout exists instead of merging
   # it with the forward pass's identical expressions (which would keep those alive).
   x = x + (0 * dout.reshape(-1)[0]).astype(x.dtype)
-  rstd = jax.lax.rsqrt(var + epsilon)
   x32 = x.astype(jnp.float32)
-  pre = (x32 - mean) * (rstd * scale) + bias
+  pre = _normalize.fun(x32, mean, var, scale, bias, epsilon)  # The forward pass's, again.
   y = jax.nn.relu(pre).astype(kernel.dtype)
   if geometry is None:
     dy, dk = _dense_bwd((y, kernel), dout)
   else:
     dy, dk = _conv2d_bwd(*geometry, (y, kernel), dout)
   dpre = jnp.where(pre > 0, dy.astype(jnp.float32), 0.0)
+  rstd = jax.lax.rsqrt(var + epsilon)
   dx, zero, _, dscale, dbias = _normalize_bwd(epsilon, (x32, mean, rstd, scale), dpre)
   return dx.astype(x.dtype), zero, zero, dscale, dbias, dk
 
