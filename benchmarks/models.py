@@ -11,7 +11,7 @@ Every number comes from its own fresh process (`--child`), so compiled programs,
 and peak memory never carry over between measurements. Per model and framework:
 
   train step   median seconds per step over --steps timed steps after --warmup steps. jaxpose:
-               `families.create_family`, `train.create_train_state`, `train.make_train_step`
+               `families.create_family`, `steps.create_train_state`, `steps.make_train_step`
                with the config's optimiser of its first phase (the trainer's own step, targets
                rendered inside it). PyTorch: forward, the config's heat-map loss summed over
                stacks / stages (targets rendered once on the host), backward, the config's
@@ -20,7 +20,9 @@ and peak memory never carry over between measurements. Per model and framework:
   inference    median seconds of one forward pass on the batch, no flip test. jaxpose: the
                family's `predict` under jax.jit (decoding included); PyTorch: forward in eval
                mode under torch.no_grad().
-  peak RSS     ru_maxrss of the training process after its timed steps (MB).
+  peak RSS     ru_maxrss of the training process after its timed steps (MB). Neither side
+               imports a data loader: jaxpose's step (jaxpose.steps) needs no TensorFlow, which
+               `train.py`'s tf.data pipeline adds (~0.5 GB, ~4.5 s to import here).
   first step   seconds from the process's start (/proc/self/stat) to its first training step
                done, imports included: cold (jaxpose: a fresh, empty persistent compilation
                cache) and warm (a second process on the same cache; PyTorch has no such cache,
@@ -161,21 +163,21 @@ def _jax_count(tree) -> int:
 def _jax_train_batch(host: dict, device_augment: bool) -> dict:
   """The batch the trainer's step takes: the host pipeline's float32 images, or (with
   `device_augment`) the stored uint8 pixels with identity crop maps and unit colour gains."""
-  from jaxpose.data import pipeline  # pylint: disable=g-import-not-at-top
+  from jaxpose.data import device_augment as aug  # pylint: disable=g-import-not-at-top
   b = len(host["pixels"])
   batch = {"joints": host["joints"], "visible": host["visible"],
            "transform": np.tile(np.eye(3, dtype=np.float32), (b, 1, 1))}
   if not device_augment:
     return dict(batch, image=float_images(host["pixels"]))
-  return dict(batch, **{pipeline.PIXELS: host["pixels"],
-                        pipeline.INVERSE: np.tile(np.eye(2, 3, dtype=np.float32), (b, 1, 1)),
-                        pipeline.GAINS: np.ones((b, 3), np.float32)})
+  return dict(batch, **{aug.PIXELS: host["pixels"],
+                        aug.INVERSE: np.tile(np.eye(2, 3, dtype=np.float32), (b, 1, 1)),
+                        aug.GAINS: np.ones((b, 3), np.float32)})
 
 
 def jax_train(config, host: dict, task: dict):
   """(record fields, one training step) with the trainer's state, step and first phase."""
   import jax  # pylint: disable=g-import-not-at-top
-  from jaxpose import families, optim, parallel, train  # pylint: disable=g-import-not-at-top
+  from jaxpose import families, optim, parallel, steps  # pylint: disable=g-import-not-at-top
   family = families.create_family(config)
   if family.target_fn is not None:
     raise NotImplementedError(f"{family.name}: host-side targets (Family.target_fn) are not "
@@ -183,9 +185,9 @@ def jax_train(config, host: dict, task: dict):
   mesh = parallel.make_mesh()
   all_phases = optim.phases(config, NUM_EXAMPLES)
   phase = all_phases[0]
-  tx = train.create_optimizer(config, NUM_EXAMPLES, phase, layer_groups=family.layer_groups)
-  state = train.create_train_state(family, tx, jax.random.key(config.seed), mesh)
-  step = train.make_train_step(family, mesh, phase)
+  tx = steps.create_optimizer(config, NUM_EXAMPLES, phase, layer_groups=family.layer_groups)
+  state = steps.create_train_state(family, tx, jax.random.key(config.seed), mesh)
+  step = steps.make_train_step(family, mesh, phase)
   batch = parallel.global_batch(_jax_train_batch(host, task["device_augment"]), mesh)
   rng = jax.random.key(1)
   held = {"state": state}
@@ -222,8 +224,9 @@ def _jax_imports(task: dict) -> None:
     jax.config.update("jax_compilation_cache_dir", task["cache_dir"])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  # What the builders import (TensorFlow comes with jaxpose's codecs): counted as import time.
-  from jaxpose import families, train  # noqa: F401  pylint: disable=g-import-not-at-top
+  # What the builders import (the step's modules; not TensorFlow, which only the input pipeline
+  # needs, as torch's side imports no data loader): counted as import time.
+  from jaxpose import families, steps  # noqa: F401  pylint: disable=g-import-not-at-top
 
 
 # ---------------------------------------------------------------------------------------------

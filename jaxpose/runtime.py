@@ -15,6 +15,8 @@ from absl import flags
 from absl import logging as absl_logging
 import jax
 
+from jaxpose import host_memory
+
 _COORDINATOR = None
 _NUM_PROCESSES = None
 _PROCESS_ID = None
@@ -41,10 +43,11 @@ def define_output_flags():
 def setup(log_file: str | None = None) -> None:
   """A quiet console (jaxpose's own lines; the libraries' only from ERROR up, all of them in
   `log_file` when given, or on the console with --verbose), TensorFlow without accelerators
-  (input pipeline only), the persistent XLA compilation cache, and the distributed runtime
-  when asked."""
+  (input pipeline only), the persistent XLA compilation cache, the compiler's freed heap
+  given back after each compilation (host_memory), and the distributed runtime when asked."""
   verbose = _VERBOSE is not None and _VERBOSE.value
   quiet_console(verbose=verbose)
+  host_memory.trim_after_compiles()
   cache = os.environ.get("JAXPOSE_COMPILATION_CACHE",
                          os.path.join(os.path.expanduser("~"), ".cache", "jaxpose", "xla"))
   if cache:

@@ -1,4 +1,4 @@
-"""Training: state, the jitted step, phases, checkpoints and the loop.
+"""Training: phases, checkpoints and the loop around the step (steps.py: state and step).
 
 Designed for many hosts and exact resumption from the start:
   * batches are a pure function of (seed, step, process) (see data/pipeline.py) and the step's
@@ -14,7 +14,6 @@ Designed for many hosts and exact resumption from the start:
 """
 
 import dataclasses
-import functools
 import time
 from typing import Any
 
@@ -22,12 +21,9 @@ from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
 from etils import epath
-from flax.training import train_state
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import tensorflow as tf
 
 from jaxpose import checkpoints
@@ -37,79 +33,19 @@ from jaxpose import families
 from jaxpose import optim
 from jaxpose import parallel
 from jaxpose import preemption as preemption_lib
+from jaxpose import steps
 from jaxpose.data import datasets
-from jaxpose.data import device_augment
 from jaxpose.data import pipeline
 
 
-class TrainState(train_state.TrainState):
-  """Parameters, optimiser state and the family's opaque model state (BatchNorm statistics)."""
-
-  model_state: Any
-
-
-class NonFiniteLossError(FloatingPointError):
-  pass
-
-
-create_optimizer = optim.create_optimizer  # The trainer's optimiser (per phase): see optim.py.
-
-
-def create_train_state(family: families.Family, tx, rng, mesh, *,
-                       abstract: bool = False) -> TrainState:
-  """Replicated initial state (or, with `abstract`, its shapes and shardings only)."""
-
-  def init():
-    params, model_state = families.split_variables(family.init(rng))
-    return TrainState.create(apply_fn=None, params=params, model_state=model_state, tx=tx)
-
-  if abstract:
-    return jax.eval_shape(jax.jit(init, out_shardings=parallel.replicated(mesh)))
-  return families.compile_init(init, out_shardings=parallel.replicated(mesh))()
-
-
-def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
-  """(init key, train key): independent streams from one seed (step keys fold in the step)."""
-  init_key, train_key = jax.random.split(jax.random.key(seed))
-  return init_key, train_key
-
-
-# ---------------------------------------------------------------------------------------------
-# The step.
-
-
-def train_step(state: TrainState, batch, rng, *, family: families.Family, phase: int = 0,
-               trainable: tuple[str, ...] | None = None):
-  """(state, batch, rng) -> (state, metrics). Pure; compiled once per phase.
-
-  `trainable` (the phase's top-level parameter subtrees, None = all): only these are
-  differentiated; the others enter the loss as constants and get zero gradients, so a phase
-  that trains one part of a model does not pay for the rest's backward pass (Tompson's spatial
-  model on a frozen detector). `grad_norm` is over them.
-  """
-  if "image" not in batch:  # config.augment_on_device: resample and colour here.
-    batch = dict(batch, image=device_augment.input_images(batch, family.input_size))
-  trained = {k: v for k, v in state.params.items() if trainable is None or k in trainable}
-  frozen = {k: v for k, v in state.params.items() if k not in trained}
-
-  def loss_fn(params):
-    return family.loss({**frozen, **params}, state.model_state, batch, rng, phase=phase)
-
-  (loss, (model_state, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trained)
-  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
-  grads = {**jax.tree.map(jnp.zeros_like, frozen), **grads}
-  new_state = state.apply_gradients(grads=grads, model_state=model_state)
-  return new_state, metrics
-
-
-def make_train_step(family, mesh, phase: int | optim.Phase = 0):
-  """The jitted step of one phase (an `optim.Phase`, or an index: then everything trains)."""
-  index, trainable = (phase.index, phase.trainable) if isinstance(phase, optim.Phase) else (
-      phase, None)
-  rep, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-  step = functools.partial(train_step, family=family, phase=index, trainable=trainable)
-  return jax.jit(step, in_shardings=(rep, data, rep), out_shardings=(rep, rep),
-                 donate_argnums=0)
+# The step and its state live in steps.py (no TensorFlow there); re-exported here.
+TrainState = steps.TrainState
+NonFiniteLossError = steps.NonFiniteLossError
+create_optimizer = steps.create_optimizer
+create_train_state = steps.create_train_state
+seed_keys = steps.seed_keys
+train_step = steps.train_step
+make_train_step = steps.make_train_step
 
 
 # ---------------------------------------------------------------------------------------------

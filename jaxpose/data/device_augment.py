@@ -6,14 +6,21 @@ input pipeline stops before resampling: each example carries its stored pixels a
 gains, and `input_images` makes the model input from them in the jitted step. The host then only
 decodes JPEGs and renders targets, which need nothing but the matrix. `input_images` computes
 what `pipeline.process_example` computes on the host (bilinear resampling with zeros outside,
-gains, clipping, `pipeline.normalize`): tests compare the two.
+gains, clipping, `normalize`): tests compare the two. No TensorFlow here: the train step
+(jaxpose.steps) imports this module, the pipeline imports its field names.
 """
 
 import jax
 import jax.numpy as jnp
 
-from jaxpose.data import pipeline
-from jaxpose.data.pipeline import GAINS, INVERSE, PIXELS
+# With `on_device`, training batches carry these instead of "image": the stored uint8 pixels,
+# the [2, 3] map from crop to stored pixels and the colour gains.
+PIXELS, INVERSE, GAINS = "pixels", "inverse", "gains"
+
+
+def normalize(image):
+  """[0, 1] pixels -> roughly zero-mean inputs (host tensors or device arrays alike)."""
+  return image - 0.5
 
 
 def warp_bilinear(pixels: jax.Array, inverse: jax.Array, size: int) -> jax.Array:
@@ -49,4 +56,4 @@ def input_images(batch: dict, size: int) -> jax.Array:
   """[B, size, size, 3] model inputs from a batch holding PIXELS (uint8), INVERSE, GAINS."""
   warped = jax.vmap(warp_bilinear, in_axes=(0, 0, None))(batch[PIXELS], batch[INVERSE], size)
   gains = batch[GAINS][:, None, None, :] / 255.0
-  return pipeline.normalize(jnp.clip(warped * gains, 0.0, 1.0))
+  return normalize(jnp.clip(warped * gains, 0.0, 1.0))

@@ -24,15 +24,15 @@ import tensorflow as tf
 
 from jaxpose import progress
 from jaxpose import skeletons
+from jaxpose.data import device_augment
 
 # Per-example target function: (joints [K,2] input px, visible [K], input_size) -> dict of tensors.
 TargetFn = Callable[[tf.Tensor, tf.Tensor, int], dict]
 
 FEATURES = ("joints", "visible", "occluded", "center", "scale", "head_box", "norm_size", "id")
 
-# With `on_device` (jaxpose.data.device_augment), training batches carry these instead of "image":
-# the stored uint8 pixels, the [2, 3] map from crop to stored pixels and the colour gains.
-PIXELS, INVERSE, GAINS = "pixels", "inverse", "gains"
+# With `on_device`, training batches carry these instead of "image" (see device_augment).
+PIXELS, INVERSE, GAINS = device_augment.PIXELS, device_augment.INVERSE, device_augment.GAINS
 
 
 class EncodedImages(Protocol):
@@ -185,9 +185,7 @@ def decode_image(encoded):
   return tf.cast(decode_pixels(encoded), tf.float32) / 255.0
 
 
-def normalize(image):
-  """[0, 1] pixels -> roughly zero-mean inputs."""
-  return image - 0.5
+normalize = device_augment.normalize  # [0, 1] pixels -> roughly zero-mean inputs.
 
 
 class Stream(enum.IntEnum):
