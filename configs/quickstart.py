@@ -126,7 +126,8 @@ def tompson(tiny: bool):
   # detector's backward pass, with [1300, 300, 300] and no upsampling). [1000, 250, 650]:
   # 73.62 in 10.3 min. With BatchNorm in the detector (model.batch_norm=True) and
   # [1100, 250, 300] steps to pay for it: 68.36, the detector alone no better (54.3 vs 54.2).
-  # On a slower day: [1000, 200, 700]: 74.59 in 10.9 min; [700, 100, 800]: 73.20 in 10.3 min.
+  # On a slower day: [1000, 200, 700]: 74.59 in 10.9 min; [700, 100, 800]: 73.20 in 10.3 min;
+  # He-initialised detector, [900, 150, 650]: 70.63 in 10.3 min.
   steps = [1250, 300, 450]
   if tiny:
     c = _tiny(c)
