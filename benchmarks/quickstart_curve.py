@@ -42,7 +42,7 @@ def read_scalars(workdir: str) -> dict[str, dict[int, float]]:
   return out
 
 
-def _crop_joints(source: pipeline.Source, size: int) -> tuple[np.ndarray, np.ndarray]:
+def crop_joints(source: pipeline.Source, size: int) -> tuple[np.ndarray, np.ndarray]:
   """Joints of every person in their un-augmented crop, and the crop matrices."""
   ann = source.annotations
   mats = np.stack([pipeline.crop_transform(c, s, 0.0, size).numpy()
@@ -56,10 +56,10 @@ def mean_pose_baseline(config) -> dict[str, float]:
   size = config.input_size
   train_src = datasets.load_source(config.dataset, config.dataset.train_split)
   eval_src = datasets.load_source(config.dataset, config.dataset.eval_split)
-  joints, _ = _crop_joints(train_src, size)
+  joints, _ = crop_joints(train_src, size)
   vis = train_src.annotations["visible"][..., None]
   mean = np.sum(joints * vis, axis=0) / np.maximum(np.sum(vis, axis=0), 1)  # [K, 2]
-  _, mats = _crop_joints(eval_src, size)
+  _, mats = crop_joints(eval_src, size)
   inv = np.linalg.inv(mats)
   preds = np.einsum("nij,kj->nki", inv[:, :2, :2], mean) + inv[:, None, :2, 2]
   return evaluate.score(preds, eval_src)

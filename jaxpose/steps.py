@@ -35,7 +35,8 @@ create_optimizer = optim.create_optimizer  # The trainer's optimiser (per phase)
 
 def create_train_state(family: families.Family, tx, rng, mesh, *,
                        abstract: bool = False) -> TrainState:
-  """Replicated initial state (or, with `abstract`, its shapes and shardings only).
+  """Replicated initial state (or, with `abstract`, its shapes and shardings only), computed
+  op by op or as one compiled program, whichever `families.init_mode` expects to be quicker.
 
   From here on the process gives the compiler's freed heap back to the OS after every
   compilation (`host_memory.trim_after_compiles`: -460 MB of peak RSS for the 2-stack
@@ -48,7 +49,7 @@ def create_train_state(family: families.Family, tx, rng, mesh, *,
 
   if abstract:
     return jax.eval_shape(jax.jit(init, out_shardings=parallel.replicated(mesh)))
-  return families.compile_init(init, out_shardings=parallel.replicated(mesh))()
+  return families.run_init(init, out_shardings=parallel.replicated(mesh))
 
 
 def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:

@@ -59,7 +59,7 @@ def test_num_epochs_is_checked_only_when_used():
   config = _set(hourglass_mpii.get_config(), "num_epochs", 0)  # num_train_steps = -1.
   with pytest.raises(ValueError, match=r"config\.num_epochs=0 .*num_train_steps <= 0"):
     config_checks.check_config(config)
-  config_checks.check_config(_set(quickstart.get_config(), "num_epochs", 0))  # 4000 steps.
+  config_checks.check_config(_set(quickstart.get_config(), "num_epochs", 0))  # 7000 steps.
   config = _set(quickstart.get_config(), "num_epochs", -1)
   with pytest.raises(ValueError, match=r"config\.num_epochs=-1"):
     config_checks.check_config(_set(config, "num_train_steps", -1))

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import helpers
+from configs import hourglass2_mpii
 from configs import quickstart
 from jaxpose import families
 from jaxpose import optim
@@ -54,16 +55,39 @@ def test_tiny_family_trains_and_predicts(name):
   assert np.all(np.isfinite(joints))
 
 
-def test_unoptimised_init_gives_the_optimised_programs_values():
-  """families.init_variables compiles without XLA's backend optimisation (code that runs once):
-  the same variables as the default compilation, to rounding."""
+@pytest.mark.parametrize("mode", ["compiled", "eager"])
+def test_both_ways_to_initialise_give_the_optimised_programs_values(mode):
+  """families.run_init compiles without XLA's backend optimisation (code that runs once), or
+  runs op by op: the same variables as the default compilation, to rounding, placed as asked."""
   family = families.create_family(_tiny("hourglass"))
   key = jax.random.key(5)
-  fast, default = families.init_variables(family, key), jax.jit(family.init)(key)
-  assert jax.tree.structure(fast) == jax.tree.structure(default)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), fast, default)
-  other = families.init_variables(family, jax.random.key(6))  # The key is used.
-  assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(other)))
+  mesh = parallel.make_mesh()
+  ours = families.run_init(family.init, key, out_shardings=parallel.replicated(mesh), mode=mode)
+  default = jax.jit(family.init)(key)
+  assert jax.tree.structure(ours) == jax.tree.structure(default)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), ours, default)
+  assert all(leaf.sharding.is_equivalent_to(parallel.replicated(mesh), leaf.ndim)
+             for leaf in jax.tree.leaves(ours))
+  other = families.run_init(family.init, jax.random.key(6), mode=mode)  # The key is used.
+  assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(other)))
+  with pytest.raises(ValueError, match="Unknown init mode 'jit'"):
+    families.run_init(family.init, key, mode="jit")
+
+
+def test_init_runs_op_by_op_only_for_large_programs_without_loops():
+  """The 2-stack hourglass's initialiser (2,689 equations) runs eagerly; the quickstart's
+  (1,233) and IEF's (a lax.scan over the iterations, whose body eager execution would compile
+  whole) are compiled. Decided from the traced program (no compile here)."""
+  key = jax.random.key(0)
+  hourglass2 = families.create_family(hourglass2_mpii.get_config())
+  assert families.init_mode(hourglass2.init, key) == "eager"
+  assert families.init_mode(families.create_family(quickstart.get_config()).init, key) == "compiled"
+  ief = families.create_family(_tiny("ief"))
+  assert families.init_mode(ief.init, key) == "compiled"
+  unrolled = lambda k: [jax.random.normal(jax.random.fold_in(k, i), (2,)) for i in range(1500)]
+  looped = lambda k: jax.lax.scan(lambda c, _: (c, jax.random.normal(c, (2,))), k, None, 9)
+  assert families.init_mode(unrolled, key) == "eager"
+  assert families.init_mode(lambda k: (unrolled(k), looped(k)), key) == "compiled"
 
 
 def test_a_phase_differentiates_only_its_trainable_subtrees():

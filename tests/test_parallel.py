@@ -196,6 +196,12 @@ _PROCESS = _COMMON + textwrap.dedent("""
     leaves = jax.tree.leaves(jax.tree.map(
         local, {"params": state.params, **state.model_state}))
     np.savez(os.path.join(out, f"p{process_id}of{num_processes}.npz"), *leaves)
+    # Initialised op by op (large models' way), then replicated over every process's devices.
+    eager = families.run_init(family.init, jax.random.key(0), mode="eager",
+                              out_shardings=parallel.replicated(parallel.make_mesh()))
+    assert all(len(x.sharding.device_set) == 4 for x in jax.tree.leaves(eager))
+    np.savez(os.path.join(out, f"e{process_id}of{num_processes}.npz"),
+             *jax.tree.leaves(jax.tree.map(local, eager)))
     with open(os.path.join(out, f"p{process_id}of{num_processes}.json"), "w") as f:
       json.dump(indices, f)
 """)
@@ -218,6 +224,8 @@ def test_two_processes_match_one_and_read_disjoint_halves(tmp_path):
   for i in range(2):
     for a, b in zip(_leaves(tmp_path / f"p{i}of2.npz"), single):
       np.testing.assert_allclose(a, b, rtol=1e-3, atol=2e-3)
+    for a, b in zip(_leaves(tmp_path / f"e{i}of2.npz"), _leaves(tmp_path / "e0of1.npz")):
+      np.testing.assert_array_equal(a, b)
   halves = [json.loads((tmp_path / f"p{i}of2.json").read_text()) for i in range(2)]
   whole = json.loads((tmp_path / "p0of1.json").read_text())
   for step, full in enumerate(whole):

@@ -36,8 +36,8 @@ from jaxpose import skeletons
 from jaxpose.families import heatmaps
 from jaxpose.families import regression
 from jaxpose.family import (Family, PhaseContext, apply_train, compile_init,
-                            eval_shape_variables, heatmap_losses, heatmap_predict,
-                            init_variables, split_variables)
+                            eval_shape_variables, heatmap_losses, heatmap_predict, init_mode,
+                            init_variables, run_init, split_variables)
 
 # The table of families: config.model.name -> builder (config, skeleton, dtype) -> Family.
 BUILDERS = {
@@ -51,8 +51,8 @@ BUILDERS = {
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 __all__ = ["BUILDERS", "Family", "PhaseContext", "apply_train", "compile_init", "create_family",
-           "eval_shape_variables", "heatmap_losses", "heatmap_predict", "init_variables",
-           "split_variables"]
+           "eval_shape_variables", "heatmap_losses", "heatmap_predict", "init_mode",
+           "init_variables", "run_init", "split_variables"]
 
 
 def create_family(config: ml_collections.ConfigDict) -> Family:

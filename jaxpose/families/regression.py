@@ -26,6 +26,10 @@ from jaxpose.codecs import coordinate
 from jaxpose.models import deeppose
 from jaxpose.models import ief
 
+# IEF's bound L on each step's correction, normalised to the crop: the paper's 20 px at 224 px
+# (`config.model.max_step` overrides it).
+IEF_MAX_STEP = 20.0 / 224.0
+
 
 def coordinate_targets(batch, codec: coordinate.CoordinateCodec):
   """The batch's joints in the crop-box frame, 0 where not annotated (never NaN in the loss)."""
@@ -131,7 +135,7 @@ def _error_statistics(err: np.ndarray, valid: np.ndarray):
 
 def ief_family(config, skeleton, dtype) -> family.Family:
   kwargs = family.model_kwargs(config)
-  max_step = kwargs.pop("max_step", 20.0 / 224.0)  # L, normalised: 20 px at 224 px.
+  max_step = kwargs.pop("max_step", IEF_MAX_STEP)
   size, k = config.input_size, skeleton.num_joints
   try:
     model = ief.IEF(k, dtype=dtype, **kwargs)

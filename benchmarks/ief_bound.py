@@ -1,0 +1,74 @@
+r"""How far IEF's bounded steps can go: an oracle that always steps toward the truth.
+
+  python benchmarks/ief_bound.py                                   # configs/quickstart.py:ief
+  python benchmarks/ief_bound.py --config configs/quickstart.py:ief --steps 6
+
+IEF moves every joint by at most L per iteration (`config.model.max_step`, normalised to the
+crop; the paper's 20 px at 224 px by default), starting from the training set's mean pose. This
+scores, on the config's evaluation split, the poses of a perfect network: y_0 = the mean pose
+in each person's un-augmented crop, y_{t+1} = y_t + the bounded correction toward the truth
+(`jaxpose.models.ief.bounded_correction`, the training target). A trained model's iteration t
+cannot beat the oracle's; the gap is what the network has not learnt. Prints a markdown table.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from ml_collections import config_flags
+
+import quickstart_curve
+from jaxpose import evaluate
+from jaxpose.data import datasets
+from jaxpose.families import regression
+from jaxpose.models import ief
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/quickstart.py:ief",
+                                          "An IEF config.", lock_config=True)
+_STEPS = flags.DEFINE_integer("steps", 6, "Oracle iterations to score.")
+
+
+def oracle_tables(config, steps: int) -> list[dict[str, float]]:
+  """The headline table of the oracle's pose after each of `steps` bounded steps."""
+  size = config.input_size
+  max_step = config.model.get("max_step", regression.IEF_MAX_STEP) * size  # Crop pixels.
+  train_src = datasets.load_source(config.dataset, config.dataset.train_split)
+  eval_src = datasets.load_source(config.dataset, config.dataset.eval_split)
+  joints, _ = quickstart_curve.crop_joints(train_src, size)
+  vis = train_src.annotations["visible"][..., None]
+  mean = np.sum(joints * vis, axis=0) / np.maximum(np.sum(vis, axis=0), 1)  # [K, 2]
+  truth, mats = quickstart_curve.crop_joints(eval_src, size)
+  inv = np.linalg.inv(mats)
+  y = np.broadcast_to(mean, truth.shape).astype(np.float32)
+  tables = []
+  for _ in range(steps):
+    y = y + np.asarray(ief.bounded_correction(jnp.asarray(y), jnp.asarray(truth), max_step))
+    preds = np.einsum("nij,nkj->nki", inv[:, :2, :2], y) + inv[:, :2, 2][:, None]
+    tables.append(evaluate.score(preds, eval_src))
+  return tables
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  if config.model.name != "ief":
+    raise app.UsageError(f"--config is a {config.model.name!r} config; need an 'ief' one.")
+  tables = oracle_tables(config, _STEPS.value)
+  step_px = config.model.get("max_step", regression.IEF_MAX_STEP) * config.input_size
+  print(f"Oracle IEF on {config.dataset.name}/{config.dataset.eval_split}: bounded steps of "
+        f"{step_px:.1f} px at {config.input_size} px from the mean pose")
+  print("| iterations | PCKh@0.5 Total | PCKh@0.1 |")
+  print("|---:|---:|---:|")
+  for t, table in enumerate(tables, start=1):
+    print(f"| {t} | {table['Total']:.2f} | {table.get('PCKh@0.1', float('nan')):.2f} |")
+
+
+if __name__ == "__main__":
+  app.run(main)
