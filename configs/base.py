@@ -46,6 +46,9 @@ def get_config() -> ml_collections.ConfigDict:
   # one phase of num_train_steps / num_epochs training everything (jaxpose/optim.py).
   c.phases = ()
   c.phase_sample = 2048  # Training people a phase hook predicts (e.g. DeepPose's error stats).
+  # Multi-stage families: a stage begins from the previous stage's weights where their shapes
+  # agree (DeepPose's stages >= 3, which see the same patches as stage 2) instead of afresh.
+  c.warm_start_stages = False
   c.log_every_steps = 100
   c.eval_every_steps = 5000
   c.checkpoint_every_steps = 5000

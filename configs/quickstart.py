@@ -164,8 +164,8 @@ def deeppose(tiny: bool):
   trained stage by stage (one phase each); refinement patches of 48 px (the box around a joint
   is about the pose diameter, ~40 px here, so 64 px patches only upsampled it at 1.8x the
   cost), no dropout (the paper's is 0.6 on its fc layers; 0.2 here gave 36.5 -> 41.0 -> 41.8:
-  in a ten-minute run from scratch it only slows the fit). Measured (README): 39.3 -> 43.5 ->
-  44.6 per stage, 9.7 min. BatchNorm (model.batch_norm) with batch 16 trained stage 1 slower
+  in a ten-minute run from scratch it only slows the fit), stage 3 starting from stage 2's
+  weights. Measured (README): 46.6 -> 51.3 -> 51.4 per stage, 9.1 min. BatchNorm (model.batch_norm) with batch 16 trained stage 1 slower
   per image than this (loss 0.0089 against 0.0074 after the same 38k images)."""
   c = _common(base.get_config())
   c.model = ml_collections.ConfigDict(dict(
@@ -178,7 +178,12 @@ def deeppose(tiny: bool):
   # default): 2x2 covariances need few samples, and predicting 2048 through the cascade cost
   # ~1 min a stage here.
   c.phase_sample = 512
-  return _regression_common(c, phases, [5500, 600, 600], tiny)
+  # [9000, 1000, 1000]: 44.0 -> 47.0 -> 47.9 in 9.4 min on 2026-12-02 (a day 1.8x faster than
+  # the earlier ones: [5500, 600, 600] had taken 9.7 min for 39.3 -> 43.5 -> 44.6). From the
+  # same stage 1, stage 2 with boxes 1.5x the pose diameter: 46.2 (47.0 with 1.0). With stage 3
+  # starting from stage 2's weights and [10500, 1000, 600]: 46.6 -> 51.3 -> 51.4 in 9.1 min.
+  c.warm_start_stages = True  # Stage 3 starts from stage 2's weights (same patches).
+  return _regression_common(c, phases, [10500, 1000, 600], tiny)
 
 
 def ief(tiny: bool):
@@ -195,7 +200,8 @@ def ief(tiny: bool):
   if tiny:
     c.model.width_divisor = 16
   phases = (("step1", "*"), ("step2", "*"), ("step3", "*"))
-  return _regression_common(c, phases, [1200, 800, 800], tiny)
+  # [1200, 800, 800] took 9.1 min on the days before 2026-12-02; that day ran 1.8x faster.
+  return _regression_common(c, phases, [2000, 1100, 900], tiny)
 
 
 FAMILIES = {"hourglass": hourglass, "cpm": cpm, "tompson": tompson, "deeppose": deeppose,

@@ -218,8 +218,8 @@ def _has_loop(jaxpr) -> bool:
 
 
 def init_mode(init: Callable[..., Any], *args) -> str:
-  """"eager" for a large initialiser without loops (see EAGER_INIT_MIN_EQUATIONS), else
-  "compiled". Decided from its traced program alone, so every process decides alike."""
+  """How `run_init` runs `init` by default: "eager" when its traced program is large and has
+  no loop (see EAGER_INIT_MIN_EQUATIONS), else "compiled". Every process decides alike."""
   jaxpr = jax.make_jaxpr(init)(*args).jaxpr
   big = len(jaxpr.eqns) >= EAGER_INIT_MIN_EQUATIONS
   return "eager" if big and not _has_loop(jaxpr) else "compiled"

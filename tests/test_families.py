@@ -157,6 +157,15 @@ def test_deeppose_later_stages_train_on_measured_errors():
   cov = np.asarray(after["cascade"]["cov"][0])
   np.testing.assert_allclose(cov[:, 0, 0], 1.0 / size**2, rtol=0.6)
   assert family.begin_phase(0, variables, context) is variables
+  leaves = lambda v, s: jax.tree.leaves(v["params"][f"stage{s}"])
+  same = lambda x, y: all(np.array_equal(a, b) for a, b in zip(x, y))
+  assert not same(leaves(after, 2), leaves(after, 3))  # Stages start afresh by default.
+  assert same(leaves(family.begin_phase(2, variables, context), 3), leaves(variables, 3))
+  config.warm_start_stages = True  # Stage 3 then starts as stage 2 (its own copy).
+  warm = families.create_family(config).begin_phase(2, variables, context)
+  assert same(leaves(warm, 3), leaves(variables, 2)) and same(leaves(warm, 2), leaves(variables, 2))
+  np.testing.assert_allclose(warm["cascade"]["mean"][1], np.tile(offset / size, (k, 1)),
+                             atol=0.6 / size)
 
 
 def test_ief_starts_from_the_mean_training_pose():

@@ -73,6 +73,7 @@ def deeppose_family(config, skeleton, dtype) -> family.Family:
     raise ValueError(f"Bad config.model for 'deeppose': {e}") from None
   stages = model.num_stages
   codec = coordinate.CoordinateCodec(size)
+  warm_start = config.get("warm_start_stages", False)
 
   def init(rng):
     params_rng, dropout_rng = jax.random.split(rng)
@@ -99,7 +100,9 @@ def deeppose_family(config, skeleton, dtype) -> family.Family:
     return value, (new_state, {f"l2_stage{phase + 1}": value})
 
   def begin_phase(phase, variables, context):
-    """Stage `phase` (>= 1) trains on stage `phase`'s measured errors."""
+    """Stage `phase` + 1 (phase >= 1) trains on stage `phase`'s measured errors; with
+    `config.warm_start_stages`, stages >= 3 start from the previous stage's weights (the
+    paper gives every stage its own parameters and does not say how they start)."""
     if phase == 0:
       return variables
     joints, gt, visible = context.predict_train(variables)
@@ -108,7 +111,15 @@ def deeppose_family(config, skeleton, dtype) -> family.Family:
     cascade = dict(variables["cascade"])
     cascade["mean"] = cascade["mean"].at[phase - 1].set(mean)
     cascade["cov"] = cascade["cov"].at[phase - 1].set(cov)
-    return dict(variables, cascade=cascade)
+    variables = dict(variables, cascade=cascade)
+    if warm_start and phase >= 2:  # Stage phase+1 starts as stage phase (same patch size).
+      for collection in ("params", "batch_stats"):
+        if collection in variables:
+          tree = dict(variables[collection])
+          # A copy: the train step donates the state, and one buffer cannot be donated twice.
+          tree[f"stage{phase + 1}"] = jax.tree.map(jnp.copy, tree[f"stage{phase}"])
+          variables[collection] = tree
+    return variables
 
   apply = lambda v, x: model.apply(v, x, train=False)
   return family.Family("deeppose", skeleton, size, init=init, loss=loss,
