@@ -24,16 +24,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from ml_collections import config_flags
 
-import quickstart_curve
 from jaxpose import evaluate
 from jaxpose.data import datasets
+from jaxpose.data import pipeline
 from jaxpose.families import regression
 from jaxpose.models import ief
-
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/quickstart.py:ief",
-                                          "An IEF config.", lock_config=True)
-_STEPS = flags.DEFINE_integer("steps", 6, "Oracle iterations to score.")
-
 
 def oracle_tables(config, steps: int) -> list[dict[str, float]]:
   """The headline table of the oracle's pose after each of `steps` bounded steps."""
@@ -41,10 +36,10 @@ def oracle_tables(config, steps: int) -> list[dict[str, float]]:
   max_step = config.model.get("max_step", regression.IEF_MAX_STEP) * size  # Crop pixels.
   train_src = datasets.load_source(config.dataset, config.dataset.train_split)
   eval_src = datasets.load_source(config.dataset, config.dataset.eval_split)
-  joints, _ = quickstart_curve.crop_joints(train_src, size)
+  joints, _ = pipeline.crop_joints(train_src, size)
   vis = train_src.annotations["visible"][..., None]
   mean = np.sum(joints * vis, axis=0) / np.maximum(np.sum(vis, axis=0), 1)  # [K, 2]
-  truth, mats = quickstart_curve.crop_joints(eval_src, size)
+  truth, mats = pipeline.crop_joints(eval_src, size)
   inv = np.linalg.inv(mats)
   y = np.broadcast_to(mean, truth.shape).astype(np.float32)
   tables = []
@@ -71,4 +66,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _CONFIG = config_flags.DEFINE_config_file("config", "configs/quickstart.py:ief",
+                                            "An IEF config.", lock_config=True)
+  _STEPS = flags.DEFINE_integer("steps", 6, "Oracle iterations to score.")
   app.run(main)

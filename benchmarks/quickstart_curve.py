@@ -42,24 +42,15 @@ def read_scalars(workdir: str) -> dict[str, dict[int, float]]:
   return out
 
 
-def crop_joints(source: pipeline.Source, size: int) -> tuple[np.ndarray, np.ndarray]:
-  """Joints of every person in their un-augmented crop, and the crop matrices."""
-  ann = source.annotations
-  mats = np.stack([pipeline.crop_transform(c, s, 0.0, size).numpy()
-                   for c, s in zip(ann["center"], ann["scale"])])
-  joints = np.einsum("nij,nkj->nki", mats[:, :2, :2], ann["joints"]) + mats[:, None, :2, 2]
-  return joints, mats
-
-
 def mean_pose_baseline(config) -> dict[str, float]:
   """Scores the average training pose (per joint, over annotated joints) on the eval split."""
   size = config.input_size
   train_src = datasets.load_source(config.dataset, config.dataset.train_split)
   eval_src = datasets.load_source(config.dataset, config.dataset.eval_split)
-  joints, _ = crop_joints(train_src, size)
+  joints, _ = pipeline.crop_joints(train_src, size)
   vis = train_src.annotations["visible"][..., None]
   mean = np.sum(joints * vis, axis=0) / np.maximum(np.sum(vis, axis=0), 1)  # [K, 2]
-  _, mats = crop_joints(eval_src, size)
+  _, mats = pipeline.crop_joints(eval_src, size)
   inv = np.linalg.inv(mats)
   preds = np.einsum("nij,kj->nki", inv[:, :2, :2], mean) + inv[:, None, :2, 2]
   return evaluate.score(preds, eval_src)

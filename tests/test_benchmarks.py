@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from benchmarks import models as bench
+from configs import quickstart
 from jaxpose import families
 from jaxpose import summary
 from jaxpose.models import cpm
@@ -150,3 +151,20 @@ def test_torch_cpm_computes_what_jaxpose_cpm_computes(num_pools):
     want = want.numpy().transpose(0, 2, 3, 1)
     assert got.shape == want.shape == (2, size // 2**num_pools, size // 2**num_pools, 5)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_ief_oracle_moves_from_the_mean_pose_to_the_truth(tmp_path):
+  """benchmarks/ief_bound.py: with a bound too small to move, the oracle is the mean pose; with
+  one larger than the crop, one step lands on the truth; in between it improves step by step."""
+  from benchmarks import ief_bound  # pylint: disable=g-import-not-at-top
+  from benchmarks import quickstart_curve  # pylint: disable=g-import-not-at-top
+  config = quickstart.get_config("ief-tiny")
+  config.dataset.data_dir = str(tmp_path / "tfds")
+  config.model.max_step = 1e-9
+  still = ief_bound.oracle_tables(config, 1)[0]
+  assert still["Total"] == pytest.approx(quickstart_curve.mean_pose_baseline(config)["Total"])
+  config.model.max_step = 10.0
+  assert ief_bound.oracle_tables(config, 1)[0]["Total"] == 100.0
+  config.model.max_step = 0.05
+  totals = [t["Total"] for t in ief_bound.oracle_tables(config, 3)]
+  assert still["Total"] < totals[0] < totals[1] < totals[2] <= 100.0

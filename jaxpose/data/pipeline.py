@@ -119,6 +119,16 @@ def crop_transform(center, scale, rotation, size: int, flip=False):
                    tf.stack([0.0 * ones, 0.0 * ones, ones], -1)], -2)
 
 
+def crop_joints(source: Source, size: int) -> tuple[np.ndarray, np.ndarray]:
+  """Joints [N,K,2] of every person of `source` in their un-augmented `size` crop (numpy), and
+  the crop matrices [N,3,3] (original pixels -> crop)."""
+  ann = source.annotations
+  mats = np.stack([crop_transform(c, s, 0.0, size).numpy()
+                   for c, s in zip(ann["center"], ann["scale"])])
+  joints = np.einsum("nij,nkj->nki", mats[:, :2, :2], ann["joints"]) + mats[:, None, :2, 2]
+  return joints, mats
+
+
 def transform_points(matrix, points):
   """[..., K, 2] points through [..., 3, 3] affine matrices (TF)."""
   return tf.linalg.matvec(matrix[..., None, :2, :2], points) + matrix[..., None, :2, 2]
