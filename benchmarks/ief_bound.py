@@ -36,9 +36,7 @@ def oracle_tables(config, steps: int) -> list[dict[str, float]]:
   max_step = config.model.get("max_step", regression.IEF_MAX_STEP) * size  # Crop pixels.
   train_src = datasets.load_source(config.dataset, config.dataset.train_split)
   eval_src = datasets.load_source(config.dataset, config.dataset.eval_split)
-  joints, _ = pipeline.crop_joints(train_src, size)
-  vis = train_src.annotations["visible"][..., None]
-  mean = np.sum(joints * vis, axis=0) / np.maximum(np.sum(vis, axis=0), 1)  # [K, 2]
+  mean = pipeline.mean_crop_pose(train_src, size)
   truth, mats = pipeline.crop_joints(eval_src, size)
   inv = np.linalg.inv(mats)
   y = np.broadcast_to(mean, truth.shape).astype(np.float32)

@@ -47,9 +47,7 @@ def mean_pose_baseline(config) -> dict[str, float]:
   size = config.input_size
   train_src = datasets.load_source(config.dataset, config.dataset.train_split)
   eval_src = datasets.load_source(config.dataset, config.dataset.eval_split)
-  joints, _ = pipeline.crop_joints(train_src, size)
-  vis = train_src.annotations["visible"][..., None]
-  mean = np.sum(joints * vis, axis=0) / np.maximum(np.sum(vis, axis=0), 1)  # [K, 2]
+  mean = pipeline.mean_crop_pose(train_src, size)
   _, mats = pipeline.crop_joints(eval_src, size)
   inv = np.linalg.inv(mats)
   preds = np.einsum("nij,kj->nki", inv[:, :2, :2], mean) + inv[:, None, :2, 2]
