@@ -67,8 +67,8 @@ def hourglass(tiny: bool):
   c.loss = "softmax_ce"
   c.loss_scale = 1.0
   # 7000 steps: 92.60 in 9.5 min on 2026-12-02 (90.17 at step 3500), when this machine ran
-  # 1.8x faster than on the days before (a step 0.078 s inside train.py, 0.14 s then); on those
-  # days 4000 steps took 9.3 min (88.86) and 7000 would take ~16 (README).
+  # 1.8x faster than in the sessions before (a step 0.078 s inside train.py, 0.14 s then); in
+  # those, 4000 steps took 9.3 min (88.86) and 7000 would take ~16 (README).
   c.num_train_steps = 7000
   c.eval_every_steps = 1750
   c.checkpoint_every_steps = 1750
@@ -128,10 +128,10 @@ def tompson(tiny: bool):
   # detector's backward pass, with [1300, 300, 300] and no upsampling). [1000, 250, 650]:
   # 73.62 in 10.3 min. With BatchNorm in the detector (model.batch_norm=True) and
   # [1100, 250, 300] steps to pay for it: 68.36, the detector alone no better (54.3 vs 54.2).
-  # On a slower day: [1000, 200, 700]: 74.59 in 10.9 min; [700, 100, 800]: 73.20 in 10.3 min;
+  # In a slower session: [1000, 200, 700]: 74.59 in 10.9 min; [700, 100, 800]: 73.20 in 10.3 min;
   # He-initialised detector, [900, 150, 650]: 70.63 in 10.3 min. On 2026-12-02, with the
   # machine ~1.8x faster (the hourglass quickstart's step 0.14 -> 0.078 s): [1400, 250, 900]:
-  # 78.53 in 7.9 min (~14 min at the earlier days' speed).
+  # 78.53 in 7.9 min (~14 min at the earlier sessions' speed).
   steps = [1400, 250, 900]
   if tiny:
     c = _tiny(c)
@@ -178,8 +178,8 @@ def deeppose(tiny: bool):
   # default): 2x2 covariances need few samples, and predicting 2048 through the cascade cost
   # ~1 min a stage here.
   c.phase_sample = 512
-  # [9000, 1000, 1000]: 44.0 -> 47.0 -> 47.9 in 9.4 min on 2026-12-02 (a day 1.8x faster than
-  # the earlier ones: [5500, 600, 600] had taken 9.7 min for 39.3 -> 43.5 -> 44.6). From the
+  # [9000, 1000, 1000]: 44.0 -> 47.0 -> 47.9 in 9.4 min on 2026-12-02 (a session 1.8x faster
+  # than the earlier ones: [5500, 600, 600] had taken 9.7 min for 39.3 -> 43.5 -> 44.6). From the
   # same stage 1, stage 2 with boxes 1.5x the pose diameter: 46.2 (47.0 with 1.0). With stage 3
   # starting from stage 2's weights and [10500, 1000, 600]: 46.6 -> 51.3 -> 51.4 in 9.1 min.
   c.warm_start_stages = True  # Stage 3 starts from stage 2's weights (same patches).
@@ -200,7 +200,7 @@ def ief(tiny: bool):
   if tiny:
     c.model.width_divisor = 16
   phases = (("step1", "*"), ("step2", "*"), ("step3", "*"))
-  # [1200, 800, 800] took 9.1 min on the days before 2026-12-02; that day ran 1.8x faster.
+  # [1200, 800, 800] took 9.1 min in the sessions before; this one ran 1.8x faster.
   return _regression_common(c, phases, [2000, 1100, 900], tiny)
 
 
