@@ -25,18 +25,25 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ml_collections import config_flags
 
 from jaxpose import evaluate
+from jaxpose.codecs import coordinate
 from jaxpose.data import datasets
 from jaxpose.data import pipeline
 from jaxpose.families import regression
 from jaxpose.models import ief
 
+
+def max_step_pixels(config) -> float:
+  """The config's bound L on one step, in crop pixels (as `regression.ief_family` reads it)."""
+  return config.model.get("max_step", regression.IEF_MAX_STEP) * config.input_size
+
+
 def oracle_tables(config, steps: int) -> list[dict[str, float]]:
   """The headline table of the oracle's pose after each of `steps` bounded steps."""
-  size = config.input_size
-  max_step = config.model.get("max_step", regression.IEF_MAX_STEP) * size  # Crop pixels.
+  size, max_step = config.input_size, max_step_pixels(config)
   train_src = datasets.load_source(config.dataset, config.dataset.train_split)
   eval_src = datasets.load_source(config.dataset, config.dataset.eval_split)
-  mean = pipeline.mean_crop_pose(train_src, size)
+  mean = coordinate.mean_pose(pipeline.crop_joints(train_src, size)[0],
+                              train_src.annotations["visible"])  # IEF's y_0.
   truth, mats = pipeline.crop_joints(eval_src, size)
   inv = np.linalg.inv(mats)
   y = np.broadcast_to(mean, truth.shape).astype(np.float32)
@@ -54,9 +61,8 @@ def main(argv):
   if config.model.name != "ief":
     raise app.UsageError(f"--config is a {config.model.name!r} config; need an 'ief' one.")
   tables = oracle_tables(config, _STEPS.value)
-  step_px = config.model.get("max_step", regression.IEF_MAX_STEP) * config.input_size
   print(f"Oracle IEF on {config.dataset.name}/{config.dataset.eval_split}: bounded steps of "
-        f"{step_px:.1f} px at {config.input_size} px from the mean pose")
+        f"{max_step_pixels(config):.1f} px at {config.input_size} px from the mean pose")
   print("| iterations | PCKh@0.5 Total | PCKh@0.1 |")
   print("|---:|---:|---:|")
   for t, table in enumerate(tables, start=1):

@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from jaxpose import checkpoints  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jaxpose import evaluate  # pylint: disable=wrong-import-position
 from jaxpose import visualize  # pylint: disable=wrong-import-position
+from jaxpose.codecs import coordinate  # pylint: disable=wrong-import-position
 from jaxpose.data import datasets  # pylint: disable=wrong-import-position
 from jaxpose.data import pipeline  # pylint: disable=wrong-import-position
 
@@ -47,7 +48,8 @@ def mean_pose_baseline(config) -> dict[str, float]:
   size = config.input_size
   train_src = datasets.load_source(config.dataset, config.dataset.train_split)
   eval_src = datasets.load_source(config.dataset, config.dataset.eval_split)
-  mean = pipeline.mean_crop_pose(train_src, size)
+  mean = coordinate.mean_pose(pipeline.crop_joints(train_src, size)[0],
+                              train_src.annotations["visible"])  # [K, 2], as IEF's y_0.
   _, mats = pipeline.crop_joints(eval_src, size)
   inv = np.linalg.inv(mats)
   preds = np.einsum("nij,kj->nki", inv[:, :2, :2], mean) + inv[:, None, :2, 2]

@@ -165,8 +165,9 @@ def deeppose(tiny: bool):
   is about the pose diameter, ~40 px here, so 64 px patches only upsampled it at 1.8x the
   cost), no dropout (the paper's is 0.6 on its fc layers; 0.2 here gave 36.5 -> 41.0 -> 41.8:
   in a ten-minute run from scratch it only slows the fit), stage 3 starting from stage 2's
-  weights. Measured (README): 46.6 -> 51.3 -> 51.4 per stage, 9.1 min. BatchNorm (model.batch_norm) with batch 16 trained stage 1 slower
-  per image than this (loss 0.0089 against 0.0074 after the same 38k images)."""
+  weights. Measured (README): 46.6 -> 51.3 -> 51.4 per stage, 9.1 min. BatchNorm
+  (model.batch_norm) with batch 16 trained stage 1 slower per image than this (loss 0.0089
+  against 0.0074 after the same 38k images)."""
   c = _common(base.get_config())
   c.model = ml_collections.ConfigDict(dict(
       name="deeppose", num_stages=3, features=(48, 96, 128, 128, 96), hidden=1024,

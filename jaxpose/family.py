@@ -204,8 +204,11 @@ EAGER_INIT_MIN_EQUATIONS = 2000
 
 def compile_init(init: Callable[..., Any], *args, out_shardings=None):
   """`init` jitted and compiled with INIT_COMPILER_OPTIONS (the persistent cache applies)."""
-  jitted = jax.jit(init, out_shardings=out_shardings)
-  return jitted.lower(*args).compile(compiler_options=INIT_COMPILER_OPTIONS)
+  return _compile(jax.jit(init, out_shardings=out_shardings).trace(*args))
+
+
+def _compile(traced):
+  return traced.lower().compile(compiler_options=INIT_COMPILER_OPTIONS)
 
 
 def _has_loop(jaxpr) -> bool:
@@ -217,24 +220,27 @@ def _has_loop(jaxpr) -> bool:
   return False
 
 
+def _mode_of(jaxpr) -> str:
+  big = len(jaxpr.eqns) >= EAGER_INIT_MIN_EQUATIONS
+  return "eager" if big and not _has_loop(jaxpr) else "compiled"
+
+
 def init_mode(init: Callable[..., Any], *args) -> str:
   """How `run_init` runs `init` by default: "eager" when its traced program is large and has
   no loop (see EAGER_INIT_MIN_EQUATIONS), else "compiled". Every process decides alike."""
-  jaxpr = jax.make_jaxpr(init)(*args).jaxpr
-  big = len(jaxpr.eqns) >= EAGER_INIT_MIN_EQUATIONS
-  return "eager" if big and not _has_loop(jaxpr) else "compiled"
+  return _mode_of(jax.make_jaxpr(init)(*args).jaxpr)
 
 
 def run_init(init: Callable[..., Any], *args, out_shardings=None, mode: str = "auto"):
   """`init(*args)` placed by `out_shardings` (e.g. replicated over a mesh), computed the cheaper
   way: `mode` "auto" (`init_mode`), "compiled" (`compile_init`) or "eager" (op by op, then
   placed; `jax.device_put` checks that every process computed the same values)."""
-  if mode == "auto":
-    mode = init_mode(init, *args)
-  if mode == "compiled":
-    return compile_init(init, *args, out_shardings=out_shardings)(*args)
-  if mode != "eager":
+  if mode not in ("auto", "compiled", "eager"):
     raise ValueError(f"Unknown init mode {mode!r}; use 'auto', 'compiled' or 'eager'.")
+  if mode != "eager":  # One trace serves both the decision and the compile.
+    traced = jax.jit(init, out_shardings=out_shardings).trace(*args)
+    if mode == "compiled" or _mode_of(traced.jaxpr.jaxpr) == "compiled":
+      return _compile(traced)(*args)
   values = init(*args)
   return values if out_shardings is None else jax.device_put(values, out_shardings)
 

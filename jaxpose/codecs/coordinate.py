@@ -16,6 +16,15 @@ puts the crop at [-0.5, 0.5). The crop mirror x -> S - 1 - x is exactly u_x -> -
 import dataclasses
 
 import jax.numpy as jnp
+import numpy as np
+
+
+def mean_pose(joints, visible) -> np.ndarray:
+  """Per joint, the mean of `joints` [N, K, 2] over the people who have it annotated (`visible`
+  [N, K] > 0; zero where nobody has): the mean-pose baseline and IEF's y_0 (numpy, float64)."""
+  w = (np.asarray(visible) > 0)[..., None]
+  total = np.sum(np.where(w, np.asarray(joints, np.float64), 0.0), axis=0)
+  return total / np.maximum(np.sum(w, axis=0), 1)
 
 
 def normalize(joints, center, size):

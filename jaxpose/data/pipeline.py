@@ -129,14 +129,6 @@ def crop_joints(source: Source, size: int) -> tuple[np.ndarray, np.ndarray]:
   return joints, mats
 
 
-def mean_crop_pose(source: Source, size: int) -> np.ndarray:
-  """The average pose [K, 2] of `source`'s people in their un-augmented `size` crops, per joint
-  over the people who have it annotated (the mean-pose baseline; IEF's y_0)."""
-  joints, _ = crop_joints(source, size)
-  vis = source.annotations["visible"][..., None] > 0
-  return np.sum(np.where(vis, joints, 0.0), axis=0) / np.maximum(np.sum(vis, axis=0), 1)
-
-
 def transform_points(matrix, points):
   """[..., K, 2] points through [..., 3, 3] affine matrices (TF)."""
   return tf.linalg.matvec(matrix[..., None, :2, :2], points) + matrix[..., None, :2, 2]

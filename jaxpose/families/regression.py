@@ -113,12 +113,10 @@ def deeppose_family(config, skeleton, dtype) -> family.Family:
     cascade["cov"] = cascade["cov"].at[phase - 1].set(cov)
     variables = dict(variables, cascade=cascade)
     if warm_start and phase >= 2:  # Stage phase+1 starts as stage phase (same patch size).
-      for collection in ("params", "batch_stats"):
-        if collection in variables:
-          tree = dict(variables[collection])
-          # A copy: the train step donates the state, and one buffer cannot be donated twice.
-          tree[f"stage{phase + 1}"] = jax.tree.map(jnp.copy, tree[f"stage{phase}"])
-          variables[collection] = tree
+      # Copies: the train step donates the state, and one buffer cannot be donated twice.
+      variables.update({c: {**variables[c], f"stage{phase + 1}": jax.tree.map(
+          jnp.copy, variables[c][f"stage{phase}"])}
+                        for c in ("params", "batch_stats") if c in variables})
     return variables
 
   apply = lambda v, x: model.apply(v, x, train=False)
@@ -185,9 +183,7 @@ def ief_family(config, skeleton, dtype) -> family.Family:
     if phase > 0:
       return variables
     gt, visible = context.ground_truth
-    u = (np.asarray(gt, np.float64) - codec.center) / size
-    w = (np.asarray(visible) > 0)[..., None]
-    mean = np.sum(np.where(w, u, 0.0), axis=0) / np.maximum(np.sum(w, axis=0), 1)
+    mean = coordinate.mean_pose((np.asarray(gt, np.float64) - codec.center) / size, visible)
     return dict(variables, ief={"mean_pose": jnp.asarray(mean, jnp.float32)})
 
   def apply(variables, images):
