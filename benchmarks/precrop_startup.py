@@ -106,7 +106,8 @@ def child(mode: str, data: str, cache: str, threads: int) -> dict:
             "rss_ready_mb": memory_mb("VmRSS")}
   if source is not None:
     ds = pipeline.train_dataset(source, input_size=INPUT_SIZE, target_fn=None, augment=AUGMENT,
-                                global_batch_size=8, seed=0, on_device=True)
+                                global_batch_size=8, seed=0, on_device=True,
+                                resample_on_device=True)  # The host decodes only (docs/DATA.md).
     options = tf.data.Options()
     options.threading.private_threadpool_size = threads
     it = ds.with_options(options).as_numpy_iterator()

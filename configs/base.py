@@ -54,9 +54,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 5000
   c.keep_checkpoints = 3  # The latest N, plus the best by validation PCKh.
   c.flip_test = True
-  # Resample and colour the pre-cropped pixels on the accelerator, in the train step
-  # (jaxpose/data/device_augment.py); the host only decodes JPEGs and renders targets.
+  # Ship uint8 and colour on the accelerator, in the train step (jaxpose/data/device_augment.py):
+  # the host decodes each JPEG and resamples its crop in uint8 (OpenCV), sending the crop's
+  # input_size^2 x 3 bytes. With resample_on_device too (pre-cropped sources) the host only
+  # decodes and sends the stored pixels (~5x the bytes), and the train step resamples them.
   c.augment_on_device = True
+  c.resample_on_device = False
   c.mixed_precision = "float32"  # or "bfloat16": bf16 compute, float32 parameters and loss.
   c.remat = False  # Rematerialise blocks in the backward pass to fit bigger batches.
   return c

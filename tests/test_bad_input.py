@@ -60,11 +60,12 @@ def _rgb(n=4, size=48):
           for _ in range(n)]
 
 
-def _family_batch(tmp_path, source, batch_size=4):
+def _family_batch(tmp_path, source, batch_size=4, on_device=False):
   config = _config(tmp_path, batch_size=batch_size)
   family = families.create_family(config)
   ds = pipeline.train_dataset(source, input_size=family.input_size, target_fn=family.target_fn,
-                              augment=pipeline.Augment(), global_batch_size=batch_size, seed=0)
+                              augment=pipeline.Augment(), global_batch_size=batch_size, seed=0,
+                              on_device=on_device)
   return config, family, helpers.with_heatmap_targets(config, next(ds.as_numpy_iterator()))
 
 
@@ -111,6 +112,15 @@ def test_grayscale_and_cmyk_images_train_and_evaluate(tmp_path):
   preds, _ = evaluate.predict_split({"params": state.params, **state.model_state},
                                  family, source, mesh, local_batch_size=4)
   assert preds.shape == (4, 16, 2) and np.isfinite(preds).all()
+  # The uint8 crops (config.augment_on_device: OpenCV decodes) are RGB crops of the same.
+  _, _, uint8 = _family_batch(tmp_path, source, on_device=True)
+  crops = uint8[pipeline.CROP].astype(np.float32) / 255 * uint8[pipeline.GAINS][:, None, None]
+  host = batch["image"] + 0.5  # normalize's inverse.
+  assert crops.shape == host.shape
+  np.testing.assert_allclose(np.clip(crops, 0, 1).mean((1, 2)), host.mean((1, 2)), atol=0.02)
+  state, m = train.make_train_step(family, mesh)(state, parallel.global_batch(uint8, mesh),
+                                                 jax.random.key(0))
+  assert np.isfinite(float(m["loss"]))
 
 
 def test_joints_outside_the_image_get_zero_weight(tmp_path):

@@ -99,6 +99,18 @@ def full_run(tmp_path_factory):
   return tmp, table
 
 
+def test_uint8_crops_train_end_to_end_and_resampling_on_device_needs_a_precrop(full_run):
+  """config.augment_on_device (the paper configs' default) sends uint8 crops and needs no
+  pre-crop; config.resample_on_device does, and says so before any step."""
+  tmp, _ = full_run
+  table = train.train_and_evaluate(_config(tmp, augment_on_device=True, num_train_steps=2),
+                                   str(tmp / "uint8"))
+  assert 0 <= table["Total"] <= 100
+  with pytest.raises(ValueError, match="resample_on_device.*precrop"):
+    train.train_and_evaluate(_config(tmp, augment_on_device=True, resample_on_device=True),
+                             str(tmp / "pixels"))
+
+
 def test_train_resume_is_bit_exact_and_eval_deterministic(full_run, tmp_path, monkeypatch):
   tmp, table = full_run
   assert 0 <= table["Total"] <= 100

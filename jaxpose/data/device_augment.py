@@ -1,21 +1,22 @@
 """The pixel half of the training augmentation, run on the accelerator inside the train step.
 
-With `config.augment_on_device` (which needs a pre-cropped source, `pipeline.precrop`), the
-input pipeline stops before resampling: each example carries its stored pixels as decoded
-(uint8, zero-padded to the source's common side), the inverse of its crop matrix and its colour
-gains, and `input_images` makes the model input from them in the jitted step. The host then only
-decodes JPEGs and renders targets, which need nothing but the matrix. `input_images` computes
-what `pipeline.process_example` computes on the host (bilinear resampling with zeros outside,
-gains, clipping, `normalize`): tests compare the two. No TensorFlow here: the train step
+With `config.augment_on_device` the input pipeline ships uint8, not float32: each example
+carries its crop, resampled on the host in uint8 (`pipeline.warp_uint8`; input_size^2 x 3
+bytes), and its colour gains. With `config.resample_on_device` too (a pre-cropped source,
+`pipeline.precrop`), it stops before resampling: each example carries its stored pixels as
+decoded (uint8, zero-padded to the source's common side) and the inverse of its crop matrix.
+`input_images` makes the model input from either in the jitted step; it computes what
+`pipeline.process_example` computes on the host (bilinear resampling with zeros outside,
+gains, clipping, `normalize`): tests compare them. No TensorFlow here: the train step
 (jaxpose.steps) imports this module, the pipeline imports its field names.
 """
 
 import jax
 import jax.numpy as jnp
 
-# With `on_device`, training batches carry these instead of "image": the stored uint8 pixels,
-# the [2, 3] map from crop to stored pixels and the colour gains.
-PIXELS, INVERSE, GAINS = "pixels", "inverse", "gains"
+# With `on_device`, training batches carry these instead of "image": the uint8 crop (or the
+# stored uint8 pixels and the [2, 3] map from crop to stored pixels) and the colour gains.
+CROP, PIXELS, INVERSE, GAINS = "crop", "pixels", "inverse", "gains"
 
 
 def normalize(image):
@@ -53,7 +54,11 @@ def warp_bilinear(pixels: jax.Array, inverse: jax.Array, size: int) -> jax.Array
 
 
 def input_images(batch: dict, size: int) -> jax.Array:
-  """[B, size, size, 3] model inputs from a batch holding PIXELS (uint8), INVERSE, GAINS."""
-  warped = jax.vmap(warp_bilinear, in_axes=(0, 0, None))(batch[PIXELS], batch[INVERSE], size)
+  """[B, size, size, 3] model inputs from a batch holding GAINS and either CROP (uint8
+  [B, size, size, 3]) or PIXELS (uint8) and INVERSE."""
+  if CROP in batch:
+    warped = batch[CROP].astype(jnp.float32)
+  else:
+    warped = jax.vmap(warp_bilinear, in_axes=(0, 0, None))(batch[PIXELS], batch[INVERSE], size)
   gains = batch[GAINS][:, None, None, :] / 255.0
   return normalize(jnp.clip(warped * gains, 0.0, 1.0))
