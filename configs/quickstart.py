@@ -183,6 +183,8 @@ def deeppose(tiny: bool):
   # than the earlier ones: [5500, 600, 600] had taken 9.7 min for 39.3 -> 43.5 -> 44.6). From the
   # same stage 1, stage 2 with boxes 1.5x the pose diameter: 46.2 (47.0 with 1.0). With stage 3
   # starting from stage 2's weights and [10500, 1000, 600]: 46.6 -> 51.3 -> 51.4 in 9.1 min.
+  # Later (same speed): [9500, 1400, 600] 44.4 -> 49.7 -> 49.6 in 9.6 min; [10500, 1400, 200]
+  # 46.6 -> 51.6 -> 50.8 in 9.3 min (that stage 3 at a tenth of the learning rate: 50.75).
   c.warm_start_stages = True  # Stage 3 starts from stage 2's weights (same patches).
   return _regression_common(c, phases, [10500, 1000, 600], tiny)
 
@@ -201,7 +203,9 @@ def ief(tiny: bool):
   if tiny:
     c.model.width_divisor = 16
   phases = (("step1", "*"), ("step2", "*"), ("step3", "*"))
-  # [1200, 800, 800] took 9.1 min in the sessions before; this one ran 1.8x faster.
+  # [1200, 800, 800] took 9.1 min in the sessions before; this one ran 1.8x faster. Narrower
+  # (README): width_divisor=8 with [4000, 2200, 1800] 49.6 in 10.5 min, [3700, 2000, 1700] 46.7
+  # in 10.0; width_divisor=16 with [5000, 2800, 2200] 41.3 in 8.9.
   return _regression_common(c, phases, [2000, 1100, 900], tiny)
 
 

@@ -187,7 +187,7 @@ def _train_iterator(run: _Run, start_step: int):
       augment=pipeline.Augment(**config.augment), global_batch_size=config.batch_size,
       seed=config.seed, start_step=start_step, process_index=jax.process_index(),
       process_count=jax.process_count(), on_device=config.augment_on_device,
-      resample_on_device=config.resample_on_device)
+      resample_on_device=config.get("resample_on_device", False))
   return ds.as_numpy_iterator()
 
 

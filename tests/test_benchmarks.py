@@ -168,3 +168,20 @@ def test_ief_oracle_moves_from_the_mean_pose_to_the_truth(tmp_path):
   config.model.max_step = 0.05
   totals = [t["Total"] for t in ief_bound.oracle_tables(config, 3)]
   assert still["Total"] < totals[0] < totals[1] < totals[2] <= 100.0
+
+
+def test_pipeline_throughput_counts_the_bytes_each_mode_sends():
+  """benchmarks/pipeline_throughput.py: the uint8 crop sends the input's bytes, the float32 crop
+  four times that, the stored pixels the padded pre-crop's."""
+  import helpers  # pylint: disable=g-import-not-at-top
+  from benchmarks import pipeline_throughput as bench_input  # pylint: disable=g-import-not-at-top
+  from jaxpose.data import pipeline  # pylint: disable=g-import-not-at-top
+  size = bench_input.INPUT_SIZE
+  source = pipeline.precrop(helpers.dots_source(n=4, size=96), input_size=size,
+                            augment=pipeline.Augment())
+  small = 1024  # Joints, visibility, the crop's matrix and gains.
+  for mode, pixels in (("uint8 crop", size * size * 3), ("host", size * size * 3 * 4),
+                       ("stored pixels", source.side**2 * 3)):
+    rate, sent = bench_input.train_rate(source, None, threads=1, batch_size=2, batches=1,
+                                        mode=mode)
+    assert rate > 0 and pixels <= sent < pixels + small, (mode, sent)

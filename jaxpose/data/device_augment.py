@@ -1,8 +1,8 @@
 """The pixel half of the training augmentation, run on the accelerator inside the train step.
 
 With `config.augment_on_device` the input pipeline ships uint8, not float32: each example
-carries its crop, resampled on the host in uint8 (`pipeline.warp_uint8`; input_size^2 x 3
-bytes), and its colour gains. With `config.resample_on_device` too (a pre-cropped source,
+carries its crop, resampled on the host in uint8 (`pipeline.decode_and_warp_uint8`; input_size^2
+x 3 bytes), and its colour gains. With `config.resample_on_device` too (a pre-cropped source,
 `pipeline.precrop`), it stops before resampling: each example carries its stored pixels as
 decoded (uint8, zero-padded to the source's common side) and the inverse of its crop matrix.
 `input_images` makes the model input from either in the jitted step; it computes what

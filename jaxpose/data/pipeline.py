@@ -10,8 +10,9 @@ batch does not depend on the number of processes, and two runs with one seed see
 
 Training, per step: which examples, the affine crop (centre/scale, rotation, scale jitter, flip)
 and the joints through it, vectorised over the batch -> per example: decode, warp, colour jitter
-(or, with `on_device`, decode and warp in uint8, or decode only: jaxpose.data.device_augment
-does the rest in the train step) -> per batch: targets from the model's codec. Evaluation: `process_example` per example.
+(or, with `on_device`, per batch: decode and warp in uint8; or per example: decode only;
+jaxpose.data.device_augment does the rest in the train step) -> per batch: targets from the
+model's codec. Evaluation: `process_example` per example.
 """
 
 import dataclasses
@@ -174,8 +175,8 @@ def decode_and_warp_uint8(encoded, inverse, size: int):
   ~1.1 ms; TensorFlow's projective transform alone takes ~2.1 ms). OpenCV decodes JPEGs with
   libjpeg's accurate integer IDCT, TensorFlow by default with the fast one (0.35-0.55/255
   apart on average); the uint8 resampling differs from the float one by ~0.3/255 on average,
-  a few /255 at the sharpest edges (tested). One `tf.numpy_function` per batch (OpenCV releases the GIL while
-  it works; tf.data runs batches in parallel).
+  a few /255 at the sharpest edges (tested). One `tf.numpy_function` per batch (OpenCV
+  releases the GIL while it works; tf.data runs batches in parallel).
   """
   crops = tf.numpy_function(_decode_and_warp_numpy,
                             [encoded, tf.cast(inverse, tf.float64), size], tf.uint8,
