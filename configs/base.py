@@ -54,9 +54,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 5000
   c.keep_checkpoints = 3  # The latest N, plus the best by validation PCKh.
   c.flip_test = True
-  # Ship uint8 and colour on the accelerator, in the train step (jaxpose/data/device_augment.py):
-  # the host decodes each JPEG and resamples its crop in uint8 (OpenCV), sending the crop's
-  # input_size^2 x 3 bytes. With resample_on_device too (pre-cropped sources) the host only
+  # Send uint8 crops; colour and normalise them on the accelerator, in the train step
+  # (jaxpose/data/device_augment.py): the host decodes each JPEG and resamples its crop in uint8
+  # (OpenCV), sending the crop's input_size^2 x 3 bytes. With resample_on_device too (pre-cropped sources) the host only
   # decodes and sends the stored pixels (~5x the bytes), and the train step resamples them.
   c.augment_on_device = True
   c.resample_on_device = False
