@@ -45,13 +45,12 @@ def oracle_tables(config, steps: int) -> list[dict[str, float]]:
   mean = coordinate.mean_pose(pipeline.crop_joints(train_src, size)[0],
                               train_src.annotations["visible"])  # IEF's y_0.
   truth, mats = pipeline.crop_joints(eval_src, size)
-  inv = np.linalg.inv(mats)
+  inv = np.linalg.inv(mats)  # Crop pixels -> original pixels.
   y = np.broadcast_to(mean, truth.shape).astype(np.float32)
   tables = []
   for _ in range(steps):
     y = y + np.asarray(ief.bounded_correction(jnp.asarray(y), jnp.asarray(truth), max_step))
-    preds = np.einsum("nij,nkj->nki", inv[:, :2, :2], y) + inv[:, :2, 2][:, None]
-    tables.append(evaluate.score(preds, eval_src))
+    tables.append(evaluate.score(pipeline.transform_points(inv, y).numpy(), eval_src))
   return tables
 
 

@@ -51,9 +51,10 @@ def mean_pose_baseline(config) -> dict[str, float]:
   mean = coordinate.mean_pose(pipeline.crop_joints(train_src, size)[0],
                               train_src.annotations["visible"])  # [K, 2], as IEF's y_0.
   _, mats = pipeline.crop_joints(eval_src, size)
-  inv = np.linalg.inv(mats)
-  preds = np.einsum("nij,kj->nki", inv[:, :2, :2], mean) + inv[:, None, :2, 2]
-  return evaluate.score(preds, eval_src)
+  inv = np.linalg.inv(mats)  # Crop pixels -> original pixels.
+  preds = pipeline.transform_points(inv, np.broadcast_to(mean, (len(inv),) + mean.shape)
+                                    .astype(np.float32))
+  return evaluate.score(preds.numpy(), eval_src)
 
 
 def main(argv):

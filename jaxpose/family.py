@@ -228,7 +228,7 @@ def _mode_of(jaxpr) -> str:
 def init_mode(init: Callable[..., Any], *args) -> str:
   """How `run_init` runs `init` by default: "eager" when its traced program is large and has
   no loop (see EAGER_INIT_MIN_EQUATIONS), else "compiled". Every process decides alike."""
-  return _mode_of(jax.make_jaxpr(init)(*args).jaxpr)
+  return _mode_of(jax.jit(init).trace(*args).jaxpr.jaxpr)  # The trace `run_init` decides on.
 
 
 def run_init(init: Callable[..., Any], *args, out_shardings=None, mode: str = "auto"):

@@ -125,10 +125,8 @@ def crop_joints(source: Source, size: int) -> tuple[np.ndarray, np.ndarray]:
   """Joints [N,K,2] of every person of `source` in their un-augmented `size` crop (numpy), and
   the crop matrices [N,3,3] (original pixels -> crop)."""
   ann = source.annotations
-  mats = np.stack([crop_transform(c, s, 0.0, size).numpy()
-                   for c, s in zip(ann["center"], ann["scale"])])
-  joints = np.einsum("nij,nkj->nki", mats[:, :2, :2], ann["joints"]) + mats[:, None, :2, 2]
-  return joints, mats
+  mats = crop_transform(ann["center"], ann["scale"], 0.0, size)
+  return transform_points(mats, tf.cast(ann["joints"], tf.float32)).numpy(), mats.numpy()
 
 
 def transform_points(matrix, points):
