@@ -11,7 +11,9 @@ simulated predictions, truth + d, d ~ N(mean, cov) of stage s-1's errors on the 
 The paper trained with DistBelief SGD and does not give its rate, batch or epochs; this follows
 the public Chainer port (mitmul/deeppose): Adam at 1e-3, batch 128, 100 epochs for stage 1,
 dropout 0.6, flips, rotation, zoom 1 +- 0.2. The refinement boxes' sigma (patch side / pose
-diameter) is not recovered from the paper: 1.0 here. `get_config("flic")` / `("mpii")`.
+diameter) is not recovered from the paper: 1.0 here. The pipeline delivers the person's box at
+440 px: stage 1 sees it averaged down to 220, the refinement patches are cut at the full 440
+(`model.stage1_size`). `get_config("flic")` / `("mpii")`.
 """
 
 import ml_collections
@@ -30,7 +32,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f"Unknown deeppose variant {arg!r}; use 'lsp', 'flic' or 'mpii'.")
   c.dataset.name = c.dataset.skeleton = data
   c.dataset.eval_split = "validation" if data == "mpii" else "test"
-  c.input_size = 220
+  # Stage 1 sees the person's box at 220 px; the refinement stages cut their 220 px patches
+  # from the same box at twice the resolution (the paper crops them from the original image:
+  # "subsequent pose regressors see higher resolution images").
+  c.input_size = 440
+  c.model.stage1_size = 220
   c.augment.update(rotation=10.0, rotation_prob=1.0, scale=0.2, flip=True, color=0.0)
   c.optimizer.update(name="adam", learning_rate=1e-3, schedule="constant", warmup_steps=0)
   c.batch_size = 128

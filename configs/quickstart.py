@@ -160,33 +160,42 @@ def _regression_common(c, phase_names, steps, tiny):
 
 
 def deeppose(tiny: bool):
-  """A CPU-sized DeepPose cascade: 3 stages of a narrow AlexNet-style regressor at 128 px,
-  trained stage by stage (one phase each); refinement patches of 48 px (the box around a joint
-  is about the pose diameter, ~40 px here, so 64 px patches only upsampled it at 1.8x the
-  cost), no dropout (the paper's is 0.6 on its fc layers; 0.2 here gave 36.5 -> 41.0 -> 41.8:
-  in a ten-minute run from scratch it only slows the fit), stage 3 starting from stage 2's
-  weights. Measured (README): 46.6 -> 51.3 -> 51.4 per stage, 9.1 min. BatchNorm
-  (model.batch_norm) with batch 16 trained stage 1 slower per image than this (loss 0.0089
-  against 0.0074 after the same 38k images)."""
+  """A CPU-sized DeepPose cascade: 3 stages of a narrow AlexNet-style regressor, stage 1 at
+  128 px, refinement patches of 56 px cut from the same person at 256 px (the paper's "higher
+  resolution" for the later stages), trained stage by stage (one phase each); no dropout (the
+  paper's is 0.6 on its fc layers; 0.2 here gave 36.5 -> 41.0 -> 41.8: in a ten-minute run from
+  scratch it only slows the fit), stage 3 starting from stage 2's weights. Measured (README):
+  45.9 -> 51.5 -> 52.3 per stage, 9.5 min. BatchNorm (model.batch_norm) with batch 16 trained
+  stage 1 slower per image than this (loss 0.0089 against 0.0074 after the same 38k images)."""
   c = _common(base.get_config())
   c.model = ml_collections.ConfigDict(dict(
       name="deeppose", num_stages=3, features=(48, 96, 128, 128, 96), hidden=1024,
-      dropout_rate=0.0, box_factor=1.0, patch_size=48, batch_norm=False))
-  if tiny:
-    c.model.update(features=(8, 16, 16, 16, 16), hidden=32, patch_size=64)
+      dropout_rate=0.0, box_factor=1.0, stage1_size=128, patch_size=56, batch_norm=False))
+  # As the paper, the refinement stages see more detail than stage 1: the host delivers the
+  # person at 256 px, stage 1 sees it averaged down to 128, the patches (about the pose
+  # diameter, ~80 px at 256) are cut at 256. Sent as the uint8 crop (augment_on_device): 26.5
+  # steps/s in stage 1 against 21 with the host's float32 crop.
+  c.input_size = 256
+  c.augment_on_device = True
   phases = (("stage1", "stage1"), ("stage2", "stage2"), ("stage3", "stage3"))
   # The error statistics each later stage trains on, from 512 training people (2048 by
   # default): 2x2 covariances need few samples, and predicting 2048 through the cascade cost
   # ~1 min a stage here.
   c.phase_sample = 512
-  # [9000, 1000, 1000]: 44.0 -> 47.0 -> 47.9 in 9.4 min on 2026-12-02 (a session 1.8x faster
-  # than the earlier ones: [5500, 600, 600] had taken 9.7 min for 39.3 -> 43.5 -> 44.6). From the
-  # same stage 1, stage 2 with boxes 1.5x the pose diameter: 46.2 (47.0 with 1.0). With stage 3
-  # starting from stage 2's weights and [10500, 1000, 600]: 46.6 -> 51.3 -> 51.4 in 9.1 min.
-  # Later (same speed): [9500, 1400, 600] 44.4 -> 49.7 -> 49.6 in 9.6 min; [10500, 1400, 200]
-  # 46.6 -> 51.6 -> 50.8 in 9.3 min (that stage 3 at a tenth of the learning rate: 50.75).
+  # Before the patches came from the 256 px person (all at 128 px, 48 px patches, same speed
+  # of machine, 2026-12-02): [9000, 1000, 1000] 44.0 -> 47.0 -> 47.9 in 9.4 min; with stage 3
+  # starting from stage 2's weights and [10500, 1000, 600] 46.6 -> 51.3 -> 51.4 in 9.1 min;
+  # [9500, 1400, 600] 44.4 -> 49.7 -> 49.6 in 9.6; [10500, 1400, 200] 46.6 -> 51.6 -> 50.8 in
+  # 9.3 (that stage 3 at a tenth of the learning rate: 50.75): stage 3 never added more than
+  # +0.9. With the 256 px source and 64 px patches, [10500, 1000, 600]: 44.1 -> 50.3 -> 50.6 in
+  # 11.4 min (stage 1 resized with the anti-aliased linear filter, 5.6 ms a batch, not the
+  # 2 x 2 mean's 1.4 ms).
   c.warm_start_stages = True  # Stage 3 starts from stage 2's weights (same patches).
-  return _regression_common(c, phases, [10500, 1000, 600], tiny)
+  c = _regression_common(c, phases, [10500, 1000, 600], tiny)
+  if tiny:  # DeepPoseNet needs >= 37 px.
+    c.input_size = 96
+    c.model.update(features=(8, 16, 16, 16, 16), hidden=32, stage1_size=48, patch_size=48)
+  return c
 
 
 def ief(tiny: bool):

@@ -88,7 +88,8 @@ def deeppose_family(config, skeleton, dtype) -> family.Family:
     dropout_rng, noise_rng = jax.random.split(rng)
     if phase == 0:
       pred, new_state = family.apply_train(model, params, model_state, dropout_rng,
-                                           batch["image"], method=_first_stage)
+                                           batch["image"],
+                                           method=deeppose.DeepPoseCascade.first_stage)
     else:
       stats = model_state["cascade"]
       delta = deeppose.sample_displacements(noise_rng, stats["mean"][phase - 1],
@@ -123,10 +124,6 @@ def deeppose_family(config, skeleton, dtype) -> family.Family:
   return family.Family("deeppose", skeleton, size, init=init, loss=loss,
                        predict=_stages_predict(apply, codec, skeleton.flip_permutation),
                        begin_phase=begin_phase, model=model)
-
-
-def _first_stage(module, images, *, train):
-  return module.stage1(images, train=train)
 
 
 def _error_statistics(err: np.ndarray, valid: np.ndarray):

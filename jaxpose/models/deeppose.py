@@ -144,6 +144,21 @@ def _bilinear_taps(coords, n: int):
   return taps
 
 
+def downsample(images, side: int | None):
+  """Images [N,H,W,C] -> [N,side,side,C] for stage 1 (None or the same size: unchanged).
+
+  An integer factor averages each f x f block (the area filter, 4x cheaper than the
+  anti-aliased linear resize on a CPU); other sizes use the anti-aliased linear resize. Both
+  keep the normalised frame: pixel centre x maps to (x + 0.5) / f - 0.5.
+  """
+  n, h, w, c = images.shape
+  if side is None or (h, w) == (side, side):
+    return images
+  if h % side == 0 and w % side == 0:
+    return images.reshape(n, side, h // side, side, w // side, c).mean(axis=(2, 4))
+  return jax.image.resize(images, (n, side, side, c), "linear", antialias=True)
+
+
 def sample_displacements(rng, mean, cov, shape: Sequence[int] = ()):
   """Simulated errors delta ~ N(mean, cov) for training a cascade stage: [*shape, K, 2].
 
@@ -187,7 +202,13 @@ class DeepPoseCascade(nn.Module):
   # Indices of two opposite torso joints (e.g. left shoulder and right hip): the pose diameter.
   torso: tuple[int, int] = dataclasses.field(kw_only=True)
   box_factor: float = 1.0  # sigma: patch side / pose diameter (the paper's value is not known).
-  patch_size: int | None = None  # Side of the refinement patches; None: the image's height.
+  # The side stage 1 sees: the paper regresses the first pose from the whole person box at 220
+  # px and cuts the refinement patches from the full-resolution image ("subsequent pose
+  # regressors see higher resolution images"). Given, images larger than this are resized
+  # (anti-aliased) for stage 1 while the patches come from the images as given; None: as given.
+  stage1_size: int | None = None
+  # Side of the refinement patches; None: stage1_size (or the image's height).
+  patch_size: int | None = None
   min_box: float = 0.05  # Smallest patch side as a fraction of the image's shorter side.
   features: Sequence[int] = (96, 256, 384, 384, 256)  # Every stage's DeepPoseNet widths.
   hidden: int = 4096
@@ -208,12 +229,16 @@ class DeepPoseCascade(nn.Module):
           batch_norm=self.batch_norm, dtype=self.dtype))
 
   def __call__(self, images, *, train: bool = False):
-    joints = self.stage1(images, train=train)
+    joints = self.first_stage(images, train=train)
     outputs = [joints]
     for s in range(2, self.num_stages + 1):
       joints = self.refine(images, joints, s, train=train)
       outputs.append(joints)
     return tuple(outputs)
+
+  def first_stage(self, images, *, train: bool = False):
+    """Stage 1 on images [N,H,W,C] (resized to stage1_size) -> joints [N,K,2] (normalised)."""
+    return self.stage1(downsample(images, self.stage1_size), train=train)
 
   def refine(self, images, joints, stage: int, *, train: bool = False):
     """Stage `stage` >= 2 on current joints [N,K,2] (normalised) -> refined joints [N,K,2].
@@ -224,7 +249,7 @@ class DeepPoseCascade(nn.Module):
       raise ValueError(f"DeepPoseCascade.refine stage={stage}: need 2..{self.num_stages}")
     n, h, w, c = images.shape
     k = self.num_joints
-    size = self.patch_size or h
+    size = self.patch_size or self.stage1_size or h
     pixels = _to_pixels(jax.lax.stop_gradient(joints), h, w)
     centers, sides = joint_boxes(pixels, self.torso, self.box_factor, self.min_box * min(h, w))
     patches = crop_patches(images, centers, sides, size).reshape(n * k, size, size, c)

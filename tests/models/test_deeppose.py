@@ -154,3 +154,28 @@ def test_cascade_chains_stages_and_checks_its_arguments():
   bad = deeppose.DeepPoseCascadeTiny(3, torso=(1, 3))
   with pytest.raises(ValueError, match="torso"):
     jax.eval_shape(lambda: bad.init(jax.random.key(0), images))
+
+
+def test_stage1_sees_a_resized_image_and_patches_come_from_the_full_resolution():
+  model = deeppose.DeepPoseCascadeTiny(3, torso=(0, 1), box_factor=1.5, stage1_size=48)
+  images = jax.random.normal(jax.random.key(2), (2, 96, 96, 3))
+  variables = helpers.fake_init(model, images)
+  # Parameters as at 48 px: stage 1 on the resized image, patches of 48 px by default.
+  small = deeppose.DeepPoseCascadeTiny(3, torso=(0, 1), box_factor=1.5)
+  same = jax.eval_shape(lambda: small.init(jax.random.key(0), jnp.zeros((1, 48, 48, 3))))
+  assert jax.tree.map(jnp.shape, variables) == jax.tree.map(jnp.shape, same)
+  outs = jax.jit(lambda v: model.apply(v, images))(variables)
+  resized = images.reshape(2, 48, 2, 48, 2, 3).mean(axis=(2, 4))  # 2 x 2 blocks averaged.
+  stage1 = jax.jit(lambda p: deeppose.DeepPoseNetTiny(3).apply({"params": p}, resized))
+  np.testing.assert_allclose(outs[0], stage1(variables["params"]["stage1"]), rtol=1e-5)
+  # The refinement patches are cut from the 96 px images, not from the resized ones.
+  refine = jax.jit(lambda v, x, y: model.apply(v, x, y, 2, method="refine"))
+  np.testing.assert_allclose(outs[1], refine(variables, images, outs[0]), rtol=1e-4, atol=1e-6)
+  blurred = jnp.repeat(jnp.repeat(resized, 2, axis=1), 2, axis=2)  # Same stage 1 input ...
+  np.testing.assert_allclose(jax.jit(lambda v: model.apply(v, blurred))(variables)[0], outs[0],
+                             rtol=1e-5, atol=1e-6)
+  assert np.abs(refine(variables, blurred, outs[0]) - outs[1]).max() > 1e-5  # ... not stage 2's.
+  # Sizes that are not a multiple: the anti-aliased linear resize.
+  odd = jax.random.normal(jax.random.key(3), (1, 70, 70, 3))
+  np.testing.assert_allclose(deeppose.downsample(odd, 48),
+                             jax.image.resize(odd, (1, 48, 48, 3), "linear", antialias=True))
