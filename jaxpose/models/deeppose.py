@@ -6,8 +6,9 @@ Usage as pure functions:
   variables = net.init(rng, images, train=False)            # images: [N, 220, 220, 3]
   joints = net.apply(variables, images)                     # [N, 14, 2], normalised to the crop
 
-  cascade = deeppose.DeepPoseCascade(14, torso=(9, 2))      # LSP: l_shoulder to r_hip
-  stages = cascade.apply(variables, images)                 # tuple of 3 x [N, 14, 2]
+  cascade = deeppose.DeepPoseCascade(14, torso=(9, 2), stage1_size=220)  # LSP: l_shoulder, r_hip
+  stages = cascade.apply(variables, images)                 # images [N, 440, 440, 3] (stage 1
+                                                            # sees 220); 3 x [N, 14, 2]
   refined = cascade.apply(variables, images, current, 2, method="refine")
 
 Joints are (x, y) normalised to the box of the image they were predicted from: x' = (x - c) / S
@@ -154,6 +155,9 @@ def downsample(images, side: int | None):
   n, h, w, c = images.shape
   if side is None or (h, w) == (side, side):
     return images
+  if side > min(h, w):
+    raise ValueError(f"DeepPoseCascade stage1_size={side} exceeds the {h}x{w} input: stage 1 "
+                     "sees the image at most at its own size (config.input_size).")
   if h % side == 0 and w % side == 0:
     return images.reshape(n, side, h // side, side, w // side, c).mean(axis=(2, 4))
   return jax.image.resize(images, (n, side, side, c), "linear", antialias=True)

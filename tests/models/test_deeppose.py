@@ -179,3 +179,5 @@ def test_stage1_sees_a_resized_image_and_patches_come_from_the_full_resolution()
   odd = jax.random.normal(jax.random.key(3), (1, 70, 70, 3))
   np.testing.assert_allclose(deeppose.downsample(odd, 48),
                              jax.image.resize(odd, (1, 48, 48, 3), "linear", antialias=True))
+  with pytest.raises(ValueError, match="stage1_size=96"):
+    deeppose.downsample(odd, 96)
