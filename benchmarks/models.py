@@ -33,8 +33,9 @@ input the host pipeline makes of them (pixels / 255 - 0.5), joints inside the cr
 visible. No data set is read: every config gets the synthetic data set's skeleton (MPII's 16
 joints). `--device_augment` instead feeds jaxpose the uint8 pixels and lets its train step
 resample them (`config.resample_on_device`; the paper configs' default sends the uint8 crop,
-whose colouring on the device costs ~0.15 ms an image), work the PyTorch step does not do. PyTorch runs on the CPU with --threads threads, in NCHW (or, with
---torch_channels_last, its NHWC memory format, often faster on CPUs); JAX on its default device.
+whose colouring on the device costs ~0.15 ms an image), work the PyTorch step does not do.
+PyTorch runs on the CPU with --threads threads, in NCHW (or, with --torch_channels_last, its
+NHWC memory format, often faster on CPUs); JAX on its default device.
 Ratios are jaxpose / PyTorch: below 1, jaxpose is faster or smaller. Models without a PyTorch
 twin (Tompson, DeepPose, IEF) show "-" there.
 

@@ -56,8 +56,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.flip_test = True
   # Send uint8 crops; colour and normalise them on the accelerator, in the train step
   # (jaxpose/data/device_augment.py): the host decodes each JPEG and resamples its crop in uint8
-  # (OpenCV), sending the crop's input_size^2 x 3 bytes. With resample_on_device too (pre-cropped sources) the host only
-  # decodes and sends the stored pixels (~5x the bytes), and the train step resamples them.
+  # (OpenCV), sending the crop's input_size^2 x 3 bytes. With resample_on_device too
+  # (pre-cropped sources) the host only decodes and sends the stored pixels (~5x the bytes),
+  # and the train step resamples them.
   c.augment_on_device = True
   c.resample_on_device = False
   c.mixed_precision = "float32"  # or "bfloat16": bf16 compute, float32 parameters and loss.

@@ -171,7 +171,7 @@ def deeppose(tiny: bool):
   c.model = ml_collections.ConfigDict(dict(
       name="deeppose", num_stages=3, features=(48, 96, 128, 128, 96), hidden=1024,
       dropout_rate=0.0, box_factor=1.0, stage1_size=128, patch_size=56, batch_norm=False))
-  # As the paper, the refinement stages see more detail than stage 1: the host delivers the
+  # As in the paper, the refinement stages see more detail than stage 1: the host delivers the
   # person at 256 px, stage 1 sees it averaged down to 128, the patches (about the pose
   # diameter, ~80 px at 256) are cut at 256. Sent as the uint8 crop (augment_on_device): 26.5
   # steps/s in stage 1 against 21 with the host's float32 crop.

@@ -194,11 +194,12 @@ def _to_pixels(joints, height: int, width: int):
 class DeepPoseCascade(nn.Module):
   """The paper's cascade: images [N,H,W,C] -> tuple of num_stages x joints [N,K,2] (float32).
 
-  Stage 1 regresses all joints from the whole crop. Stage s >= 2 (its own DeepPoseNet, named
-  f"stage{s}") sees, for each joint i, a patch of side box_factor * diam(current pose) around
-  the current estimate, and takes output row i as joint i's displacement normalised by that
-  patch's box: y_i^s = y_i^{s-1} + side * psi_i(patch_i). Every output is normalised to the full
-  crop. The patch geometry carries no gradient: stages train on their own losses.
+  Stage 1 regresses all joints from the whole crop (reduced to stage1_size). Stage s >= 2 (its
+  own DeepPoseNet, named f"stage{s}") sees, for each joint i, a patch of side box_factor *
+  diam(current pose) around the current estimate, cut from the crop as given, and takes output
+  row i as joint i's displacement normalised by that patch's box: y_i^s = y_i^{s-1} + side *
+  psi_i(patch_i). Every output is normalised to the full crop. The patch geometry carries no
+  gradient: stages train on their own losses.
   """
 
   num_joints: int
@@ -208,8 +209,8 @@ class DeepPoseCascade(nn.Module):
   box_factor: float = 1.0  # sigma: patch side / pose diameter (the paper's value is not known).
   # The side stage 1 sees: the paper regresses the first pose from the whole person box at 220
   # px and cuts the refinement patches from the full-resolution image ("subsequent pose
-  # regressors see higher resolution images"). Given, images larger than this are resized
-  # (anti-aliased) for stage 1 while the patches come from the images as given; None: as given.
+  # regressors see higher resolution images"). Given, larger images are reduced to it for
+  # stage 1 (`downsample`) while the patches come from the images as given; None: as given.
   stage1_size: int | None = None
   # Side of the refinement patches; None: stage1_size (or the image's height).
   patch_size: int | None = None
