@@ -157,6 +157,17 @@ def format_table(table: dict[str, float], source: pipeline.Source, title: str) -
   return metrics.format_table(table, columns, title=title)
 
 
+def report_text(table: dict[str, float], stages: list[dict] | None, source: pipeline.Source,
+                title: str, stage_name: str = "stage") -> str:
+  """The printed report: a table after each stage / iteration but the last, then `table`
+  (the final one) under `title`."""
+  last = format_table(table, source, title)
+  if not stages:
+    return last
+  return "\n".join([format_table(t, source, f"after {stage_name} {i + 1} of {len(stages)}")
+                    for i, t in enumerate(stages[:-1])] + [last])
+
+
 def evaluate(variables, family: Family, source: pipeline.Source, mesh, *,
              local_batch_size: int, flip_test: bool = True, predict_step=None,
              convention: str = "official", should_stop=None, scales: tuple[float, ...] = ()):
@@ -222,10 +233,7 @@ def evaluate_checkpoint(path: str, *, split: str | None = None, flip_test: bool 
       [f"maps upsampled x{config.decode_upsample}"] if config.get("decode_upsample") else [])
   title = (f"{config.model.name} step {step} on {source.name} ({source.num_examples} people), "
            f"{name}@{threshold} ({', '.join(how)})")
-  text = format_table(table, source, title)
-  if stages:
-    text = "\n".join([format_table(t, source, f"after stage {i + 1} of {len(stages)}")
-                      for i, t in enumerate(stages[:-1])] + [text])
+  text = report_text(table, stages, source, title, family.stage_name)
   outputs = []
   if write_outputs and jax.process_index() == 0:
     workdir = checkpoints.resolve(path)[0].absolute().parent

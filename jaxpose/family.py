@@ -36,6 +36,9 @@ class Family:
   # and their codec; what multi-scale testing averages across scales.
   heatmaps: Callable[..., Any] | None = None
   codec: Any = None
+  # What one step along `predict`'s T axis is called where it returns [B, T, K, 2] (the
+  # evaluator's "after stage 1 of 3"): DeepPose's cascade has stages, IEF iterations.
+  stage_name: str = "stage"
 
 
 @dataclasses.dataclass(frozen=True)

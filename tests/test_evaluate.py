@@ -1,5 +1,6 @@
 """Evaluation oracle: perfect heat maps through the real predict path, inverse warp and metric."""
 
+import dataclasses
 import io
 
 import jax
@@ -49,6 +50,15 @@ def _render(joints_px):
   return CODEC.render_targets(joints_px, jnp.ones(joints_px.shape[:-1]))["targets"]
 
 
+def _crop_truth(params, transform):
+  """The true joints [B,K,2] in the crop pixels of the examples whose warps are `transform`."""
+  gt, warps = params["gt"], params["warps"]
+  n = jnp.argmin(jnp.sum(jnp.abs(transform[:, None] - warps[None]), axis=(-1, -2)), axis=1)
+  m = transform[:, None, :2, :2]
+  crop = jnp.einsum("bkij,bkj->bki", jnp.broadcast_to(m, gt[n].shape[:2] + (2, 2)), gt[n])
+  return crop + transform[:, None, :2, 2]
+
+
 def _oracle_family(source) -> families.Family:
   """Predicts from the ground truth: finds each example by its crop warp, renders its joints
   in the crop (and, for the flip test, in the mirrored crop with left/right swapped) and hands
@@ -57,12 +67,7 @@ def _oracle_family(source) -> families.Family:
   perm = SKELETON.flip_permutation
 
   def predict(variables, batch, flip_test):
-    gt, warps = variables["params"]["gt"], variables["params"]["warps"]
-    t = batch["transform"]
-    n = jnp.argmin(jnp.sum(jnp.abs(t[:, None] - warps[None]), axis=(-1, -2)), axis=1)
-    m = t[:, None, :2, :2]
-    crop = jnp.einsum("bkij,bkj->bki", jnp.broadcast_to(m, gt[n].shape[:2] + (2, 2)), gt[n])
-    crop = crop + t[:, None, :2, 2]
+    crop = _crop_truth(variables["params"], batch["transform"])
     flipped = None
     if flip_test:
       mirrored = crop.at[..., 0].set(SIZE - 1 - crop[..., 0])[:, perm]
@@ -90,6 +95,32 @@ def test_perfect_heatmaps_score_100(flip_test):
   # pixels (a heat-map pixel is 4 crop px = 4 * 200 * scale / 64 original px).
   err = np.linalg.norm(preds - source.annotations["joints"], axis=-1)
   assert np.all(err <= 4 * 200 * source.annotations["scale"][:, None] / SIZE)
+
+
+def test_every_stage_gets_a_table_and_the_last_is_the_answer():
+  """A family whose predict returns [B,T,K,2] (cascade stages, IEF iterations): one table per
+  step along T, each scored in the original pixels, the last one the answer, and the report
+  names the steps as the family does."""
+  source = _source()
+  oracle, variables = _oracle_family(source)
+
+  def predict(variables, batch, flip_test):
+    del flip_test
+    crop = _crop_truth(variables["params"], batch["transform"])
+    # 16 crop px off (~70 x scale original px, the threshold 6 x scale), then half a pixel off.
+    steps = jnp.stack([crop + SIZE / 4, crop + 0.5, crop], axis=1)
+    return steps, jnp.ones(crop.shape[:2])
+
+  family = dataclasses.replace(oracle, predict=predict, stage_name="iteration")
+  table, preds, stages = evaluate.evaluate(variables, family, source, parallel.make_mesh(),
+                                           local_batch_size=4, flip_test=False)
+  assert [t["Total"] for t in stages] == pytest.approx([0.0, 100.0, 100.0])
+  assert stages[-1] == table
+  np.testing.assert_allclose(preds, source.annotations["joints"], atol=1e-2)
+  text = evaluate.report_text(table, stages, source, "the answer", family.stage_name)
+  titles = [line for line in text.splitlines() if not line.lstrip()[:1].isdigit()
+            and "Head" not in line]
+  assert titles == ["after iteration 1 of 3", "after iteration 2 of 3", "the answer"]
 
 
 def test_a_forgotten_left_right_swap_would_be_caught(monkeypatch):

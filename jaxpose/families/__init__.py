@@ -14,6 +14,8 @@ inverse crop warp and the metrics; neither ever calls a model. They talk to a `F
       joints in crop pixels, [B,K,2], or [B,T,K,2] for families that report every stage or
       iteration (the last is the answer); scores [B,K]. Flip testing, cascades and scanned
       iterations all happen inside.
+  stage_name: what one step along that T axis is called in the evaluator's report ("stage",
+      the default; IEF says "iteration").
   target_fn: optional per-example tf.data targets (a codec's `encode`), or None when the loss
       builds its own targets on the device.
   begin_phase(phase, variables, context) -> variables: optional; runs once when a phase

@@ -189,4 +189,4 @@ def ief_family(config, skeleton, dtype) -> family.Family:
 
   return family.Family("ief", skeleton, size, init=init, loss=loss,
                        predict=_stages_predict(apply, codec, skeleton.flip_permutation),
-                       begin_phase=begin_phase, model=model)
+                       begin_phase=begin_phase, model=model, stage_name="iteration")
