@@ -26,7 +26,12 @@ and peak memory never carry over between measurements. Per model and framework:
   first step   seconds from the process's start (/proc/self/stat) to its first training step
                done, imports included: cold (jaxpose: a fresh, empty persistent compilation
                cache) and warm (a second process on the same cache; PyTorch has no such cache,
-               its second process only finds its files in the OS page cache).
+               its second process only finds its files in the OS page cache). jaxpose's
+               records also time the stages (`startup_stages_*_s`): the initialiser, tracing,
+               lowering and compiling the step (warm: reading it from the cache).
+  fusions      `step_library_fusions`: the step's fusions that XLA's CPU backend hands to a
+               library (YNNPACK here), by root operation; every one is rebuilt when the step is
+               read from the cache, most of the warm start's read.
 
 Batches are random and built on the host: uint8 pixels, given to both frameworks as the float32
 input the host pipeline makes of them (pixels / 255 - 0.5), joints inside the crop, all
@@ -48,6 +53,7 @@ import datetime
 import importlib.metadata
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -187,10 +193,20 @@ def jax_train(config, host: dict, task: dict):
   all_phases = optim.phases(config, NUM_EXAMPLES)
   phase = all_phases[0]
   tx = steps.create_optimizer(config, NUM_EXAMPLES, phase, layer_groups=family.layer_groups)
-  state = steps.create_train_state(family, tx, jax.random.key(config.seed), mesh)
-  step = steps.make_train_step(family, mesh, phase)
+  clock = _Clock()
+  state = jax.block_until_ready(
+      steps.create_train_state(family, tx, jax.random.key(config.seed), mesh))
+  clock.lap("init")
   batch = parallel.global_batch(_jax_train_batch(host, task["device_augment"]), mesh)
   rng = jax.random.key(1)
+  # What the jitted step's first call does, in its stages (the compile: from the persistent
+  # cache, when warm, it is the executable's deserialisation).
+  traced = steps.make_train_step(family, mesh, phase).trace(state, batch, rng)
+  clock.lap("trace")
+  lowered = traced.lower()
+  clock.lap("lower")
+  step = lowered.compile()
+  clock.lap("compile")
   held = {"state": state}
 
   def run():
@@ -198,8 +214,36 @@ def jax_train(config, host: dict, task: dict):
     jax.block_until_ready((held["state"], metrics))
 
   info = {"params": _jax_count(state.params), "device": jax.devices()[0].device_kind,
-          "phase": f"{phase.name} (1 of {len(all_phases)})"}
+          "phase": f"{phase.name} (1 of {len(all_phases)})", "stages_s": clock.laps}
+  # After the timed steps (reading the program takes seconds and memory).
+  run.report = lambda: {"step_library_fusions": library_fusions(step.as_text())}
   return info, run
+
+
+class _Clock:
+  """Seconds between successive `lap` calls, by name."""
+
+  def __init__(self):
+    self.laps, self._last = {}, time.perf_counter()
+
+  def lap(self, name: str) -> None:
+    now = time.perf_counter()
+    self.laps[name], self._last = round(now - self._last, 3), now
+
+
+def library_fusions(hlo_text: str) -> dict[str, int]:
+  """Fusions that XLA's CPU backend hands to a library (YNNPACK, XNNPACK, oneDNN) in an
+  optimised HLO text, by kind and root operation: {"__ynn_fusion reduce": N, ...}. Each one is
+  a thunk rebuilt whenever the executable is read from the persistent cache."""
+  counts = {}
+  for line in hlo_text.splitlines():
+    kind = re.search(r'"kind":"(__\w+_fusion)"', line)
+    if kind is None:
+      continue
+    op = re.search(r'op_name="[^"]*/(\w+)"', line)
+    key = f"{kind.group(1)} {op.group(1) if op else '?'}"
+    counts[key] = counts.get(key, 0) + 1
+  return dict(sorted(counts.items()))
 
 
 def jax_infer(config, host: dict, task: dict):
@@ -394,8 +438,8 @@ def measure(task: dict) -> dict:
     run()
     return dict(record, first_step_s=seconds_since_start())
   times = time_calls(run, task["warmup"], task["steps"])
-  return dict(record, median_s=statistics.median(times), times_s=times,
-              peak_rss_mb=peak_rss_mb())
+  record.update(median_s=statistics.median(times), times_s=times, peak_rss_mb=peak_rss_mb())
+  return dict(record, **getattr(run, "report", dict)())  # What the builder adds afterwards.
 
 
 def spawn(task: dict, timeout: float | None = None) -> dict:
@@ -432,7 +476,11 @@ def measure_framework(framework: str, spec: str, args, label: str) -> dict:
          "inference_times_s": infer.get("times_s"), "peak_rss_mb": train.get("peak_rss_mb"),
          "first_step_cold_s": cold.get("first_step_s"),
          "first_step_warm_s": warm.get("first_step_s"), "import_s": cold.get("import_s"),
-         "import_rss_mb": train.get("import_rss_mb")}
+         "import_rss_mb": train.get("import_rss_mb"),
+         # jaxpose: init, trace, lower and compile (or cache read) of each start-up run.
+         "startup_stages_cold_s": cold.get("stages_s"),
+         "startup_stages_warm_s": warm.get("stages_s"),
+         "step_library_fusions": train.get("step_library_fusions")}
   errors = {k: r["error"] for k, r in runs.items() if "error" in r}
   if errors:
     out["errors"] = errors

@@ -37,6 +37,22 @@ def test_jax_measurement_record_has_positive_times_and_rss():
   assert record["peak_rss_mb"] >= record["import_rss_mb"] > 0
   assert record["import_s"] > 0
   assert record["phase"] == "train (1 of 1)"
+  assert list(record["stages_s"]) == ["init", "trace", "lower", "compile"]
+  assert all(t >= 0 for t in record["stages_s"].values())
+  fusions = record["step_library_fusions"]
+  assert all(k.startswith("__") and n > 0 for k, n in fusions.items())
+
+
+def test_library_fusions_are_counted_by_kind_and_root_operation():
+  line = ('  %ynn_fusion.{i} = f32[64]{{0}} fusion(%a, %b), kind=kCustom, calls=%c.{i}, '
+          'metadata={{op_name="jit(train_step)/jvp(M)/bn/{op}" stack_frame_id=9}}, '
+          'backend_config={{"fusion_config":{{"kind":"__ynn_fusion"}}}}')
+  text = "\n".join([line.format(i=0, op="reduce_sum"), line.format(i=1, op="reduce_sum"),
+                    line.format(i=2, op="dot_general"),
+                    '  %fusion.3 = f32[8]{0} fusion(%a), kind=kLoop, calls=%d',
+                    '  %e = f32[8]{0} add(%a, %b)'])
+  assert bench.library_fusions(text) == {"__ynn_fusion dot_general": 1,
+                                         "__ynn_fusion reduce_sum": 2}
 
 
 def test_report_ratios_and_missing_twins():
