@@ -4,6 +4,7 @@ inference time, peak memory and the time from process start to the first trainin
   python benchmarks/models.py --torch            # the six paper-size models (hours on a CPU)
   python benchmarks/models.py --quick --models hourglass2 --torch                # a smoke run
   python benchmarks/models.py --configs configs/quickstart.py:cpm,configs/quickstart.py:hourglass
+  python benchmarks/models.py --models hourglass2 --set remat=True   # train.py's --config.remat
 
 --models picks paper configs by name (MODELS below; all six when neither --models nor --configs
 is given); --configs adds any config spec, "file.py[:arg]" as train.py's --config takes it.
@@ -98,15 +99,17 @@ COLUMNS = (("train step (ms)", "train_step_s", 1e3),
 # Shared by both frameworks' children: the config, the batch, the clock.
 
 
-def load_config(spec: str, batch_size: int):
+def load_config(spec: str, batch_size: int, overrides: tuple[str, ...] = ()):
   """'file.py[:arg]' -> the locked ConfigDict train.py's --config would give (ml_collections'
-  config_flags), with the benchmark's batch size and the synthetic data set's skeleton."""
+  config_flags), with `overrides` ("remat=True": train.py's --config.remat=True), the
+  benchmark's batch size and the synthetic data set's skeleton."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   values = flags.FlagValues()
+  argv = ["models.py", f"--config={spec}"] + [f"--config.{o}" for o in overrides]
   config_flags.DEFINE_config_file("config", spec, "Config file.", flag_values=values,
-                                  lock_config=True)
-  values(["models.py"])
+                                  lock_config=True, sys_argv=argv)
+  values(argv)
   config = values.config
   config.batch_size = batch_size
   config.dataset.skeleton = SKELETON
@@ -194,8 +197,9 @@ def jax_train(config, host: dict, task: dict):
   phase = all_phases[0]
   tx = steps.create_optimizer(config, NUM_EXAMPLES, phase, layer_groups=family.layer_groups)
   clock = _Clock()
-  state = jax.block_until_ready(
-      steps.create_train_state(family, tx, jax.random.key(config.seed), mesh))
+  state = jax.block_until_ready(  # Releasing the initialiser's programs, as train.py does.
+      steps.create_train_state(family, tx, jax.random.key(config.seed), mesh,
+                               release_caches=True))
   clock.lap("init")
   batch = parallel.global_batch(_jax_train_batch(host, task["device_augment"]), mesh)
   rng = jax.random.key(1)
@@ -429,7 +433,7 @@ def measure(task: dict) -> dict:
   "infer" (forward times) or "startup" (seconds from the process start to one step done)."""
   IMPORTS[task["framework"]](task)
   record = {"import_s": seconds_since_start(), "import_rss_mb": peak_rss_mb()}
-  config = load_config(task["spec"], task["batch"])
+  config = load_config(task["spec"], task["batch"], tuple(task.get("overrides", ())))
   host = random_batch(task["batch"], config.input_size)
   build = BUILDERS[task["framework"], "infer" if task["kind"] == "infer" else "train"]
   info, run = build(config, host, task)
@@ -463,7 +467,7 @@ def measure_framework(framework: str, spec: str, args, label: str) -> dict:
   """Train, inference and cold / warm start-up of one model, each in a fresh process."""
   task = dict(framework=framework, spec=spec, batch=args.batch, warmup=args.warmup,
               steps=args.steps, threads=args.threads, device_augment=args.device_augment,
-              channels_last=args.torch_channels_last)
+              channels_last=args.torch_channels_last, overrides=list(args.set))
   runs = {"train": spawn(dict(task, kind="train"), args.timeout),
           "infer": spawn(dict(task, kind="infer"), args.timeout)}
   with tempfile.TemporaryDirectory(prefix="jaxpose_xla_cache_") as cache:
@@ -505,7 +509,7 @@ def ratios(jax_record: dict, torch_record: dict | None) -> dict:
 
 def run_model(name: str, spec: str, args) -> dict:
   """One model's record: its config, both frameworks' numbers, the ratios."""
-  config = load_config(spec, args.batch)
+  config = load_config(spec, args.batch, tuple(args.set))
   record = {"model": name, "config": os.path.relpath(spec, REPO), "family": config.model.name,
             "input_size": config.input_size, "batch": args.batch}
   print(f"{name}: {record['config']}", file=sys.stderr, flush=True)
@@ -558,7 +562,8 @@ def markdown(records: list[dict], host: dict, settings: dict) -> str:
           f"on {settings['threads']} threads"
           + (" (channels_last)" if settings["torch_channels_last"] else "")
           + (", jaxpose resampling uint8 pixels in its step" if settings["device_augment"]
-             else "") + f"; jax on {device}.")
+             else "")
+          + "".join(f", --config.{o}" for o in settings.get("set", ())) + f"; jax on {device}.")
   cols = "".join(f" {h}: jax | torch | jax/torch |" for h, _, _ in COLUMNS)
   lines = [head, "", "| model | params |" + cols,
            "|---|---:|" + "---:|---:|---:|" * len(COLUMNS)]
@@ -599,6 +604,9 @@ def parse_args(argv=None):
   parser.add_argument("--torch", action="store_true", help="Also time the PyTorch twins.")
   parser.add_argument("--models", help=f"Comma-separated, of {','.join(MODELS)}.")
   parser.add_argument("--configs", help="Comma-separated config specs, 'file.py[:arg]'.")
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="A config override for every model, as train.py's "
+                      "--config.KEY=VALUE (repeatable), e.g. --set remat=True.")
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--warmup", type=int, default=3, help="Untimed steps / passes first.")
   parser.add_argument("--steps", type=int, default=10, help="Timed steps / passes.")
@@ -648,7 +656,7 @@ def main(argv=None) -> None:
     raise SystemExit("No models: give --models and/or --configs.")
   host = machine()
   settings = {k: getattr(args, k) for k in ("batch", "warmup", "steps", "threads", "torch",
-                                            "torch_channels_last", "device_augment")}
+                                            "torch_channels_last", "device_augment", "set")}
   records = []
   for name, spec in models:
     records.append(run_model(name, spec, args))

@@ -9,6 +9,7 @@ import jax
 from jax.extend import core as jax_core
 import jax.numpy as jnp
 
+from jaxpose import host_memory
 from jaxpose import skeletons
 from jaxpose.codecs import heatmap
 
@@ -197,12 +198,22 @@ def eval_shape_variables(family: Family) -> Variables:
 INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 
 # Even so, compiling grows faster than the program: measured here (one process each, cold
-# cache, 2026-12-02), the hourglass quickstart's init (1,233 equations) compiles and runs in
-# 2.1 s, the 2-stack's (2,689) in 9.7 s, the 8-stack's (9,937) in 81.9 s. Run op by op instead
-# (each distinct operation compiled once, then reused by every layer of its shape) they take
-# 6.0, 6.1 and 7.0 s. Programs with a loop are the exception: eagerly, a `lax.scan` still
-# compiles its whole body, fully optimised (IEF: 14.2 s eagerly against 5.1 s compiled).
-EAGER_INIT_MIN_EQUATIONS = 2000
+# cache, 2026-12-02), the hourglass quickstart's init (2,637 equations, counted into nested
+# programs) compiles and runs in 2.1 s, the 2-stack's (5,635) in 9.7 s, the 8-stack's (20,851)
+# in 81.9 s. Run op by op instead (each distinct operation compiled once, then reused by every
+# layer of its shape) they take 6.0, 6.1 and 7.0 s. Programs with a loop are the exception:
+# eagerly, a `lax.scan` still compiles its whole body, fully optimised (IEF: 14.2 s eagerly
+# against 5.1 s compiled). Counted at the top level only, `config.remat`'s initialisers looked
+# small (the 8-stack's: 303 equations, the rest inside remat's sub-programs) and compiled in
+# 96.8 s instead of 9.6 s op by op (2026-12-03).
+EAGER_INIT_MIN_EQUATIONS = 4000
+
+
+def _size(jaxpr) -> int:
+  """Equations of `jaxpr`, those of its nested programs (remat, custom gradients, jit)
+  included: what one compilation inlines."""
+  return sum(1 + sum(_size(sub) for sub in jax_core.jaxprs_in_params(eqn.params))
+             for eqn in jaxpr.eqns)
 
 
 def compile_init(init: Callable[..., Any], *args, out_shardings=None):
@@ -224,7 +235,7 @@ def _has_loop(jaxpr) -> bool:
 
 
 def _mode_of(jaxpr) -> str:
-  big = len(jaxpr.eqns) >= EAGER_INIT_MIN_EQUATIONS
+  big = _size(jaxpr) >= EAGER_INIT_MIN_EQUATIONS
   return "eager" if big and not _has_loop(jaxpr) else "compiled"
 
 
@@ -234,10 +245,18 @@ def init_mode(init: Callable[..., Any], *args) -> str:
   return _mode_of(jax.jit(init).trace(*args).jaxpr.jaxpr)  # The trace `run_init` decides on.
 
 
-def run_init(init: Callable[..., Any], *args, out_shardings=None, mode: str = "auto"):
+def run_init(init: Callable[..., Any], *args, out_shardings=None, mode: str = "auto",
+             release_caches: bool = False):
   """`init(*args)` placed by `out_shardings` (e.g. replicated over a mesh), computed the cheaper
   way: `mode` "auto" (`init_mode`), "compiled" (`compile_init`) or "eager" (op by op, then
-  placed; `jax.device_put` checks that every process computed the same values)."""
+  placed; `jax.device_put` checks that every process computed the same values).
+
+  `release_caches`: after an op-by-op run, empty JAX's in-memory compilation caches
+  (`jax.clear_caches()`), which hold one program per distinct operation of the initialiser
+  (2-stack hourglass: 255 MB, its training process's peak RSS 3,269 -> 3,010 MB), and give the
+  freed heap back to the OS. It empties every jitted function's cache in the process, the
+  caller's too (they recompile, or load from the persistent cache, on their next call): for
+  processes that own their JAX state, such as train.py's."""
   if mode not in ("auto", "compiled", "eager"):
     raise ValueError(f"Unknown init mode {mode!r}; use 'auto', 'compiled' or 'eager'.")
   if mode != "eager":  # One trace serves both the decision and the compile.
@@ -245,7 +264,12 @@ def run_init(init: Callable[..., Any], *args, out_shardings=None, mode: str = "a
     if mode == "compiled" or _mode_of(traced.jaxpr.jaxpr) == "compiled":
       return _compile(traced)(*args)
   values = init(*args)
-  return values if out_shardings is None else jax.device_put(values, out_shardings)
+  values = values if out_shardings is None else jax.device_put(values, out_shardings)
+  if release_caches:
+    jax.block_until_ready(values)
+    jax.clear_caches()
+    host_memory.trim()
+  return values
 
 
 def init_variables(family: Family, rng: jax.Array) -> Variables:

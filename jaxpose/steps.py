@@ -33,10 +33,12 @@ class NonFiniteLossError(FloatingPointError):
 create_optimizer = optim.create_optimizer  # The trainer's optimiser (per phase): see optim.py.
 
 
-def create_train_state(family: families.Family, tx, rng, mesh, *,
-                       abstract: bool = False) -> TrainState:
+def create_train_state(family: families.Family, tx, rng, mesh, *, abstract: bool = False,
+                       release_caches: bool = False) -> TrainState:
   """Replicated initial state (or, with `abstract`, its shapes and shardings only), computed
   op by op or as one compiled program, whichever `families.init_mode` expects to be quicker.
+  `release_caches`: see `families.run_init` (it empties the process's JAX caches, the
+  caller's too; train.py sets it).
 
   From here on the process gives the compiler's freed heap back to the OS after every
   compilation (`host_memory.trim_after_compiles`: -460 MB of peak RSS for the 2-stack
@@ -49,7 +51,8 @@ def create_train_state(family: families.Family, tx, rng, mesh, *,
 
   if abstract:
     return jax.eval_shape(jax.jit(init, out_shardings=parallel.replicated(mesh)))
-  return families.run_init(init, out_shardings=parallel.replicated(mesh))
+  return families.run_init(init, out_shardings=parallel.replicated(mesh),
+                           release_caches=release_caches)
 
 
 def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:

@@ -128,8 +128,9 @@ def _restore_or_init(run: _Run) -> int:
                                 abstract=True)
   state, step = checkpoints.restore_latest_intact(run.manager, abstract)
   if state is None:
+    # This process owns its JAX state: the initialiser's per-operation programs can go.
     run.state = create_train_state(run.family, run.optimizer(run.phases[0]), init_key,
-                                   run.mesh)
+                                   run.mesh, release_caches=True)
     if run.is_chief:
       run.writer.write_hparams({k: v for k, v in run.config.to_dict().items()
                                 if isinstance(v, (int, float, str, bool))})

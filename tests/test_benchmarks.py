@@ -74,6 +74,15 @@ def test_report_ratios_and_missing_twins():
   assert lines[4].startswith("| a | 10 | 200 | 400 | 0.50 |")
   assert lines[5].startswith("| b | 10 | 200 | - | - |")
   assert len(lines[5].split("|")) == len(lines[2].split("|"))
+  settings["set"] = ["remat=True"]
+  assert "--config.remat=True" in bench.markdown(records, host, settings).splitlines()[0]
+
+
+def test_config_overrides_reach_the_model_and_are_checked():
+  config = bench.load_config(TINY, 2, ("remat=True", "model.num_stacks=2"))
+  assert config.remat is True and config.model.num_stacks == 2
+  with pytest.raises(Exception, match="no_such_key"):
+    bench.load_config(TINY, 2, ("no_such_key=1",))
 
 
 def test_heatmap_targets_peak_at_the_joints():
