@@ -109,7 +109,13 @@ def load_config(spec: str, batch_size: int, overrides: tuple[str, ...] = ()):
   argv = ["models.py", f"--config={spec}"] + [f"--config.{o}" for o in overrides]
   config_flags.DEFINE_config_file("config", spec, "Config file.", flag_values=values,
                                   lock_config=True, sys_argv=argv)
-  values(argv)
+  try:
+    values(argv)
+  except (AttributeError, KeyError, flags.Error) as e:
+    if not overrides:
+      raise
+    raise ValueError(f"--set {' '.join(overrides)}: not a valid override of {spec} "
+                     f"({type(e).__name__}: {e}).") from e
   config = values.config
   config.batch_size = batch_size
   config.dataset.skeleton = SKELETON
@@ -654,6 +660,11 @@ def main(argv=None) -> None:
   models = _selected(args)
   if not models:
     raise SystemExit("No models: give --models and/or --configs.")
+  for _, spec in models:  # Before any measurement: a bad --set stops here, named.
+    try:
+      load_config(spec, args.batch, tuple(args.set))
+    except ValueError as e:
+      raise SystemExit(str(e)) from None
   host = machine()
   settings = {k: getattr(args, k) for k in ("batch", "warmup", "steps", "threads", "torch",
                                             "torch_channels_last", "device_augment", "set")}
