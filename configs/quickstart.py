@@ -215,8 +215,9 @@ def ief(tiny: bool):
   phases = (("step1", "*"), ("step2", "*"), ("step3", "*"))
   # Phases cost ~0.08 / 0.10 / 0.12 s a step here (phase t also runs the t-1 earlier steps'
   # forward passes). [2000, 1100, 900]: 46.9 in 7.6 min; [2200, 1300, 1000]: 49.1 in 7.4 (a
-  # faster session); [2900, 1700, 600]: 51.7 in 9.0 (the same). Narrower (README): width_divisor=8 with [4000, 2200, 1800] 49.6 in 10.5
-  # min, [3700, 2000, 1700] 46.7 in 10.0; width_divisor=16 with [5000, 2800, 2200] 41.3 in 8.9.
+  # faster session); [2900, 1700, 600]: 51.7 in 9.0 (the same). Narrower (README):
+  # width_divisor=8 with [4000, 2200, 1800] 49.6 in 10.5 min, [3700, 2000, 1700] 46.7 in 10.0;
+  # width_divisor=16 with [5000, 2800, 2200] 41.3 in 8.9.
   return _regression_common(c, phases, [2400, 1400, 1100], tiny)
 
 

@@ -209,11 +209,13 @@ INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 EAGER_INIT_MIN_EQUATIONS = 4000
 
 
-def _size(jaxpr) -> int:
-  """Equations of `jaxpr`, those of its nested programs (remat, custom gradients, jit)
-  included: what one compilation inlines."""
-  return sum(1 + sum(_size(sub) for sub in jax_core.jaxprs_in_params(eqn.params))
-             for eqn in jaxpr.eqns)
+def _equations(jaxpr):
+  """Every equation of `jaxpr` and of its nested programs (remat, custom gradients, jit,
+  loop bodies): what one compilation inlines."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for sub in jax_core.jaxprs_in_params(eqn.params):
+      yield from _equations(sub)
 
 
 def compile_init(init: Callable[..., Any], *args, out_shardings=None):
@@ -225,18 +227,11 @@ def _compile(traced):
   return traced.lower().compile(compiler_options=INIT_COMPILER_OPTIONS)
 
 
-def _has_loop(jaxpr) -> bool:
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name in ("scan", "while"):
-      return True
-    if any(_has_loop(sub) for sub in jax_core.jaxprs_in_params(eqn.params)):
-      return True
-  return False
-
-
 def _mode_of(jaxpr) -> str:
-  big = _size(jaxpr) >= EAGER_INIT_MIN_EQUATIONS
-  return "eager" if big and not _has_loop(jaxpr) else "compiled"
+  names = [eqn.primitive.name for eqn in _equations(jaxpr)]
+  big = len(names) >= EAGER_INIT_MIN_EQUATIONS
+  has_loop = "scan" in names or "while" in names
+  return "eager" if big and not has_loop else "compiled"
 
 
 def init_mode(init: Callable[..., Any], *args) -> str:
