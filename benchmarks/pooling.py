@@ -1,6 +1,7 @@
 r"""Max pooling on CPU: XLA's reduce_window against the strided maxima jaxpose uses, for the
-ceil-rounded 3x3/2 pools (`layers.max_pool_ceil`: CPM, DeepPose, IEF) and the hourglass's 2x2/2
-(`layers.max_pool2`), forward and forward + backward.
+ceil-rounded 3x3/2 pools (`layers.max_pool_ceil`: CPM, DeepPose, IEF), the hourglass's 2x2/2
+(`layers.max_pool2`) and the Inception modules' 3x3/1 with padding 1 (`layers.max_pool`: IEF),
+forward and forward + backward.
 
   python benchmarks/pooling.py            # prints seconds and the ratio, one run
 """
@@ -44,6 +45,13 @@ def main() -> None:
   cases.update({"2x2/2 forward": (window2, layers.max_pool2),
                 "2x2/2 forward+backward": (jax.grad(lambda y: window2(y).sum()),
                                            jax.grad(lambda y: layers.max_pool2(y).sum()))})
+  same = ((1, 1), (1, 1))
+  window3 = lambda y: nn.max_pool(y, (3, 3), strides=(1, 1), padding=same)  # noqa: E731
+  strided3 = lambda y: layers.max_pool(y, 3, 1, same)  # noqa: E731
+  np.testing.assert_array_equal(window3(x), strided3(x))
+  cases.update({"3x3/1 forward": (window3, strided3),
+                "3x3/1 forward+backward": (jax.grad(lambda y: window3(y).sum()),
+                                           jax.grad(lambda y: strided3(y).sum()))})
   for name, (slow_fn, fast_fn) in cases.items():
     slow, fast = _time(slow_fn, x), _time(fast_fn, x)
     print(f"{name}: reduce_window {slow * 1e3:.1f} ms, strided maximum {fast * 1e3:.1f} ms, "

@@ -197,16 +197,18 @@ def eval_shape_variables(family: Family) -> Variables:
 # (7e-9 at most); every process compiles with the same options, so they agree exactly.
 INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 
-# Even so, compiling grows faster than the program: measured here (one process each, cold
-# cache, 2026-12-02), the hourglass quickstart's init (2,637 equations, counted into nested
-# programs) compiles and runs in 2.1 s, the 2-stack's (5,635) in 9.7 s, the 8-stack's (20,851)
-# in 81.9 s. Run op by op instead (each distinct operation compiled once, then reused by every
-# layer of its shape) they take 6.0, 6.1 and 7.0 s. Programs with a loop are the exception:
-# eagerly, a `lax.scan` still compiles its whole body, fully optimised (IEF: 14.2 s eagerly
-# against 5.1 s compiled). Counted at the top level only, `config.remat`'s initialisers looked
-# small (the 8-stack's: 303 equations, the rest inside remat's sub-programs) and compiled in
-# 96.8 s instead of 9.6 s op by op (2026-12-03).
-EAGER_INIT_MIN_EQUATIONS = 4000
+# Even so, compiling grows faster than the program, while op by op each distinct operation
+# compiles once (fully optimised) and is reused by every layer of its shape. Measured here
+# (one process each, cold cache, 2026-12-03), counting the equations the variables depend on
+# (`_needed`), nested programs included: compiled / op by op, the Tompson quickstart (495
+# equations) 0.85 / 2.8 s, CPM's (678) 1.2 / 3.9, DeepPose's (803) 1.5 / 2.8, the hourglass's
+# (1,730) 2.0 / 3.6, IEF's (2,089; every Inception layer a shape of its own) 4.9 / 15.8, the
+# 2-stack's (3,753) 8.8 / 3.3, with `config.remat` (5,617) 9.2 / 6.5, the 8-stack's (13,893)
+# 84 / 4.4. Programs with a loop compile: eagerly a `lax.scan` still compiles its whole body,
+# fully optimised. (Counted at the top level only, remat's initialisers once looked small and
+# compiled in 96.8 s instead of 9.6 s op by op; before `_needed`, op by op ran the forward pass
+# too: 6.1 s for the 2-stack.)
+EAGER_INIT_MIN_EQUATIONS = 3000
 
 
 def _equations(jaxpr):
@@ -220,10 +222,7 @@ def _equations(jaxpr):
 
 def compile_init(init: Callable[..., Any], *args, out_shardings=None):
   """`init` jitted and compiled with INIT_COMPILER_OPTIONS (the persistent cache applies)."""
-  return _compile(jax.jit(init, out_shardings=out_shardings).trace(*args))
-
-
-def _compile(traced):
+  traced = jax.jit(init, out_shardings=out_shardings).trace(*args)
   return traced.lower().compile(compiler_options=INIT_COMPILER_OPTIONS)
 
 
@@ -235,16 +234,19 @@ def _mode_of(jaxpr) -> str:
 
 
 def init_mode(init: Callable[..., Any], *args) -> str:
-  """How `run_init` runs `init` by default: "eager" when its traced program is large and has
-  no loop (see EAGER_INIT_MIN_EQUATIONS), else "compiled". Every process decides alike."""
-  return _mode_of(jax.jit(init).trace(*args).jaxpr.jaxpr)  # The trace `run_init` decides on.
+  """How `run_init` runs `init` by default: "eager" when the program its values depend on is
+  large and has no loop (see EAGER_INIT_MIN_EQUATIONS), else "compiled". Every process decides
+  alike."""
+  return _mode_of(_needed(jax.jit(init).trace(*args)).jaxpr)  # What `run_init` decides on.
 
 
 def run_init(init: Callable[..., Any], *args, out_shardings=None, mode: str = "auto",
              release_caches: bool = False):
   """`init(*args)` placed by `out_shardings` (e.g. replicated over a mesh), computed the cheaper
-  way: `mode` "auto" (`init_mode`), "compiled" (`compile_init`) or "eager" (op by op, then
-  placed; `jax.device_put` checks that every process computed the same values).
+  way: `mode` "auto" (`init_mode`), "compiled" (one program, `compile_init`) or "eager" (op by
+  op, then placed; `jax.device_put` checks that every process computed the same values).
+  Either way only what the values depend on runs (`_needed`): not the model's forward pass
+  that a flax init traces.
 
   `release_caches`: after an op-by-op run, empty JAX's in-memory compilation caches
   (`jax.clear_caches()`), which hold one program per distinct operation of the initialiser
@@ -254,17 +256,38 @@ def run_init(init: Callable[..., Any], *args, out_shardings=None, mode: str = "a
   processes that own their JAX state, such as train.py's."""
   if mode not in ("auto", "compiled", "eager"):
     raise ValueError(f"Unknown init mode {mode!r}; use 'auto', 'compiled' or 'eager'.")
-  if mode != "eager":  # One trace serves both the decision and the compile.
-    traced = jax.jit(init, out_shardings=out_shardings).trace(*args)
-    if mode == "compiled" or _mode_of(traced.jaxpr.jaxpr) == "compiled":
-      return _compile(traced)(*args)
-  values = init(*args)
+  traced = jax.jit(init).trace(*args)  # One trace serves the decision and the run.
+  program, leaves = _needed(traced), jax.tree.leaves(args)
+  treedef = jax.tree.structure(traced.out_info)
+  run = jax_core.jaxpr_as_fun(program)
+  if mode == "compiled" or (mode == "auto" and _mode_of(program.jaxpr) == "compiled"):
+    flat_shardings = (out_shardings if out_shardings is None
+                      or isinstance(out_shardings, jax.sharding.Sharding)
+                      else treedef.flatten_up_to(out_shardings))
+    compiled = compile_init(run, *leaves, out_shardings=flat_shardings)
+    return jax.tree.unflatten(treedef, compiled(*leaves))
+  values = jax.tree.unflatten(treedef, run(*leaves))
   values = values if out_shardings is None else jax.device_put(values, out_shardings)
   if release_caches:
     jax.block_until_ready(values)
     jax.clear_caches()
     host_memory.trim()
   return values
+
+
+def _needed(traced) -> jax_core.ClosedJaxpr:
+  """A traced initialiser without the equations its outputs do not depend on: a flax init runs
+  the model's forward pass for the shapes, and stores nothing it computes. Measured (2-stack
+  hourglass, 2026-12-03): 2,689 top-level equations of 236 distinct operations -> 1,101 of 22;
+  op by op, cold, 6.3 s -> 3.1 s, the same values."""
+  jaxpr = traced.jaxpr.jaxpr
+  needed = {v for v in jaxpr.outvars if isinstance(v, jax_core.Var)}
+  kept = []
+  for eqn in reversed(jaxpr.eqns):
+    if eqn.effects or any(v in needed for v in eqn.outvars):
+      kept.append(eqn)
+      needed.update(v for v in eqn.invars if isinstance(v, jax_core.Var))
+  return jax_core.ClosedJaxpr(jaxpr.replace(eqns=kept[::-1]), traced.jaxpr.consts)
 
 
 def init_variables(family: Family, rng: jax.Array) -> Variables:

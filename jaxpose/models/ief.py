@@ -94,7 +94,7 @@ class Inception(nn.Module):
     y1 = layer(b1, 1, "1x1")(x)
     y3 = layer(b3, 3, "3x3", padding=1)(layer(r3, 1, "3x3_reduce")(x))
     y5 = layer(b5, 5, "5x5", padding=2)(layer(r5, 1, "5x5_reduce")(x))
-    yp = nn.max_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
+    yp = layers.max_pool(x, 3, 1, ((1, 1), (1, 1)))
     yp = layer(proj, 1, "pool_proj")(yp)
     return jnp.concatenate([y1, y3, y5, yp], axis=-1)
 

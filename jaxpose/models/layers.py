@@ -10,7 +10,7 @@ fan_in being input channels x kernel area.
 """
 
 import functools
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -425,16 +425,21 @@ def max_pool_ceil(x, window: int, stride: int):
   window may hang over the bottom / right edge. Padding those edges with -inf (never chosen by
   the max) reproduces Caffe's sizes and values: 368 -> 184 -> 92 -> 46 with k3 s2, which
   VALID pooling would make 183 -> 91 -> 45.
-
-  Computed as a separable maximum of strided slices (rows, then columns): the same values as
-  a k x k window, and a gradient of elementwise selects, where XLA's select-and-scatter
-  gradient of `reduce_window` costs ~8x the forward pass on CPU (benchmarks/pooling.py).
   """
   if min(x.shape[1:3]) < window:  # No whole window fits: as reduce_window rounds it.
     pads = [(0, _ceil_overhang(n, window, stride)) for n in x.shape[1:3]]
     return nn.max_pool(x, (window, window), strides=(stride, stride), padding=pads)
-  pads = [(0, 0)] + [(0, _ceil_overhang(n, window, stride)) for n in x.shape[1:3]] + [(0, 0)]
-  x = jnp.pad(x, pads, constant_values=-jnp.inf)
+  return max_pool(x, window, stride, [(0, _ceil_overhang(n, window, stride))
+                                      for n in x.shape[1:3]])
+
+
+def max_pool(x, window: int, stride: int, padding: Sequence[tuple[int, int]]):
+  """`nn.max_pool(x, (window, window), (stride, stride), padding)` with -inf padding, computed
+  as a separable maximum of strided slices (rows, then columns): the same values, and a
+  gradient of elementwise selects, where XLA's select-and-scatter gradient of `reduce_window`
+  costs ~8x the forward pass on CPU (benchmarks/pooling.py). On ties the gradient is shared.
+  """
+  x = jnp.pad(x, [(0, 0), *padding, (0, 0)], constant_values=-jnp.inf)
   for axis in (1, 2):
     out = (x.shape[axis] - window) // stride + 1
     taps = [jax.lax.slice_in_dim(x, i, i + stride * (out - 1) + 1, stride, axis)

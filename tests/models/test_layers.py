@@ -253,3 +253,18 @@ def test_bottleneck_trains_as_the_unfused_layers():
   np.testing.assert_allclose(v1, v2, rtol=1e-5)
   for a, b in ((stats1, stats2), (g1, g2)):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4), a, b)
+
+
+@pytest.mark.parametrize("window,stride,padding,size", [
+    (3, 1, ((1, 1), (1, 1)), 9),  # Inception's pool branch (IEF).
+    (3, 2, ((0, 1), (0, 0)), 10),  # Caffe's ceil rounding on one edge.
+    (2, 2, ((0, 0), (0, 0)), 8)])
+def test_max_pool_of_slices_equals_reduce_window_values_and_gradient(window, stride, padding,
+                                                                     size):
+  x = jax.random.normal(jax.random.key(0), (2, size, size + 1, 3))  # Distinct values: no ties.
+  ours = lambda y: layers.max_pool(y, window, stride, padding)  # noqa: E731
+  theirs = lambda y: nn.max_pool(y, (window, window), (stride, stride), padding)  # noqa: E731
+  np.testing.assert_array_equal(ours(x), theirs(x))
+  weights = jax.random.normal(jax.random.key(1), ours(x).shape)
+  np.testing.assert_allclose(jax.grad(lambda y: jnp.sum(ours(y) * weights))(x),
+                             jax.grad(lambda y: jnp.sum(theirs(y) * weights))(x), atol=1e-6)
