@@ -513,9 +513,9 @@ def ratios(jax_record: dict, torch_record: dict | None) -> dict:
           if jax_record.get(key) is not None and torch_record.get(key)}
 
 
-def run_model(name: str, spec: str, args) -> dict:
-  """One model's record: its config, both frameworks' numbers, the ratios."""
-  config = load_config(spec, args.batch, tuple(args.set))
+def run_model(name: str, spec: str, config, args) -> dict:
+  """One model's record: its config (`spec` loaded, with --set), both frameworks' numbers, the
+  ratios."""
   record = {"model": name, "config": os.path.relpath(spec, REPO), "family": config.model.name,
             "input_size": config.input_size, "batch": args.batch}
   print(f"{name}: {record['config']}", file=sys.stderr, flush=True)
@@ -660,17 +660,16 @@ def main(argv=None) -> None:
   models = _selected(args)
   if not models:
     raise SystemExit("No models: give --models and/or --configs.")
-  for _, spec in models:  # Before any measurement: a bad --set stops here, named.
-    try:
-      load_config(spec, args.batch, tuple(args.set))
-    except ValueError as e:
-      raise SystemExit(str(e)) from None
+  try:  # Before any measurement: a bad --set stops here, named.
+    configs = [load_config(spec, args.batch, tuple(args.set)) for _, spec in models]
+  except ValueError as e:
+    raise SystemExit(str(e)) from None
   host = machine()
   settings = {k: getattr(args, k) for k in ("batch", "warmup", "steps", "threads", "torch",
                                             "torch_channels_last", "device_augment", "set")}
   records = []
-  for name, spec in models:
-    records.append(run_model(name, spec, args))
+  for (name, spec), config in zip(models, configs):
+    records.append(run_model(name, spec, config, args))
     _write(args.out, host, settings, records)  # After each model: a long run keeps its part.
   print(markdown(records, host, settings))
 

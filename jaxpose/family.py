@@ -257,16 +257,15 @@ def run_init(init: Callable[..., Any], *args, out_shardings=None, mode: str = "a
   if mode not in ("auto", "compiled", "eager"):
     raise ValueError(f"Unknown init mode {mode!r}; use 'auto', 'compiled' or 'eager'.")
   traced = jax.jit(init).trace(*args)  # One trace serves the decision and the run.
-  program, leaves = _needed(traced), jax.tree.leaves(args)
+  program = _needed(traced)
   treedef = jax.tree.structure(traced.out_info)
-  run = jax_core.jaxpr_as_fun(program)
+
+  def needed_init(*args):  # `init` with only the equations its values depend on.
+    return jax.tree.unflatten(treedef, jax_core.jaxpr_as_fun(program)(*jax.tree.leaves(args)))
+
   if mode == "compiled" or (mode == "auto" and _mode_of(program.jaxpr) == "compiled"):
-    flat_shardings = (out_shardings if out_shardings is None
-                      or isinstance(out_shardings, jax.sharding.Sharding)
-                      else treedef.flatten_up_to(out_shardings))
-    compiled = compile_init(run, *leaves, out_shardings=flat_shardings)
-    return jax.tree.unflatten(treedef, compiled(*leaves))
-  values = jax.tree.unflatten(treedef, run(*leaves))
+    return compile_init(needed_init, *args, out_shardings=out_shardings)(*args)
+  values = needed_init(*args)
   values = values if out_shardings is None else jax.device_put(values, out_shardings)
   if release_caches:
     jax.block_until_ready(values)
