@@ -13,13 +13,15 @@ Batches come from `pipeline.train_dataset` as the Stacked Hourglass family
 crops and joints (the family renders its 64x64 heat maps inside the jitted step). The goal
 (issue 12) is >= 1,500 images/s per core for the host's part, with no more bytes sent to the
 device per image than the uint8 crop's (256 x 256 x 3 = 192 KB). Measured on the original
-photos and on the same split after `pipeline.precrop` (what `train.py` does when
-`config.dataset.precrop`, the default of the MPII/LSP configs: each person's reachable square
-stored once at the density the crops need; its one-off cost is printed), for each of what the
-host can send (`MODES`): the finished float32 crop; the uint8 crop, coloured in the jitted
-step (`config.augment_on_device`, the default); the stored uint8 pixels, resampled and
-coloured in the step (`config.resample_on_device` too). Each row gives the host's rate, the
-bytes per image in the batches it sends and the device half's cost on JAX's default backend.
+photos and on the same split pre-cropped into the cache, as `train.py` reads it by default
+(`config.dataset.precrop` and `precrop_cache`: each person's reachable square stored once at the
+density the crops need, in a temporary folder here; its one-off cost is printed), stored as
+JPEGs (`config.dataset.precrop_format="jpeg"`, the default) and uncompressed ("raw"), for
+each of what the host can send (`MODES`): the finished float32 crop; the uint8 crop, coloured
+in the jitted step (`config.augment_on_device`, the default); the stored uint8 pixels,
+resampled and coloured in the step (`config.resample_on_device` too). Each row gives the
+host's rate, the bytes per image in the batches it sends and the device half's cost on JAX's
+default backend.
 
 --profile times the per-example stages on the same examples, for the original photos and the
 pre-cropped ones: JPEG decode alone, decode + uint8 -> float conversion, decode + warp, and
@@ -30,7 +32,9 @@ and nothing on pre-cropped ones; see `pipeline.train_dataset`.)
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -47,6 +51,7 @@ from jaxpose import families
 from jaxpose import skeletons
 from jaxpose.data import device_augment
 from jaxpose.data import pipeline
+from jaxpose.data import precrop_cache
 
 INPUT_SIZE = 256
 GOAL = 1500.0  # images/s per core, the host part (issue 12)
@@ -150,10 +155,17 @@ def device_half_ms(source, target_fn, batch_size: int, mode: str, repeats: int =
   return 1e3 * (time.perf_counter() - start) / (repeats * batch_size)
 
 
-def precropped(source: pipeline.Source) -> tuple[pipeline.Source, float]:
-  """`pipeline.precrop` for the paper's augmentation at 256x256, and its cost in s/image."""
+def precropped(source: pipeline.Source, cache_dir: str,
+               image_format: str) -> tuple[pipeline.Source, float]:
+  """The split pre-cropped into the cache under `cache_dir` for the paper's augmentation at
+  256x256 and read back as `train.py` reads it, and the build's cost in s/image."""
+  split = precrop_cache.Split(
+      name="mpii-like/train", fingerprint={"images": source.num_examples},
+      num_examples=source.num_examples, skeleton=source.skeleton,
+      read=lambda begin, end: pipeline.subset(source, np.arange(begin, end)))
   start = time.perf_counter()
-  cropped = pipeline.precrop(source, input_size=INPUT_SIZE, augment=pipeline.Augment())
+  cropped = precrop_cache.load(split, cache_dir, input_size=INPUT_SIZE,
+                               augment=pipeline.Augment(), image_format=image_format)
   return cropped, (time.perf_counter() - start) / source.num_examples
 
 
@@ -167,7 +179,7 @@ def stage_rates(source, target_fn, threads: int, batch_size: int,
   def example(i):
     index = i % n
     ann = {k: tf.gather(v, index) for k, v in ann_consts.items()}
-    return tf.gather(source.images, index), ann, tf.stack([tf.constant(1, tf.int64), i])
+    return source.encoded(index), ann, tf.stack([tf.constant(1, tf.int64), i])
 
   def only_decode(i):
     encoded, _, _ = example(i)
@@ -224,15 +236,21 @@ def main(argv=None) -> None:
         f"{os.getloadavg()[0]:.1f}")
   target_fn = families.create_family(hourglass_mpii.get_config()).target_fn
 
-  cropped, cost = precropped(source)
-  side = np.mean([tf.io.extract_jpeg_shape(x).numpy()[0] for x in cropped.images])
-  kb = np.mean([len(x) for x in cropped.images.numpy()]) / 1024
+  cache_dir = tempfile.mkdtemp(prefix="jaxpose-precrop-")
+  cropped, cost = precropped(source, cache_dir, "jpeg")
+  raw, raw_cost = precropped(source, cache_dir, "raw")
+  side = np.mean([tf.io.extract_jpeg_shape(x).numpy()[0]
+                  for x in cropped.encoded(tf.range(args.images))])
+  kb, raw_kb = (np.mean(src.images.length) / 1024 for src in (cropped, raw))
   print(f"pipeline.train_dataset, full augmentation at {INPUT_SIZE}x{INPUT_SIZE} (the "
-        f"pre-crop: config.dataset.precrop, mean side {side:.0f} px, {kb:.0f} KB, one-off "
-        f"{1e3 * cost * cores:.1f} ms per image per core; goal {GOAL:.0f} images/s per core):")
+        f"pre-crop: config.dataset.precrop, from the cache in {cache_dir}, mean side {side:.0f} "
+        f"px; stored as JPEG {kb:.0f} KB, one-off {1e3 * cost * cores:.1f} ms per image per "
+        f"core; raw {raw_kb:.0f} KB, {1e3 * raw_cost * cores:.1f} ms; goal {GOAL:.0f} "
+        "images/s per core):")
   base = None
   for label, src, modes in (("original photos", source, ("host", "uint8 crop")),
-                            ("pre-cropped", cropped, tuple(MODES))):
+                            ("pre-crop, JPEG", cropped, tuple(MODES)),
+                            ("pre-crop, raw", raw, tuple(MODES))):
     for mode in modes:
       rate, sent = train_rate(src, target_fn, args.threads, args.batch_size, args.batches,
                               mode)
@@ -243,11 +261,12 @@ def main(argv=None) -> None:
       print(f"  {label:15s} {mode:13s} {rate / cores:6.0f} images/s per core ({rate / base:4.1f}x)"
             f", {sent / 1024:6.0f} KB per image to the device{device}")
   if args.profile:
-    for label, src in (("original photos", source), ("pre-cropped", cropped)):
+    for label, src in (("original photos", source), ("pre-crop, JPEG", cropped)):
       print(f"  stages, {label}:")
       for name, r in stage_rates(src, target_fn, args.threads, args.batch_size,
                                  args.batches).items():
         print(f"    {name:36s} {r / cores:7.0f} images/s per core  {1e3 * cores / r:6.2f} ms")
+  shutil.rmtree(cache_dir)
 
 
 if __name__ == "__main__":

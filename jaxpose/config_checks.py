@@ -81,6 +81,8 @@ RULES = (
     Rule("augment.color", lambda v: non_negative(v) and v <= 1,
          "in [0, 1]: colour gains are drawn from [1 - color, 1 + color]"),
     Rule("augment.flip", probability, "a bool or a probability in [0, 1]"),
+    # pipeline.IMAGE_FORMATS (this module imports no TensorFlow; a test keeps them equal).
+    Rule("dataset.precrop_format", lambda v: v in ("jpeg", "raw"), 'one of "jpeg", "raw"'),
 )
 
 

@@ -195,15 +195,16 @@ def test_ief_oracle_moves_from_the_mean_pose_to_the_truth(tmp_path):
   assert still["Total"] < totals[0] < totals[1] < totals[2] <= 100.0
 
 
-def test_pipeline_throughput_counts_the_bytes_each_mode_sends():
+@pytest.mark.parametrize("image_format", ["jpeg", "raw"])
+def test_pipeline_throughput_counts_the_bytes_each_mode_sends(tmp_path, image_format):
   """benchmarks/pipeline_throughput.py: the uint8 crop sends the input's bytes, the float32 crop
-  four times that, the stored pixels the padded pre-crop's."""
+  four times that, the stored pixels the padded pre-crop's; from the cache, in either format."""
   import helpers  # pylint: disable=g-import-not-at-top
   from benchmarks import pipeline_throughput as bench_input  # pylint: disable=g-import-not-at-top
-  from jaxpose.data import pipeline  # pylint: disable=g-import-not-at-top
   size = bench_input.INPUT_SIZE
-  source = pipeline.precrop(helpers.dots_source(n=4, size=96), input_size=size,
-                            augment=pipeline.Augment())
+  source, cost = bench_input.precropped(helpers.dots_source(n=4, size=96), str(tmp_path),
+                                        image_format)
+  assert cost > 0 and source.images.paths[0].endswith("jpegs" if image_format == "jpeg" else "raw")
   small = 1024  # Joints, visibility, the crop's matrix and gains.
   for mode, pixels in (("uint8 crop", size * size * 3), ("host", size * size * 3 * 4),
                        ("stored pixels", source.side**2 * 3)):

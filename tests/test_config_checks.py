@@ -40,7 +40,7 @@ BAD = [
     ("augment.scale", 1.0), ("augment.rotation", -30.0), ("augment.color", -0.2),
     ("augment.color", 1.5), ("augment.rotation_prob", 1.5), ("augment.rotation_prob", -0.1),
     ("augment.flip", 2.0), ("optimizer.warmup_steps", -1), ("optimizer.decay_factor", 0.0),
-    ("optimizer.decay_factor", -0.1),
+    ("optimizer.decay_factor", -0.1), ("dataset.precrop_format", "png"),
 ]
 
 
@@ -97,3 +97,10 @@ def test_lookup():
   assert config_checks.lookup(config, "optimizer.nope") is None
   assert config_checks.lookup(config, "loss.kind") is None  # "mse" is a leaf.
   assert config_checks.lookup({"a": {"b": 3}}, "a.b") == 3
+
+
+def test_precrop_formats_are_the_pipelines():
+  from jaxpose.data import pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  config = hourglass_mpii.get_config()
+  for image_format in pipeline.IMAGE_FORMATS:
+    config_checks.check_config(_set(config, "dataset.precrop_format", image_format))

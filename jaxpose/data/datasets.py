@@ -100,7 +100,8 @@ def load_training_source(dataset: ml_collections.ConfigDict, *, input_size: int,
   if not dataset.precrop_cache:
     source = load_source(dataset, dataset.train_split)
     start = time.perf_counter()
-    cropped = pipeline.precrop(source, input_size=input_size, augment=augment)
+    cropped = pipeline.precrop(source, input_size=input_size, augment=augment,
+                               image_format=dataset.get("precrop_format", "jpeg"))
     logging.info("Pre-cropped %d training images in memory in %.1f s.", source.num_examples,
                  time.perf_counter() - start)
     return cropped
@@ -119,6 +120,7 @@ def load_training_source(dataset: ml_collections.ConfigDict, *, input_size: int,
       dataset.data_dir or DEFAULT_DATA_DIR, "jaxpose_precrop"))
   start = time.perf_counter()
   source = precrop_cache.load(cache_split, cache_dir, input_size=input_size, augment=augment,
+                              image_format=dataset.get("precrop_format", "jpeg"),
                               process_index=jax.process_index(),
                               process_count=jax.process_count(), sync=_sync)
   logging.info("Pre-cropped training split %s: %d people, ready in %.1f s (cache %s).",

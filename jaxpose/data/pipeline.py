@@ -18,6 +18,7 @@ model's codec. Evaluation: `process_example` per example.
 import dataclasses
 import enum
 import math
+import struct
 from typing import Callable, Protocol
 
 import numpy as np
@@ -43,6 +44,7 @@ class EncodedImages(Protocol):
   def __len__(self) -> int: ...
   def gather(self, index) -> tf.Tensor: ...  # [n] or scalar int index -> encoded bytes
   def take(self, indices) -> "EncodedImages": ...  # The images at `indices`, in that order.
+  def view(self, i: int) -> bytes | memoryview: ...  # Image i's bytes, for numpy (host) code.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +156,9 @@ def _decode_and_warp_numpy(encoded: np.ndarray, inverse: np.ndarray, size) -> np
   # annotations are in the stored pixels' frame).
   flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
   for i, (data, matrix) in enumerate(zip(encoded, inverse)):
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    image = decode_raw_numpy(data)
+    if image is None:
+      image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if image is None:
       raise ValueError(f"OpenCV cannot decode image {i} of the batch ({len(data)} bytes)")
     cv2.warpAffine(image, matrix, (size, size), dst=crops[i],
@@ -180,6 +184,21 @@ def decode_and_warp_uint8(encoded, inverse, size: int):
                             [encoded, tf.cast(inverse, tf.float64), size], tf.uint8,
                             stateful=False)
   crops.set_shape([encoded.shape[0], size, size, 3])
+  return crops
+
+
+def read_and_warp_uint8(images: EncodedImages, index, inverse, size: int):
+  """`decode_and_warp_uint8` of the images at `index` [B] of a store, read by the same numpy
+  call (`EncodedImages.view`) instead of passing through TensorFlow strings: a "raw" pre-crop
+  (~1 MB) is resampled where it lies, not copied twice first (589 px pre-crops, one core, in
+  benchmarks/pipeline_throughput.py: 2,551 crops/s from the cache against 1,048 in memory)."""
+
+  def read_and_warp(index, inverse, size):
+    return _decode_and_warp_numpy([images.view(int(i)) for i in index], inverse, size)
+
+  crops = tf.numpy_function(read_and_warp, [index, tf.cast(inverse, tf.float64), size],
+                            tf.uint8, stateful=False)
+  crops.set_shape([index.shape[0], size, size, 3])
   return crops
 
 
@@ -220,9 +239,48 @@ class Augment:
     return abs(self.rotation) * (2.0 if self.distribution == "normal_clipped" else 1.0)
 
 
+# How `precrop` stores the pixels it keeps (config.dataset.precrop_format): "jpeg" (quality
+# `quality`), or "raw": this header (magic, height, width; little-endian) then the RGB uint8
+# rows, nothing to decode (~13x the bytes of a quality-90 JPEG, read at memory speed).
+IMAGE_FORMATS = ("jpeg", "raw")
+RAW_MAGIC = b"JXPRAW\x00\x01"
+_RAW_HEADER = struct.Struct("<8sII")
+
+
+def encode_raw(pixels: np.ndarray) -> bytes:
+  """[H, W, 3] uint8 -> the "raw" format's bytes."""
+  pixels = np.ascontiguousarray(pixels, np.uint8)
+  if pixels.ndim != 3 or pixels.shape[2] != 3:
+    raise ValueError(f"encode_raw takes [H, W, 3] pixels, got shape {pixels.shape}.")
+  return _RAW_HEADER.pack(RAW_MAGIC, pixels.shape[0], pixels.shape[1]) + pixels.tobytes()
+
+
+def decode_raw_numpy(data) -> np.ndarray | None:
+  """The "raw" format's pixels as a [H, W, 3] view of `data` (no copy), or None when `data`
+  is in another format."""
+  if bytes(data[:len(RAW_MAGIC)]) != RAW_MAGIC:
+    return None
+  _, height, width = _RAW_HEADER.unpack_from(data)
+  if len(data) != _RAW_HEADER.size + height * width * 3:
+    raise ValueError(f"Raw image of {height}x{width} pixels has {len(data)} bytes, expected "
+                     f"{_RAW_HEADER.size + height * width * 3} (truncated or damaged).")
+  return np.frombuffer(data, np.uint8, offset=_RAW_HEADER.size).reshape(height, width, 3)
+
+
+def _decode_raw(encoded):
+  size = tf.io.decode_raw(tf.strings.substr(encoded, len(RAW_MAGIC), 8), tf.int32,
+                          little_endian=True)
+  pixels = tf.io.decode_raw(
+      tf.strings.substr(encoded, _RAW_HEADER.size, tf.strings.length(encoded)), tf.uint8)
+  return tf.reshape(pixels, tf.concat([size, [3]], 0))
+
+
 def decode_pixels(encoded):
-  """Encoded JPEG/PNG/... -> [H, W, 3] uint8 (grey and CMYK become RGB)."""
-  image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+  """Encoded JPEG/PNG/... (or the "raw" format) -> [H, W, 3] uint8 (grey and CMYK become
+  RGB)."""
+  is_raw = tf.equal(tf.strings.substr(encoded, 0, len(RAW_MAGIC)), RAW_MAGIC)
+  image = tf.cond(is_raw, lambda: _decode_raw(encoded),
+                  lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False))
   image.set_shape([None, None, 3])
   return image
 
@@ -339,16 +397,18 @@ def precrop_geometry(center, scale, *, input_size: int, augment: Augment | None)
 
 
 def precrop(source: Source, *, input_size: int, augment: Augment | None,
-            quality: int = 90) -> Source:
+            quality: int = 90, image_format: str = "jpeg") -> Source:
   """The same split with each image replaced by the part the training crops can reach.
 
   A 1280x720 MPII photo is ~1M pixels, of which a 256x256 crop uses a small region at a
   fraction of the resolution; decoding it whole dominates the input pipeline. This resamples
   each person's reachable square once (`precrop_geometry`; bilinear, like the training warp)
-  and re-encodes it as a JPEG (quality `quality`); annotations move to the stored pixels
-  (joints, centre, head box through the matrix; scale and norm_size times its density), so
-  `process_example` gives the same joints and targets and nearly the same pixels. The
-  training crops' content changes only by one extra bilinear resampling and the re-encoding.
+  and re-encodes it as a JPEG (quality `quality`), or with `image_format="raw"` keeps its
+  pixels uncompressed (`encode_raw`: nothing to decode per crop, ~13x the bytes); annotations
+  move to the stored pixels (joints, centre, head box through the matrix; scale and norm_size
+  times its density), so `process_example` gives the same joints and targets and nearly the
+  same pixels. The training crops' content changes only by one extra bilinear resampling and
+  the re-encoding (none for "raw").
   For training sources only: evaluation keeps the original images, whose pixels predictions
   are reported in. `jaxpose.data.precrop_cache` stores the result on disk, built once.
 
@@ -358,23 +418,30 @@ def precrop(source: Source, *, input_size: int, augment: Augment | None,
   """
   with progress.bar(source.num_examples, f"pre-crop {source.name}", min_total=1000) as shown:
     images, annotations, side = precrop_arrays(source, input_size=input_size, augment=augment,
-                                               quality=quality, on_chunk=shown.update)
+                                               quality=quality, image_format=image_format,
+                                               on_chunk=shown.update)
   return Source(name=f"{source.name} (pre-cropped)", images=tf.constant(images),
                 annotations=annotations, skeleton=source.skeleton, side=side)
 
 
 def precrop_arrays(source: Source, *, input_size: int, augment: Augment | None,
-                   quality: int = 90, on_chunk: Callable[[int], object] = lambda n: None
+                   quality: int = 90, image_format: str = "jpeg",
+                   on_chunk: Callable[[int], object] = lambda n: None
                    ) -> tuple[np.ndarray, dict, int]:
   """`precrop`'s parts: the encoded crops [N] (numpy bytes), the annotations in the stored
   pixels, and the side every stored crop fits in. `on_chunk(n)` after each n crops."""
+  if image_format not in IMAGE_FORMATS:
+    raise ValueError(f"Unknown pre-crop image format {image_format!r} "
+                     f"(config.dataset.precrop_format); expected one of {IMAGE_FORMATS}.")
   ann = source.annotations
   sides, matrices = precrop_geometry(ann["center"], ann["scale"], input_size=input_size,
                                      augment=augment)
 
   def crop(index, matrix, side):
-    image = decode_pixels(source.encoded(index))
-    return tf.io.encode_jpeg(warp_image(image, matrix, side), quality=quality)
+    pixels = warp_image(decode_pixels(source.encoded(index)), matrix, side)
+    if image_format == "raw":
+      return tf.numpy_function(encode_raw, [pixels], tf.string, stateful=False)
+    return tf.io.encode_jpeg(pixels, quality=quality)
 
   ds = tf.data.Dataset.from_tensor_slices(
       (tf.range(source.num_examples, dtype=tf.int64), matrices.astype(np.float32),
@@ -480,12 +547,13 @@ def _pad_bottom_right(image, side: int):
 
 
 def _batch_geometry(source: Source, augment: Augment, *, input_size: int,
-                    global_batch_size: int, seed: int, begin: int, local: int):
+                    global_batch_size: int, seed: int, begin: int, local: int,
+                    encoded: bool = True):
   """step -> this process's batch before its pixels: which examples, where their crops are,
-  joints and colour gains, vectorised (one set of TF ops per batch, not per example), and the
-  encoded images (read once per batch: from files, one call for all). Computed for the whole
-  global batch, then sliced [begin, begin + local), so that the global batch is bit-identical
-  however many processes share it."""
+  joints and colour gains, vectorised (one set of TF ops per batch, not per example), and
+  (`encoded`) the encoded images (read once per batch: from files, one call for all).
+  Computed for the whole global batch, then sliced [begin, begin + local), so that the global
+  batch is bit-identical however many processes share it."""
   n = source.num_examples
   tables = {k: tf.constant(v) for k, v in source.annotations.items()}
   swap = tf.constant(source.skeleton.flip_permutation)
@@ -505,7 +573,8 @@ def _batch_geometry(source: Source, augment: Augment, *, input_size: int,
     out = {"index": index, "transform": matrix, INVERSE: tf.linalg.inv(matrix)[:, :2],
            GAINS: gains, "joints": joints, "visible": visible}
     out = {k: v[begin:begin + local] for k, v in out.items()}
-    out["encoded"] = source.encoded(out["index"])
+    if encoded:
+      out["encoded"] = source.encoded(out["index"])
     return out
 
   return geometry
@@ -538,14 +607,18 @@ def train_dataset(source: Source, *, input_size: int, target_fn: TargetFn | None
     raise ValueError(f"Global batch size {global_batch_size} is not divisible by the number "
                      f"of processes {process_count}.")
   local = global_batch_size // process_count
+  uint8_crop = on_device and not resample_on_device
+  # A store on disk is read by the numpy call that resamples (read_and_warp_uint8).
+  from_store = uint8_crop and not isinstance(source.images, tf.Tensor)
   geometry = _batch_geometry(source, augment, input_size=input_size,
                              global_batch_size=global_batch_size, seed=seed,
-                             begin=process_index * local, local=local)
+                             begin=process_index * local, local=local, encoded=not from_store)
 
   # Per batch, with the uint8 crop: decode and resample (OpenCV), colour on the accelerator.
   def uint8_crops(ex):
     out = {k: ex[k] for k in ("transform", "joints", "visible", GAINS)}
-    out[CROP] = decode_and_warp_uint8(ex["encoded"], ex[INVERSE], input_size)
+    out[CROP] = (read_and_warp_uint8(source.images, ex["index"], ex[INVERSE], input_size)
+                 if from_store else decode_and_warp_uint8(ex["encoded"], ex[INVERSE], input_size))
     return out
 
   # Per example: decode, then resample and colour (or leave that to the accelerator).
@@ -570,7 +643,7 @@ def train_dataset(source: Source, *, input_size: int, target_fn: TargetFn | None
 
   do_not_convert = tf.autograph.experimental.do_not_convert
   ds = tf.data.Dataset.range(start_step, 2**62).map(do_not_convert(geometry))
-  if on_device and not resample_on_device:
+  if uint8_crop:
     ds = ds.map(do_not_convert(uint8_crops), num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)
   else:

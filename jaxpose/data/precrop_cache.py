@@ -6,7 +6,7 @@ each photo once per person in it) and pre-crops all of it (~5 min a core for MPI
 is built once into a folder keyed by everything its content depends on, and read from there:
 
   <cache_dir>/<data set>-<split>-<key>/
-    shard-00000.jpegs   the shard's pre-cropped JPEGs, back to back
+    shard-00000.jpegs   the shard's pre-cropped JPEGs, back to back (.raw: the "raw" format's)
     shard-00000.npz     their byte offsets, the annotations in the stored pixels, the side
     ...
     meta.json           written last: the build is complete (what the key was made of)
@@ -23,14 +23,22 @@ picks examples by their index in the split (`pipeline.train_dataset`).
 
 The key: the data set's name, config, version and split sizes (TFDS's record of what it
 built), the crop size, the part of the augmentation the stored square depends on (its reach
-and the most zoomed-in scale), the JPEG quality and this format's version. Colour jitter,
-flips, seeds or the model change nothing stored and share a cache.
+and the most zoomed-in scale), the JPEG quality, the image format and this layout's version.
+Colour jitter, flips, seeds or the model change nothing stored and share a cache.
+
+The image format (config.dataset.precrop_format): "jpeg" (the default, ~77 KB for a 589 px MPII
+pre-crop) or "raw" (`pipeline.encode_raw`: the pixels, ~1 MB, 13x the disk). A JPEG pre-crop
+costs a core ~1.2 ms to decode, which bounds the host at ~700 crops/s per core; a raw one is
+resampled where it lies in the file's memory map (`ImageShards.view`), ~2,800 crops/s per core
+(`python benchmarks/pipeline_throughput.py`): for hosts short of cores per accelerator and
+with the disk (or the page cache) to hold it.
 """
 
 import dataclasses
 import hashlib
 import io
 import json
+import mmap
 import os
 import threading
 from typing import Callable
@@ -86,6 +94,19 @@ class ImageShards:
                     "(the pre-crop cache is damaged: delete that folder to rebuild it).")
     return data
 
+  def view(self, i: int) -> bytes | memoryview:
+    """Image i's bytes for numpy code: local files through a read-only memory map, no copy
+    (the pages stay the OS's file cache, counted in RSS once touched but never dirty)."""
+    path = self.paths[self.shard[i]]
+    if "://" in path:
+      return self.read(i)
+    offset, length = int(self.offset[i]), int(self.length[i])
+    mapped = _mapping(path)
+    if offset + length > len(mapped):
+      raise IOError(f"{path}: {len(mapped)} bytes, image {i} ends at {offset + length} "
+                    "(the pre-crop cache is damaged: delete that folder to rebuild it).")
+    return mapped[offset:offset + length]
+
   def gather(self, index) -> tf.Tensor:
     index = tf.cast(index, tf.int64)
 
@@ -102,9 +123,26 @@ _LOCK = threading.Lock()
 
 def _descriptor(path: str) -> int:
   with _LOCK:
-    if path not in _DESCRIPTORS:
-      _DESCRIPTORS[path] = os.open(path, os.O_RDONLY)
-    return _DESCRIPTORS[path]
+    return _descriptor_locked(path)
+
+
+def _descriptor_locked(path: str) -> int:
+  if path not in _DESCRIPTORS:
+    _DESCRIPTORS[path] = os.open(path, os.O_RDONLY)
+  return _DESCRIPTORS[path]
+
+
+_MAPPINGS: dict[str, memoryview] = {}
+
+
+def _mapping(path: str) -> memoryview:
+  with _LOCK:
+    if path not in _MAPPINGS:
+      size = os.fstat(_descriptor_locked(path)).st_size
+      _MAPPINGS[path] = (memoryview(mmap.mmap(_descriptor_locked(path), size,
+                                              access=mmap.ACCESS_READ))
+                         if size else memoryview(b""))
+    return _MAPPINGS[path]
 
 
 def _read_remote(path: str, offset: int, length: int) -> bytes:
@@ -118,13 +156,20 @@ def _read_remote(path: str, offset: int, length: int) -> bytes:
 
 
 def key_inputs(split: Split, *, input_size: int, augment: pipeline.Augment | None,
-               quality: int) -> dict:
+               quality: int, image_format: str = "jpeg") -> dict:
   """Everything the stored crops depend on (`pipeline.precrop_geometry`'s inputs)."""
-  return {"format": FORMAT_VERSION, "split": split.name, "data": split.fingerprint,
-          "num_examples": split.num_examples, "input_size": int(input_size),
-          "reach": round(pipeline.reach(augment), 9),
-          "zoom_in": round(1.0 - (augment.scale if augment is not None else 0.0), 9),
-          "quality": int(quality), "examples_per_shard": EXAMPLES_PER_SHARD}
+  if image_format not in pipeline.IMAGE_FORMATS:
+    raise ValueError(f"Unknown pre-crop image format {image_format!r} "
+                     f"(config.dataset.precrop_format); expected one of "
+                     f"{pipeline.IMAGE_FORMATS}.")
+  inputs = {"format": FORMAT_VERSION, "split": split.name, "data": split.fingerprint,
+            "num_examples": split.num_examples, "input_size": int(input_size),
+            "reach": round(pipeline.reach(augment), 9),
+            "zoom_in": round(1.0 - (augment.scale if augment is not None else 0.0), 9),
+            "quality": int(quality), "examples_per_shard": EXAMPLES_PER_SHARD}
+  if image_format != "jpeg":  # Absent for JPEG: caches built before "raw" existed stay valid.
+    inputs["image_format"] = image_format
+  return inputs
 
 
 def folder(cache_dir: str, split: Split, inputs: dict) -> str:
@@ -132,9 +177,9 @@ def folder(cache_dir: str, split: Split, inputs: dict) -> str:
   return os.path.join(cache_dir, f"{split.name.replace('/', '-')}-{digest}")
 
 
-def _shard_paths(path: str, shard: int) -> tuple[str, str]:
+def _shard_paths(path: str, shard: int, image_format: str = "jpeg") -> tuple[str, str]:
   stem = os.path.join(path, f"shard-{shard:05d}")
-  return stem + ".jpegs", stem + ".npz"
+  return stem + (".jpegs" if image_format == "jpeg" else f".{image_format}"), stem + ".npz"
 
 
 def num_shards(num_examples: int) -> int:
@@ -153,7 +198,7 @@ def _write_atomically(path: str, data: bytes) -> None:
 
 
 def build_shard(split: Split, path: str, shard: int, *, input_size: int,
-                augment: pipeline.Augment | None, quality: int,
+                augment: pipeline.Augment | None, quality: int, image_format: str = "jpeg",
                 on_chunk: Callable[[int], object] = lambda n: None) -> None:
   """Pre-crops examples [shard * E, (shard + 1) * E) into the shard's two files. The offsets
   file is renamed into place last: a shard is complete when it exists."""
@@ -164,10 +209,11 @@ def build_shard(split: Split, path: str, shard: int, *, input_size: int,
     raise ValueError(f"{split.name}: reading examples [{begin}, {end}) gave "
                      f"{source.num_examples}; the data set changed under the cache.")
   images, annotations, side = pipeline.precrop_arrays(
-      source, input_size=input_size, augment=augment, quality=quality, on_chunk=on_chunk)
+      source, input_size=input_size, augment=augment, quality=quality,
+      image_format=image_format, on_chunk=on_chunk)
   lengths = np.array([len(x) for x in images], np.int64)
-  jpegs, index = _shard_paths(path, shard)
-  _write_atomically(jpegs, b"".join(images))
+  data, index = _shard_paths(path, shard, image_format)
+  _write_atomically(data, b"".join(images))
   buffer = io.BytesIO()
   np.savez(buffer, offset=np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64),
            length=lengths, side=np.int64(side), **{f"ann_{k}": v for k, v in annotations.items()})
@@ -175,7 +221,8 @@ def build_shard(split: Split, path: str, shard: int, *, input_size: int,
 
 
 def build(split: Split, path: str, *, input_size: int, augment: pipeline.Augment | None,
-          quality: int, process_index: int = 0, process_count: int = 1) -> None:
+          quality: int, image_format: str = "jpeg", process_index: int = 0,
+          process_count: int = 1) -> None:
   """Builds this process's missing shards (p, p + P, ...)."""
   tf.io.gfile.makedirs(path)
   mine = [s for s in range(process_index, num_shards(split.num_examples), process_count)
@@ -184,7 +231,7 @@ def build(split: Split, path: str, *, input_size: int, augment: pipeline.Augment
   with progress.bar(todo, f"pre-crop {split.name} into the cache", min_total=1000) as shown:
     for s in mine:
       build_shard(split, path, s, input_size=input_size, augment=augment, quality=quality,
-                  on_chunk=shown.update)
+                  image_format=image_format, on_chunk=shown.update)
 
 
 def write_meta(path: str, inputs: dict) -> None:
@@ -208,11 +255,11 @@ def open_source(split: Split, path: str) -> pipeline.Source:
   n = meta["num_examples"]
   parts, paths, shard_of, side = [], [], [], 0
   for s in range(num_shards(n)):
-    jpegs, index = _shard_paths(path, s)
+    data, index = _shard_paths(path, s, meta.get("image_format", "jpeg"))
     with tf.io.gfile.GFile(index, "rb") as f:
       with np.load(io.BytesIO(f.read())) as z:
         parts.append({k: z[k] for k in z.files})
-    paths.append(jpegs)
+    paths.append(data)
     shard_of.append(np.full(len(parts[-1]["length"]), s, np.int32))
     side = max(side, int(parts[-1]["side"]))
   annotations = {k[4:]: np.concatenate([p[k] for p in parts]) for k in parts[0]
@@ -228,16 +275,19 @@ def open_source(split: Split, path: str) -> pipeline.Source:
 
 
 def load(split: Split, cache_dir: str, *, input_size: int, augment: pipeline.Augment | None,
-         quality: int = 90, process_index: int = 0, process_count: int = 1,
+         quality: int = 90, image_format: str = "jpeg", process_index: int = 0,
+         process_count: int = 1,
          sync: Callable[[str], object] = lambda name: None) -> pipeline.Source:
   """The pre-cropped split, built into `cache_dir` first if it is not there (every process
   calls this; `sync(name)` is a barrier across them)."""
   if split.num_examples <= 0:
     raise ValueError(f"Data set {split.name!r} is empty.")
-  inputs = key_inputs(split, input_size=input_size, augment=augment, quality=quality)
+  inputs = key_inputs(split, input_size=input_size, augment=augment, quality=quality,
+                      image_format=image_format)
   path = folder(cache_dir, split, inputs)
   if not is_complete(path):
     build(split, path, input_size=input_size, augment=augment, quality=quality,
+          image_format=image_format,
           process_index=process_index, process_count=process_count)
     sync(f"pre-crop cache {path}: shards built")
     if process_index == 0:

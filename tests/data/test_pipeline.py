@@ -292,6 +292,48 @@ def test_precrop_gives_the_same_examples():
                              cropped.annotations["scale"] / source.annotations["scale"])
 
 
+def test_raw_images_round_trip_and_a_damaged_one_is_named():
+  pixels = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+  data = pipeline.encode_raw(pixels)
+  np.testing.assert_array_equal(pipeline.decode_raw_numpy(data), pixels)
+  np.testing.assert_array_equal(pipeline.decode_raw_numpy(memoryview(data)), pixels)
+  np.testing.assert_array_equal(pipeline.decode_pixels(tf.constant(data)).numpy(), pixels)
+  jpeg = tf.io.encode_jpeg(pixels).numpy()
+  assert pipeline.decode_raw_numpy(jpeg) is None  # Another format: left to the decoders.
+  assert pipeline.decode_pixels(tf.constant(jpeg)).numpy().shape == (5, 7, 3)
+  with pytest.raises(ValueError, match=r"5x7 pixels has 100 bytes, expected 121"):
+    pipeline.decode_raw_numpy(data[:100])
+  with pytest.raises(ValueError, match=r"\[H, W, 3\] pixels"):
+    pipeline.encode_raw(pixels[..., 0])
+  source = _smooth_source(n=2)
+  images = np.array([data, data[:100]], dtype=object)
+  bad = pipeline.Source("raw", tf.constant(images), source.annotations, skeletons.MPII)
+  with pytest.raises(ValueError, match=r"raw.*index 1 \(id 1\)"):
+    pipeline.check_decodable(bad, [0, 1])
+
+
+def test_raw_precrop_stores_the_pixels_a_jpeg_precrop_encodes():
+  source = _smooth_source(n=3)
+  aug = pipeline.Augment(rotation=30.0, rotation_prob=1.0, scale=0.25)
+  jpeg = pipeline.precrop(source, input_size=64, augment=aug)
+  raw = pipeline.precrop(source, input_size=64, augment=aug, image_format="raw")
+  for k, v in jpeg.annotations.items():
+    np.testing.assert_array_equal(raw.annotations[k], v, k)
+  assert raw.side == jpeg.side
+  sides, matrices = pipeline.precrop_geometry(source.annotations["center"],
+                                              source.annotations["scale"], input_size=64,
+                                              augment=aug)
+  for i in range(3):
+    want = pipeline.warp_image(pipeline.decode_pixels(source.images[i]),
+                               matrices[i].astype(np.float32),
+                               int(sides[i])).numpy()
+    np.testing.assert_array_equal(pipeline.decode_pixels(raw.images[i]).numpy(), want)
+    got = pipeline.decode_pixels(jpeg.images[i]).numpy().astype(np.float32)
+    assert np.abs(got - want).mean() < 2.0  # The JPEG's loss, on a 0-255 scale.
+  with pytest.raises(ValueError, match=r"precrop_format.*'jpeg', 'raw'"):
+    pipeline.precrop(source, input_size=64, augment=aug, image_format="png")
+
+
 def test_precrop_names_an_undecodable_image():
   source = _smooth_source(n=2)
   images = source.images.numpy()

@@ -115,10 +115,38 @@ def test_the_key_follows_what_the_stored_crops_depend_on(tmp_path):
                 path(pipeline.Augment(rotation=30.0, scale=0.3)), path(None),
                 path(AUGMENT, size=64), path(AUGMENT, quality=95)):
     assert other != base
+  raw = precrop_cache.key_inputs(split, input_size=SIZE, augment=AUGMENT, quality=90,
+                                 image_format="raw")
+  assert precrop_cache.folder(str(tmp_path), split, raw) != base
+  with pytest.raises(ValueError, match="precrop_format"):
+    precrop_cache.key_inputs(split, input_size=SIZE, augment=AUGMENT, quality=90,
+                             image_format="webp")
   changed = precrop_cache.Split(name=split.name, fingerprint={"seed": 1},
                                 num_examples=4, skeleton=split.skeleton, read=split.read)
   inputs = precrop_cache.key_inputs(changed, input_size=SIZE, augment=AUGMENT, quality=90)
   assert precrop_cache.folder(str(tmp_path), changed, inputs) != base
+
+
+def test_a_raw_cache_gives_the_in_memory_raw_precrop_bit_for_bit(small_shards, tmp_path):
+  source = helpers.dots_source(n=20, size=48)
+  memory = pipeline.precrop(source, input_size=SIZE, augment=AUGMENT, image_format="raw")
+  cached = _load(_split(source), tmp_path, image_format="raw")
+  assert all(p.endswith(".raw") for p in cached.images.paths)
+  assert cached.images.view(3) == memory.images.numpy()[3]
+  np.testing.assert_array_equal(cached.encoded(tf.range(20)).numpy(), memory.images.numpy())
+  # The uint8 crops read from the files' memory maps (pipeline.read_and_warp_uint8) and
+  # through TensorFlow strings (decode_and_warp_uint8); and the host's float crops.
+  for on_device, key in ((True, pipeline.CROP), (False, "image")):
+    for b_cached, b_memory in zip(_batches(cached, 3, on_device=on_device),
+                                  _batches(memory, 3, on_device=on_device)):
+      np.testing.assert_array_equal(b_cached[key], b_memory[key], key)
+  # A JPEG cache of the same split is another folder, with crops near these (the dots'
+  # random-noise backgrounds are JPEG's worst case: ~5/255 apart on average).
+  jpeg = _load(_split(source), tmp_path)
+  assert os.path.dirname(jpeg.images.paths[0]) != os.path.dirname(cached.images.paths[0])
+  diff = np.abs(_batches(jpeg, 1)[0][pipeline.CROP].astype(np.float32)
+                - _batches(cached, 1)[0][pipeline.CROP])
+  assert 0 < diff.mean() < 8.0
 
 
 def test_a_damaged_cache_is_named(small_shards, tmp_path):
@@ -128,6 +156,8 @@ def test_a_damaged_cache_is_named(small_shards, tmp_path):
     f.truncate(10)
   with pytest.raises(IOError, match="shard-00001.jpegs.*delete that folder"):
     cached.images.read(9)
+  with pytest.raises(IOError, match="shard-00001.jpegs.*image 9 ends at.*delete that folder"):
+    cached.images.view(9)
 
 
 def test_training_split_through_tfds_builds_once_and_matches_memory(tmp_path, monkeypatch):
