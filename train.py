@@ -12,6 +12,10 @@ JAX_PROCESS_ID).
 
 import os
 
+if __name__ == "__main__":  # Before any large import: it may start the program again.
+  from jaxpose import huge_pages  # pylint: disable=g-import-not-at-top
+  huge_pages.reexec()
+
 from absl import app
 from absl import flags
 from ml_collections import config_flags

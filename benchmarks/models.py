@@ -70,6 +70,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
+# pylint: disable-next=g-import-not-at-top  (imports no JAX: the PyTorch children stay free of it)
+from jaxpose import huge_pages as huge_pages_lib  # noqa: E402
+
 # --models names -> config specs: the papers' recipes at their sizes.
 MODELS = {
     "hourglass2": "configs/hourglass_mpii.py:2",
@@ -452,10 +455,20 @@ def measure(task: dict) -> dict:
   return dict(record, **getattr(run, "report", dict)())  # What the builder adds afterwards.
 
 
-def spawn(task: dict, timeout: float | None = None) -> dict:
-  """`measure(task)` in a fresh Python process: its record, or {"error": why}."""
+def child_environment(framework: str, huge_pages: str) -> dict:
+  """The measuring process's environment: jaxpose's as `train.py` starts itself (with glibc's
+  transparent huge pages where available, `jaxpose.huge_pages`, unless --huge_pages none);
+  PyTorch's as given (the same huge pages too with --huge_pages both)."""
   env = dict(os.environ)
   env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  if huge_pages == "both" or (huge_pages == "jaxpose" and framework == "jax"):
+    env = huge_pages_lib.environment(env) or env
+  return env
+
+
+def spawn(task: dict, timeout: float | None = None) -> dict:
+  """`measure(task)` in a fresh Python process: its record, or {"error": why}."""
+  env = child_environment(task["framework"], task.get("huge_pages", "jaxpose"))
   try:
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child",
                            json.dumps(task)], capture_output=True, text=True, env=env,
@@ -473,7 +486,8 @@ def measure_framework(framework: str, spec: str, args, label: str) -> dict:
   """Train, inference and cold / warm start-up of one model, each in a fresh process."""
   task = dict(framework=framework, spec=spec, batch=args.batch, warmup=args.warmup,
               steps=args.steps, threads=args.threads, device_augment=args.device_augment,
-              channels_last=args.torch_channels_last, overrides=list(args.set))
+              channels_last=args.torch_channels_last, overrides=list(args.set),
+              huge_pages=args.huge_pages)
   runs = {"train": spawn(dict(task, kind="train"), args.timeout),
           "infer": spawn(dict(task, kind="infer"), args.timeout)}
   with tempfile.TemporaryDirectory(prefix="jaxpose_xla_cache_") as cache:
@@ -569,7 +583,10 @@ def markdown(records: list[dict], host: dict, settings: dict) -> str:
           + (" (channels_last)" if settings["torch_channels_last"] else "")
           + (", jaxpose resampling uint8 pixels in its step" if settings["device_augment"]
              else "")
-          + "".join(f", --config.{o}" for o in settings.get("set", ())) + f"; jax on {device}.")
+          + "".join(f", --config.{o}" for o in settings.get("set", ())) + f"; jax on {device}"
+          + {"jaxpose": "; jaxpose with transparent huge pages, as train.py",
+             "both": "; both with transparent huge pages", "none": ""}[
+                 settings.get("huge_pages", "none")] + ".")
   cols = "".join(f" {h}: jax | torch | jax/torch |" for h, _, _ in COLUMNS)
   lines = [head, "", "| model | params |" + cols,
            "|---|---:|" + "---:|---:|---:|" * len(COLUMNS)]
@@ -624,6 +641,10 @@ def parse_args(argv=None):
   parser.add_argument("--torch_channels_last", action="store_true",
                       help="Run PyTorch in its NHWC memory format (default: NCHW, as the "
                       "reference implementations).")
+  parser.add_argument("--huge_pages", choices=("jaxpose", "both", "none"), default="jaxpose",
+                      help="Who runs with glibc's transparent huge pages (jaxpose.huge_pages): "
+                      "jaxpose, as its train.py starts itself (default); both frameworks; "
+                      "neither.")
   parser.add_argument("--timeout", type=float, default=None,
                       help="Seconds allowed to each measuring process.")
   parser.add_argument("--out", default=os.path.join(REPO, "runs", "models_benchmark.json"))
@@ -666,7 +687,8 @@ def main(argv=None) -> None:
     raise SystemExit(str(e)) from None
   host = machine()
   settings = {k: getattr(args, k) for k in ("batch", "warmup", "steps", "threads", "torch",
-                                            "torch_channels_last", "device_augment", "set")}
+                                            "torch_channels_last", "device_augment", "set",
+                                            "huge_pages")}
   records = []
   for (name, spec), config in zip(models, configs):
     records.append(run_model(name, spec, config, args))

@@ -78,6 +78,22 @@ def test_report_ratios_and_missing_twins():
   assert "--config.remat=True" in bench.markdown(records, host, settings).splitlines()[0]
 
 
+def test_huge_pages_go_to_the_frameworks_asked_for(monkeypatch):
+  from jaxpose import huge_pages  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(huge_pages, "_glibc_at_least", lambda major, minor: True)
+  monkeypatch.setattr(huge_pages, "_thp_mode", lambda: "madvise")
+  monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+  monkeypatch.delenv(huge_pages.OFF_VARIABLE, raising=False)
+
+  def tunables(framework, who):
+    return bench.child_environment(framework, who).get("GLIBC_TUNABLES")
+
+  assert tunables("jax", "jaxpose") == "glibc.malloc.hugetlb=1"  # As train.py starts itself.
+  assert tunables("torch", "jaxpose") is None
+  assert tunables("torch", "both") == tunables("jax", "both") == "glibc.malloc.hugetlb=1"
+  assert tunables("jax", "none") is None
+
+
 def test_config_overrides_reach_the_model_and_are_checked():
   config = bench.load_config(TINY, 2, ("remat=True", "model.num_stacks=2"))
   assert config.remat is True and config.model.num_stacks == 2

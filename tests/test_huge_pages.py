@@ -1,0 +1,67 @@
+"""jaxpose.huge_pages: when an entry point starts itself again with glibc's huge pages, and that
+it does so once, as the same process with the same arguments."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import helpers
+from jaxpose import huge_pages
+
+
+@pytest.fixture(name="glibc_linux")
+def _glibc_linux(monkeypatch):
+  monkeypatch.setattr(huge_pages, "_glibc_at_least", lambda major, minor: True)
+  monkeypatch.setattr(huge_pages.sys, "platform", "linux")
+
+
+def test_the_tunable_is_added_once_beside_the_users(glibc_linux):
+  env = huge_pages.environment({"PATH": "/bin"}, thp_mode="madvise")
+  assert env == {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+  env = huge_pages.environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, thp_mode="always")
+  assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+  assert huge_pages.environment(env, thp_mode="always") is None  # Started again: no loop.
+
+
+@pytest.mark.parametrize("environ,thp_mode", [
+    ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, "madvise"),  # The user's own choice.
+    ({"JAXPOSE_HUGE_PAGES": "0"}, "madvise"),  # Turned off.
+    ({}, "never"), ({}, ""),  # The kernel gives none, or says nothing.
+])
+def test_nothing_happens_where_it_is_off_or_unavailable(glibc_linux, environ, thp_mode):
+  assert huge_pages.environment(environ, thp_mode=thp_mode) is None
+
+
+def test_nothing_happens_without_glibc_2_35(monkeypatch):
+  monkeypatch.setattr(huge_pages, "_glibc_at_least", lambda major, minor: False)
+  assert huge_pages.environment({}, thp_mode="always") is None
+
+
+def test_the_kernels_mode_is_the_bracketed_one(tmp_path):
+  path = tmp_path / "enabled"
+  path.write_text("always [madvise] never\n")
+  assert huge_pages._thp_mode(str(path)) == "madvise"  # pylint: disable=protected-access
+  assert huge_pages._thp_mode(str(tmp_path / "missing")) == ""  # pylint: disable=protected-access
+
+
+def test_a_program_starts_again_once_as_the_same_process(tmp_path):
+  environ = {k: v for k, v in os.environ.items()
+             if k not in ("GLIBC_TUNABLES", huge_pages.OFF_VARIABLE)}
+  if huge_pages.environment(environ) is None:
+    pytest.skip("no glibc >= 2.35 with transparent huge pages on this machine")
+  script = tmp_path / "program.py"
+  script.write_text(
+      "import os, sys\n"
+      "print('start', os.getpid(), flush=True)\n"
+      "from jaxpose import huge_pages\n"
+      "huge_pages.reexec()\n"
+      "print('run', os.getpid(), os.environ['GLIBC_TUNABLES'], sys.argv[1:])\n")
+  environ["PYTHONPATH"] = str(helpers.REPO)
+  out = subprocess.run([sys.executable, str(script), "a", "--b=1"], capture_output=True,
+                       text=True, env=environ, check=True).stdout.splitlines()
+  starts = [line.split()[1] for line in out if line.startswith("start")]
+  runs = [line for line in out if line.startswith("run")]
+  assert len(starts) == 2 and starts[0] == starts[1], out
+  assert runs == [f"run {starts[0]} glibc.malloc.hugetlb=1 ['a', '--b=1']"], out
