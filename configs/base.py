@@ -24,7 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
       # False: pre-crop in memory at every start.
       precrop_cache=True, precrop_cache_dir="",
       # How the pre-crop is stored: "jpeg" (~77 KB a 589 px MPII pre-crop; its decoding bounds
-      # a host core at ~700 crops/s) or "raw" (uncompressed, ~1 MB, 13x the disk; ~2,800 crops/s
+      # a host core at ~700 crops/s) or "raw" (uncompressed, ~1 MB, 13x the disk; ~2,500 crops/s
       # a core from the cache): for hosts short of cores per accelerator.
       precrop_format="jpeg"))
   c.input_size = 256

@@ -247,6 +247,12 @@ RAW_MAGIC = b"JXPRAW\x00\x01"
 _RAW_HEADER = struct.Struct("<8sII")
 
 
+def check_image_format(image_format: str) -> None:
+  if image_format not in IMAGE_FORMATS:
+    raise ValueError(f"Unknown pre-crop image format {image_format!r} "
+                     f"(config.dataset.precrop_format); expected one of {IMAGE_FORMATS}.")
+
+
 def encode_raw(pixels: np.ndarray) -> bytes:
   """[H, W, 3] uint8 -> the "raw" format's bytes."""
   pixels = np.ascontiguousarray(pixels, np.uint8)
@@ -430,9 +436,7 @@ def precrop_arrays(source: Source, *, input_size: int, augment: Augment | None,
                    ) -> tuple[np.ndarray, dict, int]:
   """`precrop`'s parts: the encoded crops [N] (numpy bytes), the annotations in the stored
   pixels, and the side every stored crop fits in. `on_chunk(n)` after each n crops."""
-  if image_format not in IMAGE_FORMATS:
-    raise ValueError(f"Unknown pre-crop image format {image_format!r} "
-                     f"(config.dataset.precrop_format); expected one of {IMAGE_FORMATS}.")
+  check_image_format(image_format)
   ann = source.annotations
   sides, matrices = precrop_geometry(ann["center"], ann["scale"], input_size=input_size,
                                      augment=augment)

@@ -29,8 +29,8 @@ Colour jitter, flips, seeds or the model change nothing stored and share a cache
 The image format (config.dataset.precrop_format): "jpeg" (the default, ~77 KB for a 589 px MPII
 pre-crop) or "raw" (`pipeline.encode_raw`: the pixels, ~1 MB, 13x the disk). A JPEG pre-crop
 costs a core ~1.2 ms to decode, which bounds the host at ~700 crops/s per core; a raw one is
-resampled where it lies in the file's memory map (`ImageShards.view`), ~2,800 crops/s per core
-(`python benchmarks/pipeline_throughput.py`): for hosts short of cores per accelerator and
+resampled where it lies in the file's memory map (`ImageShards.view`), ~2,500-2,700 crops/s per
+core (`python benchmarks/pipeline_throughput.py`): for hosts short of cores per accelerator and
 with the disk (or the page cache) to hold it.
 """
 
@@ -158,10 +158,7 @@ def _read_remote(path: str, offset: int, length: int) -> bytes:
 def key_inputs(split: Split, *, input_size: int, augment: pipeline.Augment | None,
                quality: int, image_format: str = "jpeg") -> dict:
   """Everything the stored crops depend on (`pipeline.precrop_geometry`'s inputs)."""
-  if image_format not in pipeline.IMAGE_FORMATS:
-    raise ValueError(f"Unknown pre-crop image format {image_format!r} "
-                     f"(config.dataset.precrop_format); expected one of "
-                     f"{pipeline.IMAGE_FORMATS}.")
+  pipeline.check_image_format(image_format)
   inputs = {"format": FORMAT_VERSION, "split": split.name, "data": split.fingerprint,
             "num_examples": split.num_examples, "input_size": int(input_size),
             "reach": round(pipeline.reach(augment), 9),
