@@ -10,6 +10,10 @@ writes predictions, PCK-vs-threshold curves and best/worst skeleton overlays (fo
 benchmark's pred_keypoints_mpii.mat) into WORKDIR/eval/<split>_step<step>/.
 """
 
+if __name__ == "__main__":  # Before any large import: it may start the program again.
+  from jaxpose import huge_pages  # pylint: disable=g-import-not-at-top
+  huge_pages.reexec()
+
 import json
 
 from absl import app

@@ -456,8 +456,9 @@ def measure(task: dict) -> dict:
 
 
 def child_environment(framework: str, huge_pages: str) -> dict:
-  """The measuring process's environment: jaxpose's as `train.py` starts itself (with glibc's
-  transparent huge pages where available, `jaxpose.huge_pages`, unless --huge_pages none);
+  """The measuring process's environment: jaxpose's as `train.py` and `eval.py` start
+  themselves (with glibc's transparent huge pages where available, `jaxpose.huge_pages`,
+  unless --huge_pages none);
   PyTorch's as given (the same huge pages too with --huge_pages both)."""
   env = dict(os.environ)
   env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -584,7 +585,7 @@ def markdown(records: list[dict], host: dict, settings: dict) -> str:
           + (", jaxpose resampling uint8 pixels in its step" if settings["device_augment"]
              else "")
           + "".join(f", --config.{o}" for o in settings.get("set", ())) + f"; jax on {device}"
-          + {"jaxpose": "; jaxpose with transparent huge pages, as train.py",
+          + {"jaxpose": "; jaxpose with transparent huge pages, as train.py / eval.py",
              "both": "; both with transparent huge pages", "none": ""}[
                  settings.get("huge_pages", "none")] + ".")
   cols = "".join(f" {h}: jax | torch | jax/torch |" for h, _, _ in COLUMNS)
@@ -643,8 +644,8 @@ def parse_args(argv=None):
                       "reference implementations).")
   parser.add_argument("--huge_pages", choices=("jaxpose", "both", "none"), default="jaxpose",
                       help="Who runs with glibc's transparent huge pages (jaxpose.huge_pages): "
-                      "jaxpose, as its train.py starts itself (default); both frameworks; "
-                      "neither.")
+                      "jaxpose, as its train.py and eval.py start themselves (default); both "
+                      "frameworks; neither.")
   parser.add_argument("--timeout", type=float, default=None,
                       help="Seconds allowed to each measuring process.")
   parser.add_argument("--out", default=os.path.join(REPO, "runs", "models_benchmark.json"))

@@ -1,5 +1,5 @@
-"""Transparent huge pages for the step's buffers: the entry points re-execute themselves once
-with glibc's malloc asking the kernel for them.
+"""Transparent huge pages for the step's buffers: `train.py` and `eval.py` re-execute themselves
+once with glibc's malloc asking the kernel for them.
 
 XLA's CPU runtime maps each execution's temporaries afresh (the 2-stack hourglass's train step
 at batch 8: one 2.4 GB `mmap` a step, through glibc's malloc, ~600,000 page faults in 4 KB
