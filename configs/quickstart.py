@@ -202,8 +202,10 @@ def ief(tiny: bool):
   """A CPU-sized IEF: a quarter-width GoogLeNet at 128 px with BatchNorm (BN-Inception's
   layers: the paper started from ImageNet weights; from scratch, without BatchNorm, the loss
   did not move in 400 steps), 3 iterations, trained by fixed path consolidation (one phase per
-  step). Measured (README): 36.1 -> 49.4 -> 49.5 per iteration in 7.2 min (seed 1: 51.5 in
-  6.9; 52.0 in 8.2 and in 10.4 min in slower sessions, before a change of rounding), without
+  step). Measured (README): 37.7 -> 51.9 -> 53.2 per iteration in 9.7 min (2026-12-03, with
+  huge pages; 9.6 without, in a faster session). The earlier 4,900 steps: 36.1 -> 49.4 -> 49.5
+  in 7.2 min (seed 1: 51.5 in 6.9; 52.0 in 8.2 and in 10.4 min in slower sessions, before a
+  change of rounding), without
   dropout (0.2 in an earlier, shorter run: 27.9 -> 37.1 -> 39.8 against 29.6
   -> 38.8 -> 40.9; as for DeepPose, the paper's dropout only slows a ten-minute fit from
   scratch). The paper's bound on each step, 20 px at 224 (`model.max_step`, normalised), scaled
@@ -218,10 +220,10 @@ def ief(tiny: bool):
   # forward passes). [2000, 1100, 900]: 46.9 in 7.6 min; [2200, 1300, 1000]: 49.1 in 7.4 (a
   # faster session); [2900, 1700, 600]: 51.7 in 9.0 (the same). Narrower (README):
   # width_divisor=8 with [4000, 2200, 1800] 49.6 in 10.5 min, [3700, 2000, 1700] 46.7 in 10.0;
-  # width_divisor=16 with [5000, 2800, 2200] 41.3 in 8.9. In the fastest session yet
-  # (2026-12-03 06:00 UTC), [3200, 1900, 1500]: 53.2 in 9.6 min; kept at 4,900 steps, which
-  # took 10.4 min on a slower evening.
-  return _regression_common(c, phases, [2400, 1400, 1100], tiny)
+  # width_divisor=16 with [5000, 2800, 2200] 41.3 in 8.9. [2400, 1400, 1100]: 49.5 in 7.2
+  # (2026-12-03 05:30 UTC; 10.4 min on a slower evening). [3200, 1900, 1500]: 53.2 in 9.6 min
+  # then, and in 9.7 at 08:00 with train.py's huge pages in an otherwise slower session.
+  return _regression_common(c, phases, [3200, 1900, 1500], tiny)
 
 
 FAMILIES = {"hourglass": hourglass, "cpm": cpm, "tompson": tompson, "deeppose": deeppose,
