@@ -10,14 +10,15 @@ in 2 MB pages. Measured on a 2-core Xeon VM (one process each, medians of the st
 first): the 2-stack's train step 3.74-3.91 -> 3.44-3.48 s, the quickstart's 0.085 -> 0.073 s,
 IEF's quickstart's 0.0745 -> 0.0674 s. The faults are not what it saves: keeping the memory
 mapped between steps (glibc's arena_max=1, mmap_max=0) took the faults to zero and left the
-step at 3.9 s; the huge pages' gain is, in our reading, the TLB's.
-The cost is the first step: the kernel compacts memory to find the 2 MB pages (the 2-stack's
-first step 4.5 -> 8 s; the quickstart's +0.1-0.4 s), repaid after ~12 and ~30 steps.
+step at 3.9 s; the huge pages' gain is, in our reading, the TLB's. The cost is the first
+step, whose 2 MB pages come slower (the 2-stack's first step 4.5 -> 8 s, the 8-stack's start
+11-19 s later, the quickstart's +0.1-0.4 s), repaid after ~12, ~16-27 and ~30 steps.
 
 glibc reads its tunables only when a process starts, so `reexec()` starts the program again
 (same PID, arguments and environment, plus the tunable) before it has imported anything large.
 `JAXPOSE_HUGE_PAGES=0` turns it off; a `GLIBC_TUNABLES` that already names the tunable is left
-as it is. Nothing happens off Linux/glibc >= 2.35 or where the kernel's THP mode is "never".
+as it is. Nothing happens off Linux, below glibc 2.35 or where the kernel's THP mode is
+"never".
 """
 
 import os
