@@ -180,11 +180,7 @@ def decode_and_warp_uint8(encoded, inverse, size: int):
   a few /255 at the sharpest edges (tested). One `tf.numpy_function` per batch (OpenCV
   releases the GIL while it works; tf.data runs batches in parallel).
   """
-  crops = tf.numpy_function(_decode_and_warp_numpy,
-                            [encoded, tf.cast(inverse, tf.float64), size], tf.uint8,
-                            stateful=False)
-  crops.set_shape([encoded.shape[0], size, size, 3])
-  return crops
+  return _numpy_crops(_decode_and_warp_numpy, encoded, inverse, size)
 
 
 def read_and_warp_uint8(images: EncodedImages, index, inverse, size: int):
@@ -196,9 +192,15 @@ def read_and_warp_uint8(images: EncodedImages, index, inverse, size: int):
   def read_and_warp(index, inverse, size):
     return _decode_and_warp_numpy([images.view(int(i)) for i in index], inverse, size)
 
-  crops = tf.numpy_function(read_and_warp, [index, tf.cast(inverse, tf.float64), size],
-                            tf.uint8, stateful=False)
-  crops.set_shape([index.shape[0], size, size, 3])
+  return _numpy_crops(read_and_warp, index, inverse, size)
+
+
+def _numpy_crops(fn, images, inverse, size: int):
+  """`fn(images [B], inverse [B, 2, 3] float64, size)` -> [B, size, size, 3] uint8, as one
+  `tf.numpy_function` per batch."""
+  crops = tf.numpy_function(fn, [images, tf.cast(inverse, tf.float64), size], tf.uint8,
+                            stateful=False)
+  crops.set_shape([images.shape[0], size, size, 3])
   return crops
 
 
@@ -595,8 +597,8 @@ def train_dataset(source: Source, *, input_size: int, target_fn: TargetFn | None
   What crosses to the accelerator per example (`device_augment.input_images` finishes it):
   - neither flag: "image", the finished float32 crop (resampled and coloured here);
   - `on_device`: CROP, the crop decoded and resampled here in uint8 (`decode_and_warp_uint8`,
-    per batch), and its colour GAINS, applied on the accelerator: the fewest bytes
-    (input_size^2 x 3);
+    per batch; `read_and_warp_uint8` from a store on disk, e.g. the pre-crop cache), and its
+    colour GAINS, applied on the accelerator: the fewest bytes (input_size^2 x 3);
   - `on_device` and `resample_on_device`: PIXELS, the decoded stored pixels zero-padded to the
     source's common side, with the crop's INVERSE map and GAINS: the host only decodes, the
     accelerator resamples; needs a pre-cropped source (`precrop`), and ships more bytes (a
