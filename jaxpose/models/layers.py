@@ -49,6 +49,17 @@ def conv_inits(scheme: str, fan_in: int) -> dict[str, Any]:
 # respect to its kernel (XLA's backprop-filter convolution) takes ~5x the forward pass, a dense
 # layer's kernel gradient waits on a slow fused transpose, and BatchNorm's differentiated
 # two-pass statistics take more passes than its closed form. Same parameters, same values.
+# The convolution's and the dense layer's written-out gradients were measured on CPUs only: a
+# program lowered for a GPU or TPU gets XLA's own gradients there (`on_cpu`, chosen when the
+# program is lowered for its platform), as any JAX model would. BatchNorm's closed form is
+# fewer passes on any backend and is used everywhere.
+
+
+def on_cpu(cpu_fn, other_fn, *args):
+  """cpu_fn(*args) in a program lowered for CPUs, other_fn(*args) for any other platform
+  (`jax.lax.platform_dependent`: the choice is made at lowering, which keeps only the lowered
+  platform's branch; both must return the same shapes and types)."""
+  return jax.lax.platform_dependent(*args, cpu=cpu_fn, default=other_fn)
 
 
 @jax.custom_vjp
@@ -57,7 +68,7 @@ def dense(x, kernel):
   their product (`lax.optimization_barrier`): without it XLA on CPU fuses the elementwise
   work that produced them into the transpose the product needs, a strided loop that cost more
   than the product itself (`python benchmarks/backward.py`: 0.67-0.84x the time of nn.Dense's
-  gradient at the hourglass's sizes)."""
+  gradient at the hourglass's sizes). Lowered for other platforms, autodiff's gradient."""
   return jnp.dot(x, kernel)
 
 
@@ -67,10 +78,20 @@ def _dense_fwd(x, kernel):
 
 def _dense_bwd(residuals, dy):
   x, kernel = residuals
+  return on_cpu(_dense_bwd_cpu, _dense_bwd_xla, x, kernel, dy)
+
+
+def _dense_bwd_cpu(x, kernel, dy):
   rows, flat_dy = jax.lax.optimization_barrier(
       (x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])))
   dk = jnp.dot(rows.T, flat_dy, preferred_element_type=jnp.float32)
   return jnp.dot(dy, kernel.T), dk.astype(kernel.dtype)
+
+
+def _dense_bwd_xla(x, kernel, dy):
+  """The gradient autodiff gives `jnp.dot(x, kernel)` (on GPUs and TPUs)."""
+  _, vjp = jax.vjp(jnp.dot, x, kernel)
+  return vjp(dy)
 
 
 dense.defvjp(_dense_fwd, _dense_bwd)
@@ -144,9 +165,10 @@ MIN_CHANNELS_FOR_TAPS = 16
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv2d(x, kernel, stride: int, padding: int):
   """[N,H,W,Cin] * [k,k,Cin,Cout] -> [N,H',W',Cout], symmetric zero padding: lax's convolution,
-  with its kernel gradient computed as k*k matrix products of strided input windows with the
-  output gradient (a sum over N*H'*W' each): the whole gradient in 0.74-0.76x nn.Conv's time
-  at the hourglass's 3x3 on 128 channels (`python benchmarks/backward.py`)."""
+  with its kernel gradient, on CPUs, computed as k*k matrix products of strided input windows
+  with the output gradient (a sum over N*H'*W' each): the whole gradient in 0.74-0.76x
+  nn.Conv's time at the hourglass's 3x3 on 128 channels (`python benchmarks/backward.py`).
+  Lowered for other platforms, XLA's own gradient."""
   return jax.lax.conv_general_dilated(x, kernel, (stride, stride), [(padding, padding)] * 2,
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
@@ -157,10 +179,21 @@ def _conv2d_fwd(x, kernel, stride, padding):
 
 def _conv2d_bwd(stride, padding, residuals, dy):
   x, kernel = residuals
+  xla = functools.partial(_conv2d_bwd_xla, stride, padding)
+  if x.shape[-1] < MIN_CHANNELS_FOR_TAPS:  # k*k thin products: XLA's own gradient is faster.
+    return xla(x, kernel, dy)
+  return on_cpu(functools.partial(_conv2d_bwd_taps, stride, padding), xla, x, kernel, dy)
+
+
+def _conv2d_bwd_xla(stride, padding, x, kernel, dy):
+  """XLA's own gradient of the convolution (thin inputs on CPUs; GPUs and TPUs)."""
+  _, vjp = jax.vjp(functools.partial(conv2d.fun, stride=stride, padding=padding), x, kernel)
+  return vjp(dy)
+
+
+def _conv2d_bwd_taps(stride, padding, x, kernel, dy):
+  """The kernel gradient as k*k products of input windows with dy (CPUs)."""
   k, c = kernel.shape[0], x.shape[-1]
-  if c < MIN_CHANNELS_FOR_TAPS:  # k*k thin products: XLA's own gradient is faster.
-    _, vjp = jax.vjp(functools.partial(conv2d.fun, stride=stride, padding=padding), x, kernel)
-    return vjp(dy)
   _, input_vjp = jax.vjp(lambda x: conv2d.fun(x, kernel, stride, padding), x)
   dx, = input_vjp(dy)
   xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))

@@ -5,6 +5,7 @@ import pathlib
 import flax.linen as nn
 from flax import traverse_util
 import jax
+from jax import export
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -164,6 +165,59 @@ def test_conv_equals_flax_conv_with_its_own_kernel_gradient(kernel, stride, padd
   bf16 = layers.Conv(4, kernel, strides=stride, padding=padding, dtype=jnp.bfloat16)
   g = jax.grad(lambda v: jnp.sum(bf16.apply(v, x).astype(jnp.float32)))(variables)
   assert g["params"]["kernel"].dtype == jnp.float32
+
+
+def _gradient_program(platform: str, fn, *args) -> str:
+  """The StableHLO of jax.grad(fn) lowered for `platform` (no such device needed)."""
+  grad = jax.jit(jax.grad(fn, argnums=tuple(range(len(args)))))
+  return export.export(grad, platforms=[platform])(*args).mlir_module()
+
+
+@pytest.mark.parametrize("platform", ["cpu", "cuda", "tpu"])
+def test_written_out_gradients_are_lowered_for_cpus_only(platform):
+  """The tap products of conv2d's kernel gradient (a loop) and dense's materialised operands
+  (an optimisation barrier) were measured faster on CPUs only: a program lowered for a GPU or
+  TPU holds XLA's own gradients instead (a third convolution, no loop, no barrier), for the
+  layers alone and inside bn_relu_conv's recomputing gradient."""
+  keys = jax.random.split(jax.random.key(5), 3)
+  x = jax.random.normal(keys[0], (2, 9, 9, 16))
+  kernel = jax.random.normal(keys[1], (3, 3, 16, 16))
+  dense_kernel = jax.random.normal(keys[2], (16, 4))
+
+  def layer_loss(x, kernel, dense_kernel):
+    return jnp.sum(jnp.sin(layers.dense(layers.conv2d(x, kernel, 1, 1), dense_kernel)))
+
+  def fused_loss(x, kernel, dense_kernel):
+    mean, var = jnp.mean(x, (0, 1, 2)), jnp.var(x, (0, 1, 2))
+    one, zero = jnp.ones(16), jnp.zeros(16)
+    y = layers.bn_relu_conv(x, mean, var, one, zero, kernel, 1e-5, (1, 1))
+    return jnp.sum(jnp.sin(layers.bn_relu_conv(y, jnp.mean(y, (0, 1, 2)), jnp.var(y, (0, 1, 2)),
+                                               one, zero, dense_kernel, 1e-5, None)))
+
+  cpu = platform == "cpu"
+  for fn in (layer_loss, fused_loss):
+    program = _gradient_program(platform, fn, x, kernel, dense_kernel)
+    assert program.count("stablehlo.while") == (1 if cpu else 0), fn.__name__
+    assert ("optimization_barrier" in program) == cpu, fn.__name__
+    # The forward convolution and its input gradient everywhere, XLA's kernel gradient off CPUs.
+    assert program.count("stablehlo.convolution") == (2 if cpu else 3), fn.__name__
+
+
+def test_gradients_for_other_platforms_equal_the_cpu_ones():
+  """The gradients a GPU or TPU program computes (XLA's, run here on the CPU) equal the
+  written-out ones, for convolutions on both sides of MIN_CHANNELS_FOR_TAPS and for dense."""
+  keys = jax.random.split(jax.random.key(6), 6)
+  for channels, stride, padding in ((16, 1, 1), (24, 2, 0)):
+    x = jax.random.normal(keys[0], (2, 11, 11, channels))
+    kernel = jax.random.normal(keys[1], (3, 3, channels, 8))
+    dy = jax.random.normal(keys[2], layers.conv2d(x, kernel, stride, padding).shape)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5),
+                 layers._conv2d_bwd_taps(stride, padding, x, kernel, dy),
+                 layers._conv2d_bwd_xla(stride, padding, x, kernel, dy))
+  x, kernel = jax.random.normal(keys[3], (2, 5, 5, 12)), jax.random.normal(keys[4], (12, 7))
+  dy = jax.random.normal(keys[5], (2, 5, 5, 7))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5),
+               layers._dense_bwd_cpu(x, kernel, dy), layers._dense_bwd_xla(x, kernel, dy))
 
 
 def test_batchnorm_gradient_is_the_statistics_chain_rule():
