@@ -40,8 +40,19 @@ visible. No data set is read: every config gets the synthetic data set's skeleto
 joints). `--device_augment` instead feeds jaxpose the uint8 pixels and lets its train step
 resample them (`config.resample_on_device`; the paper configs' default sends the uint8 crop,
 whose colouring on the device costs ~0.15 ms an image), work the PyTorch step does not do.
-PyTorch runs on the CPU with --threads threads, in NCHW (or, with --torch_channels_last, its
-NHWC memory format, often faster on CPUs); JAX on its default device.
+PyTorch runs on the CPU with --threads threads (or on --torch_device cuda, cuDNN's autotuner
+on), in NCHW (or, with --torch_channels_last, its NHWC memory format, often faster on CPUs);
+JAX on its default device. With `--set mixed_precision=bfloat16` jaxpose computes in bfloat16
+(float32 parameters and loss) and PyTorch runs under autocast to bfloat16 (AMP).
+
+On an accelerator the table adds each side's peak device memory and, where the device's peak
+is known (PEAK_TFLOPS: bfloat16 on H100 / H200 / A100 and TPU v4-v6e; else --peak_tflops), the
+model-FLOPs utilisation: model FLOPs are the convolutions and matrix products of the forward
+pass (`jaxpose.summary.matmul_flops`, the same network on both sides), a train step counted as
+3x the forward pass. E.g. on one GPU:
+
+  python benchmarks/models.py --models hourglass8 --torch --torch_device cuda \
+      --set mixed_precision=bfloat16 --batch 32
 Ratios are jaxpose / PyTorch: below 1, jaxpose is faster or smaller. Models without a PyTorch
 twin (Tompson, DeepPose, IEF) show "-" there.
 
@@ -96,6 +107,19 @@ COLUMNS = (("train step (ms)", "train_step_s", 1e3),
            ("peak RSS (MB)", "peak_rss_mb", 1.0),
            ("first step, cold (s)", "first_step_cold_s", 1.0),
            ("first step, warm (s)", "first_step_warm_s", 1.0))
+# Columns shown only where some record has them: an accelerator's peak memory, and model-FLOPs
+# utilisation where the device's peak is known (PEAK_TFLOPS or --peak_tflops). Not in `ratios`.
+ACCELERATOR_COLUMNS = (("peak device memory (MB)", "peak_device_mb", 1.0),
+                       ("train MFU (%)", "train_mfu", 100.0),
+                       ("inference MFU (%)", "inference_mfu", 100.0))
+# Dense bfloat16 peaks (TFLOP/s) by device kind as JAX names it (first match of a substring),
+# from the vendors' data sheets: NVIDIA's H100 / H200 SXM and A100 (tensor cores, without
+# sparsity), Google's TPU v4, v5e ("TPU v5 lite"), v5p and v6e ("TPU v6 lite"). Other dtypes
+# and devices: --peak_tflops.
+PEAK_TFLOPS = (("H200", {"bfloat16": 989.4}), ("H100", {"bfloat16": 989.4}),
+               ("A100", {"bfloat16": 312.0}), ("TPU v4", {"bfloat16": 275.0}),
+               ("TPU v5 lite", {"bfloat16": 197.0}), ("TPU v5", {"bfloat16": 459.0}),
+               ("TPU v6 lite", {"bfloat16": 918.0}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,8 +253,18 @@ def jax_train(config, host: dict, task: dict):
   info = {"params": _jax_count(state.params), "device": jax.devices()[0].device_kind,
           "phase": f"{phase.name} (1 of {len(all_phases)})", "stages_s": clock.laps}
   # After the timed steps (reading the program takes seconds and memory).
-  run.report = lambda: {"step_library_fusions": library_fusions(step.as_text())}
+  run.report = lambda: {"step_library_fusions": library_fusions(step.as_text()),
+                        **jax_device_memory()}
   return info, run
+
+
+def jax_device_memory() -> dict:
+  """{"peak_device_mb": the first device's peak allocation} where the backend reports one (GPUs
+  and TPUs; the CPU backend does not)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  stats = jax.devices()[0].memory_stats() or {}
+  peak = stats.get("peak_bytes_in_use")
+  return {} if peak is None else {"peak_device_mb": peak / 2**20}
 
 
 class _Clock:
@@ -264,6 +298,7 @@ def jax_infer(config, host: dict, task: dict):
   del task
   import jax  # pylint: disable=g-import-not-at-top
   from jaxpose import families  # pylint: disable=g-import-not-at-top
+  from jaxpose import summary  # pylint: disable=g-import-not-at-top
   family = families.create_family(config)
   variables = families.init_variables(family, jax.random.key(config.seed))
   predict = jax.jit(lambda v, b: family.predict(v, b, False))
@@ -272,8 +307,11 @@ def jax_infer(config, host: dict, task: dict):
   def run():
     jax.block_until_ready(predict(variables, batch))
 
-  return {"params": _jax_count(variables["params"]),
-          "device": jax.devices()[0].device_kind}, run
+  # The model FLOPs of a forward pass on the batch (its convolutions and matrix products), from
+  # which both frameworks' utilisation is computed: the twins compute the same network.
+  flops = summary.matmul_flops(predict.trace(variables, batch).jaxpr)
+  return {"params": _jax_count(variables["params"]), "device": jax.devices()[0].device_kind,
+          "forward_flops": flops}, run
 
 
 def _jax_imports(task: dict) -> None:
@@ -372,55 +410,101 @@ def torch_optimizer(model, opt):
   raise ValueError(f"No PyTorch optimiser for config.optimizer.name {opt.name!r}.")
 
 
-def _torch_inputs(config, host: dict, channels_last: bool):
-  """(model, NCHW inputs) of the config's twin on the host batch; with `channels_last`, both
-  in PyTorch's NHWC memory format (the tensors' shapes stay NCHW)."""
+def _torch_inputs(config, host: dict, task: dict):
+  """(model, NCHW inputs) of the config's twin on the host batch, on `task["torch_device"]`;
+  with `task["channels_last"]`, both in PyTorch's NHWC memory format (the tensors' shapes stay
+  NCHW)."""
   import torch  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(task["threads"])
   model = torch_model(config)
   if model is None:
     raise ValueError(f"No PyTorch twin of {config.model.name!r}; twins: {TORCH_TWINS}.")
   inputs = [torch.from_numpy(float_images(host["pixels"]).transpose(0, 3, 1, 2).copy())]
   if config.model.name == "cpm":
     inputs.append(torch.from_numpy(_center_map(len(host["pixels"]), config.input_size)))
-  if channels_last:
+  device = task.get("torch_device", "cpu")
+  model, inputs = model.to(device), [x.to(device) for x in inputs]
+  if device.startswith("cuda"):
+    torch.backends.cudnn.benchmark = True  # As PyTorch users train on GPUs.
+  if task["channels_last"]:
     model = model.to(memory_format=torch.channels_last)
     inputs = [x.contiguous(memory_format=torch.channels_last) for x in inputs]
   return model, inputs
 
 
+def torch_autocast(config, device: str):
+  """The PyTorch counterpart of `config.mixed_precision`: autocast to bfloat16 (AMP) for
+  "bfloat16", else a context that changes nothing."""
+  import contextlib  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  if config.mixed_precision == "bfloat16":
+    return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
+  return contextlib.nullcontext()
+
+
+def _torch_synchronized(device: str, fn):
+  """fn, then a wait for the device's queued work (CUDA runs asynchronously)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  if not device.startswith("cuda"):
+    return fn
+
+  def run():
+    fn()
+    torch.cuda.synchronize(device)
+
+  return run
+
+
+def _torch_record(model, device: str) -> dict:
+  import torch  # pylint: disable=g-import-not-at-top
+  from benchmarks import torch_models  # pylint: disable=g-import-not-at-top
+  name = torch.cuda.get_device_name(device) if device.startswith("cuda") else device
+  return {"params": torch_models.num_params(model), "device": name}
+
+
+def _torch_report(device: str):
+  """What the train child adds after its timed steps: the device's peak memory (CUDA)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  if not device.startswith("cuda"):
+    return dict
+  return lambda: {"peak_device_mb": torch.cuda.max_memory_allocated(device) / 2**20}
+
+
 def torch_train(config, host: dict, task: dict):
   """(record fields, one training step): forward, loss, backward, optimiser step."""
   import torch  # pylint: disable=g-import-not-at-top
-  from benchmarks import torch_models  # pylint: disable=g-import-not-at-top
-  torch.set_num_threads(task["threads"])
-  model, inputs = _torch_inputs(config, host, task["channels_last"])
+  model, inputs = _torch_inputs(config, host, task)
+  device = task.get("torch_device", "cpu")
   model.train()
   targets, weights = heatmap_targets(config, host, background=config.model.name == "cpm")
-  loss_fn = torch_loss(config.loss, config.get("loss_scale", 1.0), torch.from_numpy(targets),
-                       torch.from_numpy(weights))
+  loss_fn = torch_loss(config.loss, config.get("loss_scale", 1.0),
+                       torch.from_numpy(targets).to(device), torch.from_numpy(weights).to(device))
   optimizer = torch_optimizer(model, config.optimizer)
 
-  def run():
+  def step():
     optimizer.zero_grad(set_to_none=True)
-    loss_fn(model(*inputs)).backward()
+    with torch_autocast(config, device):
+      loss = loss_fn(model(*inputs))
+    loss.backward()
     optimizer.step()
 
-  return {"params": torch_models.num_params(model), "device": "cpu"}, run
+  run = _torch_synchronized(device, step)
+  run.report = _torch_report(device)
+  return _torch_record(model, device), run
 
 
 def torch_infer(config, host: dict, task: dict):
   """(record fields, one forward pass) in eval mode under torch.no_grad()."""
   import torch  # pylint: disable=g-import-not-at-top
-  from benchmarks import torch_models  # pylint: disable=g-import-not-at-top
-  torch.set_num_threads(task["threads"])
-  model, inputs = _torch_inputs(config, host, task["channels_last"])
+  model, inputs = _torch_inputs(config, host, task)
+  device = task.get("torch_device", "cpu")
   model.eval()
 
-  def run():
-    with torch.no_grad():
+  def forward():
+    with torch.no_grad(), torch_autocast(config, device):
       model(*inputs)
 
-  return {"params": torch_models.num_params(model), "device": "cpu"}, run
+  return _torch_record(model, device), _torch_synchronized(device, forward)
 
 
 def _torch_imports(task: dict) -> None:
@@ -488,6 +572,7 @@ def measure_framework(framework: str, spec: str, args, label: str) -> dict:
   task = dict(framework=framework, spec=spec, batch=args.batch, warmup=args.warmup,
               steps=args.steps, threads=args.threads, device_augment=args.device_augment,
               channels_last=args.torch_channels_last, overrides=list(args.set),
+              torch_device=args.torch_device,
               huge_pages=args.huge_pages)
   runs = {"train": spawn(dict(task, kind="train"), args.timeout),
           "infer": spawn(dict(task, kind="infer"), args.timeout)}
@@ -495,7 +580,9 @@ def measure_framework(framework: str, spec: str, args, label: str) -> dict:
     for kind in ("cold", "warm"):  # The same empty directory, then full.
       runs[kind] = spawn(dict(task, kind="startup", cache_dir=cache), args.timeout)
   train, infer, cold, warm = runs["train"], runs["infer"], runs["cold"], runs["warm"]
-  out = {"params": train.get("params", infer.get("params")), "device": train.get("device"),
+  out = {"params": train.get("params", infer.get("params")),
+         "device": train.get("device", infer.get("device")),
+         "forward_flops": infer.get("forward_flops"), "peak_device_mb": train.get("peak_device_mb"),
          "phase": train.get("phase"), "train_step_s": train.get("median_s"),
          "train_step_times_s": train.get("times_s"), "inference_s": infer.get("median_s"),
          "inference_times_s": infer.get("times_s"), "peak_rss_mb": train.get("peak_rss_mb"),
@@ -528,16 +615,50 @@ def ratios(jax_record: dict, torch_record: dict | None) -> dict:
           if jax_record.get(key) is not None and torch_record.get(key)}
 
 
+def peak_flops(device: str | None, dtype: str, tflops: float | None = None) -> float | None:
+  """The device's peak FLOP/s for `dtype`: `tflops` (--peak_tflops) when given, else from
+  PEAK_TFLOPS by the device's kind; None where neither says (a CPU, float32)."""
+  if tflops:
+    return tflops * 1e12
+  for kind, peaks in PEAK_TFLOPS:
+    if device and kind in device and dtype in peaks:
+      return peaks[dtype] * 1e12
+  return None
+
+
+def utilisation(record: dict, forward_flops: int | None, peak: float | None,
+                batch: int) -> dict:
+  """A framework's images/s in training, and where the model FLOPs and the device's peak are
+  known, its model-FLOPs utilisation: a train step counted as 3x the forward pass's FLOPs (the
+  backward pass twice the forward's, the usual convention), inference as 1x."""
+  out = {}
+  if record.get("train_step_s"):
+    out["train_images_per_s"] = batch / record["train_step_s"]
+  if forward_flops and peak:
+    for key, seconds, passes in (("train_mfu", "train_step_s", 3),
+                                 ("inference_mfu", "inference_s", 1)):
+      if record.get(seconds):
+        out[key] = passes * forward_flops / record[seconds] / peak
+  return out
+
+
 def run_model(name: str, spec: str, config, args) -> dict:
   """One model's record: its config (`spec` loaded, with --set), both frameworks' numbers, the
-  ratios."""
+  ratios, and where the device's peak is known each framework's model-FLOPs utilisation."""
   record = {"model": name, "config": os.path.relpath(spec, REPO), "family": config.model.name,
-            "input_size": config.input_size, "batch": args.batch}
+            "input_size": config.input_size, "batch": args.batch,
+            "dtype": config.mixed_precision}
   print(f"{name}: {record['config']}", file=sys.stderr, flush=True)
   record["jax"] = measure_framework("jax", spec, args, name)
   twin = args.torch and config.model.name in TORCH_TWINS
   record["torch"] = measure_framework("torch", spec, args, name) if twin else None
   record["ratios"] = ratios(record["jax"], record["torch"])
+  flops = record["jax"].get("forward_flops")
+  record["forward_gflops"] = None if flops is None else flops / 1e9
+  for side in ("jax", "torch"):
+    if record[side]:
+      peak = peak_flops(record[side].get("device"), config.mixed_precision, args.peak_tflops)
+      record[side].update(utilisation(record[side], flops, peak, args.batch), peak_flops=peak)
   return record
 
 
@@ -580,7 +701,8 @@ def markdown(records: list[dict], host: dict, settings: dict) -> str:
   head = (f"{host['cpu']}, {host['cores']} cores; jax {host['jax']}, jaxlib {host['jaxlib']}, "
           f"torch {host['torch'] or '-'}; {host['date']}. Batch {settings['batch']}, "
           f"{settings['warmup']} warm-up + {settings['steps']} timed steps (medians), PyTorch "
-          f"on {settings['threads']} threads"
+          + (f"on {settings['threads']} threads" if settings.get("torch_device", "cpu") == "cpu"
+             else f"on {settings['torch_device']}")
           + (" (channels_last)" if settings["torch_channels_last"] else "")
           + (", jaxpose resampling uint8 pixels in its step" if settings["device_augment"]
              else "")
@@ -588,13 +710,21 @@ def markdown(records: list[dict], host: dict, settings: dict) -> str:
           + {"jaxpose": "; jaxpose with transparent huge pages, as train.py / eval.py",
              "both": "; both with transparent huge pages", "none": ""}[
                  settings.get("huge_pages", "none")] + ".")
-  cols = "".join(f" {h}: jax | torch | jax/torch |" for h, _, _ in COLUMNS)
+  columns = COLUMNS + tuple(c for c in ACCELERATOR_COLUMNS
+                            if any((r[side] or {}).get(c[1]) is not None
+                                   for r in records for side in ("jax", "torch")))
+  if any(c[1].endswith("_mfu") for c in columns):
+    head += (" MFU: a train step's model FLOPs (3x the forward pass's convolutions and matrix "
+             "products) per second over the device's peak (" + ", ".join(sorted({
+                 f"{r['jax']['peak_flops'] / 1e12:g} TFLOP/s" for r in records
+                 if r["jax"].get("peak_flops")})) + ").")
+  cols = "".join(f" {h}: jax | torch | jax/torch |" for h, _, _ in columns)
   lines = [head, "", "| model | params |" + cols,
-           "|---|---:|" + "---:|---:|---:|" * len(COLUMNS)]
+           "|---|---:|" + "---:|---:|---:|" * len(columns)]
   for r in records:
     torch_r = r["torch"] or {}
     cells = [f"{_cell(r['jax'].get(key), scale)} | {_cell(torch_r.get(key), scale)} | "
-             f"{_cell(r['ratios'].get(key), digits=2)}" for _, key, scale in COLUMNS]
+             f"{_cell(r['ratios'].get(key), digits=2)}" for _, key, scale in columns]
     lines.append(f"| {r['model']} | {_cell(r['jax'].get('params'), digits=0)} | "
                  + " | ".join(cells) + " |")
   return "\n".join(lines)
@@ -639,6 +769,12 @@ def parse_args(argv=None):
                       help="PyTorch's threads (default: the cores this process may use).")
   parser.add_argument("--device_augment", action="store_true",
                       help="Feed jaxpose uint8 pixels that its train step resamples.")
+  parser.add_argument("--torch_device", default="cpu",
+                      help="Where the PyTorch twins run: cpu (default) or cuda[:N]. With "
+                      "--set mixed_precision=bfloat16 they run under autocast to bfloat16.")
+  parser.add_argument("--peak_tflops", type=float, default=None,
+                      help="The device's peak TFLOP/s for the run's dtype, for the MFU columns "
+                      "(default: PEAK_TFLOPS by device kind, bfloat16 only).")
   parser.add_argument("--torch_channels_last", action="store_true",
                       help="Run PyTorch in its NHWC memory format (default: NCHW, as the "
                       "reference implementations).")
@@ -689,7 +825,7 @@ def main(argv=None) -> None:
   host = machine()
   settings = {k: getattr(args, k) for k in ("batch", "warmup", "steps", "threads", "torch",
                                             "torch_channels_last", "device_augment", "set",
-                                            "huge_pages")}
+                                            "huge_pages", "torch_device", "peak_tflops")}
   records = []
   for (name, spec), config in zip(models, configs):
     records.append(run_model(name, spec, config, args))

@@ -78,6 +78,52 @@ def test_report_ratios_and_missing_twins():
   assert "--config.remat=True" in bench.markdown(records, host, settings).splitlines()[0]
 
 
+def test_inference_record_carries_the_batch_model_flops():
+  record = bench.measure(_task("jax", "infer"))  # Batch 2.
+  per_image = summary.summarize(bench.load_config(TINY, 2))["gflops"] * 1e9
+  assert record["forward_flops"] == pytest.approx(2 * per_image, rel=1e-9)
+  assert record["forward_flops"] > 0
+
+
+def test_peak_flops_by_device_kind_dtype_or_flag():
+  assert bench.peak_flops("NVIDIA H200", "bfloat16") == pytest.approx(989.4e12)
+  assert bench.peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == pytest.approx(989.4e12)
+  assert bench.peak_flops("TPU v5 lite", "bfloat16") == pytest.approx(197e12)  # Not v5p's.
+  assert bench.peak_flops("TPU v5", "bfloat16") == pytest.approx(459e12)
+  assert bench.peak_flops("NVIDIA H200", "float32") is None  # No float32 peak is assumed.
+  assert bench.peak_flops("cpu", "bfloat16") is None and bench.peak_flops(None, "float32") is None
+  assert bench.peak_flops("cpu", "float32", tflops=2.5) == pytest.approx(2.5e12)
+
+
+def test_utilisation_counts_a_train_step_as_three_forward_passes():
+  record = {"train_step_s": 0.5, "inference_s": 0.1}
+  out = bench.utilisation(record, forward_flops=10e12, peak=100e12, batch=32)
+  assert out == pytest.approx({"train_images_per_s": 64.0, "train_mfu": 0.6,
+                               "inference_mfu": 1.0})
+  assert bench.utilisation(record, 10e12, None, 32) == {"train_images_per_s": 64.0}
+  assert bench.utilisation({"train_step_s": None}, 10e12, 1e12, 32) == {}
+
+
+def test_accelerator_columns_appear_only_when_measured():
+  base = {"params": 10, "train_step_s": 0.2, "inference_s": 0.05, "peak_rss_mb": 800.0,
+          "first_step_cold_s": 30.0, "first_step_warm_s": 5.0}
+  host = {"cpu": "Some CPU", "cores": 16, "jax": "1", "jaxlib": "1", "torch": "2",
+          "date": "today"}
+  settings = dict(batch=32, warmup=2, steps=3, threads=16, torch_channels_last=False,
+                  device_augment=False, torch_device="cuda")
+  cpu = [{"model": "a", "jax": base, "torch": None, "ratios": {}}]
+  assert "MFU" not in bench.markdown(cpu, host, settings)
+  gpu = dict(base, peak_device_mb=5000.0, train_mfu=0.41, inference_mfu=0.3,
+             peak_flops=989.4e12)
+  records = [{"model": "a", "jax": gpu, "torch": dict(gpu, train_mfu=0.2), "ratios": {}}]
+  lines = bench.markdown(records, host, settings).splitlines()
+  assert "PyTorch on cuda" in lines[0] and "989.4 TFLOP/s" in lines[0]
+  assert "peak device memory (MB)" in lines[2] and "train MFU (%)" in lines[2]
+  cells = [c.strip() for c in lines[4].split("|")]
+  assert cells[-7:-1] == ["41.0", "20.0", "-", "30.0", "30.0", "-"]  # Never a ratio.
+  assert len(lines[4].split("|")) == len(lines[2].split("|"))
+
+
 def test_huge_pages_go_to_the_frameworks_asked_for(monkeypatch):
   from jaxpose import huge_pages  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(huge_pages, "_glibc_at_least", lambda major, minor: True)
@@ -131,6 +177,16 @@ def test_torch_measurement_in_a_fresh_process_matches_the_parameter_count():
   assert record["median_s"] > 0 and record["peak_rss_mb"] > 0
   startup = bench.spawn(_task("torch", "startup"), timeout=120)
   assert startup["first_step_s"] > startup["import_s"] > 0
+
+
+def test_torch_bfloat16_runs_under_autocast():
+  pytest.importorskip("torch")
+  task = _task("torch", "train", overrides=["mixed_precision=bfloat16"])
+  record = bench.spawn(task, timeout=120)
+  assert "error" not in record, record
+  assert record["median_s"] > 0 and "peak_device_mb" not in record  # On the CPU.
+  config = bench.load_config(TINY, 2, ("mixed_precision=bfloat16",))
+  assert bench.torch_autocast(config, "cpu").fast_dtype == __import__("torch").bfloat16
 
 
 def test_torch_cpm_has_jaxpose_parameter_counts():

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from jaxpose import summary
@@ -48,3 +50,33 @@ def test_paper_configs_have_the_papers_sizes(config, params, parts):
     assert s["params"] == params
   for name, n in (parts or {}).items():
     assert s["params_by_subtree"][name] == n
+
+
+def test_matmul_flops_counts_products_and_every_iteration():
+  """2 per multiply-add of every convolution tap (padding included, as papers count), dense
+  products, a scan's body times its length, a cond's costliest branch."""
+  x, k = jnp.ones((2, 8, 8, 16)), jnp.ones((3, 3, 8, 32))
+  w = jnp.ones((32, 5))
+
+  def net(x, k, w):
+    y = jax.lax.conv_general_dilated(x, k, (2, 2), [(1, 1)] * 2, feature_group_count=2,
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))  # [2,4,4,32]
+    z = y.reshape(-1, 32) @ w  # [32, 5]
+    z, _ = jax.lax.scan(lambda c, _: (c @ jnp.ones((5, 5)), None), z, None, length=3)
+    return jax.lax.cond(z.sum() > 0, lambda z: z @ jnp.ones((5, 7)), lambda z: z[:, :1] * jnp.ones(7), z)
+
+  conv = 2 * (2 * 4 * 4 * 32) * (3 * 3 * 8)  # Groups of 8 input features per output.
+  dense = 2 * 32 * 32 * 5
+  looped = 3 * 2 * 32 * 5 * 5
+  branch = 2 * 32 * 5 * 7
+  assert summary.matmul_flops(jax.make_jaxpr(net)(x, k, w)) == conv + dense + looped + branch
+
+
+def test_ief_flops_count_every_iteration():
+  config = summary.load_config(os.path.join(REPO, "configs/ief_mpii.py"))
+  iterations = config.model.get("num_iterations", 4)
+  total = summary.summarize(config)["gflops"]
+  config.model.num_iterations = 1
+  once = summary.summarize(config)
+  assert total == pytest.approx(iterations * once["gflops"], rel=1e-6)
+  assert once["xla_gflops"] <= once["gflops"]  # XLA leaves out the taps on padding.
