@@ -53,6 +53,7 @@ pass (`jaxpose.summary.matmul_flops`, the same network on both sides), a train s
 
   python benchmarks/models.py --models hourglass8 --torch --torch_device cuda \
       --set mixed_precision=bfloat16 --batch 32
+
 Ratios are jaxpose / PyTorch: below 1, jaxpose is faster or smaller. Models without a PyTorch
 twin (Tompson, DeepPose, IEF) show "-" there.
 
@@ -716,8 +717,8 @@ def markdown(records: list[dict], host: dict, settings: dict) -> str:
   if any(c[1].endswith("_mfu") for c in columns):
     head += (" MFU: a train step's model FLOPs (3x the forward pass's convolutions and matrix "
              "products) per second over the device's peak (" + ", ".join(sorted({
-                 f"{r['jax']['peak_flops'] / 1e12:g} TFLOP/s" for r in records
-                 if r["jax"].get("peak_flops")})) + ").")
+                 f"{r[side]['peak_flops'] / 1e12:g} TFLOP/s" for r in records
+                 for side in ("jax", "torch") if (r[side] or {}).get("peak_flops")})) + ").")
   cols = "".join(f" {h}: jax | torch | jax/torch |" for h, _, _ in columns)
   lines = [head, "", "| model | params |" + cols,
            "|---|---:|" + "---:|---:|---:|" * len(columns)]

@@ -202,8 +202,11 @@ def ief(tiny: bool):
   """A CPU-sized IEF: a quarter-width GoogLeNet at 128 px with BatchNorm (BN-Inception's
   layers: the paper started from ImageNet weights; from scratch, without BatchNorm, the loss
   did not move in 400 steps), 3 iterations, trained by fixed path consolidation (one phase per
-  step). Measured (README): 37.7 -> 51.9 -> 53.2 per iteration in 9.7 min (2026-12-03, with
-  huge pages; 9.6 without, in a faster session). The earlier 4,900 steps: 36.1 -> 49.4 -> 49.5
+  step), the pose maps' Gaussians half the release's width (std 0.05 of the crop, 6.4 px; the
+  release's 0.1 is 22.4 px at 224). Measured (README, 2026-12-03): 41.3 -> 55.1 -> 56.6 per
+  iteration in 9.7 min (seed 1: 55.7 in 9.3); std 0.03: 55.1 in 9.8; the release's 0.1:
+  37.7 -> 51.9 -> 53.2 in 9.7 min (with huge pages; 9.6 without, in a faster session). The
+  earlier 4,900 steps at std 0.1: 36.1 -> 49.4 -> 49.5
   in 7.2 min (seed 1: 51.5 in 6.9; 52.0 in 8.2 and in 10.4 min in slower sessions, before a
   change of rounding), without
   dropout (0.2 in an earlier, shorter run: 27.9 -> 37.1 -> 39.8 against 29.6
@@ -212,7 +215,7 @@ def ief(tiny: bool):
   to 128 px; 20 px at 128 (max_step=0.16): 32.1 -> 36.0 -> 36.9."""
   c = _common(base.get_config())
   c.model = ml_collections.ConfigDict(dict(name="ief", num_iterations=3, width_divisor=4,
-                                           dropout_rate=0.0, batch_norm=True))
+                                           dropout_rate=0.0, batch_norm=True, map_sigma=0.05))
   if tiny:
     c.model.width_divisor = 16
   phases = (("step1", "*"), ("step2", "*"), ("step3", "*"))

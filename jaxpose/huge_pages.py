@@ -12,7 +12,10 @@ IEF's quickstart's 0.0745 -> 0.0674 s. The faults are not what it saves: keeping
 mapped between steps (glibc's arena_max=1, mmap_max=0) took the faults to zero and left the
 step at 3.9 s; the huge pages' gain is, in our reading, the TLB's. The cost is the first
 step, whose 2 MB pages come slower (the 2-stack's first step 4.5 -> 8 s, the 8-stack's start
-11-19 s later, the quickstart's +0.1-0.4 s), repaid after ~12, ~16-27 and ~30 steps.
+11-19 s later, the quickstart's +0.1-0.4 s), repaid after ~12, ~16-27 and ~30 steps. On that
+VM the slow first pages are, in our reading, its balloon's free page reporting: the host takes
+back free blocks of 2 MB and more and backs them again on their next touch
+(`python benchmarks/fresh_memory.py`).
 
 glibc reads its tunables only when a process starts, so `reexec()` starts the program again
 (same PID, arguments and environment, plus the tunable) before it has imported anything large.

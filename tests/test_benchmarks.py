@@ -124,6 +124,14 @@ def test_accelerator_columns_appear_only_when_measured():
   assert len(lines[4].split("|")) == len(lines[2].split("|"))
 
 
+def test_fresh_memory_pass_and_host_facts():
+  from benchmarks import fresh_memory  # pylint: disable=g-import-not-at-top
+  assert fresh_memory.touch_pass(4 << 20, huge=True) > 0
+  assert fresh_memory.touch_pass(4 << 20, huge=False) > 0
+  facts = fresh_memory.host_facts()
+  assert set(facts) == {"thp", "page_reporting_order", "balloon_free_page_reporting"}
+
+
 def test_huge_pages_go_to_the_frameworks_asked_for(monkeypatch):
   from jaxpose import huge_pages  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(huge_pages, "_glibc_at_least", lambda major, minor: True)
