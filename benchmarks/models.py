@@ -62,6 +62,7 @@ model) and the table next to it (.md), headed by the machine; prints the table.
 """
 
 import argparse
+import contextlib
 import datetime
 import importlib.metadata
 import json
@@ -436,7 +437,6 @@ def _torch_inputs(config, host: dict, task: dict):
 def torch_autocast(config, device: str):
   """The PyTorch counterpart of `config.mixed_precision`: autocast to bfloat16 (AMP) for
   "bfloat16", else a context that changes nothing."""
-  import contextlib  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   if config.mixed_precision == "bfloat16":
     return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
@@ -654,8 +654,7 @@ def run_model(name: str, spec: str, config, args) -> dict:
   twin = args.torch and config.model.name in TORCH_TWINS
   record["torch"] = measure_framework("torch", spec, args, name) if twin else None
   record["ratios"] = ratios(record["jax"], record["torch"])
-  flops = record["jax"].get("forward_flops")
-  record["forward_gflops"] = None if flops is None else flops / 1e9
+  flops = record["jax"].get("forward_flops")  # The same network on both sides.
   for side in ("jax", "torch"):
     if record[side]:
       peak = peak_flops(record[side].get("device"), config.mixed_precision, args.peak_tflops)

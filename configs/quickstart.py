@@ -206,12 +206,10 @@ def ief(tiny: bool):
   release's 0.1 is 22.4 px at 224). Measured (README, 2026-12-03): 41.3 -> 55.1 -> 56.6 per
   iteration in 9.7 min (seed 1: 55.7 in 9.3); std 0.03: 55.1 in 9.8; the release's 0.1:
   37.7 -> 51.9 -> 53.2 in 9.7 min (with huge pages; 9.6 without, in a faster session). The
-  earlier 4,900 steps at std 0.1: 36.1 -> 49.4 -> 49.5
-  in 7.2 min (seed 1: 51.5 in 6.9; 52.0 in 8.2 and in 10.4 min in slower sessions, before a
-  change of rounding), without
-  dropout (0.2 in an earlier, shorter run: 27.9 -> 37.1 -> 39.8 against 29.6
-  -> 38.8 -> 40.9; as for DeepPose, the paper's dropout only slows a ten-minute fit from
-  scratch). The paper's bound on each step, 20 px at 224 (`model.max_step`, normalised), scaled
+  earlier 4,900 steps at std 0.1: 36.1 -> 49.4 -> 49.5 in 7.2 min (seed 1: 51.5 in 6.9; 52.0
+  in 8.2 and in 10.4 min in slower sessions, before a change of rounding), without dropout (0.2
+  in an earlier, shorter run: 27.9 -> 37.1 -> 39.8 against 29.6 -> 38.8 -> 40.9; as for
+  DeepPose, the paper's dropout only slows a ten-minute fit from scratch). The paper's bound on each step, 20 px at 224 (`model.max_step`, normalised), scaled
   to 128 px; 20 px at 128 (max_step=0.16): 32.1 -> 36.0 -> 36.9."""
   c = _common(base.get_config())
   c.model = ml_collections.ConfigDict(dict(name="ief", num_iterations=3, width_divisor=4,

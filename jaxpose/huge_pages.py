@@ -43,7 +43,7 @@ def _glibc_at_least(major: int, minor: int) -> bool:
     return False
 
 
-def _thp_mode(path: str = THP_MODE_FILE) -> str:
+def kernel_thp_mode(path: str = THP_MODE_FILE) -> str:
   """The kernel's THP mode ("always", "madvise" or "never"), "" where unknown."""
   try:
     with open(path) as f:
@@ -62,7 +62,7 @@ def environment(environ=None, thp_mode: str | None = None) -> dict | None:
     return None
   if not sys.platform.startswith("linux") or not _glibc_at_least(2, 35):
     return None
-  if (thp_mode if thp_mode is not None else _thp_mode()) not in ("always", "madvise"):
+  if (thp_mode if thp_mode is not None else kernel_thp_mode()) not in ("always", "madvise"):
     return None
   environ["GLIBC_TUNABLES"] = ":".join(t for t in (tunables, f"{TUNABLE}=1") if t)
   return environ

@@ -46,13 +46,12 @@ def matmul_flops(jaxpr) -> int:
   total = 0
   for eqn in getattr(jaxpr, "jaxpr", jaxpr).eqns:
     name = eqn.primitive.name
-    out = eqn.outvars[0].aval.shape if eqn.outvars else ()
     if name == "dot_general":
       (lhs_contracting, _), _ = eqn.params["dimension_numbers"]
-      lhs = eqn.invars[0].aval.shape
+      lhs, out = eqn.invars[0].aval.shape, eqn.outvars[0].aval.shape
       total += 2 * math.prod(out) * math.prod(lhs[d] for d in lhs_contracting)
     elif name == "conv_general_dilated":  # Per output: kernel taps x input features / groups.
-      rhs = eqn.invars[1].aval.shape
+      rhs, out = eqn.invars[1].aval.shape, eqn.outvars[0].aval.shape
       out_features = rhs[eqn.params["dimension_numbers"].rhs_spec[0]]
       total += 2 * math.prod(out) * (math.prod(rhs) // out_features)
     elif name == "scan":

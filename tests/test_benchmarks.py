@@ -135,7 +135,7 @@ def test_fresh_memory_pass_and_host_facts():
 def test_huge_pages_go_to_the_frameworks_asked_for(monkeypatch):
   from jaxpose import huge_pages  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(huge_pages, "_glibc_at_least", lambda major, minor: True)
-  monkeypatch.setattr(huge_pages, "_thp_mode", lambda: "madvise")
+  monkeypatch.setattr(huge_pages, "kernel_thp_mode", lambda: "madvise")
   monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
   monkeypatch.delenv(huge_pages.OFF_VARIABLE, raising=False)
 

@@ -42,8 +42,8 @@ def test_nothing_happens_without_glibc_2_35(monkeypatch):
 def test_the_kernels_mode_is_the_bracketed_one(tmp_path):
   path = tmp_path / "enabled"
   path.write_text("always [madvise] never\n")
-  assert huge_pages._thp_mode(str(path)) == "madvise"  # pylint: disable=protected-access
-  assert huge_pages._thp_mode(str(tmp_path / "missing")) == ""  # pylint: disable=protected-access
+  assert huge_pages.kernel_thp_mode(str(path)) == "madvise"
+  assert huge_pages.kernel_thp_mode(str(tmp_path / "missing")) == ""
 
 
 def test_a_program_starts_again_once_as_the_same_process(tmp_path):
