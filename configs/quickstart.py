@@ -203,8 +203,10 @@ def ief(tiny: bool):
   layers: the paper started from ImageNet weights; from scratch, without BatchNorm, the loss
   did not move in 400 steps), 3 iterations, trained by fixed path consolidation (one phase per
   step), the pose maps' Gaussians half the release's width (std 0.05 of the crop, 6.4 px; the
-  release's 0.1 is 22.4 px at 224). Measured (README, 2026-12-03): 41.3 -> 55.1 -> 56.6 per
-  iteration in 9.7 min (seed 1: 55.7 in 9.3); std 0.03: 55.1 in 9.8; the release's 0.1:
+  release's 0.1 is 22.4 px at 224). Measured (README, 2026-12-03, 13:00 UTC, the maps no
+  longer rendered: same network, different rounding): 40.9 -> 52.6 -> 53.8 per iteration in
+  9.8 min in a slower session (seed 1: 39.0 -> 53.8 -> 55.7). Rendered, 09:45 UTC: 41.3 ->
+  55.1 -> 56.6 in 9.7 min (seed 1: 55.7 in 9.3); std 0.03: 55.1 in 9.8; the release's 0.1:
   37.7 -> 51.9 -> 53.2 in 9.7 min (with huge pages; 9.6 without, in a faster session). The
   earlier 4,900 steps at std 0.1: 36.1 -> 49.4 -> 49.5 in 7.2 min (seed 1: 51.5 in 6.9; 52.0
   in 8.2 and in 10.4 min in slower sessions, before a change of rounding), without dropout (0.2

@@ -25,13 +25,20 @@ Chosen where the release differs or is unknown:
   on RGB-minus-mean pixels in 0..255. Inputs here are [0, 1] pixels minus 0.5, so the maps are
   divided by 255 the same way (range +-0.196) and the std scales with the crop (0.1 of its
   side). Points are not rounded to whole pixels.
+- The maps are never rendered: each is low + (high - low) gy(row) gx(column), so the first
+  convolution's share of them is two products of the 1-D Gaussians' windows with the kernel
+  (`conv_pose_maps`, ~1/3 of the dense FLOPs at 224 px); the image's 3 channels are convolved
+  as usual. Same parameters and initial values as the release's layout (maps concatenated to
+  the image), the same results to float32 rounding. Measured on a 2-core CPU
+  (`python benchmarks/ief_stem.py [--paper]`, 2026-12-03): a correction's value and gradient
+  0.69x the rendered layout's time at the quickstart's size, 0.76x at the paper's.
 - Output: f returns step_scale * (its linear output) in normalised units; step_scale defaults
   to the paper's bound L = 20 px at 224 px, so a bounded target is at most 1 in network units
   (the release's `mxStepNorm` plays this role; its value is not published).
 """
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -61,11 +68,16 @@ def _caffe_lrn(x):
   return layers.local_response_norm(x, size=5, k=1.0, alpha=1e-4 / 5, beta=0.75)
 
 
-def _conv_relu(module: nn.Module, features: int, kernel: int, name: str, train: bool, **kw):
+def _conv_relu(module: nn.Module, features: int, kernel: int, name: str, train: bool,
+               maps: "PoseMaps | None" = None, **kw):
   """conv -> ReLU in `module`'s scope (BVLC), or conv without bias -> BatchNorm -> ReLU with
-  `module.batch_norm` (BN-Inception's layer; the BatchNorm is named f"{name}_bn")."""
+  `module.batch_norm` (BN-Inception's layer; the BatchNorm is named f"{name}_bn"). With `maps`,
+  the convolution sees them as channels after its input's (`MapsConv`)."""
   bn = module.batch_norm
-  if kernel == 1:
+  if maps is not None:
+    conv = functools.partial(MapsConv(features, kernel, use_bias=not bn, dtype=module.dtype,
+                                      name=name, **kw), maps=maps)
+  elif kernel == 1:
     conv = layers.Conv1x1(features, use_bias=not bn, dtype=module.dtype, name=name)
   else:
     conv = nn.Conv(features, (kernel, kernel), use_bias=not bn, dtype=module.dtype, name=name,
@@ -116,12 +128,13 @@ class GoogLeNetRegressor(nn.Module):
   batch_norm: bool = False
 
   @nn.compact
-  def __call__(self, x, *, train: bool = False):
+  def __call__(self, x, *, train: bool = False, maps: "PoseMaps | None" = None):
+    """x: [N,H,W,C]; `maps` (optional): more input channels, after x's, in separable form."""
     width = lambda c: max(1, c // self.width_divisor)  # noqa: E731
     norm = _caffe_lrn if self.lrn and not self.batch_norm else lambda y: y
     layer = functools.partial(_conv_relu, self, train=train)
     x = x.astype(self.dtype)
-    x = layer(width(64), 7, "conv1", strides=2, padding=3)(x)
+    x = layer(width(64), 7, "conv1", strides=2, padding=3, maps=maps)(x)
     x = norm(layers.max_pool_ceil(x, 3, 2))
     x = layer(width(64), 1, "conv2_reduce")(x)
     x = layer(width(192), 3, "conv2", padding=1)(x)
@@ -136,9 +149,23 @@ class GoogLeNetRegressor(nn.Module):
     return nn.Dense(self.outputs, dtype=self.dtype, name="fc")(x).astype(jnp.float32)
 
 
-def render_pose_maps(poses, height: int, width: int, sigma: float = 0.1,
-                     value_range: tuple[float, float] = (-50 / 255, 50 / 255)):
-  """Gaussian maps of each joint plus the marking point at the crop centre: [N,H,W,K+1].
+class PoseMaps(NamedTuple):
+  """Gaussian maps kept as their 1-D factors: channel c is low + (high - low) gy[:, :, c] (rows)
+  times gx[:, :, c] (columns)."""
+
+  gy: jax.Array  # [N, H, C]
+  gx: jax.Array  # [N, W, C]
+  low: float
+  high: float
+
+  def render(self):
+    """The maps themselves: [N, H, W, C]."""
+    return self.low + (self.high - self.low) * self.gy[:, :, None, :] * self.gx[:, None, :, :]
+
+
+def pose_maps(poses, height: int, width: int, sigma: float = 0.1,
+              value_range: tuple[float, float] = (-50 / 255, 50 / 255)) -> PoseMaps:
+  """Gaussian maps of each joint plus the marking point at the crop centre, K + 1 channels.
 
   Args:
     poses: [N, K, 2] (x, y) normalised to the crop.
@@ -149,11 +176,71 @@ def render_pose_maps(poses, height: int, width: int, sigma: float = 0.1,
   marked = jnp.concatenate([poses, jnp.zeros_like(poses[:, :1])], axis=1)  # Centre: (0, 0).
   size = jnp.array([width, height], jnp.float32)
   pixels = marked * size + (size - 1) / 2  # [N, K+1, 2]
-  dx = jnp.arange(width, dtype=jnp.float32)[None, None, :, None] - pixels[:, None, None, :, 0]
-  dy = jnp.arange(height, dtype=jnp.float32)[None, :, None, None] - pixels[:, None, None, :, 1]
+  two_var = 2 * (sigma * height) ** 2
+
+  def gauss(n, centres):  # [N, K+1] -> [N, n, K+1]
+    return jnp.exp(-(jnp.arange(n, dtype=jnp.float32)[None, :, None] - centres[:, None]) ** 2
+                   / two_var)
+
   low, high = value_range
-  gauss = jnp.exp(-(dx**2 + dy**2) / (2 * (sigma * height) ** 2))
-  return low + (high - low) * gauss
+  return PoseMaps(gauss(height, pixels[..., 1]), gauss(width, pixels[..., 0]), low, high)
+
+
+def render_pose_maps(poses, height: int, width: int, sigma: float = 0.1,
+                     value_range: tuple[float, float] = (-50 / 255, 50 / 255)):
+  """`pose_maps`, rendered: [N, H, W, K+1]."""
+  return pose_maps(poses, height, width, sigma, value_range).render()
+
+
+def _windows(g, kernel: int, stride: int, padding: int):
+  """g [N, n, C] zero-padded -> [N, n_out, kernel, C]: what each output row's taps meet."""
+  out = (g.shape[1] + 2 * padding - kernel) // stride + 1
+  gp = jnp.pad(g, ((0, 0), (padding, padding), (0, 0)))
+  span = stride * (out - 1) + 1
+  return jnp.stack([gp[:, i:i + span:stride] for i in range(kernel)], axis=2)
+
+
+def conv_pose_maps(maps: PoseMaps, kernel, stride: int, padding: int):
+  """The convolution of `maps.render()` with kernel [k, k, C, F] (symmetric zero padding),
+  without rendering them: [N, H', W', F].
+
+  Channel c of the maps is a sum of two outer products, low * 1(row) 1(column) inside the
+  image (the padding is zero) and (high - low) gy(row) gx(column), so each window's sum
+  separates: a contraction over the kernel's columns, then one over its rows.
+  """
+  dtype = kernel.dtype
+  n, h, c = maps.gy.shape
+  w = maps.gx.shape[1]
+  k, f = kernel.shape[0], kernel.shape[-1]
+  # The constant parts of all channels as one more factor pair, its kernel summed over them.
+  factors_y = jnp.concatenate([maps.gy, jnp.ones((n, h, 1))], axis=-1).astype(dtype)
+  factors_x = jnp.concatenate([maps.gx, jnp.ones((n, w, 1))], axis=-1).astype(dtype)
+  kernel = jnp.concatenate([(maps.high - maps.low) * kernel,
+                            maps.low * jnp.sum(kernel, axis=2, keepdims=True)], axis=2)
+  c += 1
+  rows = _windows(factors_y, k, stride, padding).reshape(n, -1, k * c)  # [N, H', (i, c)]
+  cols = _windows(factors_x, k, stride, padding)  # [N, W', k (j), C]
+  wo = cols.shape[1]
+  # Over the kernel's columns j, channel by channel, as one product with a block-diagonal
+  # kernel [(j, c), (f, i, c')] (c = c'): thin per-channel products ran ~3x slower on CPU.
+  block = jnp.einsum("ijcf,cd->jcfid", kernel, jnp.eye(c, dtype=dtype)).reshape(k * c, -1)
+  per_col = jnp.dot(cols.reshape(n * wo, k * c), block)  # [(N, W'), (f, i, c)]
+  per_col = per_col.reshape(n, wo * f, k * c)
+  # Over the kernel's rows i and the channels: [N, H', (W', F)], NHWC as it comes.
+  y = jax.lax.dot_general(rows, per_col, (((2,), (2,)), ((0,), (0,))))
+  return y.reshape(n, -1, wo, f)
+
+
+class MapsConv(layers.Conv):
+  """`layers.Conv` (nn.Conv's parameters, names and initialisers) over x with `maps` as more
+  channels after x's, the maps' part in closed form (`conv_pose_maps`)."""
+
+  def __call__(self, x, maps: PoseMaps):
+    c = x.shape[-1]
+    kernel, bias = self.weights(c + maps.gy.shape[-1])
+    y = layers.conv2d(x.astype(self.dtype), kernel[:, :, :c], self.strides, self.padding)
+    y = y + conv_pose_maps(maps, kernel[:, :, c:], self.strides, self.padding)
+    return y if bias is None else y + bias
 
 
 def bounded_correction(y, y_true, max_step):
@@ -184,6 +271,9 @@ class IEF(nn.Module):
   map_range: tuple[float, float] = (-50 / 255, 50 / 255)  # (background, peak) of the maps.
   step_scale: float = 20 / 224  # Output units, normalised: the paper's L = 20 px at 224 px.
   batch_norm: bool = False  # See GoogLeNetRegressor.
+  # Render the maps and concatenate them to the image, as the release does: the same variables
+  # and results to rounding, slower (benchmarks/ief_stem.py); for comparisons.
+  render_maps: bool = False
   dtype: Dtype = jnp.float32
 
   def setup(self):
@@ -195,9 +285,13 @@ class IEF(nn.Module):
   def correction(self, images, poses, *, train: bool = False):
     """f: images [N,H,W,3] and poses [N,K,2] -> corrections [N,K,2] (normalised, float32)."""
     n, h, w, _ = images.shape
-    maps = render_pose_maps(jax.lax.stop_gradient(poses), h, w, self.map_sigma, self.map_range)
-    x = jnp.concatenate([images.astype(self.dtype), maps.astype(self.dtype)], axis=-1)
-    return self.step_scale * self.net(x, train=train).reshape(n, self.num_joints, 2)
+    maps = pose_maps(jax.lax.stop_gradient(poses), h, w, self.map_sigma, self.map_range)
+    if self.render_maps:
+      x = jnp.concatenate([images.astype(self.dtype), maps.render().astype(self.dtype)], -1)
+      out = self.net(x, train=train)
+    else:
+      out = self.net(images, train=train, maps=maps)  # As if concatenated to the image.
+    return self.step_scale * out.reshape(n, self.num_joints, 2)
 
   def __call__(self, images, y0, *, train: bool = False, num_iterations: int | None = None):
     steps = self.num_iterations if num_iterations is None else num_iterations

@@ -1,5 +1,6 @@
 """IEF: the paper-sized GoogLeNet count (eval_shape), the scanned loop, maps, bounded steps."""
 
+import functools
 import time
 
 from hypothesis import given, settings
@@ -93,6 +94,62 @@ def test_rendered_maps_peak_at_joints_and_the_marking_point():
     want = -1.0 + 4.0 * np.exp(-((xs - px)**2 + (ys - py)**2) / (2 * 4.0**2))
     np.testing.assert_allclose(maps[0, ..., c], want, rtol=1e-5, atol=1e-5)
   assert float(maps.min()) >= -1.0 and float(maps.max()) <= 3.0
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(7, 2, 3), (3, 1, 1), (5, 2, 0), (4, 3, 2)])
+def test_maps_convolved_in_closed_form_equal_the_rendered_maps_convolved(kernel, stride, padding):
+  """conv_pose_maps never renders the maps; its result and kernel gradient are the dense
+  convolution's, for non-square maps, any stride and padding, points outside the crop."""
+  poses = jax.random.uniform(jax.random.key(5), (2, 3, 2), minval=-0.7, maxval=0.7)
+  maps = ief.pose_maps(poses, 20, 26, sigma=0.15, value_range=(-0.4, 0.9))
+  assert maps.gy.shape == (2, 20, 4) and maps.gx.shape == (2, 26, 4)
+  w = jax.random.normal(jax.random.key(6), (kernel, kernel, 4, 5))
+  dense = lambda w: jax.lax.conv_general_dilated(  # noqa: E731
+      maps.render(), w, (stride, stride), [(padding, padding)] * 2,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  closed = lambda w: ief.conv_pose_maps(maps, w, stride, padding)  # noqa: E731
+  want, got = dense(w), closed(w)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+  probe = jax.random.normal(jax.random.key(7), want.shape)
+  grad = lambda f: jax.grad(lambda w: jnp.sum(f(w) * probe))(w)  # noqa: E731
+  want_grad = grad(dense)
+  np.testing.assert_allclose(grad(closed), want_grad, rtol=1e-5,
+                             atol=1e-5 * float(jnp.abs(want_grad).max()))
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_first_layer_sees_the_maps_as_channels_after_the_image(batch_norm):
+  """The network behaves as the release's layout, maps rendered and concatenated to the image
+  (`render_maps=True`): the same variables (initialised alike), corrections and gradients."""
+
+  kwargs = dict(width_divisor=16, inception=ief.IEFTiny.keywords["inception"],
+                batch_norm=batch_norm, map_sigma=0.05, dropout_rate=0.0)
+  model, reference = ief.IEF(4, **kwargs), ief.IEF(4, render_maps=True, **kwargs)
+  images = jax.random.normal(jax.random.key(1), (2, 40, 48, 3))
+  poses = jax.random.uniform(jax.random.key(2), (2, 4, 2), minval=-0.4, maxval=0.4)
+  variables = model.init(jax.random.key(0), images, poses[0])
+  jax.tree.map(np.testing.assert_array_equal, variables,
+               reference.init(jax.random.key(0), images, poses[0]))
+  conv1 = variables["params"]["net"]["conv1"]
+  assert conv1["kernel"].shape == (7, 7, 3 + 4 + 1, 4) and ("bias" in conv1) != batch_norm
+
+  weights = jax.random.normal(jax.random.key(3), (2, 4, 2))
+
+  def loss(m, params):
+    pred, _ = m.apply({**variables, "params": params}, images, poses, train=True,
+                      method="correction", mutable=["batch_stats"])
+    return jnp.sum(pred * weights), pred
+
+  (_, got), got_grad = jax.value_and_grad(functools.partial(loss, model), has_aux=True)(
+      variables["params"])
+  (_, want), want_grad = jax.value_and_grad(functools.partial(loss, reference), has_aux=True)(
+      variables["params"])
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * float(jnp.abs(want).max()))
+  overall = max(float(jnp.abs(w).max()) for w in jax.tree.leaves(want_grad))
+  for g, w in zip(jax.tree.leaves(got_grad), jax.tree.leaves(want_grad)):  # Some are ~0.
+    np.testing.assert_allclose(g, w, rtol=1e-3,
+                               atol=max(1e-3 * float(jnp.abs(w).max()), 1e-6 * overall))
 
 
 _points = hnp.arrays(np.float32, (3, 2), elements=st.floats(-100, 100, width=32))
