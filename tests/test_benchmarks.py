@@ -278,13 +278,12 @@ def test_ief_oracle_moves_from_the_mean_pose_to_the_truth(tmp_path):
 def test_ief_stem_times_both_layouts_of_the_same_network():
   from benchmarks import ief_stem  # pylint: disable=g-import-not-at-top
   from jaxpose.models import ief  # pylint: disable=g-import-not-at-top
-  kwargs = dict(inception=ief.IEFTiny.keywords["inception"], width_divisor=16, batch_norm=True,
+  kwargs = dict(inception=ief.INCEPTION_V1[:1], width_divisor=16, batch_norm=True,
                 dropout_rate=0.0)
   out = ief_stem.compare(32, kwargs, batch=2, joints=3, repeats=1, rounds=1)
   assert all(ms > 0 for parts in out["ms"].values() for ms in parts.values())
   assert set(out["ms"]) == {"closed form", "rendered"}
   assert out["iterates"] < 1e-5 and out["gradients"] < 1e-2 and out["rounding"] < 1e-2
-
 
 
 @pytest.mark.parametrize("image_format", ["jpeg", "raw"])

@@ -121,9 +121,8 @@ def test_maps_convolved_in_closed_form_equal_the_rendered_maps_convolved(kernel,
 def test_first_layer_sees_the_maps_as_channels_after_the_image():
   """The network behaves as the release's layout, maps rendered and concatenated to the image
   (`render_maps=True`): the same variables (initialised alike), corrections and gradients."""
-
-  kwargs = dict(width_divisor=16, inception=ief.IEFTiny.keywords["inception"],
-                batch_norm=True, map_sigma=0.05, dropout_rate=0.0)
+  kwargs = dict(width_divisor=16, inception=ief.INCEPTION_V1[:1], batch_norm=True,
+                map_sigma=0.05, dropout_rate=0.0)  # One Inception module: conv1 is the point.
   model, reference = ief.IEF(4, **kwargs), ief.IEF(4, render_maps=True, **kwargs)
   images = jax.random.normal(jax.random.key(1), (2, 40, 48, 3))
   poses = jax.random.uniform(jax.random.key(2), (2, 4, 2), minval=-0.4, maxval=0.4)
