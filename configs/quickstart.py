@@ -211,8 +211,9 @@ def ief(tiny: bool):
   earlier 4,900 steps at std 0.1: 36.1 -> 49.4 -> 49.5 in 7.2 min (seed 1: 51.5 in 6.9; 52.0
   in 8.2 and in 10.4 min in slower sessions, before a change of rounding), without dropout (0.2
   in an earlier, shorter run: 27.9 -> 37.1 -> 39.8 against 29.6 -> 38.8 -> 40.9; as for
-  DeepPose, the paper's dropout only slows a ten-minute fit from scratch). The paper's bound on each step, 20 px at 224 (`model.max_step`, normalised), scaled
-  to 128 px; 20 px at 128 (max_step=0.16): 32.1 -> 36.0 -> 36.9."""
+  DeepPose, the paper's dropout only slows a ten-minute fit from scratch). The paper's bound
+  on each step, 20 px at 224 (`model.max_step`, normalised), scaled to 128 px; 20 px at 128
+  (max_step=0.16): 32.1 -> 36.0 -> 36.9."""
   c = _common(base.get_config())
   c.model = ml_collections.ConfigDict(dict(name="ief", num_iterations=3, width_divisor=4,
                                            dropout_rate=0.0, batch_norm=True, map_sigma=0.05))
