@@ -231,6 +231,16 @@ def test_ief_starts_from_the_mean_training_pose():
   np.testing.assert_allclose(mean[1], (np.array([12.0, 22.0]) - (size - 1) / 2) / size)
 
 
+def test_ief_takes_inception_modules_by_name():
+  """The tiny quickstart keeps one Inception module per resolution (as ief.IEFTiny); an unknown
+  name is an error that names it."""
+  config = _tiny("ief")
+  assert [name for name, _ in families.create_family(config).model.inception] == ["3a", "4a", "5a"]
+  config.model.inception_modules = ("3a", "9z")
+  with pytest.raises(ValueError, match="'ief'.*9z"):
+    families.create_family(config)
+
+
 def test_unknown_family_is_named():
   config = _tiny("hourglass")
   config.model.name = "resnet"

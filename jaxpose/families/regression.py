@@ -144,8 +144,10 @@ def ief_family(config, skeleton, dtype) -> family.Family:
   max_step = kwargs.pop("max_step", IEF_MAX_STEP)
   size, k = config.input_size, skeleton.num_joints
   try:
+    if "inception_modules" in kwargs:  # A subset of GoogLeNet's modules by name (small variants).
+      kwargs["inception"] = ief.inception_modules(kwargs.pop("inception_modules"))
     model = ief.IEF(k, dtype=dtype, **kwargs)
-  except TypeError as e:
+  except (TypeError, ValueError) as e:
     raise ValueError(f"Bad config.model for 'ief': {e}") from None
   codec = coordinate.CoordinateCodec(size)
 

@@ -317,6 +317,14 @@ class IEF(nn.Module):
     return iterates
 
 
+def inception_modules(names) -> tuple:
+  """The Inception v1 modules named (e.g. ("3a", "4a", "5a")), in the network's order."""
+  unknown = sorted(set(names) - {name for name, _ in INCEPTION_V1})
+  if unknown:
+    raise ValueError(f"Unknown Inception modules {unknown}; Inception v1 has "
+                     f"{[name for name, _ in INCEPTION_V1]}.")
+  return tuple(m for m in INCEPTION_V1 if m[0] in names)
+
+
 # Small enough for unit tests: one module per resolution, 1/16 of the widths.
-IEFTiny = functools.partial(IEF, width_divisor=16,
-                            inception=tuple(m for m in INCEPTION_V1 if m[0] in ("3a", "4a", "5a")))
+IEFTiny = functools.partial(IEF, width_divisor=16, inception=inception_modules(("3a", "4a", "5a")))
