@@ -13,6 +13,7 @@ from jaxpose import optim
 from jaxpose import parallel
 from jaxpose import train
 from jaxpose.data import pipeline
+from jaxpose.models import ief
 
 FAMILIES = ("hourglass", "cpm", "tompson", "deeppose", "ief")
 
@@ -128,8 +129,8 @@ def test_init_runs_op_by_op_only_for_large_programs_without_loops():
   rematted.remat = True
   assert families.init_mode(families.create_family(rematted).init, key) == "eager"
   assert families.init_mode(families.create_family(quickstart.get_config()).init, key) == "compiled"
-  ief = families.create_family(_tiny("ief"))
-  assert families.init_mode(ief.init, key) == "compiled"
+  ief_family = families.create_family(_tiny("ief"))
+  assert families.init_mode(ief_family.init, key) == "compiled"
   unrolled = lambda k: [jax.random.normal(jax.random.fold_in(k, i), (2,)) for i in range(1500)]
   looped = lambda k: jax.lax.scan(lambda c, _: (c, jax.random.normal(c, (2,))), k, None, 9)
   assert families.init_mode(unrolled, key) == "eager"
@@ -236,6 +237,7 @@ def test_ief_takes_inception_modules_by_name():
   name is an error that names it."""
   config = _tiny("ief")
   assert [name for name, _ in families.create_family(config).model.inception] == ["3a", "4a", "5a"]
+  assert [name for name, _ in ief.inception_modules("4a, 3a")] == ["3a", "4a"]  # Their order.
   config.model.inception_modules = ("3a", "9z")
   with pytest.raises(ValueError, match="'ief'.*9z"):
     families.create_family(config)

@@ -318,7 +318,9 @@ class IEF(nn.Module):
 
 
 def inception_modules(names) -> tuple:
-  """The Inception v1 modules named (e.g. ("3a", "4a", "5a")), in the network's order."""
+  """The Inception v1 modules named (("3a", "4a", "5a") or "3a,4a,5a"), in the network's order."""
+  if isinstance(names, str):
+    names = [n.strip() for n in names.split(",")]
   unknown = sorted(set(names) - {name for name, _ in INCEPTION_V1})
   if unknown:
     raise ValueError(f"Unknown Inception modules {unknown}; Inception v1 has "
