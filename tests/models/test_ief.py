@@ -126,9 +126,10 @@ def test_first_layer_sees_the_maps_as_channels_after_the_image():
   model, reference = ief.IEF(4, **kwargs), ief.IEF(4, render_maps=True, **kwargs)
   images = jax.random.normal(jax.random.key(1), (2, 40, 48, 3))
   poses = jax.random.uniform(jax.random.key(2), (2, 4, 2), minval=-0.4, maxval=0.4)
-  variables = model.init(jax.random.key(0), images, poses[0])
+  # Jitted: op by op, this network's first init and gradient took ~45 s of compiling here.
+  variables = jax.jit(model.init)(jax.random.key(0), images, poses[0])
   jax.tree.map(np.testing.assert_array_equal, variables,
-               reference.init(jax.random.key(0), images, poses[0]))
+               jax.jit(reference.init)(jax.random.key(0), images, poses[0]))
   assert variables["params"]["net"]["conv1"]["kernel"].shape == (7, 7, 3 + 4 + 1, 4)
   for bn in (False, True):  # Without BatchNorm, conv1 has nn.Conv's bias, both ways.
     models = [ief.IEF(4, **dict(kwargs, batch_norm=bn), render_maps=r) for r in (False, True)]
@@ -144,10 +145,10 @@ def test_first_layer_sees_the_maps_as_channels_after_the_image():
                       method="correction", mutable=["batch_stats"])
     return jnp.sum(pred * weights), pred
 
-  (_, got), got_grad = jax.value_and_grad(functools.partial(loss, model), has_aux=True)(
+  (_, got), got_grad = jax.jit(jax.value_and_grad(functools.partial(loss, model), has_aux=True))(
       variables["params"])
-  (_, want), want_grad = jax.value_and_grad(functools.partial(loss, reference), has_aux=True)(
-      variables["params"])
+  (_, want), want_grad = jax.jit(
+      jax.value_and_grad(functools.partial(loss, reference), has_aux=True))(variables["params"])
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * float(jnp.abs(want).max()))
   overall = max(float(jnp.abs(w).max()) for w in jax.tree.leaves(want_grad))
   for g, w in zip(jax.tree.leaves(got_grad), jax.tree.leaves(want_grad)):  # Some are ~0.
