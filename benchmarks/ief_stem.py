@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks import models as bench
+from jaxpose import family
 from jaxpose.models import ief
 
 
@@ -65,7 +66,9 @@ def compare(size: int, model_kwargs: dict, batch: int, joints: int, repeats: int
   target = jnp.asarray(rng.uniform(-0.05, 0.05, (batch, joints, 2)), jnp.float32)
   models = {"closed form": ief.IEF(joints, num_iterations=3, **model_kwargs),
             "rendered": ief.IEF(joints, num_iterations=3, render_maps=True, **model_kwargs)}
-  variables = models["rendered"].init(jax.random.key(0), images[:1], poses[0])
+  # The trainer's initialiser: only what the values need, compiled or op by op, whichever is
+  # cheaper (a flax init run eagerly compiles every operation of the forward pass apart).
+  variables = family.run_init(models["rendered"].init, jax.random.key(0), images[:1], poses[0])
   state = {c: v for c, v in variables.items() if c != "params"}
   programs = {name: _programs(m, images, poses, target) for name, m in models.items()}
   grads = [programs[n][0](variables["params"], state)[1] for n in models]
