@@ -51,12 +51,6 @@ def _median_ms(fn, args, repeats: int) -> float:
   return 1000 * float(np.median(calls))
 
 
-def _relative_difference(a, b) -> float:
-  a, b = jax.tree.leaves(a), jax.tree.leaves(b)
-  scale = max(float(jnp.abs(x).max()) for x in b)
-  return max(float(jnp.abs(x - y).max()) for x, y in zip(a, b)) / max(scale, 1e-30)
-
-
 def compare(size: int, model_kwargs: dict, batch: int, joints: int, repeats: int,
             rounds: int) -> dict:
   """Medians (ms) per part and model, and the relative differences (see the docstring)."""
@@ -82,9 +76,10 @@ def compare(size: int, model_kwargs: dict, batch: int, joints: int, repeats: int
       times[name]["infer"].append(_median_ms(infer, (variables,), repeats))
   return {"ms": {n: {part: float(np.median(t)) for part, t in parts.items()}
                  for n, parts in times.items()},
-          "iterates": _relative_difference(*[programs[n][1](variables) for n in models]),
-          "gradients": _relative_difference(*grads),
-          "rounding": _relative_difference(nudged(variables["params"], state)[1], grads[1])}
+          "iterates": bench.relative_difference(*[programs[n][1](variables) for n in models]),
+          "gradients": bench.relative_difference(*grads),
+          "rounding": bench.relative_difference(nudged(variables["params"], state)[1],
+                                                grads[1])}
 
 
 def main() -> None:

@@ -184,6 +184,15 @@ def peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux.
 
 
+def relative_difference(a, b) -> float:
+  """The largest absolute difference of two trees' leaves, over the largest |value| in b."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  a, b = jax.tree.leaves(a), jax.tree.leaves(b)
+  scale = max(float(jnp.abs(x).max()) for x in b)
+  return max(float(jnp.abs(x - y).max()) for x, y in zip(a, b)) / max(scale, 1e-30)
+
+
 def time_calls(fn, warmup: int, repeats: int) -> list[float]:
   """Seconds of each of `repeats` calls of `fn` after `warmup` untimed ones."""
   for _ in range(warmup):

@@ -209,7 +209,7 @@ def conv_pose_maps(maps: PoseMaps, kernel, stride: int, padding: int):
   separates: a contraction over the kernel's columns, then one over its rows.
   """
   dtype = kernel.dtype
-  n, h, c = maps.gy.shape
+  n, h, _ = maps.gy.shape
   w = maps.gx.shape[1]
   k, f = kernel.shape[0], kernel.shape[-1]
   # The constant parts of all channels as one more factor pair, its kernel summed over them.
@@ -217,7 +217,7 @@ def conv_pose_maps(maps: PoseMaps, kernel, stride: int, padding: int):
   factors_x = jnp.concatenate([maps.gx, jnp.ones((n, w, 1))], axis=-1).astype(dtype)
   kernel = jnp.concatenate([(maps.high - maps.low) * kernel,
                             maps.low * jnp.sum(kernel, axis=2, keepdims=True)], axis=2)
-  c += 1
+  c = factors_y.shape[-1]  # The maps' channels and the constant part.
   rows = _windows(factors_y, k, stride, padding).reshape(n, -1, k * c)  # [N, H', (i, c)]
   cols = _windows(factors_x, k, stride, padding)  # [N, W', k (j), C]
   wo = cols.shape[1]
@@ -243,7 +243,7 @@ class MapsConv(layers.Conv):
     kernel, bias = self.weights(c + maps.gy.shape[-1])
     y = layers.conv2d(x.astype(self.dtype), kernel[:, :, :c], self.strides, self.padding)
     y = y + conv_pose_maps(maps, kernel[:, :, c:], self.strides, self.padding)
-    return y if bias is None else y + bias
+    return layers.add_bias(y, bias)
 
 
 def bounded_correction(y, y_true, max_step):
@@ -321,10 +321,10 @@ def inception_modules(names) -> tuple:
   """The Inception v1 modules named (("3a", "4a", "5a") or "3a,4a,5a"), in the network's order."""
   if isinstance(names, str):
     names = [n.strip() for n in names.split(",")]
-  unknown = sorted(set(names) - {name for name, _ in INCEPTION_V1})
+  known = [name for name, _ in INCEPTION_V1]
+  unknown = sorted(set(names) - set(known))
   if unknown:
-    raise ValueError(f"Unknown Inception modules {unknown}; Inception v1 has "
-                     f"{[name for name, _ in INCEPTION_V1]}.")
+    raise ValueError(f"Unknown Inception modules {unknown}; Inception v1 has {known}.")
   return tuple(m for m in INCEPTION_V1 if m[0] in names)
 
 

@@ -125,14 +125,15 @@ def _bias(module: nn.Module):
       module.dtype)
 
 
-def _plus(y, bias):
+def add_bias(y, bias):
+  """y + bias, or y for a layer without one (bias None)."""
   return y if bias is None else y + bias
 
 
 def _apply_dense(module: nn.Module, x):
   """x @ kernel + bias with `module.weights` (Dense's, or Conv1x1's, which are a Dense's)."""
   kernel, bias = module.weights(x.shape[-1])
-  return _plus(dense(x.astype(module.dtype), kernel), bias)
+  return add_bias(dense(x.astype(module.dtype), kernel), bias)
 
 
 class Conv1x1(nn.Module):
@@ -230,7 +231,7 @@ class Conv(nn.Module):
 
   def __call__(self, x):
     kernel, bias = self.weights(x.shape[-1])
-    return _plus(conv2d(x.astype(self.dtype), kernel, self.strides, self.padding), bias)
+    return add_bias(conv2d(x.astype(self.dtype), kernel, self.strides, self.padding), bias)
 
   @nn.compact
   def weights(self, in_features: int):
@@ -397,8 +398,8 @@ class Bottleneck(nn.Module):
         return conv(nn.relu(bn(y)))
       kernel, conv_bias = conv.weights(y.shape[-1])
       mean, var, scale, bias = bn.statistics(y)
-      return _plus(bn_relu_conv(y, mean, var, scale, bias, kernel, bn.epsilon, geometry),
-                   conv_bias)
+      return add_bias(bn_relu_conv(y, mean, var, scale, bias, kernel, bn.epsilon, geometry),
+                      conv_bias)
 
     y = unit(x, "bn1", conv1x1(mid, name="conv1"), None)
     y = unit(y, "bn2", Conv(mid, 3, padding=1, dtype=self.dtype, name="conv2",
