@@ -122,11 +122,13 @@ def _restore_or_init(run: _Run) -> int:
   """Sets run.state from the newest intact checkpoint, or initialises it. Returns the step."""
   init_key, _ = seed_keys(run.config.seed)
   latest = run.manager.latest_step()
-  # A checkpoint at a phase boundary holds the finished phase's optimiser state.
-  phase = optim.phase_at(run.phases, max((latest or 0) - 1, 0))
-  abstract = create_train_state(run.family, run.optimizer(phase), init_key, run.mesh,
-                                abstract=True)
-  state, step = checkpoints.restore_latest_intact(run.manager, abstract)
+  state = step = None
+  if latest is not None:  # A fresh start does not trace the model for shapes it won't read.
+    # A checkpoint at a phase boundary holds the finished phase's optimiser state.
+    phase = optim.phase_at(run.phases, max(latest - 1, 0))
+    abstract = create_train_state(run.family, run.optimizer(phase), init_key, run.mesh,
+                                  abstract=True)
+    state, step = checkpoints.restore_latest_intact(run.manager, abstract)
   if state is None:
     # This process owns its JAX state: the initialiser's per-operation programs can go.
     run.state = create_train_state(run.family, run.optimizer(run.phases[0]), init_key,

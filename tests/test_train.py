@@ -116,12 +116,18 @@ def test_train_resume_is_bit_exact_and_eval_deterministic(full_run, tmp_path, mo
   assert 0 <= table["Total"] <= 100
   half = _config(tmp, num_train_steps=3)
   monkeypatch.chdir(tmp_path)
+  abstract = []  # Per state built: shapes only (to restore into) or real values.
+  create = train.create_train_state
+  monkeypatch.setattr(train, "create_train_state", lambda *a, **kw: (
+      abstract.append(kw.get("abstract", False)), create(*a, **kw))[1])
   train.train_and_evaluate(half, "resumed")  # A relative workdir, as users type it.
   assert (tmp_path / "resumed" / "checkpoints" / "3").exists()
+  assert abstract == [False]  # A fresh start builds no shapes to restore into.
   with pytest.raises(ValueError, match="num_train_steps: checkpoint 3, now 6"):
     train.train_and_evaluate(_config(tmp), str(tmp_path / "resumed"))  # A longer run ...
   train.train_and_evaluate(_config(tmp), str(tmp_path / "resumed"),  # ... only when asked;
                            allow_inexact_resume=True)  # exact here: still inside the warm-up.
+  assert abstract[1:] == [True]  # The resume restores into shapes (the refused run built none).
   mesh = parallel.make_mesh()
   _, _, v_full, s1 = evaluate.load_checkpoint(str(tmp / "work"), mesh)
   _, _, v_res, s2 = evaluate.load_checkpoint(str(tmp_path / "resumed"), mesh)
