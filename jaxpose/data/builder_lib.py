@@ -157,6 +157,18 @@ def features(num_joints: int) -> tfds.features.FeaturesDict:
   })
 
 
+class DatasetInfo(tfds.core.DatasetInfo):
+  """`tfds.core.DatasetInfo` for data sets that TFDS's public bucket does not hold (all of ours).
+
+  A builder whose data is not prepared yet asks its info to `initialize_from_bucket`, which
+  makes a temporary directory for the bucket's files before finding there are none, and leaves
+  it behind: one empty directory in the system's temporary folder per builder constructed.
+  """
+
+  def initialize_from_bucket(self) -> None:
+    """Nothing to fetch: the split sizes come from preparing the data set here."""
+
+
 @dataclasses.dataclass(eq=False)
 class ManualConfig(tfds.core.BuilderConfig):
   """Options shared by the builders over manually downloaded files.

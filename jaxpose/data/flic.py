@@ -127,9 +127,9 @@ class FlicPose(tfds.core.GeneratorBasedBuilder, skip_registration=__name__ == "_
     self._manual_dir = manual_dir
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(builder=self, description=__doc__,
-                                 features=builder_lib.features(NUM_JOINTS), homepage=_SITE,
-                                 disable_shuffling=True)
+    return builder_lib.DatasetInfo(builder=self, description=__doc__,
+                                   features=builder_lib.features(NUM_JOINTS), homepage=_SITE,
+                                   disable_shuffling=True)
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # The files are read from the manual folder directly.

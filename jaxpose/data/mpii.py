@@ -476,10 +476,10 @@ class MpiiPose(tfds.core.GeneratorBasedBuilder, skip_registration=__name__ == "_
     self._manual_dir = manual_dir
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(builder=self, description=__doc__,
-                                 features=builder_lib.features(NUM_JOINTS),
-                                 homepage="http://human-pose.mpi-inf.mpg.de/",
-                                 disable_shuffling=True)  # Keep examples in id order.
+    return builder_lib.DatasetInfo(builder=self, description=__doc__,
+                                   features=builder_lib.features(NUM_JOINTS),
+                                   homepage="http://human-pose.mpi-inf.mpg.de/",
+                                   disable_shuffling=True)  # Keep examples in id order.
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # The files are read from the manual folder directly.

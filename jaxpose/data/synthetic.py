@@ -176,7 +176,7 @@ class SyntheticPose(tfds.core.GeneratorBasedBuilder,
   DEFAULT_CONFIG_NAME = "default"
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
+    return builder_lib.DatasetInfo(
         builder=self,
         description=__doc__,
         features=builder_lib.features(_SKELETON.num_joints),  # The spec every source shares.

@@ -2,6 +2,7 @@
 
 import dataclasses
 import hashlib
+import tempfile
 
 import numpy as np
 from PIL import Image
@@ -295,9 +296,13 @@ def test_num_examples():
     synthetic.num_examples("train", "huge")
 
 
-def test_tiny_tfds_config_matches_renderer(tmp_path):
+def test_tiny_tfds_config_matches_renderer(tmp_path, monkeypatch):
   data_dir = str(tmp_path / "tfds")
+  temp = tmp_path / "temp"
+  temp.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(temp))
   dataset = synthetic.load("validation", config="tiny", data_dir=data_dir)
+  assert not list(temp.iterdir())  # Building it left nothing in the temporary folder.
   examples = list(dataset.as_numpy_iterator())
   assert len(examples) == synthetic.num_examples("validation", "tiny")
   assert [int(e["id"]) for e in examples] == list(range(len(examples)))
