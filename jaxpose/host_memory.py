@@ -7,6 +7,9 @@ the step's peak. `trim_after_compiles` asks glibc to release it (`malloc_trim(0)
 backend compilation (or persistent-cache load). Measured on the 2-stack hourglass at batch 8 on
 a 2-core CPU (`steps.create_train_state`, then one `steps.make_train_step` step): peak RSS 3,460
 -> 2,996 MB, ~0.1 s per trim. A no-op where the C library has no `malloc_trim` (macOS, musl).
+Under the tunables `train.py` and `eval.py` start with (`jaxpose.huge_pages`: no `mmap` per large
+block, no automatic trim) the step's buffers come from the heap too, and these trims are then
+the only times the process hands freed memory back.
 """
 
 import ctypes

@@ -142,10 +142,21 @@ def test_huge_pages_go_to_the_frameworks_asked_for(monkeypatch):
   def tunables(framework, who):
     return bench.child_environment(framework, who).get("GLIBC_TUNABLES")
 
-  assert tunables("jax", "jaxpose") == "glibc.malloc.hugetlb=1"  # As train.py starts itself.
+  ours = ":".join(f"{name}={value}" for name, value in huge_pages.TUNABLES)
+  assert ours.startswith("glibc.malloc.hugetlb=1:")
+  assert tunables("jax", "jaxpose") == ours  # As train.py starts itself.
   assert tunables("torch", "jaxpose") is None
-  assert tunables("torch", "both") == tunables("jax", "both") == "glibc.malloc.hugetlb=1"
+  assert tunables("torch", "both") == tunables("jax", "both") == ours
   assert tunables("jax", "none") is None
+
+
+def test_keeping_freed_memory_is_timed_in_alternating_blocks(capsys):
+  from benchmarks import keep_freed_memory  # pylint: disable=g-import-not-at-top
+  keep_freed_memory.main(["--config", TINY, "--batch", "2", "--blocks", "2", "--per_block", "1",
+                          "--huge_pages", "off"])
+  lines = capsys.readouterr().out.splitlines()
+  assert [line.split(":")[1].split()[0] for line in lines[:4]] == ["mmap", "keep", "keep", "mmap"]
+  assert "keep / mmap = " in lines[-1] and float(lines[-1].split("= ")[-1]) > 0
 
 
 def test_config_overrides_reach_the_model_and_are_checked():

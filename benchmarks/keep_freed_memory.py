@@ -1,0 +1,96 @@
+r"""Does keeping freed memory in the process make the train step faster? One process, paired.
+
+  python benchmarks/keep_freed_memory.py                      # the 2-stack hourglass, 4 blocks
+  python benchmarks/keep_freed_memory.py --set model.num_stacks=8 --blocks 2
+  python benchmarks/keep_freed_memory.py --config configs/quickstart.py --per_block 20
+
+`jaxpose.huge_pages` starts train.py with glibc's malloc keeping what it frees (no `mmap` per
+large block, no automatic trim of the heap's top) beside the huge pages. This machine's speed
+drifts by 10-20% within minutes, so two processes timed one after the other cannot show a
+5-10% effect. Here one process compiles the trainer's step once (`benchmarks/models.py`'s
+jaxpose side) and switches glibc between the two behaviours with `mallopt` between blocks of
+steps, alternating which comes first, and prints each block and the medians:
+
+  mmap   glibc's defaults: large blocks mapped and unmapped per allocation (what a process
+         without the tunables does; the heap trimmed as glibc decides).
+  keep   M_MMAP_MAX=0 and M_TRIM_THRESHOLD=-1 (never): the tunables' effect.
+
+Switching to "mmap" also trims the heap, so its first step starts from memory given back. The
+first step after each switch is not timed. Run it as train.py runs (huge pages asked for:
+`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, which the script sets by starting itself again when
+--huge_pages is on, the default). glibc on Linux only.
+"""
+
+import argparse
+import ctypes
+import os
+import statistics
+import sys
+import time
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _REPO)
+# pylint: disable-next=g-import-not-at-top,wrong-import-position
+from benchmarks import models  # noqa: E402
+
+# glibc's mallopt parameters (malloc.h) and its defaults for them.
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65536
+
+
+def keep_freed_memory(libc, keep: bool) -> None:
+  """glibc keeps what the process frees (keep) or maps large blocks apart, as by default."""
+  if keep:
+    libc.mallopt(M_MMAP_MAX, 0)
+    libc.mallopt(M_TRIM_THRESHOLD, -1)
+  else:
+    libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
+    libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
+    libc.malloc_trim(0)
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--config", default="configs/hourglass_mpii.py")
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="Config overrides (none given: the paper config at 2 stacks).")
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--blocks", type=int, default=4, help="Pairs of blocks.")
+  parser.add_argument("--per_block", type=int, default=3, help="Timed steps per block.")
+  parser.add_argument("--huge_pages", choices=("on", "off"), default="on")
+  args = parser.parse_args(argv)
+  if args.huge_pages == "on" and "glibc.malloc.hugetlb" not in os.environ.get(
+      "GLIBC_TUNABLES", ""):
+    environ = dict(os.environ, GLIBC_TUNABLES=":".join(
+        t for t in (os.environ.get("GLIBC_TUNABLES"), "glibc.malloc.hugetlb=1") if t))
+    os.execve(sys.executable, sys.orig_argv, environ)
+  libc = ctypes.CDLL(None)
+  if not hasattr(libc, "mallopt"):
+    sys.exit("needs glibc (mallopt)")
+  if not args.set and args.config == parser.get_default("config"):
+    args.set = ["model.num_stacks=2"]
+  config = models.load_config(args.config, args.batch, tuple(args.set))
+  host = models.random_batch(args.batch, config.input_size)
+  _, run = models.jax_train(config, host, {"device_augment": False})
+  run()
+  times = {False: [], True: []}
+  try:
+    for block in range(2 * args.blocks):
+      keep = (block % 2 == 0) == (block // 2 % 2 == 1)  # mmap, keep, keep, mmap, mmap, ...
+      keep_freed_memory(libc, keep)
+      run()  # Not timed: the first step after the switch.
+      for _ in range(args.per_block):
+        start = time.perf_counter()
+        run()
+        times[keep].append(time.perf_counter() - start)
+      print(f"block {block}: {'keep' if keep else 'mmap'}",
+            " ".join(f"{t:.3f}" for t in times[keep][-args.per_block:]), flush=True)
+  finally:
+    keep_freed_memory(libc, False)  # The caller's process as glibc's defaults have it.
+  mmap_s, keep_s = statistics.median(times[False]), statistics.median(times[True])
+  print(f"{args.config} {' '.join(args.set)} batch {args.batch}: median step {mmap_s:.3f} s "
+        f"(mmap), {keep_s:.3f} s (keep): keep / mmap = {keep_s / mmap_s:.3f}")
+
+
+if __name__ == "__main__":
+  main()
