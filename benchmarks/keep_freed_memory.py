@@ -1,6 +1,6 @@
 r"""Does keeping freed memory in the process make the train step faster? One process, paired.
 
-  python benchmarks/keep_freed_memory.py                      # the 2-stack hourglass, 4 blocks
+  python benchmarks/keep_freed_memory.py             # the 2-stack hourglass, 4 pairs of blocks
   python benchmarks/keep_freed_memory.py --set model.num_stacks=8 --blocks 2
   python benchmarks/keep_freed_memory.py --config configs/quickstart.py --per_block 20
 
@@ -16,9 +16,9 @@ steps, alternating which comes first, and prints each block and the medians:
   keep   M_MMAP_MAX=0 and M_TRIM_THRESHOLD=-1 (never): the tunables' effect.
 
 Switching to "mmap" also trims the heap, so its first step starts from memory given back. The
-first step after each switch is not timed. Run it as train.py runs (huge pages asked for:
-`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, which the script sets by starting itself again when
---huge_pages is on, the default). glibc on Linux only.
+first step after each switch is not timed. With --huge_pages on (the default) the script starts
+itself again as train.py does (`jaxpose.huge_pages`: the huge pages, and the two settings above
+from the start, which the "mmap" blocks then undo). glibc on Linux only.
 """
 
 import argparse
@@ -30,8 +30,10 @@ import time
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _REPO)
-# pylint: disable-next=g-import-not-at-top,wrong-import-position
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import models  # noqa: E402
+from jaxpose import huge_pages  # noqa: E402
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 # glibc's mallopt parameters (malloc.h) and its defaults for them.
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
@@ -59,11 +61,8 @@ def main(argv=None) -> None:
   parser.add_argument("--per_block", type=int, default=3, help="Timed steps per block.")
   parser.add_argument("--huge_pages", choices=("on", "off"), default="on")
   args = parser.parse_args(argv)
-  if args.huge_pages == "on" and "glibc.malloc.hugetlb" not in os.environ.get(
-      "GLIBC_TUNABLES", ""):
-    environ = dict(os.environ, GLIBC_TUNABLES=":".join(
-        t for t in (os.environ.get("GLIBC_TUNABLES"), "glibc.malloc.hugetlb=1") if t))
-    os.execve(sys.executable, sys.orig_argv, environ)
+  if args.huge_pages == "on":
+    huge_pages.reexec()  # As train.py starts; the blocks then switch what mallopt can.
   libc = ctypes.CDLL(None)
   if not hasattr(libc, "mallopt"):
     sys.exit("needs glibc (mallopt)")
