@@ -42,6 +42,7 @@ import sys
 # freed memory kept in the process (no mmap per large block; the heap never trimmed by itself).
 TUNABLES = (("glibc.malloc.hugetlb", "1"), ("glibc.malloc.mmap_max", "0"),
             ("glibc.malloc.trim_threshold", str(2**64 - 1)))
+SETTING = ":".join(f"{name}={value}" for name, value in TUNABLES)  # As GLIBC_TUNABLES spells it.
 THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
 OFF_VARIABLE = "JAXPOSE_HUGE_PAGES"
 
@@ -77,8 +78,7 @@ def environment(environ=None, thp_mode: str | None = None) -> dict | None:
     return None
   if (thp_mode if thp_mode is not None else kernel_thp_mode()) not in ("always", "madvise"):
     return None
-  ours = ":".join(f"{name}={value}" for name, value in TUNABLES)
-  environ["GLIBC_TUNABLES"] = ":".join(t for t in (tunables, ours) if t)
+  environ["GLIBC_TUNABLES"] = ":".join(t for t in (tunables, SETTING) if t)
   return environ
 
 

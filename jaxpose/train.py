@@ -122,25 +122,24 @@ def _restore_or_init(run: _Run) -> int:
   """Sets run.state from the newest intact checkpoint, or initialises it. Returns the step."""
   init_key, _ = seed_keys(run.config.seed)
   latest = run.manager.latest_step()
-  state = step = None
   if latest is not None:  # A fresh start does not trace the model for shapes it won't read.
     # A checkpoint at a phase boundary holds the finished phase's optimiser state.
     phase = optim.phase_at(run.phases, max(latest - 1, 0))
     abstract = create_train_state(run.family, run.optimizer(phase), init_key, run.mesh,
                                   abstract=True)
     state, step = checkpoints.restore_latest_intact(run.manager, abstract)
-  if state is None:
-    # This process owns its JAX state: the initialiser's per-operation programs can go.
-    run.state = create_train_state(run.family, run.optimizer(run.phases[0]), init_key,
-                                   run.mesh, release_caches=True)
-    if run.is_chief:
-      run.writer.write_hparams({k: v for k, v in run.config.to_dict().items()
-                                if isinstance(v, (int, float, str, bool))})
-    return 0
-  run.state = state
-  logging.info("Resumed from %s at step %d (phase %r).", run.workdir / "checkpoints", step,
-               phase.name)
-  return step
+    if state is not None:
+      run.state = state
+      logging.info("Resumed from %s at step %d (phase %r).", run.workdir / "checkpoints",
+                   step, phase.name)
+      return step
+  # This process owns its JAX state: the initialiser's per-operation programs can go.
+  run.state = create_train_state(run.family, run.optimizer(run.phases[0]), init_key, run.mesh,
+                                 release_caches=True)
+  if run.is_chief:
+    run.writer.write_hparams({k: v for k, v in run.config.to_dict().items()
+                              if isinstance(v, (int, float, str, bool))})
+  return 0
 
 
 def _enter_phase(run: _Run, phase: optim.Phase, step: int) -> None:

@@ -142,7 +142,7 @@ def test_huge_pages_go_to_the_frameworks_asked_for(monkeypatch):
   def tunables(framework, who):
     return bench.child_environment(framework, who).get("GLIBC_TUNABLES")
 
-  ours = ":".join(f"{name}={value}" for name, value in huge_pages.TUNABLES)
+  ours = huge_pages.SETTING
   assert ours.startswith("glibc.malloc.hugetlb=1:")
   assert tunables("jax", "jaxpose") == ours  # As train.py starts itself.
   assert tunables("torch", "jaxpose") is None
