@@ -269,9 +269,16 @@ def run_init(init: Callable[..., Any], *args, out_shardings=None, mode: str = "a
   values = values if out_shardings is None else jax.device_put(values, out_shardings)
   if release_caches:
     jax.block_until_ready(values)
-    jax.clear_caches()
-    host_memory.trim()
+    release_compiled_programs()
   return values
+
+
+def release_compiled_programs() -> None:
+  """Empties JAX's in-memory compilation caches (`jax.clear_caches()`: every jitted function's,
+  the caller's too; they recompile, or read the persistent cache, on their next call) and
+  gives the freed heap back to the OS (`host_memory.trim`)."""
+  jax.clear_caches()
+  host_memory.trim()
 
 
 def _needed(traced) -> jax_core.ClosedJaxpr:

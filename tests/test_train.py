@@ -116,18 +116,26 @@ def test_train_resume_is_bit_exact_and_eval_deterministic(full_run, tmp_path, mo
   assert 0 <= table["Total"] <= 100
   half = _config(tmp, num_train_steps=3)
   monkeypatch.chdir(tmp_path)
-  abstract = []  # Per state built: shapes only (to restore into) or real values.
+  abstract = []  # Per state built: shapes only (to compile for, restore into) or real values.
   create = train.create_train_state
   monkeypatch.setattr(train, "create_train_state", lambda *a, **kw: (
       abstract.append(kw.get("abstract", False)), create(*a, **kw))[1])
+  first_steps = []  # The step each run's loop starts with.
+  first = train._first_step_fn  # pylint: disable=protected-access
+  monkeypatch.setattr(train, "_first_step_fn", lambda *a: (
+      first_steps.append(first(*a)), first_steps[-1])[1])
   train.train_and_evaluate(half, "resumed")  # A relative workdir, as users type it.
   assert (tmp_path / "resumed" / "checkpoints" / "3").exists()
-  assert abstract == [False]  # A fresh start builds no shapes to restore into.
+  assert abstract == [True, False]  # Shapes for the step's compilation, then the values.
   with pytest.raises(ValueError, match="num_train_steps: checkpoint 3, now 6"):
     train.train_and_evaluate(_config(tmp), str(tmp_path / "resumed"))  # A longer run ...
   train.train_and_evaluate(_config(tmp), str(tmp_path / "resumed"),  # ... only when asked;
                            allow_inexact_resume=True)  # exact here: still inside the warm-up.
-  assert abstract[1:] == [True]  # The resume restores into shapes (the refused run built none).
+  # The resume restores into the shapes the step compiles for (the refused run built none).
+  assert abstract[2:] == [True]
+  # Both runs' loops start with the step compiled on a thread while the state was made.
+  assert len(first_steps) == 2
+  assert all(isinstance(f, jax.stages.Compiled) for f in first_steps)
   mesh = parallel.make_mesh()
   _, _, v_full, s1 = evaluate.load_checkpoint(str(tmp / "work"), mesh)
   _, _, v_res, s2 = evaluate.load_checkpoint(str(tmp_path / "resumed"), mesh)

@@ -565,8 +565,9 @@ def _batch_geometry(source: Source, augment: Augment, *, input_size: int,
   swap = tf.constant(source.skeleton.flip_permutation)
 
   def geometry(step):
-    first = step * global_batch_size
-    index = example_index(tf.range(first, first + global_batch_size), n, seed)
+    # Offsets of a static length, so every tensor of the batch has its size in its shape.
+    index = example_index(step * global_batch_size + tf.range(global_batch_size, dtype=step.dtype),
+                          n, seed)
     ann = {k: tf.gather(v, index) for k, v in tables.items()}
     rot, scale, flip, gains = augment_params(
         augment, stream_seed(seed, Stream.GEOMETRY, step), stream_seed(seed, Stream.GAINS, step),

@@ -39,7 +39,8 @@ from jaxpose.families import heatmaps
 from jaxpose.families import regression
 from jaxpose.family import (Family, PhaseContext, apply_train, compile_init,
                             eval_shape_variables, heatmap_losses, heatmap_predict, init_mode,
-                            init_variables, run_init, split_variables)
+                            init_variables, release_compiled_programs, run_init,
+                            split_variables)
 
 # The table of families: config.model.name -> builder (config, skeleton, dtype) -> Family.
 BUILDERS = {
@@ -54,7 +55,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 __all__ = ["BUILDERS", "Family", "PhaseContext", "apply_train", "compile_init", "create_family",
            "eval_shape_variables", "heatmap_losses", "heatmap_predict", "init_mode",
-           "init_variables", "run_init", "split_variables"]
+           "init_variables", "release_compiled_programs", "run_init", "split_variables"]
 
 
 def create_family(config: ml_collections.ConfigDict) -> Family:

@@ -102,6 +102,20 @@ def test_training_batches_are_a_pure_function_of_seed_and_step_and_shards_are_di
       np.testing.assert_array_equal(stitched, full[step][k], err_msg=k)
 
 
+@pytest.mark.parametrize("on_device", [False, True])
+def test_training_batches_say_their_shapes_before_the_first(on_device):
+  """The trainer compiles its step for the dataset's element_spec before any batch exists
+  (train._compile_ahead): every dimension known, and the batches' own."""
+  ds = pipeline.train_dataset(_source(n=10), input_size=32, target_fn=_targets,
+                              augment=pipeline.Augment(), global_batch_size=4, seed=3,
+                              process_index=1, process_count=2, on_device=on_device)
+  batch = next(ds.as_numpy_iterator())
+  assert ds.element_spec.keys() == batch.keys()
+  for k, spec in ds.element_spec.items():
+    assert spec.shape.is_fully_defined(), (k, spec.shape)
+    assert (tuple(spec.shape), spec.dtype.as_numpy_dtype) == (batch[k].shape, batch[k].dtype), k
+
+
 def _example_of(src, joints, matrix):
   """The source example whose joints a training example's (warped, maybe flipped) joints are."""
   if matrix[0, 0] < 0:  # Flipped: undo the left/right swap (an involution).
