@@ -28,11 +28,12 @@ and peak memory never carry over between measurements. Per model and framework:
                done, imports included: cold (jaxpose: a fresh, empty persistent compilation
                cache) and warm (a second process on the same cache; PyTorch has no such cache,
                its second process only finds its files in the OS page cache). jaxpose's
-               records also time the stages, as train.py starts: the step compiles on a thread
-               while the state is initialised (`startup_stages_*_s`: the abstract state, the
-               initialiser, the wait for the compilation, releasing the initialiser's
-               programs; `startup_compile_thread_*_s`: tracing, lowering and compiling the step,
-               warm: reading it from the cache).
+               records also time the stages, as train.py starts: the step is traced and
+               lowered, then compiles on a thread while the state is initialised
+               (`startup_stages_*_s`: the abstract state, tracing and lowering, the
+               initialiser, the wait for the compilation, releasing the initialiser's programs;
+               `startup_step_stages_*_s`: the step's tracing, lowering and compiling, warm:
+               reading it from the cache).
   fusions      `step_library_fusions`: the step's fusions that XLA's CPU backend hands to a
                library (YNNPACK here), by root operation; every one is rebuilt when the step is
                read from the cache, most of the warm start's read.
@@ -244,9 +245,10 @@ def jax_train(config, host: dict, task: dict):
   phase = all_phases[0]
   tx = steps.create_optimizer(config, NUM_EXAMPLES, phase, layer_groups=family.layer_groups)
   clock = _Clock()
-  # As train.py starts: the step compiles on a thread (steps.compile_ahead) while the state is
-  # initialised; then the initialiser's programs are released. The thread's own stages
-  # (tracing, lowering, compiling or, when warm, reading the persistent cache) are timed apart.
+  # As train.py starts: the step is traced and lowered, then compiles on a thread
+  # (steps.compile_ahead) while the state is initialised; then the initialiser's programs are
+  # released. The step's stages (tracing, lowering, compiling or, when warm, reading the
+  # persistent cache on the thread) are recorded apart.
   key = jax.random.key(config.seed)
   spec = steps.create_train_state(family, tx, key, mesh, abstract=True)
   clock.lap("abstract")
@@ -254,6 +256,7 @@ def jax_train(config, host: dict, task: dict):
   rng, thread = jax.random.key(1), {}
   compiling = steps.compile_ahead(steps.make_train_step(family, mesh, phase), spec, batch, rng,
                                   laps=thread)
+  clock.lap("trace_lower")
   state = jax.block_until_ready(steps.create_train_state(family, tx, key, mesh))
   clock.lap("init")
   step = compiling.result()
@@ -268,7 +271,7 @@ def jax_train(config, host: dict, task: dict):
 
   info = {"params": _jax_count(state.params), "device": jax.devices()[0].device_kind,
           "phase": f"{phase.name} (1 of {len(all_phases)})", "stages_s": clock.laps,
-          "compile_thread_s": thread}
+          "step_stages_s": thread}
   # After the timed steps (reading the program takes seconds and memory).
   run.report = lambda: {"step_library_fusions": library_fusions(step.as_text()),
                         **jax_device_memory()}
@@ -605,13 +608,13 @@ def measure_framework(framework: str, spec: str, args, label: str) -> dict:
          "first_step_cold_s": cold.get("first_step_s"),
          "first_step_warm_s": warm.get("first_step_s"), "import_s": cold.get("import_s"),
          "import_rss_mb": train.get("import_rss_mb"),
-         # jaxpose: the main thread's stages of each start-up run (abstract state, init, the
-         # wait for the step's compilation, releasing the initialiser's programs), and the
-         # compiling thread's (trace, lower, compile or cache read).
+         # jaxpose: the main thread's stages of each start-up run (abstract state, tracing and
+         # lowering the step, init, the wait for the step's compilation, releasing the
+         # initialiser's programs), and the step's own (trace, lower, compile or cache read).
          "startup_stages_cold_s": cold.get("stages_s"),
          "startup_stages_warm_s": warm.get("stages_s"),
-         "startup_compile_thread_cold_s": cold.get("compile_thread_s"),
-         "startup_compile_thread_warm_s": warm.get("compile_thread_s"),
+         "startup_step_stages_cold_s": cold.get("step_stages_s"),
+         "startup_step_stages_warm_s": warm.get("step_stages_s"),
          "step_library_fusions": train.get("step_library_fusions")}
   errors = {k: r["error"] for k, r in runs.items() if "error" in r}
   if errors:

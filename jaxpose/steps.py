@@ -99,37 +99,35 @@ def make_train_step(family, mesh, phase: int | optim.Phase = 0):
 
 
 def compile_ahead(step_fn, *args, laps: dict | None = None) -> concurrent.futures.Future:
-  """Traces, lowers and compiles the jitted `step_fn` for `args` (arrays, or the
-  `jax.ShapeDtypeStruct`s, shardings included, of what it will be called with: e.g.
-  `create_train_state(..., abstract=True)` and `parallel.global_batch_spec`) on a thread of its
-  own. Returns a future of the compiled step (`jax.stages.Compiled`), called as `step_fn` is.
+  """Traces and lowers the jitted `step_fn` for `args` (arrays, or the `jax.ShapeDtypeStruct`s,
+  shardings included, of what it will be called with: e.g. `create_train_state(...,
+  abstract=True)` and `parallel.global_batch_spec`), then compiles it on a thread of its own.
+  Returns a future of the compiled step (`jax.stages.Compiled`), called as `step_fn` is.
 
   XLA does not hold Python's lock while it compiles, so what the caller does meanwhile (the
   initialiser, restoring a checkpoint, the input pipeline's first batches) overlaps the
-  compilation. Measured (2-stack hourglass, cold persistent cache, three pairs of processes,
-  2026-12-03): the step compiled and the state initialised 17.9-19.1 s after the process
-  started, against 20.2-22.7 s one after the other; with a warm cache, ~8 s either way (reading
-  the cached program holds the lock). `laps`, when given, receives the thread's seconds per
-  stage ("trace", "lower", "compile")."""
+  compilation. Tracing and lowering are Python, so they run here first: on the thread, beside
+  an initialiser that runs Python too, both took ~2x as long (8-stack hourglass: tracing 12.5 s
+  instead of ~6). Measured (cold persistent cache, one process each, 2026-12-03), the step
+  compiled and the state initialised after the process started, one after the other against
+  this: 2-stack hourglass 20.8-23.9 s against 17.8-20.7 s (three pairs), 8-stack 74.7 s against
+  68.8 s (one pair); with a warm cache (the cached program read instead), 8.2-8.5 s against
+  7.8-10.3 s. `laps`, when given, receives the seconds of "trace", "lower" and "compile"."""
   laps = {} if laps is None else laps
-  last = [time.perf_counter()]
+  clock = time.perf_counter()
+  traced = step_fn.trace(*args)
+  laps["trace"] = round(time.perf_counter() - clock, 3)
+  clock = time.perf_counter()
+  lowered = traced.lower()
+  laps["lower"] = round(time.perf_counter() - clock, 3)
 
-  def lap(name: str) -> None:
-    now = time.perf_counter()
-    laps[name], last[0] = round(now - last[0], 3), now
-
-  def run():
-    last[0] = time.perf_counter()
-    traced = step_fn.trace(*args)
-    lap("trace")
-    lowered = traced.lower()
-    lap("lower")
+  def compile_():
+    start = time.perf_counter()
     compiled = lowered.compile()
-    lap("compile")
+    laps["compile"] = round(time.perf_counter() - start, 3)
     return compiled
 
   executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile_ahead")
-  future = executor.submit(run)
+  future = executor.submit(compile_)
   executor.shutdown(wait=False)  # The thread ends with its one task.
   return future
-

@@ -37,10 +37,10 @@ def test_jax_measurement_record_has_positive_times_and_rss():
   assert record["peak_rss_mb"] >= record["import_rss_mb"] > 0
   assert record["import_s"] > 0
   assert record["phase"] == "train (1 of 1)"
-  assert list(record["stages_s"]) == ["abstract", "init", "compile_wait", "release"]
-  assert list(record["compile_thread_s"]) == ["trace", "lower", "compile"]
-  assert all(t >= 0 for t in [*record["stages_s"].values(),
-                              *record["compile_thread_s"].values()])
+  assert list(record["stages_s"]) == ["abstract", "trace_lower", "init", "compile_wait",
+                                      "release"]
+  assert list(record["step_stages_s"]) == ["trace", "lower", "compile"]
+  assert all(t >= 0 for t in [*record["stages_s"].values(), *record["step_stages_s"].values()])
   fusions = record["step_library_fusions"]
   assert all(k.startswith("__") and n > 0 for k, n in fusions.items())
 
