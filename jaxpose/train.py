@@ -78,6 +78,7 @@ class _Run:
   train_source: pipeline.Source
   eval_source: pipeline.Source
   phases: list[optim.Phase]
+  init_key: jax.Array
   train_key: jax.Array
   preemption: preemption_lib.Preemption
   state: TrainState | None = None
@@ -103,8 +104,7 @@ class _Run:
     what a checkpoint is restored into, and what the step compiles for."""
     if phase.index not in self._abstract_states:
       self._abstract_states[phase.index] = create_train_state(
-          self.family, self.optimizer(phase), seed_keys(self.config.seed)[0], self.mesh,
-          abstract=True)
+          self.family, self.optimizer(phase), self.init_key, self.mesh, abstract=True)
     return self._abstract_states[phase.index]
 
 
@@ -129,14 +129,13 @@ def _set_up(config, workdir: str, allow_inexact_resume: bool) -> _Run:
       config.dataset, input_size=family.input_size, augment=pipeline.Augment(**config.augment))
   eval_source = datasets.load_source(config.dataset, config.dataset.eval_split)
   all_phases = optim.phases(config, train_source.num_examples)
-  _, train_key = seed_keys(config.seed)
   return _Run(config, workdir, family, mesh, manager, writer, train_source, eval_source,
-              all_phases, train_key, preemption_lib.Preemption(), is_chief=is_chief)
+              all_phases, *seed_keys(config.seed), preemption_lib.Preemption(),
+              is_chief=is_chief)
 
 
 def _restore_or_init(run: _Run) -> int:
   """Sets run.state from the newest intact checkpoint, or initialises it. Returns the step."""
-  init_key, _ = seed_keys(run.config.seed)
   latest = run.manager.latest_step()
   if latest is not None:
     # A checkpoint at a phase boundary holds the finished phase's optimiser state.
@@ -149,7 +148,8 @@ def _restore_or_init(run: _Run) -> int:
       return step
   # The initialiser's per-operation programs are released once the step has compiled
   # (`_first_step_fn`): emptying JAX's caches meanwhile would race the compiling thread.
-  run.state = create_train_state(run.family, run.optimizer(run.phases[0]), init_key, run.mesh)
+  run.state = create_train_state(run.family, run.optimizer(run.phases[0]), run.init_key,
+                                 run.mesh)
   if run.is_chief:
     run.writer.write_hparams({k: v for k, v in run.config.to_dict().items()
                               if isinstance(v, (int, float, str, bool))})
@@ -306,8 +306,10 @@ def _loop(run: _Run, step: int, train_iter, ahead: _Ahead | None = None) -> dict
     if phase is None or step >= phase.end_step:
       phase = optim.phase_at(run.phases, step)
       _enter_phase(run, phase, step)
-      step_fn = (make_train_step(run.family, run.mesh, phase) if step_fn is not None
-                 else _first_step_fn(run, phase, ahead))
+      if step_fn is None:  # The loop's first phase: the step compiled ahead, if it is its.
+        step_fn = _first_step_fn(run, phase, ahead)
+      else:
+        step_fn = make_train_step(run.family, run.mesh, phase)
     batch = parallel.global_batch(_next_batch(run, train_iter, step), run.mesh)
     run.state, metrics = step_fn(run.state, batch, jax.random.fold_in(run.train_key, step))
     step += 1
