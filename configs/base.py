@@ -50,6 +50,10 @@ def get_config() -> ml_collections.ConfigDict:
   # one phase of num_train_steps / num_epochs training everything (jaxpose/optim.py).
   c.phases = ()
   c.phase_sample = 2048  # Training people a phase hook predicts (e.g. DeepPose's error stats).
+  # At the end of each phase, replace BatchNorm's running statistics by their mean over this
+  # many training batches (PreciseBN; steps.precise_batch_stats). 0: the running averages
+  # training leaves, as the papers' frameworks do.
+  c.precise_bn_batches = 0
   # Multi-stage families: a stage begins from the previous stage's weights where their shapes
   # agree (DeepPose's stages >= 3, which see the same patches as stage 2) instead of afresh.
   c.warm_start_stages = False

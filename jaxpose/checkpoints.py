@@ -25,7 +25,8 @@ from jaxpose import config_checks
 # out (families differ).
 RESUME_KEYS = ("optimizer", "batch_size", "seed", "input_size", "output_size", "sigma", "loss",
                "augment", "dataset.name", "dataset.config", "dataset.train_split",
-               "num_train_steps", "num_epochs", "mixed_precision", "phases")
+               "num_train_steps", "num_epochs", "mixed_precision", "phases",
+               "precise_bn_batches")
 
 
 def model_signature(config) -> dict:
@@ -45,6 +46,8 @@ def resume_signature(config) -> dict:
       out[key] = value
   if isinstance(out.get("num_train_steps"), int) and out["num_train_steps"] > 0:
     out.pop("num_epochs", None)  # Overridden by num_train_steps: not used.
+  if not out.get("precise_bn_batches"):
+    out.pop("precise_bn_batches", None)  # Off: as checkpoints from before the key.
   return out
 
 

@@ -70,6 +70,7 @@ RULES = (
     Rule("eval_every_steps", positive_int, POSITIVE_INT),
     Rule("checkpoint_every_steps", positive_int, POSITIVE_INT),
     Rule("keep_checkpoints", positive_int, "an integer >= 1"),
+    Rule("precise_bn_batches", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     Rule("input_size", positive_int, POSITIVE_INT),
     Rule("output_size", positive_int, POSITIVE_INT),
     Rule("sigma", positive, "a finite number > 0"),

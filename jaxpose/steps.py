@@ -3,6 +3,7 @@
 What a JAX user composes into their own loop (`train.py` is jaxpose's loop around it):
 `create_train_state` (replicated over a ("data",) mesh), `make_train_step` (one jit per phase,
 the state donated), `compile_ahead` (its compilation on a thread, while the state is made),
+`make_batch_moments_step` and `precise_batch_stats` (BatchNorm's statistics re-estimated),
 `seed_keys`. Only the family touches the model (`families.Family.loss`).
 """
 
@@ -21,6 +22,7 @@ from jaxpose import host_memory
 from jaxpose import optim
 from jaxpose import parallel
 from jaxpose.data import device_augment
+from jaxpose.models import layers
 
 
 class TrainState(train_state.TrainState):
@@ -96,6 +98,52 @@ def make_train_step(family, mesh, phase: int | optim.Phase = 0):
   step = functools.partial(train_step, family=family, phase=index, trainable=trainable)
   return jax.jit(step, in_shardings=(rep, data, rep), out_shardings=(rep, rep),
                  donate_argnums=0)
+
+
+def make_batch_moments_step(family, mesh, phase: int | optim.Phase = 0):
+  """jit: (state, batch, rng) -> the statistics every BatchNorm layer computes on `batch` in
+  the family's training loss of `phase`, averaged over the layer's calls there, as the
+  "batch_stats" collection's tree ({..., layer: {"mean", "var"}}; layers the loss does not run
+  in training are absent). The state is read, not changed or donated."""
+  index = phase.index if isinstance(phase, optim.Phase) else phase
+  rep, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+
+  def moments(state, batch, rng):
+    if "image" not in batch:  # As train_step.
+      batch = dict(batch, image=device_augment.input_images(batch, family.input_size))
+    model_state = {**state.model_state, layers.BATCH_MOMENTS: {}}
+    _, (new_state, _) = family.loss(state.params, model_state, batch, rng, phase=index)
+    return jax.tree.map(lambda calls: sum(calls) / len(calls),
+                        new_state.get(layers.BATCH_MOMENTS, {}),
+                        is_leaf=lambda x: isinstance(x, tuple))
+
+  return jax.jit(moments, in_shardings=(rep, data, rep), out_shardings=rep)
+
+
+def precise_batch_stats(state: TrainState, moments_step, batches) -> TrainState:
+  """PreciseBN (Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021): the running statistics
+  of the BatchNorm layers replaced by the mean of their statistics over `batches` ((batch, rng)
+  pairs, through `make_batch_moments_step`), instead of the exponential average that training
+  left, which weighs the last few batches most (momentum 0.9: ~10 batches of a few images).
+  Layers the loss does not run in training keep theirs. No-op without BatchNorm."""
+  if "batch_stats" not in state.model_state:
+    return state
+  total, count = None, 0
+  for batch, rng in batches:
+    moments = moments_step(state, batch, rng)
+    total = moments if total is None else jax.tree.map(jnp.add, total, moments)
+    count += 1
+  if not count or not total:
+    return state
+  mean = jax.tree.map(lambda t: t / count, total)
+  stats = _merged(state.model_state["batch_stats"], mean)
+  return state.replace(model_state={**state.model_state, "batch_stats": stats})
+
+
+def _merged(tree: dict, update: dict) -> dict:
+  """`tree` with the leaves `update` has (nested dicts) replaced; the rest kept."""
+  return {k: (_merged(v, update[k]) if isinstance(v, dict) else update[k]) if k in update else v
+          for k, v in tree.items()}
 
 
 def compile_ahead(step_fn, *args, laps: dict | None = None) -> concurrent.futures.Future:

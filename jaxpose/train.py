@@ -315,6 +315,8 @@ def _loop(run: _Run, step: int, train_iter, ahead: _Ahead | None = None) -> dict
     step += 1
     history.append((step, metrics))
     report(step)
+    if step == phase.end_step and config.get("precise_bn_batches", 0):
+      run.state = _precise_batch_stats(run, phase, step)
     stop = run.preemption.reached(step)
     last = step == run.num_steps
     if step % config.log_every_steps == 0 or last or stop:
@@ -333,6 +335,26 @@ def _loop(run: _Run, step: int, train_iter, ahead: _Ahead | None = None) -> dict
       logging.warning("Saved step %d after SIGTERM (a preemption notice); exiting.", step)
       break
   return table
+
+
+def _precise_batch_stats(run: _Run, phase: optim.Phase, step: int) -> TrainState:
+  """At the end of `phase` (`step` its last): BatchNorm's running statistics re-estimated on
+  `config.precise_bn_batches` training batches through the phase's loss
+  (`steps.precise_batch_stats`), before the phase's checkpoint, its evaluation and the next
+  phase's hook. The batches are those steps `step`, `step` + 1, ... train on, from a pipeline
+  of their own (the loop's is not advanced), and their keys derive from `step`'s: a run
+  resumed anywhere gets the same statistics."""
+  start = time.time()
+  n = run.config.precise_bn_batches
+  batches = _train_dataset(run, step).take(n).as_numpy_iterator()
+  key = jax.random.fold_in(run.train_key, step)
+  pairs = ((parallel.global_batch(_next_batch(run, batches, step + i), run.mesh),
+            jax.random.fold_in(key, i + 1)) for i in range(n))
+  state = steps.precise_batch_stats(
+      run.state, steps.make_batch_moments_step(run.family, run.mesh, phase), pairs)
+  logging.info("BatchNorm statistics of phase %r re-estimated on %d batches in %.1f s.",
+               phase.name, n, time.time() - start)
+  return state
 
 
 @dataclasses.dataclass

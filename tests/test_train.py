@@ -17,7 +17,9 @@ from jaxpose import checkpoints
 from jaxpose import evaluate
 from jaxpose import families
 from jaxpose import parallel
+from jaxpose import steps
 from jaxpose import train
+from jaxpose.data import datasets
 from jaxpose.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -255,3 +257,71 @@ def test_init_and_step_keys_are_independent():
   keys = [init_key] + [jax.random.fold_in(train_key, s) for s in range(3)]
   data = [tuple(np.asarray(jax.random.key_data(k)).ravel()) for k in keys]
   assert len(set(data)) == len(data)
+
+
+def test_precise_batch_stats_average_the_layers_batch_statistics(tmp_path):
+  """steps.precise_batch_stats: each BatchNorm's running statistics become the mean of what the
+  phase's training loss computes on the batches (read back from one training step's running
+  update, r' = 0.9 r + 0.1 b); nothing else in the state changes, nor its tree."""
+  config = quickstart.get_config("ief-tiny")
+  config.dataset.data_dir = str(tmp_path / "tfds")
+  mesh = parallel.make_mesh()
+  family = families.create_family(config)
+  source = datasets.load_source(config.dataset, "train")
+  state = train.create_train_state(family, train.create_optimizer(config, 100),
+                                   jax.random.key(0), mesh)
+  batches = [_batch(family, source, config, mesh, step) for step in (0, 1)]
+  rngs = [jax.random.key(1), jax.random.key(2)]
+  moments = steps.make_batch_moments_step(family, mesh, phase=1)
+
+  @jax.jit
+  def implied(batch, rng):  # b = (r' - 0.9 r) / 0.1 after one training-mode loss.
+    _, (new, _) = family.loss(state.params, state.model_state, batch, rng, phase=1)
+    return jax.tree.map(lambda n, o: (n - 0.9 * o) / 0.1, new["batch_stats"],
+                        state.model_state["batch_stats"])
+
+  precise = steps.precise_batch_stats(state, moments, zip(batches, rngs))
+  want = jax.tree.map(lambda a, b: (a + b) / 2, *[implied(b, r) for b, r in zip(batches, rngs)])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               precise.model_state["batch_stats"], want)
+  before = jax.tree.leaves(state.model_state["batch_stats"])
+  after = jax.tree.leaves(precise.model_state["batch_stats"])
+  assert max(float(jnp.abs(a - b).max()) for a, b in zip(after, before)) > 1e-3  # It moved.
+  assert jax.tree.structure(precise) == jax.tree.structure(state)
+  for part in ("params", "opt_state", "step"):
+    jax.tree.map(np.testing.assert_array_equal, getattr(precise, part), getattr(state, part))
+  assert precise.model_state["ief"] is state.model_state["ief"]
+  # Without BatchNorm statistics the state comes back as it was.
+  plain = state.replace(model_state={"ief": state.model_state["ief"]})
+  assert steps.precise_batch_stats(plain, moments, zip(batches, rngs)) is plain
+
+
+def test_precise_batch_stats_at_phase_ends_resume_bit_exact(tmp_path, monkeypatch):
+  """IEF-tiny (3 phases of 3 steps) with config.precise_bn_batches: the statistics are
+  re-estimated once at each phase's end; a run preempted at the end of phase 1 (saved after its
+  re-estimate) and resumed does not repeat it, and ends where the uninterrupted run ends."""
+  def config():
+    c = quickstart.get_config("ief-tiny")
+    c.dataset.data_dir = str(tmp_path / "tfds")
+    c.eval_every_steps = 1000
+    return c
+
+  assert config().precise_bn_batches > 0
+  calls = []
+  precise = steps.precise_batch_stats
+  monkeypatch.setattr(steps, "precise_batch_stats", lambda state, *a: (
+      calls.append(int(state.step)), precise(state, *a))[1])
+  train.train_and_evaluate(config(), str(tmp_path / "full"))
+  assert calls == [3, 6, 9]
+  reached = train.preemption_lib.Preemption.reached
+  monkeypatch.setattr(train.preemption_lib.Preemption, "reached",
+                      lambda self, step=None: step == 3 or reached(self, step))
+  train.train_and_evaluate(config(), str(tmp_path / "split"))  # Stops after step 3.
+  monkeypatch.setattr(train.preemption_lib.Preemption, "reached", reached)
+  train.train_and_evaluate(config(), str(tmp_path / "split"))
+  assert calls[3:] == [3, 6, 9]
+  mesh = parallel.make_mesh()
+  _, _, a, s1 = evaluate.load_checkpoint(str(tmp_path / "full"), mesh)
+  _, _, b, s2 = evaluate.load_checkpoint(str(tmp_path / "split"), mesh)
+  assert s1 == s2 == 9
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(a), jax.device_get(b))

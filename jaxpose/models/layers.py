@@ -274,6 +274,12 @@ def _normalize_bwd(epsilon, residuals, dy):
 _normalize.defvjp(_normalize_fwd, _normalize_bwd)
 
 
+# The collection into which BatchNorm layers in training put the statistics of each call
+# ("mean", and "var" as the running variance takes it), as tuples, when the caller makes it
+# mutable; otherwise nothing is kept. `steps.precise_batch_stats` averages them.
+BATCH_MOMENTS = "batch_moments"
+
+
 class BatchNorm(nn.Module):
   """Batch normalisation over all but the last axis: [..., C] -> [..., C].
 
@@ -319,6 +325,9 @@ class BatchNorm(nn.Module):
       running_var = var * (n / max(n - 1, 1)) if self.unbiased_running_var else var
       ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
       ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * running_var
+      # What this call would add to the running statistics, where the caller collects them.
+      self.sow(BATCH_MOMENTS, "mean", mean)
+      self.sow(BATCH_MOMENTS, "var", running_var)
     return mean, var, scale, bias
 
 
