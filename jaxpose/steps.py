@@ -75,8 +75,7 @@ def train_step(state: TrainState, batch, rng, *, family: families.Family, phase:
   that trains one part of a model does not pay for the rest's backward pass (Tompson's spatial
   model on a frozen detector). `grad_norm` is over them.
   """
-  if "image" not in batch:  # config.augment_on_device: resample and colour here.
-    batch = dict(batch, image=device_augment.input_images(batch, family.input_size))
+  batch = _with_images(family, batch)
   trained = {k: v for k, v in state.params.items() if trainable is None or k in trainable}
   frozen = {k: v for k, v in state.params.items() if k not in trained}
 
@@ -88,6 +87,14 @@ def train_step(state: TrainState, batch, rng, *, family: families.Family, phase:
   grads = {**jax.tree.map(jnp.zeros_like, frozen), **grads}
   new_state = state.apply_gradients(grads=grads, model_state=model_state)
   return new_state, metrics
+
+
+def _with_images(family: families.Family, batch):
+  """The batch with its input images: config.augment_on_device sends uint8 crops (or pre-crops)
+  that are resampled and coloured here, on the device."""
+  if "image" in batch:
+    return batch
+  return dict(batch, image=device_augment.input_images(batch, family.input_size))
 
 
 def make_train_step(family, mesh, phase: int | optim.Phase = 0):
@@ -109,8 +116,7 @@ def make_batch_moments_step(family, mesh, phase: int | optim.Phase = 0):
   rep, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
 
   def moments(state, batch, rng):
-    if "image" not in batch:  # As train_step.
-      batch = dict(batch, image=device_augment.input_images(batch, family.input_size))
+    batch = _with_images(family, batch)
     model_state = {**state.model_state, layers.BATCH_MOMENTS: {}}
     _, (new_state, _) = family.loss(state.params, model_state, batch, rng, phase=index)
     return jax.tree.map(lambda calls: sum(calls) / len(calls),
