@@ -296,19 +296,15 @@ def test_precise_batch_stats_average_the_layers_batch_statistics(tmp_path):
   assert steps.precise_batch_stats(plain, moments, zip(batches, rngs)) is plain
 
 
-def test_precise_batch_stats_at_phase_ends_resume_bit_exact(tmp_path, monkeypatch):
-  """IEF-tiny in 2 phases of 2 steps with config.precise_bn_batches: the statistics are
-  re-estimated once at each phase's end; a run preempted at the end of phase 1 (saved after its
-  re-estimate) and resumed does not repeat it, and ends where the uninterrupted run ends."""
-  def config():
-    c = quickstart.get_config("ief-tiny")
-    c.dataset.data_dir = str(tmp_path / "tfds")
-    c.phases = (("step1", 2, "*"), ("step2", 2, "*"))
-    c.num_train_steps = c.checkpoint_every_steps = 4
-    c.eval_every_steps = 1000
-    return c
+def test_precise_batch_stats_at_phase_ends_resume_bit_exact(full_run, tmp_path, monkeypatch):
+  """The tiny hourglass in 2 phases of 2 steps with config.precise_bn_batches: the statistics
+  are re-estimated once at each phase's end; a run preempted at the end of phase 1 (saved after
+  its re-estimate) and resumed does not repeat it, and ends where the uninterrupted run ends."""
+  def config():  # The data full_run built.
+    return _config(full_run[0], phases=(("first", 2, "*"), ("second", 2, "*")),
+                   num_train_steps=4, checkpoint_every_steps=2, eval_every_steps=1000,
+                   precise_bn_batches=2)
 
-  assert config().precise_bn_batches > 0
   calls = []
   precise = steps.precise_batch_stats
   monkeypatch.setattr(steps, "precise_batch_stats", lambda state, *a: (
