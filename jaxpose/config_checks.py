@@ -36,6 +36,10 @@ def positive_int(v) -> bool:
   return _is_int(v) and v > 0
 
 
+def non_negative_int(v) -> bool:
+  return _is_int(v) and v >= 0
+
+
 def positive(v) -> bool:
   return _is_real(v) and v > 0
 
@@ -56,11 +60,12 @@ def _steps_unset(config) -> bool:
 
 
 POSITIVE_INT = "an integer > 0"
+NON_NEGATIVE_INT = "an integer >= 0"
 RULES = (
     Rule("batch_size", positive_int, POSITIVE_INT),
     Rule("eval_batch_size", positive_int, POSITIVE_INT),
     Rule("optimizer.learning_rate", positive, "a finite number > 0"),
-    Rule("optimizer.warmup_steps", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    Rule("optimizer.warmup_steps", non_negative_int, NON_NEGATIVE_INT),
     Rule("optimizer.decay_factor", positive, "a finite number > 0"),
     Rule("num_train_steps", lambda v: _is_int(v) and v != 0,
          "an integer > 0, or < 0 to train for num_epochs"),
@@ -70,7 +75,7 @@ RULES = (
     Rule("eval_every_steps", positive_int, POSITIVE_INT),
     Rule("checkpoint_every_steps", positive_int, POSITIVE_INT),
     Rule("keep_checkpoints", positive_int, "an integer >= 1"),
-    Rule("precise_bn_batches", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    Rule("precise_bn_batches", non_negative_int, NON_NEGATIVE_INT),
     Rule("input_size", positive_int, POSITIVE_INT),
     Rule("output_size", positive_int, POSITIVE_INT),
     Rule("sigma", positive, "a finite number > 0"),

@@ -12,6 +12,7 @@ import functools
 import time
 from typing import Any
 
+from flax import traverse_util
 from flax.training import train_state
 import jax
 import jax.numpy as jnp
@@ -139,17 +140,12 @@ def precise_batch_stats(state: TrainState, moments_step, batches) -> TrainState:
     moments = moments_step(state, batch, rng)
     total = moments if total is None else jax.tree.map(jnp.add, total, moments)
     count += 1
-  if not count or not total:
+  if not total:  # No batches, or no BatchNorm run in training by this loss.
     return state
   mean = jax.tree.map(lambda t: t / count, total)
-  stats = _merged(state.model_state["batch_stats"], mean)
+  flat = traverse_util.flatten_dict(state.model_state["batch_stats"])
+  stats = traverse_util.unflatten_dict({**flat, **traverse_util.flatten_dict(mean)})
   return state.replace(model_state={**state.model_state, "batch_stats": stats})
-
-
-def _merged(tree: dict, update: dict) -> dict:
-  """`tree` with the leaves `update` has (nested dicts) replaced; the rest kept."""
-  return {k: (_merged(v, update[k]) if isinstance(v, dict) else update[k]) if k in update else v
-          for k, v in tree.items()}
 
 
 def compile_ahead(step_fn, *args, laps: dict | None = None) -> concurrent.futures.Future:
