@@ -13,6 +13,7 @@ from jaxpose import optim
 from jaxpose import parallel
 from jaxpose import train
 from jaxpose.data import pipeline
+from jaxpose.families import regression
 from jaxpose.models import ief
 
 FAMILIES = ("hourglass", "cpm", "tompson", "deeppose", "ief")
@@ -230,6 +231,32 @@ def test_ief_starts_from_the_mean_training_pose():
   size = config.input_size
   np.testing.assert_allclose(mean[0], (np.array([10.0, 20.0]) - (size - 1) / 2) / size)
   np.testing.assert_allclose(mean[1], (np.array([12.0, 22.0]) - (size - 1) / 2) / size)
+
+
+def test_ief_fixed_path_feeds_each_example_at_its_step():
+  """FPC's phase t spreads the batch evenly over steps 0..t, and each example's pose is the
+  network's own path from the mean pose at that step (run only for the examples that need it)."""
+  counts = lambda n, t: np.diff(regression.fixed_path_steps(n, t) + [n]).tolist()  # noqa: E731
+  assert [counts(8, t) for t in range(3)] == [[8], [4, 4], [3, 3, 2]]
+  assert counts(5, 3) == [2, 1, 1, 1]
+  family = families.create_family(_tiny("ief"))
+  variables = families.init_variables(family, jax.random.key(0))
+  n, phase = 5, 3
+  images = jax.random.uniform(jax.random.key(1), (n, 64, 64, 3)) - 0.5
+  y0 = jnp.broadcast_to(0.1 * jax.random.normal(jax.random.key(2), (16, 2)), (n, 16, 2))
+  calls = []
+
+  def correct(x, y):
+    calls.append(x.shape[0])
+    return family.model.apply(variables, x, y, method=ief.IEF.correction)
+
+  poses = jax.jit(lambda x, y: regression.fixed_path_poses(correct, x, y, phase))(images, y0)
+  assert calls == [3, 2, 1]  # Each iteration only for the examples that go that far.
+  run = jax.jit(lambda x, y: family.model.apply(variables, x, y, num_iterations=phase))
+  path = np.concatenate([np.asarray(y0)[None], np.asarray(run(images, y0[0]))])  # [T+1, N, K, 2]
+  steps = np.repeat(np.arange(phase + 1), counts(n, phase))
+  np.testing.assert_allclose(poses, path[steps, np.arange(n)], atol=1e-6)
+  assert np.abs(path[phase] - path[0]).max() > 1e-4  # The path moves.
 
 
 def test_ief_takes_inception_modules_by_name():

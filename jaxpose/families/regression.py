@@ -10,8 +10,10 @@ set, measured when its phase begins and kept in the "cascade" collection (so a r
 samples from the same distribution).
 
 IEF trains by Fixed Path Consolidation (one phase per step t): in phase t each example is fed at
-a step s drawn uniformly from 0..t, its pose y_s obtained by running the network s times from
-the mean pose y_0 (no gradient), and the target is the bounded correction toward the truth.
+a step s in 0..t, its pose y_s obtained by running the network s times from the mean pose y_0
+(no gradient), and the target is the bounded correction toward the truth. The steps are spread
+evenly over each batch (stratified, `fixed_path_poses`), not drawn one by one: the same
+uniform mixture over steps, and the path is run only for the examples that need it.
 The paper keeps the earlier steps' examples as they were first computed; here they are
 recomputed with the current weights, which needs no per-example storage (our choice). The mean
 pose is measured on the training set when training starts, in the "ief" collection.
@@ -164,16 +166,11 @@ def ief_family(config, skeleton, dtype) -> family.Family:
     target = coordinate_targets(batch, codec)
     images = batch["image"]
     y0 = jnp.broadcast_to(model_state["ief"]["mean_pose"], target.shape)
-    step_rng, dropout_rng = jax.random.split(rng)
-    poses = y0[None]
-    if phase > 0:  # The fixed path's earlier steps, from the current network, no gradient.
-      path = model.apply({"params": params, **model_state}, images, y0, train=False,
-                         num_iterations=phase)
-      poses = jnp.concatenate([poses, jax.lax.stop_gradient(path)], axis=0)
-    s = jax.random.randint(step_rng, target.shape[:1], 0, phase + 1)
-    y = poses[s, jnp.arange(target.shape[0])]
+    correct = lambda x, y: model.apply({"params": params, **model_state}, x, y, train=False,
+                                       method=ief.IEF.correction)
+    y = fixed_path_poses(correct, images, y0, phase)  # The fixed path, no gradient.
     goal = ief.bounded_correction(y, target, max_step)
-    pred, new_state = family.apply_train(model, params, model_state, dropout_rng, images, y,
+    pred, new_state = family.apply_train(model, params, model_state, rng, images, y,
                                          method=ief.IEF.correction)
     value = masked_l2(pred, goal, batch["visible"])
     return value, (new_state, {"l2_correction": value})
@@ -192,3 +189,25 @@ def ief_family(config, skeleton, dtype) -> family.Family:
   return family.Family("ief", skeleton, size, init=init, loss=loss,
                        predict=_stages_predict(apply, codec, skeleton.flip_permutation),
                        begin_phase=begin_phase, model=model, stage_name="iteration")
+
+
+def fixed_path_steps(batch_size: int, phase: int) -> list[int]:
+  """Where each step's examples start in a batch of FPC's phase `phase`: example i is fed at
+  step s when starts[s] <= i < starts[s + 1], as evenly as the batch divides (8 in phase 2:
+  3, 3 and 2 examples at steps 0, 1, 2). The batch's order is the shuffled input's, so each
+  example's step is as random as a draw, and the steps' counts do not vary from batch to batch."""
+  return [-(-s * batch_size // (phase + 1)) for s in range(phase + 1)]
+
+
+def fixed_path_poses(correct, images, y0, phase: int):
+  """The poses at which FPC feeds a batch: example i at its step s (`fixed_path_steps`), y_s =
+  y_{s-1} + correct(x, y_{s-1}) from y0 [N, K, 2], without gradient. The path's iteration s runs
+  only on the examples fed at step s or later: ~N t / 2 examples' passes in phase t instead of
+  N t (N = 8 in phase 2: 5 + 2 instead of 16). In evaluation mode the examples do not meet, so
+  each pose equals the whole batch's path at its step."""
+  starts = fixed_path_steps(images.shape[0], phase)
+  y = y0
+  for start in starts[1:]:
+    y_next = y[start:] + correct(images[start:], y[start:])
+    y = jnp.concatenate([y[:start], jax.lax.stop_gradient(y_next)], axis=0)
+  return y
