@@ -206,7 +206,8 @@ def ief(tiny: bool):
   0.1 is 22.4 px at 224), BatchNorm's statistics re-estimated at each phase's end (PreciseBN:
   58.1 in 7.0 min on 2026-12-04, below), the uint8 crop augmented in the step and the fixed
   path run only where needed, [4300, 2550, 2000] steps: 42.8 -> 58.5 -> 62.2 in 9.9 min
-  (2026-12-04, 06:50 UTC). Before that (README, 2026-12-03, 13:00 UTC, the maps no
+  (2026-12-04, 06:50 UTC), 8.3 min with the later phases' steps compiled ahead (07:19 UTC, a
+  faster half hour). Before that (README, 2026-12-03, 13:00 UTC, the maps no
   longer rendered: same network, different rounding): 40.9 -> 52.6 -> 53.8 per iteration in 9.8
   min in a slower session (seed 1: 39.0 -> 53.8 -> 55.7). Rendered, 09:45 UTC: 41.3 -> 55.1 ->
   56.6 in 9.7 min (seed 1: 55.7 in 9.3); std 0.03: 55.1 in 9.8; the release's 0.1: 37.7 -> 51.9

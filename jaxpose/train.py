@@ -7,7 +7,9 @@ Designed for many hosts and exact resumption from the start:
   * the step is one jit over a ("data",) mesh: parameters replicated, batches sharded; only the
     family touches the model (`families.Family.loss`);
   * phases (a cascade's stages, IEF's fixed-path steps) run in order in the same loop, each with
-    its own optimiser over its trainable subtrees, resumable anywhere;
+    its own optimiser over its trainable subtrees, resumable anywhere; each phase's step
+    compiles on a thread ahead of it (the first while the state is made, the others while the
+    phase before trains);
   * orbax saves every process's shards; only process 0 writes logs and summaries;
   * a non-finite loss stops the run before anything is saved; a preemption notice (SIGTERM to
     any process) makes every process save at the same step and exit.
@@ -214,26 +216,38 @@ class _Ahead:
   compiled: Any  # A future of the jax.stages.Compiled.
 
 
-def _compile_ahead(run: _Run, step: int, dataset: tf.data.Dataset) -> _Ahead | None:
+def _compile_ahead(run: _Run, step: int, local: dict) -> _Ahead | None:
   """Starts compiling the step of the phase `step` is in, for the state that phase trains and
-  the batches `dataset` makes, while the caller initialises or restores the state."""
+  this process's batches (`local`: {key: (shape, dtype)}), while the caller does something
+  else: initialises or restores the state, or trains the phase before (`_loop`)."""
   if step >= run.num_steps:
     return None
   phase = optim.phase_at(run.phases, step)
-  local = {k: (tuple(spec.shape), spec.dtype.as_numpy_dtype)
-           for k, spec in dataset.element_spec.items()}
   return _Ahead(phase.index, steps.compile_ahead(
       make_train_step(run.family, run.mesh, phase), run.abstract_state(phase),
       parallel.global_batch_spec(local, run.mesh), jax.random.fold_in(run.train_key, step)))
 
 
-def _first_step_fn(run: _Run, phase: optim.Phase, ahead: _Ahead | None):
-  """The compiled step of the loop's first phase: the one compiled ahead if it is that
-  phase's (not when an earlier checkpoint of another phase was restored). Then, the thread
-  done, the initialiser's programs are released."""
+def _local_spec(batches: tf.data.Dataset | dict) -> dict:
+  """{key: (shape, dtype)} of this process's batches: a dataset's elements, or one batch."""
+  if isinstance(batches, tf.data.Dataset):
+    return {k: (tuple(spec.shape), spec.dtype.as_numpy_dtype)
+            for k, spec in batches.element_spec.items()}
+  return {k: (v.shape, v.dtype) for k, v in batches.items()}
+
+
+def _step_fn(run: _Run, phase: optim.Phase, ahead: _Ahead | None):
+  """The compiled step of `phase`: the one compiled ahead if it is that phase's (not when an
+  earlier checkpoint of another phase was restored), else compiled now."""
   compiled = None if ahead is None else ahead.compiled.result()
-  step_fn = (compiled if ahead is not None and ahead.phase == phase.index
-             else make_train_step(run.family, run.mesh, phase))
+  return (compiled if ahead is not None and ahead.phase == phase.index
+          else make_train_step(run.family, run.mesh, phase))
+
+
+def _first_step_fn(run: _Run, phase: optim.Phase, ahead: _Ahead | None):
+  """The compiled step of the loop's first phase (`_step_fn`). Then, the thread done, the
+  initialiser's programs are released."""
+  step_fn = _step_fn(run, phase, ahead)
   families.release_compiled_programs()  # This process owns its JAX state.
   return step_fn
 
@@ -277,7 +291,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # The step compiles for the newest checkpoint's step while the state is restored (or made).
   planned = run.manager.latest_step() or 0
   dataset = _train_dataset(run, planned)
-  ahead = _compile_ahead(run, planned, dataset)
+  ahead = _compile_ahead(run, planned, _local_spec(dataset))
   step = _restore_or_init(run)
   if step != planned:  # The newest checkpoint was damaged: an earlier one was restored.
     dataset = _train_dataset(run, step)
@@ -306,12 +320,17 @@ def _loop(run: _Run, step: int, train_iter, ahead: _Ahead | None = None) -> dict
     if phase is None or step >= phase.end_step:
       phase = optim.phase_at(run.phases, step)
       _enter_phase(run, phase, step)
-      if step_fn is None:  # The loop's first phase: the step compiled ahead, if it is its.
-        step_fn = _first_step_fn(run, phase, ahead)
-      else:
-        step_fn = make_train_step(run.family, run.mesh, phase)
-    batch = parallel.global_batch(_next_batch(run, train_iter, step), run.mesh)
+      # The step compiled ahead, if it is this phase's: the loop's first one compiled while
+      # the state was made, the others while the phase before trained (below).
+      step_fn = (_first_step_fn if step_fn is None else _step_fn)(run, phase, ahead)
+      ahead = None
+    local = _next_batch(run, train_iter, step)
+    batch = parallel.global_batch(local, run.mesh)
     run.state, metrics = step_fn(run.state, batch, jax.random.fold_in(run.train_key, step))
+    if ahead is None and phase.end_step < run.num_steps:
+      # After this phase's first step (its own compilation done), the next phase's step
+      # compiles on a thread while this phase trains: on a CPU, the cores the step leaves idle.
+      ahead = _compile_ahead(run, phase.end_step, _local_spec(local))
     step += 1
     history.append((step, metrics))
     report(step)

@@ -203,9 +203,16 @@ def test_unknown_config_key_is_an_error_naming_it(tmp_path):
   assert "learning_rat" in proc.stderr
 
 
-def test_resume_inside_a_later_phase_is_bit_exact(tmp_path):
+def test_resume_inside_a_later_phase_is_bit_exact(tmp_path, monkeypatch):
   """DeepPose-tiny trains stage by stage (3 phases of 3 steps); stopped inside phase 2 (after
-  its hook measured stage 1's errors) and resumed, it ends where the uninterrupted run ends."""
+  its hook measured stage 1's errors) and resumed, it ends where the uninterrupted run ends.
+  Every phase starts with its step compiled ahead (the later ones while the one before
+  trained)."""
+  entered = []  # (phase index, its step compiled ahead?) as each loop enters a phase.
+  step_fn = train._step_fn  # pylint: disable=protected-access
+  monkeypatch.setattr(train, "_step_fn", lambda run, phase, ahead: (entered.append(
+      (phase.index, isinstance(f := step_fn(run, phase, ahead), jax.stages.Compiled))), f)[1])
+
   def config():
     c = quickstart.get_config("deeppose-tiny")
     c.model.dropout_rate = 0.2  # The resumed step keys must drive dropout as the first run's.
@@ -226,6 +233,8 @@ def test_resume_inside_a_later_phase_is_bit_exact(tmp_path):
   assert s1 == s2 == 9
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(a), jax.device_get(b))
   assert float(np.abs(a["cascade"]["cov"][0]).sum()) > 0  # Stage 1's errors were measured.
+  # The full run, the run stopped at step 5, the run resumed inside phase 2.
+  assert entered == [(0, True), (1, True), (2, True), (0, True), (1, True), (1, True), (2, True)]
 
 
 def test_checkpoints_from_before_the_family_interface_still_evaluate(tmp_path):
