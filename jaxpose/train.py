@@ -228,12 +228,10 @@ def _compile_ahead(run: _Run, step: int, local: dict) -> _Ahead | None:
       parallel.global_batch_spec(local, run.mesh), jax.random.fold_in(run.train_key, step)))
 
 
-def _local_spec(batches: tf.data.Dataset | dict) -> dict:
-  """{key: (shape, dtype)} of this process's batches: a dataset's elements, or one batch."""
-  if isinstance(batches, tf.data.Dataset):
-    return {k: (tuple(spec.shape), spec.dtype.as_numpy_dtype)
-            for k, spec in batches.element_spec.items()}
-  return {k: (v.shape, v.dtype) for k, v in batches.items()}
+def _local_spec(dataset: tf.data.Dataset) -> dict:
+  """{key: (shape, dtype)} of this process's batches, from the dataset's element spec."""
+  return {k: (tuple(spec.shape), spec.dtype.as_numpy_dtype)
+          for k, spec in dataset.element_spec.items()}
 
 
 def _step_fn(run: _Run, phase: optim.Phase, ahead: _Ahead | None):
@@ -291,7 +289,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # The step compiles for the newest checkpoint's step while the state is restored (or made).
   planned = run.manager.latest_step() or 0
   dataset = _train_dataset(run, planned)
-  ahead = _compile_ahead(run, planned, _local_spec(dataset))
+  local = _local_spec(dataset)  # The same for every phase and every restart's dataset.
+  ahead = _compile_ahead(run, planned, local)
   step = _restore_or_init(run)
   if step != planned:  # The newest checkpoint was damaged: an earlier one was restored.
     dataset = _train_dataset(run, step)
@@ -301,13 +300,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                run.family.name, run.num_steps,
                optim.steps_per_epoch(config, run.train_source.num_examples),
                run.mesh.devices.size, config.batch_size)
-  table = _loop(run, step, train_iter, ahead)
+  table = _loop(run, step, train_iter, local, ahead)
   run.manager.wait_until_finished()
   run.writer.flush()
   return table or {}
 
 
-def _loop(run: _Run, step: int, train_iter, ahead: _Ahead | None = None) -> dict | None:
+def _loop(run: _Run, step: int, train_iter, local: dict,
+          ahead: _Ahead | None = None) -> dict | None:
+  """Trains from `step` to the end; `local`: this process's batch spec (`_local_spec`)."""
   config = run.config
   report = (periodic_actions.ReportProgress(num_train_steps=run.num_steps, writer=run.writer,
                                             every_steps=config.log_every_steps)
@@ -324,13 +325,12 @@ def _loop(run: _Run, step: int, train_iter, ahead: _Ahead | None = None) -> dict
       # the state was made, the others while the phase before trained (below).
       step_fn = (_first_step_fn if step_fn is None else _step_fn)(run, phase, ahead)
       ahead = None
-    local = _next_batch(run, train_iter, step)
-    batch = parallel.global_batch(local, run.mesh)
+    batch = parallel.global_batch(_next_batch(run, train_iter, step), run.mesh)
     run.state, metrics = step_fn(run.state, batch, jax.random.fold_in(run.train_key, step))
     if ahead is None and phase.end_step < run.num_steps:
       # After this phase's first step (its own compilation done), the next phase's step
       # compiles on a thread while this phase trains: on a CPU, the cores the step leaves idle.
-      ahead = _compile_ahead(run, phase.end_step, _local_spec(local))
+      ahead = _compile_ahead(run, phase.end_step, local)
     step += 1
     history.append((step, metrics))
     report(step)
