@@ -5,6 +5,7 @@ inference time, peak memory and the time from process start to the first trainin
   python benchmarks/models.py --quick --models hourglass2 --torch                # a smoke run
   python benchmarks/models.py --configs configs/quickstart.py:cpm,configs/quickstart.py:hourglass
   python benchmarks/models.py --models hourglass2 --set remat=True   # train.py's --config.remat
+  python benchmarks/models.py --models hourglass8 --frameworks torch --measure train,infer
 
 --models picks paper configs by name (MODELS below; all six when neither --models nor --configs
 is given); --configs adds any config spec, "file.py[:arg]" as train.py's --config takes it.
@@ -37,6 +38,11 @@ and peak memory never carry over between measurements. Per model and framework:
   fusions      `step_library_fusions`: the step's fusions that XLA's CPU backend hands to a
                library (YNNPACK here), by root operation; every one is rebuilt when the step is
                read from the cache, most of the warm start's read.
+
+--frameworks (jax, torch) and --measure (train, infer, cold, warm) run part of these processes,
+e.g. on an accelerator lent for minutes; what is not measured shows "-" and has no ratio. The
+MFU columns then take the model FLOPs from a trace of jaxpose's forward pass in a process of its
+own (JAX on the CPU, nothing run).
 
 Batches are random and built on the host: uint8 pixels, given to both frameworks as the float32
 input the host pipeline makes of them (pixels / 255 - 0.5), joints inside the crop, all
@@ -107,6 +113,9 @@ NUM_EXAMPLES = 22246  # The training-set size schedules are built for (MPII's); 
 CAFFE_LR_MULT = {(True, False): (5.0, 1.0), (True, True): (10.0, 0.0), (False, False): (1.0, 1.0),
                  (False, True): (2.0, 0.0)}
 RECORD = "@@record "  # Prefix of the child's result line on stdout.
+# The processes per model and framework (--measure): train step and peak RSS, inference, and the
+# start-up with an empty, then a full persistent compilation cache.
+MEASUREMENTS = ("train", "infer", "cold", "warm")
 # Table columns: (heading, key in a framework's record, scale to the unit in the heading).
 COLUMNS = (("train step (ms)", "train_step_s", 1e3),
            ("inference (ms)", "inference_s", 1e3),
@@ -334,6 +343,21 @@ def jax_infer(config, host: dict, task: dict):
           "forward_flops": flops}, run
 
 
+def jax_flops(config, host: dict, task: dict) -> dict:
+  """{"params", "forward_flops"} from a trace of the family's predict on the batch's shapes,
+  with abstract variables: nothing is initialised, compiled or run. For runs that measure
+  PyTorch's utilisation without jaxpose's inference (--frameworks torch, --measure train)."""
+  del task
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxpose import families  # pylint: disable=g-import-not-at-top
+  from jaxpose import summary  # pylint: disable=g-import-not-at-top
+  family = families.create_family(config)
+  variables = families.eval_shape_variables(family)
+  image = jax.ShapeDtypeStruct(host["pixels"].shape, np.float32)
+  jaxpr = jax.make_jaxpr(lambda v, b: family.predict(v, b, False))(variables, {"image": image})
+  return {"params": _jax_count(variables["params"]), "forward_flops": summary.matmul_flops(jaxpr)}
+
+
 def _jax_imports(task: dict) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   if task.get("cache_dir"):  # Before anything compiles; every program is cached.
@@ -542,11 +566,14 @@ IMPORTS = {"jax": _jax_imports, "torch": _torch_imports}
 
 def measure(task: dict) -> dict:
   """One measurement in this process, `task["kind"]` of "train" (step times, peak RSS),
-  "infer" (forward times) or "startup" (seconds from the process start to one step done)."""
+  "infer" (forward times), "startup" (seconds from the process start to one step done) or
+  "flops" (jaxpose only: the model FLOPs of a forward pass, traced, nothing run)."""
   IMPORTS[task["framework"]](task)
   record = {"import_s": seconds_since_start(), "import_rss_mb": peak_rss_mb()}
   config = load_config(task["spec"], task["batch"], tuple(task.get("overrides", ())))
   host = random_batch(task["batch"], config.input_size)
+  if task["kind"] == "flops":
+    return dict(record, **jax_flops(config, host, task))
   build = BUILDERS[task["framework"], "infer" if task["kind"] == "infer" else "train"]
   info, run = build(config, host, task)
   record.update(info)
@@ -558,13 +585,16 @@ def measure(task: dict) -> dict:
   return dict(record, **getattr(run, "report", dict)())  # What the builder adds afterwards.
 
 
-def child_environment(framework: str, huge_pages: str) -> dict:
+def child_environment(framework: str, huge_pages: str, cpu_only: bool = False) -> dict:
   """The measuring process's environment: jaxpose's as `train.py` and `eval.py` start
   themselves (with glibc's transparent huge pages where available, `jaxpose.huge_pages`,
   unless --huge_pages none);
-  PyTorch's as given (the same huge pages too with --huge_pages both)."""
+  PyTorch's as given (the same huge pages too with --huge_pages both). `cpu_only`: JAX on the
+  CPU (a process that only traces need not claim an accelerator)."""
   env = dict(os.environ)
   env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  if cpu_only:
+    env["JAX_PLATFORMS"] = "cpu"
   if huge_pages == "both" or (huge_pages == "jaxpose" and framework == "jax"):
     env = huge_pages_lib.environment(env) or env
   return env
@@ -572,7 +602,8 @@ def child_environment(framework: str, huge_pages: str) -> dict:
 
 def spawn(task: dict, timeout: float | None = None) -> dict:
   """`measure(task)` in a fresh Python process: its record, or {"error": why}."""
-  env = child_environment(task["framework"], task.get("huge_pages", "jaxpose"))
+  env = child_environment(task["framework"], task.get("huge_pages", "jaxpose"),
+                          cpu_only=task["kind"] == "flops")
   try:
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child",
                            json.dumps(task)], capture_output=True, text=True, env=env,
@@ -587,18 +618,16 @@ def spawn(task: dict, timeout: float | None = None) -> dict:
 
 
 def measure_framework(framework: str, spec: str, args, label: str) -> dict:
-  """Train, inference and cold / warm start-up of one model, each in a fresh process."""
-  task = dict(framework=framework, spec=spec, batch=args.batch, warmup=args.warmup,
-              steps=args.steps, threads=args.threads, device_augment=args.device_augment,
-              channels_last=args.torch_channels_last, overrides=list(args.set),
-              torch_device=args.torch_device,
-              huge_pages=args.huge_pages)
-  runs = {"train": spawn(dict(task, kind="train"), args.timeout),
-          "infer": spawn(dict(task, kind="infer"), args.timeout)}
+  """Train, inference and cold / warm start-up of one model (those of --measure), each in a
+  fresh process."""
+  task = _task(framework, spec, args)
+  runs = {kind: spawn(dict(task, kind=kind), args.timeout) for kind in ("train", "infer")
+          if kind in args.measure}
   with tempfile.TemporaryDirectory(prefix="jaxpose_xla_cache_") as cache:
     for kind in ("cold", "warm"):  # The same empty directory, then full.
-      runs[kind] = spawn(dict(task, kind="startup", cache_dir=cache), args.timeout)
-  train, infer, cold, warm = runs["train"], runs["infer"], runs["cold"], runs["warm"]
+      if kind in args.measure:
+        runs[kind] = spawn(dict(task, kind="startup", cache_dir=cache), args.timeout)
+  train, infer, cold, warm = (runs.get(k, {}) for k in ("train", "infer", "cold", "warm"))
   out = {"params": train.get("params", infer.get("params")),
          "device": train.get("device", infer.get("device")),
          "forward_flops": infer.get("forward_flops"), "peak_device_mb": train.get("peak_device_mb"),
@@ -623,6 +652,14 @@ def measure_framework(framework: str, spec: str, args, label: str) -> dict:
   return out
 
 
+def _task(framework: str, spec: str, args, **fields) -> dict:
+  """What a measuring process is told (its `kind` added by the caller)."""
+  return dict(framework=framework, spec=spec, batch=args.batch, warmup=args.warmup,
+              steps=args.steps, threads=args.threads, device_augment=args.device_augment,
+              channels_last=args.torch_channels_last, overrides=list(args.set),
+              torch_device=args.torch_device, huge_pages=args.huge_pages, **fields)
+
+
 def _progress(label: str, record: dict) -> None:
   line = ", ".join(f"{h} {_cell(record.get(key), scale)}" for h, key, scale in COLUMNS)
   print(f"  {label}: {line}", file=sys.stderr, flush=True)
@@ -630,9 +667,9 @@ def _progress(label: str, record: dict) -> None:
     print(f"    {kind} failed: {error}", file=sys.stderr, flush=True)
 
 
-def ratios(jax_record: dict, torch_record: dict | None) -> dict:
+def ratios(jax_record: dict | None, torch_record: dict | None) -> dict:
   """jaxpose / PyTorch for every column both measured."""
-  if not torch_record:
+  if not jax_record or not torch_record:
     return {}
   return {key: jax_record[key] / torch_record[key] for _, key, _ in COLUMNS
           if jax_record.get(key) is not None and torch_record.get(key)}
@@ -666,21 +703,27 @@ def utilisation(record: dict, forward_flops: int | None, peak: float | None,
 
 
 def run_model(name: str, spec: str, config, args) -> dict:
-  """One model's record: its config (`spec` loaded, with --set), both frameworks' numbers, the
+  """One model's record: its config (`spec` loaded, with --set), the numbers of each framework
+  of --frameworks (None for one not measured, or PyTorch where the family has no twin), the
   ratios, and where the device's peak is known each framework's model-FLOPs utilisation."""
   record = {"model": name, "config": os.path.relpath(spec, REPO), "family": config.model.name,
             "input_size": config.input_size, "batch": args.batch,
             "dtype": config.mixed_precision}
   print(f"{name}: {record['config']}", file=sys.stderr, flush=True)
-  record["jax"] = measure_framework("jax", spec, args, name)
-  twin = args.torch and config.model.name in TORCH_TWINS
-  record["torch"] = measure_framework("torch", spec, args, name) if twin else None
-  record["ratios"] = ratios(record["jax"], record["torch"])
-  flops = record["jax"].get("forward_flops")  # The same network on both sides.
-  for side in ("jax", "torch"):
-    if record[side]:
-      peak = peak_flops(record[side].get("device"), config.mixed_precision, args.peak_tflops)
-      record[side].update(utilisation(record[side], flops, peak, args.batch), peak_flops=peak)
+  jax_r = measure_framework("jax", spec, args, name) if "jax" in args.frameworks else None
+  twin = "torch" in args.frameworks and config.model.name in TORCH_TWINS
+  torch_r = measure_framework("torch", spec, args, name) if twin else None
+  record.update(jax=jax_r, torch=torch_r, ratios=ratios(jax_r, torch_r))
+  peaks = {side: peak_flops(r.get("device"), config.mixed_precision, args.peak_tflops)
+           for side, r in (("jax", jax_r), ("torch", torch_r)) if r}
+  # The same network on both sides: the FLOPs from jaxpose's inference process, else (not
+  # measured, and a peak to divide by) from a trace in a process of its own.
+  flops = (jax_r or {}).get("forward_flops")
+  if flops is None and any(peaks.values()):
+    flops = spawn(_task("jax", spec, args, kind="flops"), args.timeout).get("forward_flops")
+  record["forward_flops"] = flops
+  for side, peak in peaks.items():
+    record[side].update(utilisation(record[side], flops, peak, args.batch), peak_flops=peak)
   return record
 
 
@@ -719,7 +762,7 @@ def machine() -> dict:
 
 def markdown(records: list[dict], host: dict, settings: dict) -> str:
   """The table: per column jaxpose, PyTorch and their ratio; headed by the machine."""
-  device = next((r["jax"].get("device") for r in records if r["jax"].get("device")), "?")
+  device = next((r["jax"]["device"] for r in records if (r["jax"] or {}).get("device")), "?")
   head = (f"{host['cpu']}, {host['cores']} cores; jax {host['jax']}, jaxlib {host['jaxlib']}, "
           f"torch {host['torch'] or '-'}; {host['date']}. Batch {settings['batch']}, "
           f"{settings['warmup']} warm-up + {settings['steps']} timed steps (medians), PyTorch "
@@ -744,11 +787,11 @@ def markdown(records: list[dict], host: dict, settings: dict) -> str:
   lines = [head, "", "| model | params |" + cols,
            "|---|---:|" + "---:|---:|---:|" * len(columns)]
   for r in records:
-    torch_r = r["torch"] or {}
-    cells = [f"{_cell(r['jax'].get(key), scale)} | {_cell(torch_r.get(key), scale)} | "
+    jax_r, torch_r = r["jax"] or {}, r["torch"] or {}
+    cells = [f"{_cell(jax_r.get(key), scale)} | {_cell(torch_r.get(key), scale)} | "
              f"{_cell(r['ratios'].get(key), digits=2)}" for _, key, scale in columns]
-    lines.append(f"| {r['model']} | {_cell(r['jax'].get('params'), digits=0)} | "
-                 + " | ".join(cells) + " |")
+    params = jax_r.get("params", torch_r.get("params"))
+    lines.append(f"| {r['model']} | {_cell(params, digits=0)} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
@@ -777,7 +820,15 @@ def _resolve(spec: str) -> str:
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--torch", action="store_true", help="Also time the PyTorch twins.")
+  parser.add_argument("--torch", action="store_true", help="Also time the PyTorch twins "
+                      "(--frameworks jax,torch).")
+  parser.add_argument("--frameworks", default=None,
+                      help="Comma-separated, of jax,torch: whom to time (default jax; --torch "
+                      "adds torch). E.g. --frameworks torch times the twins alone.")
+  parser.add_argument("--measure", default=",".join(MEASUREMENTS),
+                      help=f"Comma-separated, of {','.join(MEASUREMENTS)}: which of the four "
+                      "processes per model and framework to run (default all; warm needs cold, "
+                      "whose cache it reads). E.g. --measure train,infer skips the start-ups.")
   parser.add_argument("--models", help=f"Comma-separated, of {','.join(MODELS)}.")
   parser.add_argument("--configs", help="Comma-separated config specs, 'file.py[:arg]'.")
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -813,7 +864,22 @@ def parse_args(argv=None):
     args.warmup, args.steps = 2, 3
   if args.warmup < 1 or args.steps < 1:
     parser.error("--warmup and --steps must be at least 1 (the first step compiles).")
+  args.frameworks = _choices(parser, "--frameworks", (args.frameworks or "jax")
+                             + (",torch" if args.torch else ""), ("jax", "torch"))
+  args.torch = "torch" in args.frameworks
+  args.measure = _choices(parser, "--measure", args.measure, MEASUREMENTS)
+  if "warm" in args.measure and "cold" not in args.measure:
+    parser.error("--measure warm needs cold: the warm start reads the cache the cold one fills.")
   return args
+
+
+def _choices(parser, flag: str, value: str, known: tuple[str, ...]) -> tuple[str, ...]:
+  """A comma-separated flag's items, in `known`'s order; an error names any other."""
+  items = [v.strip() for v in value.split(",") if v.strip()]
+  unknown = sorted(set(items) - set(known))
+  if unknown or not items:
+    parser.error(f"{flag} {value!r}: expected a comma-separated subset of {','.join(known)}.")
+  return tuple(k for k in known if k in items)
 
 
 def _selected(args) -> list[tuple[str, str]]:
@@ -847,7 +913,8 @@ def main(argv=None) -> None:
   host = machine()
   settings = {k: getattr(args, k) for k in ("batch", "warmup", "steps", "threads", "torch",
                                             "torch_channels_last", "device_augment", "set",
-                                            "huge_pages", "torch_device", "peak_tflops")}
+                                            "huge_pages", "torch_device", "peak_tflops",
+                                            "frameworks", "measure")}
   records = []
   for (name, spec), config in zip(models, configs):
     records.append(run_model(name, spec, config, args))

@@ -168,6 +168,61 @@ def test_config_overrides_reach_the_model_and_are_checked():
     bench.load_config(TINY, 2, ("no_such_key=1",))
 
 
+def test_frameworks_and_measurements_are_chosen_and_checked():
+  args = bench.parse_args(["--models", "hourglass2"])
+  assert args.frameworks == ("jax",) and not args.torch
+  assert args.measure == ("train", "infer", "cold", "warm")
+  assert bench.parse_args(["--torch"]).frameworks == ("jax", "torch")
+  args = bench.parse_args(["--frameworks", "torch,jax", "--measure", "infer,train"])
+  assert args.frameworks == ("jax", "torch") and args.torch
+  assert args.measure == ("train", "infer")
+  assert bench.parse_args(["--frameworks", "torch"]).torch
+  assert bench.parse_args(["--frameworks", "jax", "--torch"]).frameworks == ("jax", "torch")
+  for argv in (["--frameworks", "tf"], ["--measure", "warm"], ["--measure", ""]):
+    with pytest.raises(SystemExit):
+      bench.parse_args(argv)
+
+
+def test_only_the_measurements_asked_for_run(monkeypatch):
+  spawned = []
+
+  def spawn(task, timeout=None):
+    del timeout
+    spawned.append((task["framework"], task["kind"]))
+    return {"flops": {"forward_flops": 4e12}, "train": {"median_s": 0.5, "params": 7,
+                                                        "device": "NVIDIA H200"},
+            "infer": {"median_s": 0.1}}.get(task["kind"], {"first_step_s": 3.0})
+
+  monkeypatch.setattr(bench, "spawn", spawn)
+  config = bench.load_config(TINY, 2)
+  args = bench.parse_args(["--frameworks", "torch", "--measure", "train", "--batch", "32",
+                           "--peak_tflops", "989.4"])
+  record = bench.run_model("tiny", TINY, config, args)
+  # PyTorch's train step alone, then the FLOPs traced by jaxpose for its MFU on a known device.
+  assert spawned == [("torch", "train"), ("jax", "flops")]
+  assert record["jax"] is None and record["ratios"] == {} and record["forward_flops"] == 4e12
+  assert record["torch"]["train_step_s"] == 0.5 and record["torch"]["inference_s"] is None
+  assert record["torch"]["train_mfu"] == pytest.approx(3 * 4e12 / 0.5 / 989.4e12)
+  host = {"cpu": "Some CPU", "cores": 16, "jax": "1", "jaxlib": "1", "torch": "2",
+          "date": "today"}
+  settings = dict(batch=32, warmup=2, steps=3, threads=16, torch_channels_last=False,
+                  device_augment=False, torch_device="cuda")
+  row = bench.markdown([record], host, settings).splitlines()[4]
+  assert row.startswith("| tiny | 7 | - | 500 | - | - | - | - |")
+  spawned.clear()
+  args = bench.parse_args(["--measure", "infer,cold,warm"])  # The CPU: no peak, no trace.
+  record = bench.run_model("tiny", TINY, config, args)
+  assert spawned == [("jax", "infer"), ("jax", "startup"), ("jax", "startup")]
+  assert record["torch"] is None and record["jax"]["first_step_warm_s"] == 3.0
+
+
+def test_model_flops_are_traced_without_running_the_model():
+  record = bench.measure(_task("jax", "flops"))  # Batch 2.
+  per_image = summary.summarize(bench.load_config(TINY, 2))["gflops"] * 1e9
+  assert record["forward_flops"] == pytest.approx(2 * per_image, rel=1e-9)
+  assert record["params"] == _jax_params(TINY)
+
+
 def test_heatmap_targets_peak_at_the_joints():
   config = bench.load_config(TINY, 2)  # 64 px in, 16 px out.
   host = bench.random_batch(2, config.input_size)
