@@ -344,18 +344,15 @@ def jax_infer(config, host: dict, task: dict):
 
 
 def jax_flops(config, host: dict, task: dict) -> dict:
-  """{"params", "forward_flops"} from a trace of the family's predict on the batch's shapes,
-  with abstract variables: nothing is initialised, compiled or run. For runs that measure
-  PyTorch's utilisation without jaxpose's inference (--frameworks torch, --measure train)."""
+  """{"params", "forward_flops"} of a forward pass on the batch, from `summary.summarize` (the
+  family's predict traced on abstract variables: nothing initialised, compiled or run). For
+  runs that measure PyTorch's utilisation without jaxpose's inference (--frameworks torch,
+  --measure train)."""
   del task
-  import jax  # pylint: disable=g-import-not-at-top
-  from jaxpose import families  # pylint: disable=g-import-not-at-top
   from jaxpose import summary  # pylint: disable=g-import-not-at-top
-  family = families.create_family(config)
-  variables = families.eval_shape_variables(family)
-  image = jax.ShapeDtypeStruct(host["pixels"].shape, np.float32)
-  jaxpr = jax.make_jaxpr(lambda v, b: family.predict(v, b, False))(variables, {"image": image})
-  return {"params": _jax_count(variables["params"]), "forward_flops": summary.matmul_flops(jaxpr)}
+  facts = summary.summarize(config)  # Per image; the products' FLOPs scale with the batch.
+  return {"params": facts["params"],
+          "forward_flops": round(facts["gflops"] * 1e9) * len(host["pixels"])}
 
 
 def _jax_imports(task: dict) -> None:
