@@ -343,6 +343,31 @@ def test_ief_oracle_moves_from_the_mean_pose_to_the_truth(tmp_path):
   assert still["Total"] < totals[0] < totals[1] < totals[2] <= 100.0
 
 
+def test_ief_feedback_probes_tell_a_reading_network_from_a_blind_one():
+  """benchmarks/ief_feedback.py: the oracle's correction (the bounded step toward the truth)
+  points at the truth from y_0, stays at the truth, undoes min(1, 1 / radius) of a displacement;
+  a correction that ignores the pose undoes none of it on average."""
+  from benchmarks import ief_feedback  # pylint: disable=g-import-not-at-top
+  from jaxpose.models import ief  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  truth = rng.uniform(-0.4, 0.4, (64, 5, 2)).astype(np.float32)
+  mean, step = truth.mean(axis=0), 0.05
+  oracle = lambda images, y: ief.bounded_correction(y, truth, step)  # noqa: E731
+  for radius, undone in ((0.5, 1.0), (2.0, 0.5)):
+    probes = ief_feedback.feedback_probes(oracle, None, truth, mean, step, radius, rng)
+    np.testing.assert_allclose(probes["from y_0: cosine"], 1.0, atol=1e-5)
+    assert np.all(probes["from y_0: |f|/L"] <= 1.0 + 1e-5)
+    np.testing.assert_allclose(probes["at the truth: |f|/L"], 0.0, atol=1e-5)
+    np.testing.assert_allclose(probes["truth + d: undone"], undone, atol=1e-4)
+    np.testing.assert_allclose(probes["truth + d: cosine"], 1.0, atol=1e-4)
+  fixed = rng.normal(0.0, step, (64, 5, 2)).astype(np.float32)
+  blind = ief_feedback.feedback_probes(lambda images, y: fixed, None, truth, mean, step, 1.0, rng)
+  assert abs(blind["truth + d: undone"].mean()) < 0.15
+  assert abs(blind["truth + d: cosine"].mean()) < 0.1
+  np.testing.assert_allclose(blind["at the truth: |f|/L"], np.linalg.norm(fixed, axis=-1) / step,
+                             rtol=1e-5)
+
+
 def test_ief_stem_times_both_layouts_of_the_same_network():
   from benchmarks import ief_stem  # pylint: disable=g-import-not-at-top
   from jaxpose.models import ief  # pylint: disable=g-import-not-at-top
