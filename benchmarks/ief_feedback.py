@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from jaxpose import evaluate
 from jaxpose import metrics
 from jaxpose import parallel
+from jaxpose import runtime
 from jaxpose.data import datasets
 from jaxpose.data import pipeline
 from jaxpose.families import regression
@@ -78,20 +79,21 @@ def probe_checkpoint(path: str, num_people: int, radius: float, seed: int = 0):
   truth_px, _ = pipeline.crop_joints(source, size)
   truth = (truth_px - (size - 1) / 2.0) / size
   visible = source.annotations["visible"] > 0
-  apply = jax.jit(lambda x, y: family.model.apply(variables, x, y, method=ief.IEF.correction))
+  correct = jax.jit(lambda v, x, y: family.model.apply(v, x, y, method=ief.IEF.correction))
+  apply = lambda x, y: correct(variables, x, y)  # noqa: E731
   rng = np.random.default_rng(seed)
   sums, counts = {p: 0.0 for p in PROBES}, 0.0
   batches = pipeline.eval_dataset(source, input_size=size, local_batch_size=50)
   for batch in batches.as_numpy_iterator():
-    keep = batch["mask"] > 0
+    keep = (batch["mask"] > 0) & (batch["index"] < num_people)
+    if not keep.any():
+      break  # The batches come in index order (one process).
     index = batch["index"][keep]
     probes = feedback_probes(apply, batch["image"][keep], truth[index],
                              np.asarray(variables["ief"]["mean_pose"]), max_step, radius, rng)
     w = visible[index]
     sums = {p: sums[p] + np.sum(np.where(w, v, 0.0), axis=0) for p, v in probes.items()}
     counts = counts + np.sum(w, axis=0)
-    if index.max() + 1 >= num_people:
-      break
   columns = {name: list(joints) for name, joints in source.skeleton.groups}
   columns[metrics.TOTAL] = list(source.skeleton.scored_joints)
   return {p: {c: float(np.sum(s[j]) / max(np.sum(counts[j]), 1.0)) for c, j in columns.items()}
@@ -117,4 +119,4 @@ if __name__ == "__main__":
   _NUM = flags.DEFINE_integer("num_people", 400, "People of the evaluation split to probe.",
                               lower_bound=1)
   _RADIUS = flags.DEFINE_float("radius", 1.0, "|d| of the displaced truth, in units of L.")
-  app.run(main)
+  app.run(runtime.clean_errors(main, "ief_feedback.py"))

@@ -164,9 +164,12 @@ def deeppose(tiny: bool):
   128 px, refinement patches of 56 px cut from the same person at 256 px (the paper's "higher
   resolution" for the later stages), trained stage by stage (one phase each); no dropout (the
   paper's is 0.6 on its fc layers; 0.2 here gave 36.5 -> 41.0 -> 41.8: in a ten-minute run from
-  scratch it only slows the fit), stage 3 starting from stage 2's weights. Measured (README):
-  45.9 -> 51.5 -> 52.3 per stage, 9.5 min. BatchNorm (model.batch_norm) with batch 16 trained
-  stage 1 slower per image than this (loss 0.0089 against 0.0074 after the same 38k images)."""
+  scratch it only slows the fit), stage 3 starting from stage 2's weights, flips only (no scale
+  or colour jitter, below). Measured (README): 47.0 -> 53.5 -> 53.8 per stage, 9.9 min
+  (2026-12-04, an AMD EPYC); with the jitter 45.9 -> 51.5 -> 52.3 in 9.5 min on the Intel
+  machine (2026-12-02), 44.9 -> 50.0 -> 50.6 in 10.0 min on the AMD EPYC. BatchNorm
+  (model.batch_norm) with batch 16 trained stage 1 slower per image than this (loss 0.0089
+  against 0.0074 after the same 38k images)."""
   c = _common(base.get_config())
   c.model = ml_collections.ConfigDict(dict(
       name="deeppose", num_stages=3, features=(48, 96, 128, 128, 96), hidden=1024,
@@ -177,6 +180,12 @@ def deeppose(tiny: bool):
   # steps/s in stage 1 against 21 with the host's float32 crop.
   c.input_size = 256
   c.augment_on_device = True
+  # Flips only, as IEF's quickstart: the validation people are not jittered, and in ten minutes
+  # the scale and colour jitter only slow the fit. 2026-12-04, the AMD EPYC, one run each:
+  # 47.0 -> 53.5 -> 53.76 in 9.9 min against 44.9 -> 50.0 -> 50.56 in 10.0 with the jitter;
+  # seed 1 48.0 -> 54.2 -> 54.62 in 9.7 against 46.6 -> 51.2 -> 51.88 in 9.6.
+  c.augment.scale = 0.0
+  c.augment.color = 0.0
   phases = (("stage1", "stage1"), ("stage2", "stage2"), ("stage3", "stage3"))
   # The error statistics each later stage trains on, from 512 training people (2048 by
   # default): 2x2 covariances need few samples, and predicting 2048 through the cascade cost
