@@ -34,6 +34,7 @@ from jaxpose import evaluate
 from jaxpose import metrics
 from jaxpose import parallel
 from jaxpose import runtime
+from jaxpose.codecs import coordinate
 from jaxpose.data import datasets
 from jaxpose.data import pipeline
 from jaxpose.families import regression
@@ -77,7 +78,7 @@ def probe_checkpoint(path: str, num_people: int, radius: float, seed: int = 0):
   max_step = config.model.get("max_step", regression.IEF_MAX_STEP)
   source = datasets.load_source(config.dataset, config.dataset.eval_split)
   truth_px, _ = pipeline.crop_joints(source, size)
-  truth = (truth_px - (size - 1) / 2.0) / size
+  truth = np.asarray(coordinate.normalize(truth_px, coordinate.CoordinateCodec(size).center, size))
   visible = source.annotations["visible"] > 0
   correct = jax.jit(lambda v, x, y: family.model.apply(v, x, y, method=ief.IEF.correction))
   apply = lambda x, y: correct(variables, x, y)  # noqa: E731
