@@ -34,7 +34,7 @@ from jaxpose.models import ief
 
 def max_step_pixels(config) -> float:
   """The config's bound L on one step, in crop pixels (as `regression.ief_family` reads it)."""
-  return config.model.get("max_step", regression.IEF_MAX_STEP) * config.input_size
+  return regression.ief_max_step(config) * config.input_size
 
 
 def oracle_tables(config, steps: int) -> list[dict[str, float]]:

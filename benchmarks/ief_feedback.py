@@ -19,6 +19,7 @@ last probe: its iterations then repeat one step instead of correcting the last. 
 markdown table.
 """
 
+import functools
 import os
 import sys
 
@@ -75,13 +76,14 @@ def probe_checkpoint(path: str, num_people: int, radius: float, seed: int = 0):
   if config.model.name != "ief":
     raise app.UsageError(f"--ckpt {path} holds a {config.model.name!r} model; need an IEF one.")
   size = config.input_size
-  max_step = config.model.get("max_step", regression.IEF_MAX_STEP)
+  max_step = regression.ief_max_step(config)
   source = datasets.load_source(config.dataset, config.dataset.eval_split)
   truth_px, _ = pipeline.crop_joints(source, size)
   truth = np.asarray(coordinate.normalize(truth_px, coordinate.CoordinateCodec(size).center, size))
   visible = source.annotations["visible"] > 0
   correct = jax.jit(lambda v, x, y: family.model.apply(v, x, y, method=ief.IEF.correction))
-  apply = lambda x, y: correct(variables, x, y)  # noqa: E731
+  apply = functools.partial(correct, variables)
+  mean_pose = np.asarray(variables["ief"]["mean_pose"])
   rng = np.random.default_rng(seed)
   sums, counts = {p: 0.0 for p in PROBES}, 0.0
   batches = pipeline.eval_dataset(source, input_size=size, local_batch_size=50)
@@ -90,8 +92,8 @@ def probe_checkpoint(path: str, num_people: int, radius: float, seed: int = 0):
     if not keep.any():
       break  # The batches come in index order (one process).
     index = batch["index"][keep]
-    probes = feedback_probes(apply, batch["image"][keep], truth[index],
-                             np.asarray(variables["ief"]["mean_pose"]), max_step, radius, rng)
+    probes = feedback_probes(apply, batch["image"][keep], truth[index], mean_pose, max_step,
+                             radius, rng)
     w = visible[index]
     sums = {p: sums[p] + np.sum(np.where(w, v, 0.0), axis=0) for p, v in probes.items()}
     counts = counts + np.sum(w, axis=0)

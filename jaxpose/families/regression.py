@@ -33,6 +33,11 @@ from jaxpose.models import ief
 IEF_MAX_STEP = 20.0 / 224.0
 
 
+def ief_max_step(config) -> float:
+  """The config's bound L on one IEF step, normalised to the crop (`IEF_MAX_STEP` by default)."""
+  return config.model.get("max_step", IEF_MAX_STEP)
+
+
 def coordinate_targets(batch, codec: coordinate.CoordinateCodec):
   """The batch's joints in the crop-box frame, 0 where not annotated (never NaN in the loss)."""
   u = coordinate.normalize(batch["joints"], codec.center, codec.input_size)
@@ -143,7 +148,8 @@ def _error_statistics(err: np.ndarray, valid: np.ndarray):
 
 def ief_family(config, skeleton, dtype) -> family.Family:
   kwargs = family.model_kwargs(config)
-  max_step = kwargs.pop("max_step", IEF_MAX_STEP)
+  kwargs.pop("max_step", None)  # The family's, not the module's.
+  max_step = ief_max_step(config)
   size, k = config.input_size, skeleton.num_joints
   try:
     if "inception_modules" in kwargs:  # A subset of GoogLeNet's modules by name (small variants).
