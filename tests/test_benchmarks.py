@@ -368,6 +368,38 @@ def test_ief_feedback_probes_tell_a_reading_network_from_a_blind_one():
                              rtol=1e-5)
 
 
+def test_ief_feedback_probes_a_checkpoint_and_refuses_another_family(tmp_path):
+  """benchmarks/ief_feedback.py end to end on an ief-tiny checkpoint (random weights, as saved
+  by the trainer): every probe, a value per PCK column and Total, each in its range; a
+  hourglass checkpoint is refused with a line that names it."""
+  import helpers  # pylint: disable=g-import-not-at-top
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from benchmarks import ief_feedback  # pylint: disable=g-import-not-at-top
+  from jaxpose import checkpoints, parallel, train  # pylint: disable=g-import-not-at-top
+  from jaxpose.data import datasets  # pylint: disable=g-import-not-at-top
+  config = quickstart.get_config("ief-tiny")
+  config.dataset.data_dir = str(tmp_path / "tfds")
+  family = families.create_family(config)
+  state = train.create_train_state(family, train.create_optimizer(config, 100),
+                                   jax.random.key(0), parallel.make_mesh())
+  manager = checkpoints.manager(tmp_path / "ief" / "checkpoints", config)
+  checkpoints.save(manager, state, config, 1)
+  manager.wait_until_finished()
+  table = ief_feedback.probe_checkpoint(str(tmp_path / "ief"), num_people=12, radius=1.0)
+  skeleton = datasets.load_source(config.dataset, config.dataset.eval_split).skeleton
+  assert list(table) == list(ief_feedback.PROBES)
+  for probe, row in table.items():
+    assert list(row) == [name for name, _ in skeleton.groups] + ["Total"]
+    values = np.array(list(row.values()))
+    assert np.all(np.isfinite(values)), probe
+    if "cosine" in probe:
+      assert np.all(np.abs(values) <= 1.0 + 1e-6), probe
+    if "|f|/L" in probe:
+      assert np.all(values >= 0.0) and values.max() > 0.0, probe
+  with pytest.raises(app.UsageError, match="'hourglass'"):
+    ief_feedback.probe_checkpoint(str(helpers.tiny_checkpoint(tmp_path / "hg")), 12, 1.0)
+
+
 def test_ief_stem_times_both_layouts_of_the_same_network():
   from benchmarks import ief_stem  # pylint: disable=g-import-not-at-top
   from jaxpose.models import ief  # pylint: disable=g-import-not-at-top
