@@ -64,7 +64,9 @@ def make_predict_step(family: Family, mesh, flip_test: bool, frame: str = "image
 
 def _multiscale_maps(family: Family, variables, batch, flip_test: bool):
   """The mean over scales of each scale's heat maps, resampled into the heat-map frame of the
-  unscaled crop (`batch["transform"]`): [B, h, w, K]."""
+  unscaled crop (`batch["transform"]`): [B, h, w, K]. Where a scale's crop does not reach,
+  each map reads its own minimum (not 0: a family's maps may be log beliefs, all negative,
+  whose argmax would then land there)."""
   codec = family.codec
   s = codec.stride
   to_crop = jnp.array([[s, 0, s / 2 - 0.5], [0, s, s / 2 - 0.5], [0, 0, 1]], jnp.float32)
@@ -75,8 +77,9 @@ def _multiscale_maps(family: Family, variables, batch, flip_test: bool):
     maps = family.heatmaps(variables, batch["scaled_images"][:, i], flip_test)
     # Reference heat-map px -> reference crop px -> original px -> scale-i crop -> its map.
     m = to_map @ batch["scaled_transforms"][:, i] @ reference_inv @ to_crop  # [B, 3, 3]
-    total = total + jax.vmap(device_augment.warp_bilinear, in_axes=(0, 0, None))(
-        maps, m[:, :2], codec.output_size)
+    floor = jnp.min(maps, axis=(1, 2), keepdims=True).astype(jnp.float32)  # [B, 1, 1, K]
+    total = total + floor + jax.vmap(device_augment.warp_bilinear, in_axes=(0, 0, None))(
+        maps - floor, m[:, :2], codec.output_size)
   return total / batch["scaled_images"].shape[1]
 
 

@@ -197,15 +197,15 @@ def _dot_source(n=6, seed=2) -> pipeline.Source:
   return pipeline.Source("dots", tf.constant(images), ann, SKELETON)
 
 
-def _dot_family():
-  """A 'model' whose heat maps are the crop's brightness pooled to the map grid: its maxima
-  sit on the dot, at every scale."""
+def _dot_family(offset: float = 0.0):
+  """A 'model' whose heat maps are the crop's brightness pooled to the map grid, plus `offset`
+  (negative: all below zero, as log beliefs are): its maxima sit on the dot, at every scale."""
 
   def heatmaps(variables, images, flip_test):
     del variables, flip_test
     red = images[..., :1] + 0.5
     pooled = red.reshape(red.shape[0], OUT, SIZE // OUT, OUT, SIZE // OUT, 1).mean((2, 4))
-    return jnp.broadcast_to(pooled, pooled.shape[:3] + (16,))
+    return jnp.broadcast_to(pooled, pooled.shape[:3] + (16,)) + offset
 
   def predict(variables, batch, flip_test):
     return CODEC.decode(heatmaps(variables, batch["image"], flip_test))
@@ -214,8 +214,9 @@ def _dot_family():
                          predict=predict, heatmaps=heatmaps, codec=CODEC)
 
 
-def test_multiscale_heatmaps_are_averaged_in_the_unscaled_frame():
-  source, family, mesh = _dot_source(), _dot_family(), parallel.make_mesh()
+@pytest.mark.parametrize("offset", [0.0, -100.0])  # -100: maps all negative (Tompson's).
+def test_multiscale_heatmaps_are_averaged_in_the_unscaled_frame(offset):
+  source, family, mesh = _dot_source(), _dot_family(offset), parallel.make_mesh()
   variables = {"params": {}}
   single, _ = evaluate.predict_split(variables, family, source, mesh, local_batch_size=2,
                                      flip_test=False)
