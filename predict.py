@@ -6,7 +6,10 @@ r"""Keypoints of the person in each photo, from a checkpoint of any family.
 
 Writes, per image, OUT/<name>.json (keypoints in original-image pixels with a confidence per
 joint) and OUT/<name>.png (the skeleton drawn on the photo). An unreadable image is reported by
-name and skipped; the others are still written. In Python: jaxpose.predict.Predictor.
+name and skipped; the others are still written (none readable: an error). Before any work,
+inputs that would write the same outputs (photo.jpg and photo.png, or one name in two folders)
+and outputs that would replace an input (--out the photos' folder) are refused, naming them.
+In Python: jaxpose.predict.Predictor.
 """
 
 
@@ -21,19 +24,34 @@ _BOX = flags.DEFINE_list("box", None, "x0,y0,x1,y1 of the person (the same for e
 _CENTER = flags.DEFINE_list("center", None, "cx,cy of the person (with --scale).")
 _SCALE = flags.DEFINE_float("scale", None, "Crop side / 200 around --center.")
 _FLIP = flags.DEFINE_bool("flip_test", True, "Average with the mirrored image's prediction.")
-_BATCH = flags.DEFINE_integer("batch_size", 8, "Images per jitted batch.")
+_BATCH = flags.DEFINE_integer("batch_size", 8, "Images per jitted batch.", lower_bound=1)
 flags.mark_flag_as_required("ckpt")
 runtime.define_output_flags()
 
 
-def _person(predict_lib, image):
+def _numbers(flag: str, values: list[str], n: int) -> tuple[float, ...]:
+  try:
+    out = tuple(float(v) for v in values)
+  except ValueError:
+    out = ()
+  if len(out) != n:
+    raise app.UsageError(f"--{flag}={','.join(values)}: expected {n} numbers, comma-separated.")
+  return out
+
+
+def _person_of(predict_lib):
+  """image -> where to crop it, from the flags (checked here, before any image is read)."""
   if _BOX.value:
-    return predict_lib.Person.from_box([float(v) for v in _BOX.value])
-  if _CENTER.value or _SCALE.value:
-    if not (_CENTER.value and _SCALE.value and len(_CENTER.value) == 2):
+    person = predict_lib.Person.from_box(_numbers("box", _BOX.value, 4))
+    return lambda image: person
+  if _CENTER.value or _SCALE.value is not None:
+    if not (_CENTER.value and _SCALE.value is not None):
       raise app.UsageError("--center cx,cy and --scale s go together.")
-    return predict_lib.Person(tuple(float(v) for v in _CENTER.value), _SCALE.value)
-  return predict_lib.Person.whole_image(*image.shape[:2])
+    if not _SCALE.value > 0:
+      raise app.UsageError(f"--scale={_SCALE.value}: must be > 0 (crop side / 200).")
+    person = predict_lib.Person(_numbers("center", _CENTER.value, 2), _SCALE.value)
+    return lambda image: person
+  return lambda image: predict_lib.Person.whole_image(*image.shape[:2])
 
 
 def main(argv):
@@ -42,7 +60,12 @@ def main(argv):
   runtime.setup()  # Libraries quiet; --verbose shows them.
   from jaxpose import predict as predict_lib  # pylint: disable=g-import-not-at-top
   from jaxpose import progress  # pylint: disable=g-import-not-at-top
+  person_of = _person_of(predict_lib)
   paths = predict_lib.expand_paths(argv[1:])
+  if not paths:
+    raise app.UsageError(f"No images ({', '.join(predict_lib.IMAGE_SUFFIXES)}) in "
+                         f"{' '.join(argv[1:])}.")
+  predict_lib.check_outputs(_OUT.value, paths)
   predictor = predict_lib.Predictor(_CKPT.value, flip_test=_FLIP.value,
                                     batch_size=_BATCH.value)
   skipped, written = [], 0
@@ -58,7 +81,7 @@ def main(argv):
           progress.write(f"skipped {e}")
           continue
         images.append(image)
-        people.append(_person(predict_lib, image))
+        people.append(person_of(image))
         kept.append(path)
       if images:
         joints, scores = predictor.predict_many(images, people)
@@ -68,6 +91,8 @@ def main(argv):
       bar.update(len(chunk))
   print(f"wrote {written} x (.json, .png) into {_OUT.value}"
         + (f"; skipped {len(skipped)} unreadable" if skipped else ""))
+  if not written:
+    raise ValueError(f"None of the {len(paths)} images could be read.")
 
 
 if __name__ == "__main__":

@@ -37,11 +37,13 @@ runtime.define_output_flags()
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  config = runtime.loaded_config(_CONFIG)  # Before the workdir is touched.
   runtime.setup(log_file=os.path.join(_WORKDIR.value, "logs", "train.log"))
   from jaxpose import train  # pylint: disable=g-import-not-at-top  (after jax set-up)
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value,
+  train.train_and_evaluate(config, _WORKDIR.value,
                            allow_inexact_resume=_ALLOW_INEXACT.value)
 
 
 if __name__ == "__main__":
-  app.run(runtime.clean_errors(main, "train.py"))
+  app.run(runtime.clean_errors(main, "train.py"),
+          flags_parser=runtime.config_flags_parser("train.py"))

@@ -123,6 +123,26 @@ def expand_paths(paths: Sequence[str]) -> list[str]:
   return out
 
 
+def check_outputs(out_dir: str, paths: Sequence[str]) -> None:
+  """Before any work: ValueError naming the files when two inputs would write the same outputs
+  (`write_outputs`' <stem>.json / .png: photo.jpg and photo.png, or one name in two folders),
+  or when an output would replace an input (--out the photos' own folder)."""
+  import os  # pylint: disable=g-import-not-at-top
+  inputs = {os.path.realpath(p): p for p in paths}
+  owners = {}
+  for path in paths:
+    stem = os.path.splitext(os.path.basename(path))[0]
+    if stem in owners and owners[stem] != path:
+      raise ValueError(f"{owners[stem]} and {path} would both write {stem}.json and {stem}.png "
+                       f"into {out_dir}; predict them into different --out folders.")
+    owners[stem] = path
+    for suffix in (".json", ".png"):
+      target = os.path.realpath(os.path.join(out_dir, stem + suffix))
+      if target in inputs:
+        raise ValueError(f"{os.path.join(out_dir, stem + suffix)} would overwrite the input "
+                         f"{inputs[target]}; choose another --out folder.")
+
+
 def write_outputs(out_dir: str, path: str, image: np.ndarray, joints, scores, skeleton,
                   person: Person) -> list[str]:
   """<out_dir>/<name>.json (keypoints in image pixels, scores) and <name>.png (the skeleton)."""

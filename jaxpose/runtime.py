@@ -149,6 +149,51 @@ class _PlainFormatter:
     return message if record.levelno < 30 else f"{record.levelname.lower()}: {message}"
 
 
+def config_flags_parser(program: str):
+  """For `app.run(..., flags_parser=)` with an ml_collections config flag: an override of a key
+  the config does not have (`--config.bogus=1`) ends the program with one line naming it, not
+  the traceback ml_collections raises while absl parses the flags; absl's own errors as absl
+  prints them."""
+
+  def parse(argv):
+    try:
+      return flags.FLAGS(argv)
+    except flags.Error as e:
+      lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+      if any(line.startswith("Traceback") for line in lines):  # A config file's get_config
+        lines = [lines[0], lines[-1]]                           # raised: what it said.
+      sys.exit(f"FATAL Flags parsing error: {' '.join(lines)}\nPass --helpshort or --helpfull "
+               "to see help on flags.")
+    except (AttributeError, KeyError) as e:  # config_path.get_type: the key does not exist.
+      while e.args and isinstance(e.args[0], BaseException):
+        e = e.args[0]
+      lines = str(e.args[0] if e.args else e).strip("\"'").splitlines()
+      key, hint = lines[0].strip("\"'"), " ".join(lines[1:])
+      overrides = [a.split("=")[0] for a in argv[1:] if re.match(r"--\w+\.", a)]
+      sys.exit(f"{program}: error: the config has no key {key!r} (overrides given: "
+               f"{', '.join(overrides)}); an override can only change a key the config defines."
+               + (f" {hint}" if hint else ""))
+
+  return parse
+
+
+def loaded_config(holder):
+  """The config of an ml_collections config flag; a file that does not load (missing, or its
+  get_config raising) is a FileNotFoundError / ValueError naming it, before anything is
+  written."""
+  config = holder.value
+  try:
+    config.get("model")  # A config that failed to load raises on any access.
+  except OSError as e:
+    cause = e.__cause__ or e
+    detail = [line.strip() for line in str(cause).splitlines() if line.strip()][-1]
+    name = flags.FLAGS[holder.name].config_filename
+    error = FileNotFoundError if isinstance(cause.__cause__, FileNotFoundError) or (
+        "No such file" in detail) else ValueError
+    raise error(f"--{holder.name}={name}: cannot load it ({detail})") from None
+  return config
+
+
 def clean_errors(main, program: str):
   """Wraps an absl main: errors about the user's input (a missing file, a bad value, a
   non-finite loss) print one line naming the culprit instead of a traceback. Set
@@ -158,7 +203,8 @@ def clean_errors(main, program: str):
   def wrapped(argv):
     try:
       return main(argv)
-    except (FileNotFoundError, ValueError, FloatingPointError) as e:
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+            FileExistsError, ValueError, FloatingPointError) as e:
       if os.environ.get("JAXPOSE_TRACEBACK"):
         raise
       sys.exit(f"{program}: error: {type(e).__name__}: {e}")

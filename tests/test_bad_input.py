@@ -158,12 +158,36 @@ def test_wrong_number_of_joints_for_the_model_is_named(tmp_path):
 # Configs and flags.
 
 
+def _one_line_error(proc, *names):
+  """A failed run whose stderr is one error line (and absl's help hint), naming `names`."""
+  lines = [line for line in proc.stderr.splitlines() if line.strip()]
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+  assert len(lines) <= 2 and all(name in lines[0] for name in names), proc.stderr[-2000:]
+
+
 def test_unknown_config_key_and_wrong_type_are_named(tmp_path):
-  proc = _run_train_py(tmp_path, "--config.batch_size=abc")
-  assert proc.returncode != 0 and "batch_size" in proc.stderr and "abc" in proc.stderr
-  proc = _run_train_py(tmp_path, "--config.optimizer.learning_rat=0.1")
-  assert proc.returncode != 0 and "learning_rat" in proc.stderr
+  _one_line_error(_run_train_py(tmp_path, "--config.batch_size=abc"), "batch_size", "abc")
+  _one_line_error(_run_train_py(tmp_path, "--config.optimizer.learning_rat=0.1"),
+                  "learning_rat", "learning_rate")  # ml_collections' "did you mean".
+  _one_line_error(_run_train_py(tmp_path, "--config.bogus=1"), "'bogus'", "--config.bogus")
   assert not (tmp_path / "w").exists()
+
+
+def test_config_file_that_does_not_load_is_named_before_the_workdir_is_made(tmp_path):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+  for config, names in (("configs/nope.py", ("configs/nope.py", "No such file")),
+                        ("configs/quickstart.py:bogus", ("'bogus'",))):
+    proc = subprocess.run([sys.executable, "train.py", "--config", config, "--workdir",
+                           str(tmp_path / "w")], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env=env)
+    _one_line_error(proc, *names)
+    assert not (tmp_path / "w").exists()
+  (tmp_path / "file").write_text("not a directory")  # A workdir below a file.
+  proc = subprocess.run([sys.executable, "train.py", "--config", "configs/quickstart.py:tiny",
+                         "--workdir", str(tmp_path / "file" / "w")], cwd=REPO,
+                        capture_output=True, text=True, timeout=120, env=env)
+  _one_line_error(proc, "NotADirectoryError", str(tmp_path / "file"))
+  assert (tmp_path / "file").read_text() == "not a directory"
 
 
 def test_unknown_dataset_model_precision_optimizer_are_named(tmp_path):

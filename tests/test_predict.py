@@ -64,3 +64,34 @@ def test_cli_writes_json_and_png_and_skips_unreadable_files(workdir, tmp_path):
   assert record["width"] == 140 and len(record["keypoints"]) == 16
   assert set(record["keypoints"][0]) == {"name", "x", "y", "score"}
   assert Image.open(out / "p0.png").size == (140, 90)
+
+
+def test_cli_refuses_to_overwrite_before_any_work(workdir, tmp_path):
+  """Two photos that would write the same outputs, outputs that would replace the photos, a
+  malformed --box and a folder without images: one line each, nothing written or changed."""
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  Image.fromarray(_photo(seed=0)).save(photos / "p.jpg")
+  Image.fromarray(_photo(seed=1)).save(photos / "p.png")
+  before = (photos / "p.png").read_bytes()
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+  env.pop("JAXPOSE_TRACEBACK", None)
+
+  def run(*args):
+    proc = subprocess.run([sys.executable, "predict.py", "--ckpt", str(workdir), *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    return lines[-1]  # A usage error prints the help first.
+
+  line = run(str(photos), "--out", str(tmp_path / "out"))
+  assert "p.jpg" in line and "p.png" in line and "--out" in line
+  assert not (tmp_path / "out").exists()
+  line = run(str(photos / "p.png"), "--out", str(photos))
+  assert "would overwrite the input" in line and "p.png" in line
+  assert (photos / "p.png").read_bytes() == before and sorted(os.listdir(photos)) == [
+      "p.jpg", "p.png"]
+  assert "--box=1,2,3" in run(str(photos / "p.jpg"), "--box", "1,2,3")
+  assert "--scale=-1" in run(str(photos / "p.jpg"), "--center", "10,10", "--scale", "-1")
+  (tmp_path / "empty").mkdir()
+  assert "No images" in run(str(tmp_path / "empty"))
