@@ -15,6 +15,7 @@ if __name__ == "__main__":  # Before any large import: it may start the program 
   huge_pages.reexec()
 
 import json
+import os
 
 from absl import app
 from absl import flags
@@ -68,6 +69,19 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if (_CKPT.value is None) == (_PREDS.value is None):
     raise app.UsageError("Give exactly one of --ckpt or --preds.")
+  given = [f"--{name}" for name in ("dataset", "gt", "split", "scales", "decode_upsample",
+                                     "write_outputs", "batch_size") if flags.FLAGS[name].present]
+  wrong = [f for f in given if f in (("--split", "--scales", "--decode_upsample",
+                                      "--write_outputs", "--batch_size") if _PREDS.value else
+                                     ("--dataset", "--gt"))]
+  if wrong:
+    raise app.UsageError(
+        f"{', '.join(wrong)} appl{'y' if len(wrong) > 1 else 'ies'} to --"
+        f"{'ckpt' if _PREDS.value else 'preds'}, not --"
+        f"{'preds' if _PREDS.value else 'ckpt'}" + ("" if _PREDS.value else
+        " (a checkpoint is evaluated on its config's data set; --split picks the split)") + ".")
+  if _OUTPUT_JSON.value:  # Its folder now, not after the evaluation.
+    os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT_JSON.value)), exist_ok=True)
   if _PREDS.value is not None:
     from jaxpose import prediction_files  # pylint: disable=g-import-not-at-top
     if _GT.value is None:

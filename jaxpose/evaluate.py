@@ -220,6 +220,9 @@ def evaluate_checkpoint(path: str, *, split: str | None = None, flip_test: bool 
   "outputs" (files written into WORKDIR/eval/<split>_step<step>/ when `write_outputs`)."""
   mesh = parallel.make_mesh()
   config, family, variables, step = load_checkpoint(path, mesh)
+  if decode_upsample is not None and family.heatmaps is None:
+    raise ValueError(f"decode_upsample={decode_upsample} decodes heat maps; the "
+                     f"{family.name!r} family regresses coordinates.")
   if decode_upsample is not None and decode_upsample != config.get("decode_upsample", 0):
     config.decode_upsample = decode_upsample
     family = families.create_family(config)

@@ -196,8 +196,8 @@ def loaded_config(holder):
 
 def clean_errors(main, program: str):
   """Wraps an absl main: errors about the user's input (a missing file, a bad value, a
-  non-finite loss) print one line naming the culprit instead of a traceback. Set
-  JAXPOSE_TRACEBACK=1 to see the traceback."""
+  non-finite loss) print one line naming the culprit instead of a traceback, and Ctrl-C one
+  line (exit status 130). Set JAXPOSE_TRACEBACK=1 to see the traceback."""
 
   @functools.wraps(main)
   def wrapped(argv):
@@ -208,5 +208,10 @@ def clean_errors(main, program: str):
       if os.environ.get("JAXPOSE_TRACEBACK"):
         raise
       sys.exit(f"{program}: error: {type(e).__name__}: {e}")
+    except KeyboardInterrupt:  # Ctrl-C: a user's choice, not a failure to explain.
+      if os.environ.get("JAXPOSE_TRACEBACK"):
+        raise
+      print(f"\n{program}: interrupted (Ctrl-C).", file=sys.stderr)
+      sys.exit(130)
 
   return wrapped

@@ -295,6 +295,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if step != planned:  # The newest checkpoint was damaged: an earlier one was restored.
     dataset = _train_dataset(run, step)
   train_iter = dataset.as_numpy_iterator()
+  if step >= run.num_steps:
+    logging.info("Already trained: step %d of %d; nothing to do (`python eval.py --ckpt %s` "
+                 "evaluates it).", step, run.num_steps, run.workdir)
+    return {}
   run.preemption.install()
   logging.info("Training %s for %d steps (%d per epoch) on %d devices, batch %d.",
                run.family.name, run.num_steps,

@@ -2,6 +2,7 @@
 (or the documented behaviour), and nothing already written is lost."""
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -308,6 +309,24 @@ def _empty_npy(tmp_path):
   path = tmp_path / "preds.npy"
   path.write_bytes(b"")
   return path
+
+
+def test_eval_py_flags_of_the_other_mode_are_refused(tmp_path):
+  """--dataset / --gt belong to --preds, --split / --scales / ... to --ckpt: named, not ignored;
+  --output_json's folder is made (before the evaluation, not after)."""
+  shared = helpers.shared_data_dir()
+  if shared is None:
+    pytest.skip("needs ../shared/data (MPII's validation ground truth)")
+  gt = str(shared / "mpii" / "detections_our_format.mat")
+  proc = _run_eval_py("--ckpt", str(tmp_path), "--dataset", "lsp_test", "--gt", gt)
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1].startswith("--dataset, --gt apply to --preds")
+  proc = _run_eval_py("--preds", gt, "--gt", gt, "--split", "train")
+  assert proc.returncode != 0 and "--split applies to --ckpt" in proc.stderr
+  out = tmp_path / "new" / "folder" / "o.json"
+  proc = _run_eval_py("--preds", gt, "--gt", gt, "--output_json", str(out))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert json.loads(out.read_text())["table"]["Total"] == pytest.approx(82.34, abs=0.005)
 
 
 @pytest.mark.parametrize("make_preds", [_truncated_mat, _corrupt_h5, _empty_npy])

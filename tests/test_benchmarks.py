@@ -398,6 +398,10 @@ def test_ief_feedback_probes_a_checkpoint_and_refuses_another_family(tmp_path):
       assert np.all(values >= 0.0) and values.max() > 0.0, probe
   with pytest.raises(app.UsageError, match="'hourglass'"):
     ief_feedback.probe_checkpoint(str(helpers.tiny_checkpoint(tmp_path / "hg")), 12, 1.0)
+  # The same checkpoint, for eval.py: --decode_upsample decodes heat maps, named, not ignored.
+  from jaxpose import evaluate  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match="decode_upsample=4 decodes heat maps; the 'ief'"):
+    evaluate.evaluate_checkpoint(str(tmp_path / "ief"), decode_upsample=4, write_outputs=False)
 
 
 def test_ief_stem_times_both_layouts_of_the_same_network():

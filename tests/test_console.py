@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIBRARY_NOISE = ("oneDNN", "absl::InitializeLog", " INFO ", "orbax", "Constructing tf.data")
 
@@ -41,3 +43,26 @@ def test_verbose_shows_the_library_lines(tmp_path):
               "runtime.define_output_flags()\n"
               "app.run(lambda argv: runtime.setup())", "--verbose"])
   assert "oneDNN custom operations" in out
+
+
+def test_clean_errors_make_input_errors_and_ctrl_c_one_line(monkeypatch, capsys):
+  """runtime.clean_errors: a bad path or value exits with one line naming it, Ctrl-C with one
+  line and status 130; JAXPOSE_TRACEBACK=1 lets either through."""
+  from jaxpose import runtime  # pylint: disable=g-import-not-at-top
+  monkeypatch.delenv("JAXPOSE_TRACEBACK", raising=False)
+
+  def failing(error):
+    def main(argv):
+      raise error
+    return runtime.clean_errors(main, "prog.py")
+
+  with pytest.raises(SystemExit) as e:
+    failing(NotADirectoryError("Not a directory: '/x/file/w'"))([])
+  assert e.value.code == "prog.py: error: NotADirectoryError: Not a directory: '/x/file/w'"
+  with pytest.raises(SystemExit) as e:
+    failing(KeyboardInterrupt())([])
+  assert e.value.code == 130
+  assert capsys.readouterr().err.strip() == "prog.py: interrupted (Ctrl-C)."
+  monkeypatch.setenv("JAXPOSE_TRACEBACK", "1")
+  with pytest.raises(KeyboardInterrupt):
+    failing(KeyboardInterrupt())([])

@@ -1,6 +1,7 @@
 """Trainer: a real step lowers the loss, the step traces once, resume is exact, bad input."""
 
 import dataclasses
+import logging
 import os
 import subprocess
 import sys
@@ -154,6 +155,17 @@ def test_train_resume_is_bit_exact_and_eval_deterministic(full_run, tmp_path, mo
   assert all((out / n).stat().st_size > 0 for n in names)
   saved = np.load(out / "predictions.npz")
   assert saved["preds"].shape == (32, 16, 2) and saved["id"].tolist() == list(range(32))
+
+
+def test_rerunning_a_finished_run_says_so_and_changes_nothing(full_run, caplog):
+  tmp, _ = full_run
+  checkpoints_dir = tmp / "work" / "checkpoints"
+  before = sorted((p.name, p.stat().st_mtime_ns) for p in checkpoints_dir.iterdir())
+  with caplog.at_level(logging.INFO):
+    assert train.train_and_evaluate(_config(tmp), str(tmp / "work")) == {}
+  assert "Already trained: step 6 of 6; nothing to do" in caplog.text
+  assert "Training hourglass" not in caplog.text
+  assert sorted((p.name, p.stat().st_mtime_ns) for p in checkpoints_dir.iterdir()) == before
 
 
 def test_workdir_with_another_models_checkpoint_is_refused(full_run):
