@@ -47,6 +47,9 @@ _WRITE_OUTPUTS = flags.DEFINE_bool(
     "overlays (and for MPII the benchmark .mat) into WORKDIR/eval/<split>_step<step>/.")
 runtime.define_distributed_flags()
 runtime.define_output_flags()
+# The flags that mean something in one mode only.
+_MODE_ONLY = {"preds": ("dataset", "gt"),
+              "ckpt": ("split", "scales", "decode_upsample", "write_outputs", "batch_size")}
 
 
 def _write_json(path, payload):
@@ -69,17 +72,13 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if (_CKPT.value is None) == (_PREDS.value is None):
     raise app.UsageError("Give exactly one of --ckpt or --preds.")
-  given = [f"--{name}" for name in ("dataset", "gt", "split", "scales", "decode_upsample",
-                                     "write_outputs", "batch_size") if flags.FLAGS[name].present]
-  wrong = [f for f in given if f in (("--split", "--scales", "--decode_upsample",
-                                      "--write_outputs", "--batch_size") if _PREDS.value else
-                                     ("--dataset", "--gt"))]
-  if wrong:
+  mode, other = ("preds", "ckpt") if _PREDS.value else ("ckpt", "preds")
+  wrong = [f"--{name}" for name in _MODE_ONLY[other] if flags.FLAGS[name].present]
+  if wrong:  # Named, not ignored.
     raise app.UsageError(
-        f"{', '.join(wrong)} appl{'y' if len(wrong) > 1 else 'ies'} to --"
-        f"{'ckpt' if _PREDS.value else 'preds'}, not --"
-        f"{'preds' if _PREDS.value else 'ckpt'}" + ("" if _PREDS.value else
-        " (a checkpoint is evaluated on its config's data set; --split picks the split)") + ".")
+        f"{', '.join(wrong)} appl{'y' if len(wrong) > 1 else 'ies'} to --{other}, not --{mode}"
+        + (" (a checkpoint is evaluated on its config's data set; --split picks the split)"
+           if mode == "ckpt" else "") + ".")
   if _OUTPUT_JSON.value:  # Its folder now, not after the evaluation.
     os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT_JSON.value)), exist_ok=True)
   if _PREDS.value is not None:

@@ -188,8 +188,7 @@ def loaded_config(holder):
     cause = e.__cause__ or e
     detail = [line.strip() for line in str(cause).splitlines() if line.strip()][-1]
     name = flags.FLAGS[holder.name].config_filename
-    error = FileNotFoundError if isinstance(cause.__cause__, FileNotFoundError) or (
-        "No such file" in detail) else ValueError
+    error = FileNotFoundError if "No such file" in detail else ValueError
     raise error(f"--{holder.name}={name}: cannot load it ({detail})") from None
   return config
 
