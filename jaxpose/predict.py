@@ -13,6 +13,7 @@ Images go through the same jitted prediction as `eval.py` (flip test on by defau
 """
 
 import dataclasses
+import re
 from typing import Sequence
 
 import jax
@@ -52,6 +53,8 @@ def read_image(path: str) -> np.ndarray:
     return pipeline.decode_pixels(data).numpy()
   except (tf.errors.OpError, ValueError) as e:
     message = getattr(e, "message", str(e)).splitlines()[0]
+    # TensorFlow's op text around the reason: "{{function_node ...}} <reason> [Op:...] name: ".
+    message = re.sub(r"\s*\[Op:\w+\].*$", "", re.sub(r"^\{\{[^}]*\}\}\s*", "", message)).rstrip(".")
     raise ValueError(f"{path}: cannot read the image ({message}).") from None
 
 

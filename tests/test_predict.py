@@ -59,6 +59,7 @@ def test_cli_writes_json_and_png_and_skips_unreadable_files(workdir, tmp_path):
                         timeout=300, env=env)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "broken.jpg" in proc.stderr and "skipped 1 unreadable" in proc.stdout
+  assert "function_node" not in proc.stderr and "[Op:" not in proc.stderr  # The reason alone.
   assert sorted(os.listdir(out)) == ["p0.json", "p0.png", "p1.json", "p1.png"]
   record = json.loads((out / "p0.json").read_text())
   assert record["width"] == 140 and len(record["keypoints"]) == 16
