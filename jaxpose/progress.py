@@ -14,8 +14,10 @@ def bar(total: int, desc: str, unit: str = "image", *, min_total: int = 2) -> tq
   JAXPOSE_PROGRESS=0."""
   off = (os.environ.get("JAXPOSE_PROGRESS", "1") == "0" or total < min_total
          or jax.process_index() != 0)
+  # On a terminal the finished bar is erased; into a pipe or a file it is left, ended by a
+  # newline (erasing there leaves no newline, and the next line ran on after the bar).
   return tqdm.tqdm(total=total, desc=desc, unit=unit, disable=off, file=sys.stderr,
-                   dynamic_ncols=True, leave=False, mininterval=0.5)
+                   dynamic_ncols=True, leave=not sys.stderr.isatty(), mininterval=0.5)
 
 
 def write(message: str) -> None:

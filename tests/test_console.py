@@ -31,6 +31,12 @@ def test_train_and_eval_print_only_their_own_lines(tmp_path):
   assert "Total" in eval_out
   # The evaluation over the split shows a progress bar with a rate and an ETA.
   assert "evaluate synthetic" in eval_out and "image/s" in eval_out
+  # Into one file with stdout (`> log 2>&1`) the finished bar ends with a newline: the next
+  # line starts its own.
+  merged = subprocess.run([sys.executable, "eval.py", "--ckpt", str(workdir)], cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          timeout=300).stdout.decode()  # Bytes: text mode would turn \r into \n.
+  assert any(line.startswith("Evaluated ") for line in merged.split("\n")), merged[-2000:]
   quiet = _run(["eval.py", "--ckpt", str(workdir)], env={"JAXPOSE_PROGRESS": "0"})
   assert "Total" in quiet and "image/s" not in quiet
   log = (workdir / "logs" / "train.log").read_text()
