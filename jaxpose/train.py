@@ -292,13 +292,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   local = _local_spec(dataset)  # The same for every phase and every restart's dataset.
   ahead = _compile_ahead(run, planned, local)
   step = _restore_or_init(run)
-  if step != planned:  # The newest checkpoint was damaged: an earlier one was restored.
-    dataset = _train_dataset(run, step)
-  train_iter = dataset.as_numpy_iterator()
-  if step >= run.num_steps:
+  if step >= run.num_steps:  # Before the input pipeline starts reading.
     logging.info("Already trained: step %d of %d; nothing to do (`python eval.py --ckpt %s` "
                  "evaluates it).", step, run.num_steps, run.workdir)
     return {}
+  if step != planned:  # The newest checkpoint was damaged: an earlier one was restored.
+    dataset = _train_dataset(run, step)
+  train_iter = dataset.as_numpy_iterator()
   run.preemption.install()
   logging.info("Training %s for %d steps (%d per epoch) on %d devices, batch %d.",
                run.family.name, run.num_steps,
