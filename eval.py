@@ -58,10 +58,7 @@ def _write_json(path, payload):
 
 
 def _parse_scales(values) -> tuple[float, ...]:
-  try:
-    scales = tuple(float(v) for v in values)
-  except ValueError:
-    raise app.UsageError(f"--scales={','.join(values)}: expected numbers like 0.8,1,1.2.")
+  scales = runtime.number_list("scales", values)
   if any(not 0 < f < 10 for f in scales):
     raise app.UsageError(f"--scales={','.join(values)}: factors must be in (0, 10).")
   return scales

@@ -29,27 +29,17 @@ flags.mark_flag_as_required("ckpt")
 runtime.define_output_flags()
 
 
-def _numbers(flag: str, values: list[str], n: int) -> tuple[float, ...]:
-  try:
-    out = tuple(float(v) for v in values)
-  except ValueError:
-    out = ()
-  if len(out) != n:
-    raise app.UsageError(f"--{flag}={','.join(values)}: expected {n} numbers, comma-separated.")
-  return out
-
-
 def _person_of(predict_lib):
   """image -> where to crop it, from the flags (checked here, before any image is read)."""
   if _BOX.value:
-    person = predict_lib.Person.from_box(_numbers("box", _BOX.value, 4))
+    person = predict_lib.Person.from_box(runtime.number_list("box", _BOX.value, 4))
     return lambda image: person
   if _CENTER.value or _SCALE.value is not None:
     if not (_CENTER.value and _SCALE.value is not None):
       raise app.UsageError("--center cx,cy and --scale s go together.")
     if not _SCALE.value > 0:
       raise app.UsageError(f"--scale={_SCALE.value}: must be > 0 (crop side / 200).")
-    person = predict_lib.Person(_numbers("center", _CENTER.value, 2), _SCALE.value)
+    person = predict_lib.Person(runtime.number_list("center", _CENTER.value, 2), _SCALE.value)
     return lambda image: person
   return lambda image: predict_lib.Person.whole_image(*image.shape[:2])
 

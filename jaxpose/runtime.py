@@ -11,6 +11,7 @@ import tempfile
 # them. Before anything imports TensorFlow.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from absl import app
 from absl import flags
 from absl import logging as absl_logging
 import jax
@@ -147,6 +148,19 @@ class _PlainFormatter:
       import traceback  # pylint: disable=g-import-not-at-top
       message += "\n" + "".join(traceback.format_exception(*record.exc_info))
     return message if record.levelno < 30 else f"{record.levelname.lower()}: {message}"
+
+
+def number_list(flag: str, values: list[str], count: int | None = None) -> tuple[float, ...]:
+  """A comma-separated list flag's values as floats; app.UsageError naming the flag when one is
+  not a number or, with `count`, when there are not `count` of them."""
+  try:
+    numbers = tuple(float(v) for v in values)
+  except ValueError:
+    numbers = None
+  if numbers is None or (count is not None and len(numbers) != count):
+    what = "numbers" if count is None else f"{count} numbers"
+    raise app.UsageError(f"--{flag}={','.join(values)}: expected {what}, comma-separated.")
+  return numbers
 
 
 def config_flags_parser(program: str):
