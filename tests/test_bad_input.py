@@ -77,10 +77,10 @@ def _run_eval_py(*flags):
                         text=True, timeout=120, env=env)
 
 
-def _run_train_py(tmp_path, *flags):
+def _run_train_py(tmp_path, *flags, config="configs/quickstart.py:tiny", workdir=None):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-  return subprocess.run([sys.executable, "train.py", "--config", "configs/quickstart.py:tiny",
-                         "--workdir", str(tmp_path / "w"), *flags],
+  return subprocess.run([sys.executable, "train.py", "--config", config,
+                         "--workdir", str(workdir or tmp_path / "w"), *flags],
                         cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
 
 
@@ -175,19 +175,13 @@ def test_unknown_config_key_and_wrong_type_are_named(tmp_path):
 
 
 def test_config_file_that_does_not_load_is_named_before_the_workdir_is_made(tmp_path):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
   for config, names in (("configs/nope.py", ("configs/nope.py", "No such file")),
                         ("configs/quickstart.py:bogus", ("'bogus'",))):
-    proc = subprocess.run([sys.executable, "train.py", "--config", config, "--workdir",
-                           str(tmp_path / "w")], cwd=REPO, capture_output=True, text=True,
-                          timeout=120, env=env)
-    _one_line_error(proc, *names)
+    _one_line_error(_run_train_py(tmp_path, config=config), *names)
     assert not (tmp_path / "w").exists()
   (tmp_path / "file").write_text("not a directory")  # A workdir below a file.
-  proc = subprocess.run([sys.executable, "train.py", "--config", "configs/quickstart.py:tiny",
-                         "--workdir", str(tmp_path / "file" / "w")], cwd=REPO,
-                        capture_output=True, text=True, timeout=120, env=env)
-  _one_line_error(proc, "NotADirectoryError", str(tmp_path / "file"))
+  _one_line_error(_run_train_py(tmp_path, workdir=tmp_path / "file" / "w"),
+                  "NotADirectoryError", str(tmp_path / "file"))
   assert (tmp_path / "file").read_text() == "not a directory"
 
 

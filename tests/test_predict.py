@@ -46,6 +46,13 @@ def test_person_geometry_and_bad_boxes():
     predict.Person.from_box((10, 10, 5, 20))
 
 
+def _run_cli(workdir, *args):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+  env.pop("JAXPOSE_TRACEBACK", None)
+  return subprocess.run([sys.executable, "predict.py", "--ckpt", str(workdir), *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=300, env=env)
+
+
 def test_cli_writes_json_and_png_and_skips_unreadable_files(workdir, tmp_path):
   photos = tmp_path / "photos"
   photos.mkdir()
@@ -53,10 +60,7 @@ def test_cli_writes_json_and_png_and_skips_unreadable_files(workdir, tmp_path):
     Image.fromarray(_photo(seed=i)).save(photos / f"p{i}.jpg")
   (photos / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
   out = tmp_path / "out"
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-  proc = subprocess.run([sys.executable, "predict.py", "--ckpt", str(workdir), str(photos),
-                         "--out", str(out)], cwd=REPO, capture_output=True, text=True,
-                        timeout=300, env=env)
+  proc = _run_cli(workdir, str(photos), "--out", str(out))
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "broken.jpg" in proc.stderr and "skipped 1 unreadable" in proc.stdout
   assert "function_node" not in proc.stderr and "[Op:" not in proc.stderr  # The reason alone.
@@ -75,12 +79,9 @@ def test_cli_refuses_to_overwrite_before_any_work(workdir, tmp_path):
   Image.fromarray(_photo(seed=0)).save(photos / "p.jpg")
   Image.fromarray(_photo(seed=1)).save(photos / "p.png")
   before = (photos / "p.png").read_bytes()
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-  env.pop("JAXPOSE_TRACEBACK", None)
 
   def run(*args):
-    proc = subprocess.run([sys.executable, "predict.py", "--ckpt", str(workdir), *args],
-                          cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    proc = _run_cli(workdir, *args)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     return lines[-1]  # A usage error prints the help first.
