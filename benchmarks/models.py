@@ -35,6 +35,8 @@ and peak memory never carry over between measurements. Per model and framework:
                initialiser, the wait for the compilation, releasing the initialiser's programs;
                `startup_step_stages_*_s`: the step's tracing, lowering and compiling, warm:
                reading it from the cache).
+  temporaries  `step_temporaries_mb`: what XLA's buffer assignment gives the compiled step
+               beside its arguments and outputs (its memory analysis), most of peak RSS.
   fusions      `step_library_fusions`: the step's fusions that XLA's CPU backend hands to a
                library (YNNPACK here), by root operation; every one is rebuilt when the step is
                read from the cache, most of the warm start's read.
@@ -280,11 +282,23 @@ def jax_train(config, host: dict, task: dict):
 
   info = {"params": _jax_count(state.params), "device": jax.devices()[0].device_kind,
           "phase": f"{phase.name} (1 of {len(all_phases)})", "stages_s": clock.laps,
-          "step_stages_s": thread}
+          "step_stages_s": thread, "step_temporaries_mb": temporaries_mb(step)}
   # After the timed steps (reading the program takes seconds and memory).
   run.report = lambda: {"step_library_fusions": library_fusions(step.as_text()),
                         **jax_device_memory()}
   return info, run
+
+
+def temporaries_mb(compiled) -> float | None:
+  """The temporaries XLA's buffer assignment gives a compiled program (its memory analysis:
+  what one call allocates beside its arguments and outputs), MiB; None where the backend does
+  not say."""
+  try:
+    analysis = compiled.memory_analysis()
+  except (AttributeError, NotImplementedError, RuntimeError):
+    return None
+  size = getattr(analysis, "temp_size_in_bytes", None)
+  return None if size is None else size / 2**20
 
 
 def jax_device_memory() -> dict:
@@ -641,7 +655,8 @@ def measure_framework(framework: str, spec: str, args, label: str) -> dict:
          "startup_stages_warm_s": warm.get("stages_s"),
          "startup_step_stages_cold_s": cold.get("step_stages_s"),
          "startup_step_stages_warm_s": warm.get("step_stages_s"),
-         "step_library_fusions": train.get("step_library_fusions")}
+         "step_library_fusions": train.get("step_library_fusions"),
+         "step_temporaries_mb": train.get("step_temporaries_mb")}
   errors = {k: r["error"] for k, r in runs.items() if "error" in r}
   if errors:
     out["errors"] = errors

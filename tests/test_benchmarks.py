@@ -161,6 +161,19 @@ def test_keeping_freed_memory_is_timed_in_alternating_blocks(capsys):
   assert "keep / mmap = " in lines[-1] and float(lines[-1].split("= ")[-1]) > 0
 
 
+def test_step_memory_compiles_both_ways_and_alternates_blocks(capsys):
+  from benchmarks import step_memory  # pylint: disable=g-import-not-at-top
+  record = step_memory.main(["--config", TINY, "--batch", "2", "--blocks", "2", "--per_block",
+                             "1", "--huge_pages", "off"])
+  lines = capsys.readouterr().out.splitlines()
+  assert [line.split(":")[1].split()[0] for line in lines[2:6]] == [
+      "after", "hoisted", "hoisted", "after"]
+  # The gradients' residual work kept out of the forward pass holds fewer temporaries.
+  assert 0 < record["temporaries_mb"]["after"] < record["temporaries_mb"]["hoisted"]
+  assert all(t > 0 for t in record["median_step_s"].values())
+  assert "after / hoisted" in lines[-1]
+
+
 def test_config_overrides_reach_the_model_and_are_checked():
   config = bench.load_config(TINY, 2, ("remat=True", "model.num_stacks=2"))
   assert config.remat is True and config.model.num_stacks == 2

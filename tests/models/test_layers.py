@@ -241,6 +241,31 @@ def test_batchnorm_gradient_is_the_statistics_chain_rule():
                jax.grad(plain, argnums=(0, 1))(params, x))
 
 
+def test_gradient_keeps_about_two_activations_a_layer():
+  """BatchNorm's and the convolution's backward work on their residuals waits for the output
+  gradient (`layers.after`): a chain of BN-ReLU-conv layers keeps x and the conv's input per
+  layer, where XLA, scheduling that work in the forward pass, held ~3.8 activations a layer
+  (13.5 against 30.4 for this chain of 8)."""
+
+  class Chain(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      for i in range(8):
+        x = layers.Conv(32, 3, padding=1, name=f"conv{i}")(
+            nn.relu(layers.batch_norm(True, jnp.float32, name=f"bn{i}")(x)))
+      return x
+
+  x = jnp.ones((4, 16, 16, 32))
+  variables = Chain().init(jax.random.key(0), x)
+
+  def loss(params):
+    y, _ = Chain().apply({**variables, "params": params}, x, mutable=["batch_stats"])
+    return jnp.sum(jnp.sin(y))
+
+  analysis = jax.jit(jax.grad(loss)).lower(variables["params"]).compile().memory_analysis()
+  assert analysis.temp_size_in_bytes <= 8 * 2.5 * x.nbytes
+
+
 @pytest.mark.parametrize("channels,geometry", [(5, None), (20, None), (5, (1, 1)), (20, (2, 1))])
 def test_fused_bn_relu_conv_gradient_is_the_plain_chain_rule(channels, geometry):
   """bn_relu_conv keeps only x and recomputes the rest: its gradients equal autodiff through

@@ -1,0 +1,95 @@
+r"""The train step with the gradients' residual work waiting for the backward pass, or not.
+
+  python benchmarks/step_memory.py            # the 2-stack hourglass, batch 8, 4 pairs of blocks
+  python benchmarks/step_memory.py --set model.num_stacks=8 --blocks 2
+  python benchmarks/step_memory.py --config configs/quickstart.py:ief --batch 16 --per_block 20
+
+`jaxpose.models.layers` makes the written-out gradients' work on their residuals (BatchNorm's
+normalised input, a convolution's padded input) depend on the output gradient (`layers.after`).
+Without that dependence XLA schedules the work in the forward pass and keeps its results alive
+beside the residuals until the backward pass reads them. One process compiles the trainer's
+step (`benchmarks/models.py`'s jaxpose side) both ways:
+
+  after    as the library has it;
+  hoisted  `layers.after` replaced by the identity while the step is traced (as before it).
+
+and prints each program's temporaries (XLA's memory analysis: what a call allocates beside its
+arguments and outputs), then times both in alternating blocks of steps (the first step of each
+block not timed; this machine's speed drifts within minutes, so two processes one after the
+other could not show a few per cent) and prints the medians. With --huge_pages on (the
+default) the script starts itself again as train.py does (`jaxpose.huge_pages`).
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _REPO)
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import models  # noqa: E402
+from jaxpose import huge_pages  # noqa: E402
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+VARIANTS = ("after", "hoisted")
+
+
+def compile_steps(config, host: dict) -> dict:
+  """{variant: (record fields, one training step)}: the step traced with `layers.after` as it
+  is, and with the identity in its place."""
+  from jaxpose.models import layers  # pylint: disable=g-import-not-at-top
+  task = {"device_augment": False}
+  steps = {"after": models.jax_train(config, host, task)}
+  after = layers.after
+  layers.after = lambda x, dy: x
+  try:
+    steps["hoisted"] = models.jax_train(config, host, task)
+  finally:
+    layers.after = after
+  return steps
+
+
+def main(argv=None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--config", default="configs/hourglass_mpii.py")
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="Config overrides (none given: the paper config at 2 stacks).")
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--blocks", type=int, default=4, help="Pairs of blocks.")
+  parser.add_argument("--per_block", type=int, default=3, help="Timed steps per block.")
+  parser.add_argument("--huge_pages", choices=("on", "off"), default="on")
+  args = parser.parse_args(argv)
+  if args.huge_pages == "on":
+    huge_pages.reexec()
+  if not args.set and args.config == parser.get_default("config"):
+    args.set = ["model.num_stacks=2"]
+  config = models.load_config(args.config, args.batch, tuple(args.set))
+  host = models.random_batch(args.batch, config.input_size)
+  steps = compile_steps(config, host)
+  temporaries = {v: steps[v][0]["step_temporaries_mb"] for v in VARIANTS}
+  for v in VARIANTS:
+    print(f"{v}: temporaries {temporaries[v]:,.0f} MiB", flush=True)
+  times = {v: [] for v in VARIANTS}
+  for block in range(2 * args.blocks):
+    v = VARIANTS[(block % 2) ^ (block // 2 % 2)]  # after, hoisted, hoisted, after, after, ...
+    run = steps[v][1]
+    run()  # Not timed: the first step of a block.
+    for _ in range(args.per_block):
+      start = time.perf_counter()
+      run()
+      times[v].append(time.perf_counter() - start)
+    print(f"block {block}: {v}", " ".join(f"{t:.3f}" for t in times[v][-args.per_block:]),
+          flush=True)
+  medians = {v: statistics.median(times[v]) for v in VARIANTS}
+  print(f"{args.config} {' '.join(args.set)} batch {args.batch}: temporaries "
+        f"{temporaries['after']:,.0f} / {temporaries['hoisted']:,.0f} MiB "
+        f"({temporaries['after'] / temporaries['hoisted']:.3f}); median step "
+        f"{medians['after']:.3f} / {medians['hoisted']:.3f} s "
+        f"({medians['after'] / medians['hoisted']:.3f}), after / hoisted")
+  return {"temporaries_mb": temporaries, "median_step_s": medians}
+
+
+if __name__ == "__main__":
+  main()
