@@ -161,7 +161,8 @@ def test_rerunning_a_finished_run_says_so_and_changes_nothing(full_run, caplog):
   tmp, _ = full_run
   checkpoints_dir = tmp / "work" / "checkpoints"
   before = sorted((p.name, p.stat().st_mtime_ns) for p in checkpoints_dir.iterdir())
-  with caplog.at_level(logging.INFO):
+  # absl's own logger, at INFO here whatever verbosity an earlier test in this process left.
+  with caplog.at_level(logging.INFO, logger="absl"):
     assert train.train_and_evaluate(_config(tmp), str(tmp / "work")) == {}
   assert "Already trained: step 6 of 6; nothing to do" in caplog.text
   assert "Training hourglass" not in caplog.text
