@@ -21,7 +21,6 @@ itself again as train.py does (`jaxpose.huge_pages`: the huge pages, and the two
 from the start, which the "mmap" blocks then undo). glibc on Linux only.
 """
 
-import argparse
 import ctypes
 import os
 import statistics
@@ -32,7 +31,6 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _REPO)
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import models  # noqa: E402
-from jaxpose import huge_pages  # noqa: E402
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 # glibc's mallopt parameters (malloc.h) and its defaults for them.
@@ -52,30 +50,17 @@ def keep_freed_memory(libc, keep: bool) -> None:
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--config", default="configs/hourglass_mpii.py")
-  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                      help="Config overrides (none given: the paper config at 2 stacks).")
-  parser.add_argument("--batch", type=int, default=8)
-  parser.add_argument("--blocks", type=int, default=4, help="Pairs of blocks.")
-  parser.add_argument("--per_block", type=int, default=3, help="Timed steps per block.")
-  parser.add_argument("--huge_pages", choices=("on", "off"), default="on")
-  args = parser.parse_args(argv)
-  if args.huge_pages == "on":
-    huge_pages.reexec()  # As train.py starts; the blocks then switch what mallopt can.
+  args = models.paired_parser(__doc__).parse_args(argv)
+  # As train.py starts (--huge_pages on); the blocks then switch what mallopt can.
+  config, host = models.paired_setup(args)
   libc = ctypes.CDLL(None)
   if not hasattr(libc, "mallopt"):
     sys.exit("needs glibc (mallopt)")
-  if not args.set and args.config == parser.get_default("config"):
-    args.set = ["model.num_stacks=2"]
-  config = models.load_config(args.config, args.batch, tuple(args.set))
-  host = models.random_batch(args.batch, config.input_size)
   _, run = models.jax_train(config, host, {"device_augment": False})
   run()
   times = {False: [], True: []}
   try:
-    for block in range(2 * args.blocks):
-      keep = (block % 2 == 0) == (block // 2 % 2 == 1)  # mmap, keep, keep, mmap, mmap, ...
+    for block, keep in enumerate(models.paired_order(False, True, args.blocks)):
       keep_freed_memory(libc, keep)
       run()  # Not timed: the first step after the switch.
       for _ in range(args.per_block):

@@ -175,6 +175,40 @@ def random_batch(batch_size: int, size: int, num_joints: int = NUM_JOINTS, seed:
           "visible": np.ones((batch_size, num_joints), np.float32)}
 
 
+# The scripts that time the trainer's step two ways in one process, in alternating blocks of
+# steps (keep_freed_memory.py, step_memory.py): their flags, set-up and order of blocks.
+PAIRED_CONFIG = "configs/hourglass_mpii.py"
+
+
+def paired_parser(doc: str) -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+  parser.add_argument("--config", default=PAIRED_CONFIG)
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="Config overrides (none given: the paper config at 2 stacks).")
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--blocks", type=int, default=4, help="Pairs of blocks.")
+  parser.add_argument("--per_block", type=int, default=3, help="Timed steps per block.")
+  parser.add_argument("--huge_pages", choices=("on", "off"), default="on")
+  return parser
+
+
+def paired_setup(args) -> tuple:
+  """(config, host batch) for `paired_parser`'s parsed flags, after starting the process again
+  as train.py does (`jaxpose.huge_pages`) where --huge_pages is on. The paper config without
+  --set runs at 2 stacks (args.set then says so)."""
+  if args.huge_pages == "on":
+    huge_pages_lib.reexec()
+  if not args.set and args.config == PAIRED_CONFIG:
+    args.set = ["model.num_stacks=2"]
+  config = load_config(args.config, args.batch, tuple(args.set))
+  return config, random_batch(args.batch, config.input_size)
+
+
+def paired_order(first, second, pairs: int) -> list:
+  """What each of 2 * pairs blocks times: first, second, second, first, first, second, ..."""
+  return [(first, second)[(b % 2) ^ (b // 2 % 2)] for b in range(2 * pairs)]
+
+
 def float_images(pixels: np.ndarray) -> np.ndarray:
   """uint8 pixels -> the model input the host pipeline makes (pipeline.normalize)."""
   return pixels.astype(np.float32) / 255.0 - 0.5

@@ -11,7 +11,9 @@ beside the residuals until the backward pass reads them. One process compiles th
 step (`benchmarks/models.py`'s jaxpose side) both ways:
 
   after    as the library has it;
-  hoisted  `layers.after` replaced by the identity while the step is traced (as before it).
+  hoisted  `layers.after` replaced by the identity while the step is traced (as before it;
+           with --set remat=True this also undoes the recomputation of `layers.bn_relu_conv`,
+           which waits the same way: XLA then merges it back into the forward pass).
 
 and prints each program's temporaries (XLA's memory analysis: what a call allocates beside its
 arguments and outputs), then times both in alternating blocks of steps (the first step of each
@@ -20,7 +22,6 @@ other could not show a few per cent) and prints the medians. With --huge_pages o
 default) the script starts itself again as train.py does (`jaxpose.huge_pages`).
 """
 
-import argparse
 import os
 import statistics
 import sys
@@ -30,7 +31,6 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _REPO)
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import models  # noqa: E402
-from jaxpose import huge_pages  # noqa: E402
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 VARIANTS = ("after", "hoisted")
@@ -52,28 +52,14 @@ def compile_steps(config, host: dict) -> dict:
 
 
 def main(argv=None) -> dict:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--config", default="configs/hourglass_mpii.py")
-  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                      help="Config overrides (none given: the paper config at 2 stacks).")
-  parser.add_argument("--batch", type=int, default=8)
-  parser.add_argument("--blocks", type=int, default=4, help="Pairs of blocks.")
-  parser.add_argument("--per_block", type=int, default=3, help="Timed steps per block.")
-  parser.add_argument("--huge_pages", choices=("on", "off"), default="on")
-  args = parser.parse_args(argv)
-  if args.huge_pages == "on":
-    huge_pages.reexec()
-  if not args.set and args.config == parser.get_default("config"):
-    args.set = ["model.num_stacks=2"]
-  config = models.load_config(args.config, args.batch, tuple(args.set))
-  host = models.random_batch(args.batch, config.input_size)
+  args = models.paired_parser(__doc__).parse_args(argv)
+  config, host = models.paired_setup(args)
   steps = compile_steps(config, host)
   temporaries = {v: steps[v][0]["step_temporaries_mb"] for v in VARIANTS}
   for v in VARIANTS:
     print(f"{v}: temporaries {temporaries[v]:,.0f} MiB", flush=True)
   times = {v: [] for v in VARIANTS}
-  for block in range(2 * args.blocks):
-    v = VARIANTS[(block % 2) ^ (block // 2 % 2)]  # after, hoisted, hoisted, after, after, ...
+  for block, v in enumerate(models.paired_order(*VARIANTS, args.blocks)):
     run = steps[v][1]
     run()  # Not timed: the first step of a block.
     for _ in range(args.per_block):

@@ -119,8 +119,9 @@ class StackedHourglass(nn.Module):
   # Rematerialise in the backward pass: each stack (`nn.remat`) and, in every bottleneck, the
   # BatchNorm-ReLU outputs (`layers.bn_relu_conv`). XLA on CPU merges `nn.remat`'s recomputation
   # back into the forward pass (measured: the same 64 convolutions and temporaries, 2 and 4
-  # stacks); the bottlenecks' recomputation holds there: the 2-stack step's temporaries 2,314 ->
-  # 1,330 MB at batch 8, 256 px, for 25-35% more time a step.
+  # stacks); the bottlenecks' recomputation holds there: the 2-stack step's temporaries 1,484 ->
+  # 1,273 MiB at batch 8, 256 px (2,314 -> 1,330 before `layers.after` kept the gradients' own
+  # work out of the forward pass), for 20-45% more time a step.
   remat: bool = False
   # Initialisers: "pytorch" (the PyTorch port's: U(+-1/sqrt(fan_in)) kernels and biases) or
   # "lecun" (Flax's default: LeCun-normal kernels, zero biases). BatchNorm: scale 1, bias 0.

@@ -60,8 +60,8 @@ def after(x, dy):
   gradient's work on its residual x then waits for the output gradient dy. Without it XLA
   computes such work (BatchNorm's normalised input, a convolution's padded input) in the forward
   pass and keeps the result alive beside x until the backward pass: the 2-stack hourglass's
-  training step held 2,427 MB of temporaries, 1,556 MB with it (8-stack: 7,008 -> 4,396 MB;
-  batch 8, 256 px), at the same speed (`python benchmarks/backward.py --memory`)."""
+  training step held 2,314 MiB of temporaries, 1,484 MiB with it (8-stack: 6,683 -> 4,192 MiB;
+  batch 8, 256 px), at the same speed (`python benchmarks/step_memory.py`)."""
   return x + (0 * dy.reshape(-1)[0]).astype(x.dtype)
 
 
