@@ -134,16 +134,22 @@ def check_outputs(out_dir: str, paths: Sequence[str]) -> None:
   inputs = {os.path.realpath(p): p for p in paths}
   owners = {}
   for path in paths:
-    stem = os.path.splitext(os.path.basename(path))[0]
-    if stem in owners and owners[stem] != path:
-      raise ValueError(f"{owners[stem]} and {path} would both write {stem}.json and {stem}.png "
-                       f"into {out_dir}; predict them into different --out folders.")
-    owners[stem] = path
-    for suffix in (".json", ".png"):
-      target = os.path.realpath(os.path.join(out_dir, stem + suffix))
-      if target in inputs:
-        raise ValueError(f"{os.path.join(out_dir, stem + suffix)} would overwrite the input "
-                         f"{inputs[target]}; choose another --out folder.")
+    outputs = output_paths(out_dir, path)
+    if outputs in owners and owners[outputs] != path:
+      raise ValueError(f"{owners[outputs]} and {path} would both write "
+                       f"{' and '.join(outputs)}; predict them into different --out folders.")
+    owners[outputs] = path
+    for target in outputs:
+      if os.path.realpath(target) in inputs:
+        raise ValueError(f"{target} would overwrite the input "
+                         f"{inputs[os.path.realpath(target)]}; choose another --out folder.")
+
+
+def output_paths(out_dir: str, path: str) -> tuple[str, str]:
+  """(<out_dir>/<name>.json, <out_dir>/<name>.png): what `write_outputs` writes for `path`."""
+  import os  # pylint: disable=g-import-not-at-top
+  stem = os.path.splitext(os.path.basename(path))[0]
+  return os.path.join(out_dir, f"{stem}.json"), os.path.join(out_dir, f"{stem}.png")
 
 
 def write_outputs(out_dir: str, path: str, image: np.ndarray, joints, scores, skeleton,
@@ -152,16 +158,14 @@ def write_outputs(out_dir: str, path: str, image: np.ndarray, joints, scores, sk
   import json  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
   from jaxpose import drawing  # pylint: disable=g-import-not-at-top
-  stem = os.path.splitext(os.path.basename(path))[0]
+  json_path, png_path = output_paths(out_dir, path)
   os.makedirs(out_dir, exist_ok=True)
   record = {"image": path, "height": int(image.shape[0]), "width": int(image.shape[1]),
             "center": list(person.center), "scale": person.scale,
             "keypoints": [{"name": n, "x": float(x), "y": float(y), "score": float(s)}
                           for n, (x, y), s in zip(skeleton.joints, joints, scores)]}
-  json_path = os.path.join(out_dir, f"{stem}.json")
   with open(json_path, "w") as f:
     json.dump(record, f, indent=1)
-  png_path = os.path.join(out_dir, f"{stem}.png")
   drawing.save_png(drawing.draw_skeleton(image, joints, np.ones(len(joints)), skeleton),
                    png_path)
   return [json_path, png_path]

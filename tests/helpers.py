@@ -3,6 +3,8 @@
 import io
 import os
 import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +16,18 @@ from configs import quickstart
 from jaxpose import family
 from jaxpose import skeletons
 from jaxpose.data import pipeline
+
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_script(script: str, *args, timeout: float = 120) -> subprocess.CompletedProcess:
+  """`python script args` from the repository's root, as a user runs it: TensorFlow quiet, no
+  GPU, JAXPOSE_TRACEBACK unset (one-line errors); stdout and stderr captured as text."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+  env.pop("JAXPOSE_TRACEBACK", None)
+  return subprocess.run([sys.executable, script, *map(str, args)], cwd=REPO,
+                        capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def tiny_config(data_dir, **overrides):

@@ -4,8 +4,6 @@
 import io
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -26,8 +24,6 @@ from jaxpose import skeletons
 from jaxpose import train
 from jaxpose.data import datasets
 from jaxpose.data import pipeline
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(tmp_path, **overrides):
@@ -71,17 +67,12 @@ def _family_batch(tmp_path, source, batch_size=4, on_device=False):
 
 
 def _run_eval_py(*flags):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-  env.pop("JAXPOSE_TRACEBACK", None)
-  return subprocess.run([sys.executable, "eval.py", *flags], cwd=REPO, capture_output=True,
-                        text=True, timeout=120, env=env)
+  return helpers.run_script("eval.py", *flags)
 
 
 def _run_train_py(tmp_path, *flags, config="configs/quickstart.py:tiny", workdir=None):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-  return subprocess.run([sys.executable, "train.py", "--config", config,
-                         "--workdir", str(workdir or tmp_path / "w"), *flags],
-                        cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+  return helpers.run_script("train.py", "--config", config, "--workdir",
+                            workdir or tmp_path / "w", *flags)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 from PIL import Image
@@ -11,8 +9,6 @@ import pytest
 
 import helpers
 from jaxpose import predict
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +43,7 @@ def test_person_geometry_and_bad_boxes():
 
 
 def _run_cli(workdir, *args):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-  env.pop("JAXPOSE_TRACEBACK", None)
-  return subprocess.run([sys.executable, "predict.py", "--ckpt", str(workdir), *args], cwd=REPO,
-                        capture_output=True, text=True, timeout=300, env=env)
+  return helpers.run_script("predict.py", "--ckpt", workdir, *args, timeout=300)
 
 
 def test_cli_writes_json_and_png_and_skips_unreadable_files(workdir, tmp_path):
