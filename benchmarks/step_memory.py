@@ -55,7 +55,7 @@ def main(argv=None) -> dict:
   args = models.paired_parser(__doc__).parse_args(argv)
   config, host = models.paired_setup(args)
   steps = compile_steps(config, host)
-  temporaries = {v: steps[v][0]["step_temporaries_mb"] for v in VARIANTS}
+  temporaries = {v: models.temporaries_mb(steps[v][1].compiled) for v in VARIANTS}
   for v in VARIANTS:
     print(f"{v}: temporaries {temporaries[v]:,.0f} MiB", flush=True)
   times = {v: [] for v in VARIANTS}

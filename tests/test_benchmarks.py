@@ -43,6 +43,27 @@ def test_jax_measurement_record_has_positive_times_and_rss():
   assert all(t >= 0 for t in [*record["stages_s"].values(), *record["step_stages_s"].values()])
   fusions = record["step_library_fusions"]
   assert all(k.startswith("__") and n > 0 for k, n in fusions.items())
+  assert record["step_temporaries_mb"] > 0
+
+
+def test_the_program_is_read_after_peak_rss_and_not_before_a_first_step(monkeypatch):
+  # Reading the compiled program (its memory analysis, its text) costs time and memory that
+  # train.py does not spend: it must not land in peak RSS or in the time to the first step.
+  log = []
+
+  def builder(config, host, task):
+    del config, host, task
+    run = lambda: log.append("step")
+    run.report = lambda: log.append("report") or {}
+    return {}, run
+
+  monkeypatch.setitem(bench.BUILDERS, ("jax", "train"), builder)
+  monkeypatch.setattr(bench, "peak_rss_mb", lambda: log.append("peak") or 1.0)
+  bench.measure(_task("jax", "train"))
+  assert log[-2:] == ["peak", "report"] and log.count("step") == 3
+  log.clear()
+  bench.measure(_task("jax", "startup"))
+  assert "report" not in log and log.count("step") == 1
 
 
 def test_library_fusions_are_counted_by_kind_and_root_operation():
