@@ -16,6 +16,7 @@ import dataclasses
 import re
 from typing import Sequence
 
+from absl import logging
 import jax
 import numpy as np
 import tensorflow as tf
@@ -113,12 +114,20 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
 
 def expand_paths(paths: Sequence[str]) -> list[str]:
-  """Files as given, folders as their images (sorted); a missing path is an error naming it."""
+  """Files as given, folders as their images (sorted); a missing path is an error naming it.
+  A folder's other files (.tiff, which TensorFlow does not decode; text) are named in a
+  warning, not read."""
   out = []
   for p in paths:
     if tf.io.gfile.isdir(p):
-      out += sorted(tf.io.gfile.join(p, f) for f in tf.io.gfile.listdir(p)
-                    if f.lower().endswith(IMAGE_SUFFIXES))
+      names = sorted(f for f in tf.io.gfile.listdir(p) if not f.startswith(".")
+                     and not tf.io.gfile.isdir(tf.io.gfile.join(p, f)))
+      others = [f for f in names if not f.lower().endswith(IMAGE_SUFFIXES)]
+      if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        logging.warning("%s: skipped %d file(s) without an image suffix (%s): %s", p,
+                        len(others), " ".join(IMAGE_SUFFIXES), shown)
+      out += [tf.io.gfile.join(p, f) for f in names if f.lower().endswith(IMAGE_SUFFIXES)]
     elif tf.io.gfile.exists(p):
       out.append(p)
     else:

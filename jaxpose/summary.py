@@ -113,4 +113,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  main(sys.argv)
+  from jaxpose import runtime  # pylint: disable=g-import-not-at-top
+  runtime.clean_errors(main, "jaxpose.summary")(sys.argv)

@@ -52,10 +52,13 @@ def test_cli_writes_json_and_png_and_skips_unreadable_files(workdir, tmp_path):
   for i in range(2):
     Image.fromarray(_photo(seed=i)).save(photos / f"p{i}.jpg")
   (photos / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+  (photos / "scan.tiff").write_bytes(b"II*\x00")  # Not decoded by TensorFlow: named, not read.
+  (photos / "sub").mkdir()
   out = tmp_path / "out"
   proc = _run_cli(workdir, str(photos), "--out", str(out))
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "broken.jpg" in proc.stderr and "skipped 1 unreadable" in proc.stdout
+  assert "skipped 1 file(s) without an image suffix" in proc.stderr and "scan.tiff" in proc.stderr
   assert "function_node" not in proc.stderr and "[Op:" not in proc.stderr  # The reason alone.
   assert sorted(os.listdir(out)) == ["p0.json", "p0.png", "p1.json", "p1.png"]
   record = json.loads((out / "p0.json").read_text())

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+import helpers
 from jaxpose import summary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,6 +28,14 @@ def test_cli_prints_params_line_for_the_paper_config():
   assert proc.returncode == 0, proc.stderr
   assert "params: 25594624" in proc.stdout.splitlines()
   assert "gflops:" in proc.stdout
+
+
+@pytest.mark.parametrize("spec, culprit", [("configs/nope.py", "configs/nope.py"),
+                                            ("configs/quickstart.py:nope", "'nope'")])
+def test_cli_names_a_bad_config_in_one_line(spec, culprit):
+  proc = helpers.run_script("-m", "jaxpose.summary", spec, timeout=120)
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  assert proc.stderr.startswith("jaxpose.summary: error: ") and culprit in proc.stderr
 
 
 def test_missing_config_file_is_named():
