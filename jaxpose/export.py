@@ -23,14 +23,16 @@ import sys
 import jax
 import jax.numpy as jnp
 
-from jaxpose import evaluate
 from jaxpose import parallel
-from jaxpose import predict
+from jaxpose import runtime
 from jaxpose.data import device_augment
 
 
 def serving_function(family, variables, flip_test: bool = True):
   """(images uint8 [N,H,W,3], boxes [N,4]) -> (joints [N,K,2] image px, scores [N,K])."""
+  # Imported here, as `evaluate` in `export`: they load TensorFlow, which `--help` and a flag
+  # error do not need.
+  from jaxpose import predict  # pylint: disable=g-import-not-at-top
   size = family.input_size
   half = (size - 1) / 2.0
 
@@ -57,6 +59,7 @@ def export(ckpt: str, out: str, *, flip_test: bool = True) -> dict[str, str]:
   """Writes both forms of `ckpt`'s serving function into `out`; returns their paths."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
+  from jaxpose import evaluate  # pylint: disable=g-import-not-at-top
   _, family, variables, _ = evaluate.load_checkpoint(ckpt, parallel.make_mesh())
   variables = jax.device_get(variables)
   serve = serving_function(family, variables, flip_test)
@@ -85,6 +88,9 @@ def main(argv=None) -> None:
   parser.add_argument("--out", required=True, help="folder for the exported files")
   parser.add_argument("--noflip_test", action="store_true", help="no flip test inside")
   args = parser.parse_args(argv)
+  runtime.quiet_console()
+  with runtime.start_up_notices_captured():  # TensorFlow's import-time notices off the console.
+    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
   try:
     paths = export(args.ckpt, args.out, flip_test=not args.noflip_test)
   except (ValueError, FileNotFoundError) as e:

@@ -55,3 +55,15 @@ def test_export_crops_like_the_predictor(exported):
   ref, _ = predictor.predict_many(list(images), [predict.Person.from_box(b) for b in boxes])
   close = np.linalg.norm(joints - ref, axis=-1) < 1e-3
   assert close.mean() > 0.9, np.linalg.norm(joints - ref, axis=-1)
+
+
+def test_help_and_flag_errors_load_no_tensorflow():
+  # --help answers without TensorFlow's import (seconds, and its console notices).
+  proc = helpers.run_script("-c", "import sys; from jaxpose import export; "
+                            "print('tensorflow' in sys.modules)")
+  assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr[-2000:]
+  proc = helpers.run_script("-m", "jaxpose.export", "--help")
+  assert proc.returncode == 0 and "--ckpt" in proc.stdout and proc.stderr == ""
+  proc = helpers.run_script("-m", "jaxpose.export", "--ckpt", "/no/such/run", "--out", "/tmp/x")
+  assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+      "error: No checkpoint at '/no/such/run': the path does not exist."]

@@ -56,6 +56,9 @@ def test_tiny_family_trains_and_predicts(name):
   assert joints.shape[-2:] == (16, 2) and scores.shape == (config.batch_size, 16)
   assert stages == {"hourglass": 1, "cpm": 1, "tompson": 1, "deeppose": 3, "ief": 3}[name]
   assert np.all(np.isfinite(joints))
+  if name == "tompson":  # Log beliefs: the score is the peak's spatial-softmax probability.
+    assert config.model.spatial_model and family.codec.scores == "softmax"
+    assert np.all((scores > 0) & (scores <= 1)), scores
 
 
 @pytest.mark.parametrize("mode,remat", [("compiled", False), ("eager", False), ("eager", True)])

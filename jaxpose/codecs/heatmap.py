@@ -145,6 +145,9 @@ def decode_upsampled(heatmaps, factor: int):
   return (fine_xy + 0.5) / factor - 0.5, maxvals  # Fine pixel centres -> heat-map pixels.
 
 
+SCORES = ("peak", "softmax")  # HeatmapCodec.scores
+
+
 @dataclasses.dataclass(frozen=True)
 class HeatmapCodec:
   """Heat maps of `output_size`^2 for an `input_size`^2 crop, Gaussians of std `sigma`
@@ -157,11 +160,17 @@ class HeatmapCodec:
   # 0: argmax with the quarter-pixel shift (the hourglass papers); n > 0: `decode_upsampled`
   # by n (the CPM release's decoding, with n = the stride).
   upsample: int = 0
+  # What a joint's score is: "peak", the map's maximum (maps regressed toward Gaussians of peak
+  # 1); "softmax", for maps that are a spatial softmax's logits (Tompson's spatial model: log
+  # beliefs, any offset), the probability the softmax gives the peak's pixel, in (0, 1].
+  scores: str = "peak"
 
   def __post_init__(self):
     if self.input_size <= 0 or self.output_size <= 0 or self.sigma <= 0 or self.upsample < 0:
       raise ValueError(f"HeatmapCodec needs positive sizes and sigma (and upsample >= 0); "
                        f"got {self}.")
+    if self.scores not in SCORES:
+      raise ValueError(f"HeatmapCodec scores={self.scores!r}; expected one of {SCORES}.")
 
   @property
   def stride(self) -> float:
@@ -190,6 +199,9 @@ class HeatmapCodec:
     """Heat maps [..., H, W, K] -> (joints [..., K, 2] input px, maxima [..., K])."""
     coords, scores = (decode_upsampled(outputs, self.upsample) if self.upsample
                       else decode(outputs))
+    if self.scores == "softmax":  # Over each map's pixels; an upsampled peak is capped at 1.
+      total = jax.nn.logsumexp(jnp.asarray(outputs, jnp.float32), axis=(-3, -2))
+      scores = jnp.minimum(jnp.exp(scores - total), 1.0)
     return heatmap_to_input(coords, self.stride), scores
 
   def flip_back(self, outputs, flip_permutation):

@@ -1,5 +1,7 @@
 """Heat-map families: Stacked Hourglass, Convolutional Pose Machines, Tompson et al."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -126,6 +128,8 @@ def tompson_family(config, skeleton, dtype) -> family.Family:
   except TypeError as e:
     raise ValueError(f"Bad config.model for 'tompson': {e}") from None
   codec = family.heatmap_codec(config)
+  if model.spatial_model and model.spatial_log:  # Log beliefs, trained as softmax logits.
+    codec = dataclasses.replace(codec, scores="softmax")
   if codec.stride != model.output_stride:
     raise ValueError(f"config.input_size / config.output_size = {codec.stride} must equal "
                      f"config.model.output_stride = {model.output_stride}.")

@@ -156,3 +156,20 @@ def test_upsampled_decoding_is_sub_cell_accurate_on_coarse_maps():
   np.testing.assert_allclose(joints, heatmap.heatmap_to_input(uv, 8.0), atol=8 * 0.2)
   with pytest.raises(ValueError, match="upsample"):
     heatmap.HeatmapCodec(128, 16, 0.875, upsample=-1)
+
+
+def test_softmax_scores_are_the_peaks_probability_whatever_the_offset():
+  # Tompson's spatial model gives log beliefs (logits of a spatial softmax, e.g. all near -88):
+  # their maxima are no confidence; the softmax's probability at the peak is.
+  rng = np.random.default_rng(0)
+  logits = rng.normal(0.0, 1.0, (2, 8, 8, 3)).astype(np.float32)
+  logits[0, 3, 4, 0] = 12.0  # One confident map; the others flat-ish.
+  codec = heatmap.HeatmapCodec(32, 8, 1.0, scores="softmax")
+  joints, scores = codec.decode(logits - 88.0)
+  flat = logits.reshape(2, 64, 3)
+  expected = np.exp(flat.max(1)) / np.exp(flat).sum(1)
+  np.testing.assert_allclose(scores, expected, rtol=1e-5)
+  assert scores[0, 0] > 0.99 and np.all(scores[:, 1:] < 0.5) and np.all(scores > 0)
+  np.testing.assert_array_equal(joints, heatmap.HeatmapCodec(32, 8, 1.0).decode(logits)[0])
+  with pytest.raises(ValueError, match="scores='max'"):
+    heatmap.HeatmapCodec(32, 8, 1.0, scores="max")
