@@ -120,14 +120,14 @@ def expand_paths(paths: Sequence[str]) -> list[str]:
   out = []
   for p in paths:
     if tf.io.gfile.isdir(p):
-      names = sorted(f for f in tf.io.gfile.listdir(p) if not f.startswith(".")
-                     and not tf.io.gfile.isdir(tf.io.gfile.join(p, f)))
-      others = [f for f in names if not f.lower().endswith(IMAGE_SUFFIXES)]
-      if others:
-        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
-        logging.warning("%s: skipped %d file(s) without an image suffix (%s): %s", p,
-                        len(others), " ".join(IMAGE_SUFFIXES), shown)
+      names = sorted(tf.io.gfile.listdir(p))
       out += [tf.io.gfile.join(p, f) for f in names if f.lower().endswith(IMAGE_SUFFIXES)]
+      others = [f for f in names if not f.lower().endswith(IMAGE_SUFFIXES)  # Few: stat them.
+                and not f.startswith(".") and not tf.io.gfile.isdir(tf.io.gfile.join(p, f))]
+      if others:
+        more = f" and {len(others) - 5} more" if len(others) > 5 else ""
+        logging.warning("%s: skipped %d file(s) without an image suffix (%s): %s%s", p,
+                        len(others), " ".join(IMAGE_SUFFIXES), ", ".join(others[:5]), more)
     elif tf.io.gfile.exists(p):
       out.append(p)
     else:

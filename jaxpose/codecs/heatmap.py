@@ -196,7 +196,8 @@ class HeatmapCodec:
     return {"targets": maps, "target_weight": weights}
 
   def decode(self, outputs):
-    """Heat maps [..., H, W, K] -> (joints [..., K, 2] input px, maxima [..., K])."""
+    """Heat maps [..., H, W, K] -> (joints [..., K, 2] input px, scores [..., K]: as
+    `scores` says)."""
     coords, scores = (decode_upsampled(outputs, self.upsample) if self.upsample
                       else decode(outputs))
     if self.scores == "softmax":  # Over each map's pixels; an upsampled peak is capped at 1.
