@@ -20,6 +20,7 @@ import argparse
 import os
 import sys
 
+from absl import logging as absl_logging
 import jax
 import jax.numpy as jnp
 
@@ -88,6 +89,7 @@ def main(argv=None) -> None:
   parser.add_argument("--out", required=True, help="folder for the exported files")
   parser.add_argument("--noflip_test", action="store_true", help="no flip test inside")
   args = parser.parse_args(argv)
+  absl_logging.use_absl_handler()  # As absl's app.run does for the other entry points.
   runtime.quiet_console()
   with runtime.start_up_notices_captured():  # TensorFlow's import-time notices off the console.
     import tensorflow  # pylint: disable=g-import-not-at-top,unused-import

@@ -67,3 +67,12 @@ def test_help_and_flag_errors_load_no_tensorflow():
   proc = helpers.run_script("-m", "jaxpose.export", "--ckpt", "/no/such/run", "--out", "/tmp/x")
   assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
       "error: No checkpoint at '/no/such/run': the path does not exist."]
+
+
+def test_cli_console_says_what_it_wrote_and_nothing_else(exported, tmp_path):
+  # Not TensorFlow's start-up notices, not orbax's INFO / WARNING lines.
+  proc = helpers.run_script("-m", "jaxpose.export", "--ckpt", exported[2], "--out", tmp_path)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.splitlines() == [f"wrote {tmp_path}/pose.jax_exported (jax)",
+                                      f"wrote {tmp_path}/saved_model (saved_model)"]
+  assert proc.stderr == ""
