@@ -13,6 +13,7 @@ Images go through the same jitted prediction as `eval.py` (flip test on by defau
 """
 
 import dataclasses
+import os
 import re
 from typing import Sequence
 
@@ -139,7 +140,6 @@ def check_outputs(out_dir: str, paths: Sequence[str]) -> None:
   """Before any work: ValueError naming the files when two inputs would write the same outputs
   (`write_outputs`' <stem>.json / .png: photo.jpg and photo.png, or one name in two folders),
   or when an output would replace an input (--out the photos' own folder)."""
-  import os  # pylint: disable=g-import-not-at-top
   inputs = {os.path.realpath(p): p for p in paths}
   owners = {}
   for path in paths:
@@ -149,14 +149,14 @@ def check_outputs(out_dir: str, paths: Sequence[str]) -> None:
                        f"{' and '.join(outputs)}; predict them into different --out folders.")
     owners[outputs] = path
     for target in outputs:
-      if os.path.realpath(target) in inputs:
-        raise ValueError(f"{target} would overwrite the input "
-                         f"{inputs[os.path.realpath(target)]}; choose another --out folder.")
+      overwritten = inputs.get(os.path.realpath(target))
+      if overwritten is not None:
+        raise ValueError(f"{target} would overwrite the input {overwritten}; choose another "
+                         "--out folder.")
 
 
 def output_paths(out_dir: str, path: str) -> tuple[str, str]:
   """(<out_dir>/<name>.json, <out_dir>/<name>.png): what `write_outputs` writes for `path`."""
-  import os  # pylint: disable=g-import-not-at-top
   stem = os.path.splitext(os.path.basename(path))[0]
   return os.path.join(out_dir, f"{stem}.json"), os.path.join(out_dir, f"{stem}.png")
 
@@ -165,7 +165,6 @@ def write_outputs(out_dir: str, path: str, image: np.ndarray, joints, scores, sk
                   person: Person) -> list[str]:
   """<out_dir>/<name>.json (keypoints in image pixels, scores) and <name>.png (the skeleton)."""
   import json  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
   from jaxpose import drawing  # pylint: disable=g-import-not-at-top
   json_path, png_path = output_paths(out_dir, path)
   os.makedirs(out_dir, exist_ok=True)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+import helpers
 from jaxpose import convert
 from jaxpose.models import hourglass
 
@@ -209,11 +210,8 @@ def test_a_config_of_another_model_is_refused(tmp_path):
 
 def test_cli_writes_a_workdir_from_a_released_style_file(tmp_path):
   """The golden 5-joint file cannot match a 16-joint config: the CLI says so in one line."""
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
   src = sorted(GOLDEN.glob("*.pth.tar"))[0]
-  proc = subprocess.run([sys.executable, "-m", "jaxpose.convert", "pytorch-pose", str(src),
-                         "--config", "configs/quickstart.py:tiny", "--out", str(tmp_path / "w")],
-                        cwd=GOLDEN.parents[1], capture_output=True, text=True, timeout=300)
+  proc = helpers.run_script("-m", "jaxpose.convert", "pytorch-pose", src, "--config",
+                            "configs/quickstart.py:tiny", "--out", tmp_path / "w", timeout=300)
   assert proc.returncode != 0 and "Traceback" not in proc.stderr
   assert "num_joints: file 5, config 16" in proc.stderr.splitlines()[-1]

@@ -1,8 +1,6 @@
 """python -m jaxpose.summary: parameter count and GFLOPs without compiling a train step."""
 
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -23,8 +21,7 @@ def test_summarize_two_stack_paper_model():
 
 
 def test_cli_prints_params_line_for_the_paper_config():
-  proc = subprocess.run([sys.executable, "-m", "jaxpose.summary", "configs/hourglass_mpii.py"],
-                        cwd=REPO, capture_output=True, text=True, timeout=300)
+  proc = helpers.run_script("-m", "jaxpose.summary", "configs/hourglass_mpii.py", timeout=300)
   assert proc.returncode == 0, proc.stderr
   assert "params: 25594624" in proc.stdout.splitlines()
   assert "gflops:" in proc.stdout
