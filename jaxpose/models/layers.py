@@ -326,7 +326,11 @@ class BatchNorm(nn.Module):
     ra_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
     if self.use_running_average:
       return ra_mean.value, ra_var.value, scale, bias
-    x32 = x.astype(jnp.float32)
+    # No gradient through the statistics: `_normalize` and `bn_relu_conv`, their only
+    # differentiated users, give them zero cotangents (their gradient for x holds the
+    # statistics' part), so autodiff would keep x - mean for nothing. Inside `lax.scan` (the
+    # hourglass's `scan_stacks`) it was kept: one more activation per BatchNorm.
+    x32 = jax.lax.stop_gradient(x.astype(jnp.float32))
     axes = tuple(range(x.ndim - 1))
     mean = jnp.mean(x32, axes)
     var = jnp.mean(jnp.square(x32 - mean), axes)

@@ -5,6 +5,7 @@ import pathlib
 import flax.linen as nn
 from flax import traverse_util
 import jax
+from jax import ad_checkpoint
 from jax import export
 import jax.numpy as jnp
 import numpy as np
@@ -239,6 +240,25 @@ def test_batchnorm_gradient_is_the_statistics_chain_rule():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5),
                jax.grad(ours, argnums=(0, 1))(params, x),
                jax.grad(plain, argnums=(0, 1))(params, x))
+
+
+def test_batchnorm_statistics_keep_nothing_for_the_backward_pass(capsys):
+  """The statistics get zero cotangents (the normalisation's gradient holds their part), so
+  autodiff keeps none of their intermediates: x - mean was kept, and its gradient work done,
+  for nothing (the 8-stack hourglass's train step 15.1 -> 12.0 s)."""
+  x = jax.random.normal(jax.random.key(0), (4, 6, 6, 5))
+  bn = layers.batch_norm(train=True, dtype=jnp.float32)
+  variables = bn.init(jax.random.key(0), x)
+
+  def loss(x):
+    y, _ = bn.apply(variables, x, mutable=["batch_stats"])
+    return jnp.sum(jnp.sin(y))
+
+  ad_checkpoint.print_saved_residuals(loss, x)
+  saved = capsys.readouterr().out.splitlines()
+  statistics = [line for line in saved if "BatchNorm.statistics" in line]
+  assert statistics and all(line.startswith("f32[5] ") for line in statistics), saved
+  assert sum(line.startswith("f32[4,6,6,5] ") for line in saved) == 2, saved  # x, cos(y).
 
 
 def test_gradient_keeps_about_two_activations_a_layer():
