@@ -20,7 +20,6 @@ import argparse
 import os
 import sys
 
-from absl import logging as absl_logging
 import jax
 import jax.numpy as jnp
 
@@ -89,10 +88,7 @@ def main(argv=None) -> None:
   parser.add_argument("--out", required=True, help="folder for the exported files")
   parser.add_argument("--noflip_test", action="store_true", help="no flip test inside")
   args = parser.parse_args(argv)
-  absl_logging.use_absl_handler()  # As absl's app.run does for the other entry points.
-  runtime.quiet_console()
-  with runtime.start_up_notices_captured():  # TensorFlow's import-time notices off the console.
-    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+  runtime.setup()  # As the other entry points: a quiet console, TensorFlow's notices off it.
   try:
     paths = export(args.ckpt, args.out, flip_test=not args.noflip_test)
   except (ValueError, FileNotFoundError) as e:

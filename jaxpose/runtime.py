@@ -111,7 +111,9 @@ def start_up_notices_captured(quiet: bool = True):
 
 def quiet_console(verbose: bool = False) -> None:
   """Console: jaxpose's records as plain lines; other libraries' from ERROR up (all with
-  `verbose`)."""
+  `verbose`). absl's handler goes on the root logger as `app.run` puts it (once; entry points
+  without `app.run`, such as `python -m jaxpose.export`, need it here)."""
+  absl_logging.use_absl_handler()
   handler = absl_logging.get_absl_handler()
   handler.setFormatter(_PlainFormatter())
   if not verbose:
