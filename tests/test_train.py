@@ -76,6 +76,30 @@ def test_real_training_steps_lower_the_loss_and_the_step_traces_once(tmp_path):
   assert int(state.step) == 8
 
 
+def test_the_abstract_state_and_the_state_share_one_trace_of_the_initialiser(tmp_path):
+  config = _config(tmp_path)
+  mesh = parallel.make_mesh()
+  family = families.create_family(config)
+  traces = []
+  init = family.init
+
+  def counting_init(rng):
+    traces.append(1)
+    return init(rng)
+
+  family = dataclasses.replace(family, init=counting_init)
+  tx = train.create_optimizer(config, 100)
+  abstract = train.create_train_state(family, tx, jax.random.key(0), mesh, abstract=True)
+  state = train.create_train_state(family, tx, jax.random.key(0), mesh)
+  assert len(traces) == 1
+  assert jax.tree.map(lambda a: (a.shape, a.dtype), abstract) == jax.tree.map(
+      lambda a: (a.shape, a.dtype), state)
+  other = train.create_train_state(family, tx, jax.random.key(1), mesh)  # Same types: no trace.
+  assert len(traces) == 1
+  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(other.params),
+                                                      jax.tree.leaves(state.params)))
+
+
 def test_loss_choices_and_missing_joints_are_ignored(tmp_path):
   config = _config(tmp_path)
   mesh, family, _ = _setup(config)

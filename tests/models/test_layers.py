@@ -4,6 +4,7 @@ import pathlib
 
 import flax.linen as nn
 from flax import traverse_util
+import flax
 import jax
 from jax import ad_checkpoint
 from jax import export
@@ -83,6 +84,29 @@ def test_batchnorm_keeps_computation_dtype_and_stats_at_init():
   y, _ = bn.apply(variables, x.astype(jnp.bfloat16), mutable=["batch_stats"])
   assert y.dtype == jnp.bfloat16
   np.testing.assert_allclose(np.mean(np.asarray(y, np.float32), (0, 1, 2)), 0, atol=0.02)
+
+
+def test_apply_reads_parameters_without_running_their_initialisers_and_checks_shapes():
+  calls = []
+
+  def counting_init(key, shape, dtype=jnp.float32):
+    calls.append(shape)
+    return jax.random.normal(key, shape, dtype)
+
+  x = jnp.ones((2, 5, 5, 3))
+  conv = layers.Conv(4, 3, padding=1, kernel_init=counting_init)
+  variables = conv.init(jax.random.key(0), x)
+  assert calls == [(3, 3, 3, 4)]
+  conv.apply(variables, x)
+  jax.jit(conv.apply)(variables, x)  # flax's own check would trace counting_init again here.
+  assert calls == [(3, 3, 3, 4)]
+  for module, x in ((conv, x), (layers.Dense(4), x), (layers.BatchNorm(), x)):
+    variables = module.init(jax.random.key(0), x)
+    wrong = {"params": jax.tree.map(lambda a: jnp.zeros(a.shape + (1,)), variables["params"]),
+             **{k: v for k, v in variables.items() if k != "params"}}
+    names = "|".join(variables["params"])
+    with pytest.raises(flax.errors.ScopeParamShapeError, match=f'parameter "({names})"'):
+      module.apply(wrong, x, mutable=["batch_stats"])
 
 
 def _uniform_stats_ok(values, bound):
