@@ -2,9 +2,9 @@
 
 import pathlib
 
+import flax
 import flax.linen as nn
 from flax import traverse_util
-import flax
 import jax
 from jax import ad_checkpoint
 from jax import export
