@@ -110,6 +110,14 @@ class _Run:
     return self._abstract_states[phase.index]
 
 
+# Measured on an Intel Xeon with AMX, 2026-12-05 (README, Performance): XLA's CPU convolutions
+# do not use AMX, PyTorch's oneDNN ones do.
+BFLOAT16_ON_CPU = (
+    "config.mixed_precision='bfloat16' on CPUs: XLA's CPU convolutions are no faster in "
+    "bfloat16 than in float32, and the 2-stack hourglass's train step took 1.6x its float32 "
+    "time (README, Performance). On CPUs, float32 trains faster.")
+
+
 def _set_up(config, workdir: str, allow_inexact_resume: bool) -> _Run:
   """Checks, mesh, family, the workdir's compatibility and the data: before any state."""
   config_checks.check_config(config)
@@ -118,6 +126,8 @@ def _set_up(config, workdir: str, allow_inexact_resume: bool) -> _Run:
   parallel.check_batch_size(config.batch_size, mesh)
   parallel.check_batch_size(config.eval_batch_size, mesh, what="config.eval_batch_size")
   is_chief = jax.process_index() == 0
+  if is_chief and config.mixed_precision == "bfloat16" and mesh.devices.flat[0].platform == "cpu":
+    logging.warning(BFLOAT16_ON_CPU)
   family = families.create_family(config)
   # Refuse a workdir of another model (or another recipe) before any expensive set-up.
   manager = checkpoints.manager(workdir / "checkpoints", config)

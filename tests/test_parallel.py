@@ -6,6 +6,7 @@ The device count is fixed when jax starts, so the many-device programs run in su
 """
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -251,7 +252,7 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.mark.parametrize("option", ["mixed_precision", "remat"])
-def test_bfloat16_and_remat_train_a_step_with_float32_params(option, data_dir, tmp_path):
+def test_bfloat16_and_remat_train_a_step_with_float32_params(option, data_dir, tmp_path, caplog):
   config = _tiny_config()
   config.dataset.data_dir = str(data_dir)
   config.num_train_steps = 1
@@ -260,9 +261,13 @@ def test_bfloat16_and_remat_train_a_step_with_float32_params(option, data_dir, t
     config.mixed_precision = "bfloat16"
   else:
     config.remat = True
-  table = train.train_and_evaluate(config, str(tmp_path / "work"))
+  with caplog.at_level(logging.WARNING):
+    table = train.train_and_evaluate(config, str(tmp_path / "work"))
   assert np.isfinite(table["Total"])
   assert (tmp_path / "work" / "checkpoints" / "1").exists()
+  # On CPUs, bfloat16 is slower than float32: the user is told, once, only then.
+  warned = [r for r in caplog.records if r.getMessage() == train.BFLOAT16_ON_CPU]
+  assert len(warned) == (1 if option == "mixed_precision" else 0)
   # The step's output state (traced, not compiled again) keeps float32 parameters.
   mesh = parallel.make_mesh()
   family = families.create_family(config)
