@@ -58,8 +58,9 @@ def create_train_state(family: families.Family, tx, rng, mesh, *, abstract: bool
                            release_caches=release_caches)
 
 
-# (id(family), id(tx)) -> (family, tx, init): the objects are kept, so their ids stay theirs.
-# By identity: a Family need not be hashable (CPM's layer groups hold a dict).
+# (id(family), id(tx)) -> init. By identity: a Family need not be hashable (CPM's layer groups
+# hold a dict). Each init closes over its family and optimiser, so their ids stay theirs while
+# it is kept.
 _INITIALISERS: collections.OrderedDict = collections.OrderedDict()
 
 
@@ -75,10 +76,10 @@ def _state_initialiser(family: families.Family, tx):
       params, model_state = families.split_variables(family.init(rng))
       return TrainState.create(apply_fn=None, params=params, model_state=model_state, tx=tx)
 
-    _INITIALISERS[key] = (family, tx, init)
+    _INITIALISERS[key] = init
     while len(_INITIALISERS) > 16:
       _INITIALISERS.popitem(last=False)
-  return _INITIALISERS[key][2]
+  return _INITIALISERS[key]
 
 
 def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
