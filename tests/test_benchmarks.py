@@ -2,6 +2,7 @@
 with jaxpose's parameter counts (the PyTorch parts are skipped without torch)."""
 
 import ast
+import json
 import pathlib
 
 import jax
@@ -193,6 +194,42 @@ def test_step_memory_compiles_both_ways_and_alternates_blocks(capsys):
   assert 0 < record["temporaries_mb"]["after"] < record["temporaries_mb"]["hoisted"]
   assert all(t > 0 for t in record["median_step_s"].values())
   assert "after / hoisted" in lines[-1]
+
+
+def test_step_profile_names_the_pass_and_layer_of_a_source_operation():
+  from benchmarks import step_profile  # pylint: disable=g-import-not-at-top
+  layer = step_profile.layer_of
+  name = "jit(train_step)/transpose(jvp(StackedHourglass))/stack0/res/block0/conv2/cond/" + (
+      "branch_0_fun/while/body/closed_call/dot_general")
+  assert layer(name, 3) == ("bwd", "StackedHourglass/stack0/res")
+  assert layer(name, 9) == ("bwd", "StackedHourglass/stack0/res/block0/conv2")
+  assert layer("jit(train_step)/jvp(IEF.correction)/net/conv1/dot_general", 2) == (
+      "fwd", "IEF.correction/net")
+  assert layer("jit(train_step)/mul", 3) == ("-", "(no layer)")
+  program = step_profile.instructions(
+      '  %fusion.3 = f32[8,4]{1,0} fusion(%p), kind=kLoop, metadata={op_name="jit(train_step)/'
+      'jvp(M)/conv/add" stack_frame_id=2}\n  ROOT %copy.1 = f32[4,8]{1,0} copy(%fusion.3)\n')
+  assert program == {"fusion.3": ("f32[8,4]{1,0}", "jit(train_step)/jvp(M)/conv/add"),
+                     "copy.1": ("f32[4,8]{1,0}", "")}
+
+
+def test_step_profile_attributes_a_traced_step_to_its_layers(tmp_path, capsys):
+  from benchmarks import step_profile  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "profile.json"
+  record = step_profile.main(["--config", TINY, "--batch", "2", "--warmup", "1", "--timed", "1",
+                              "--steps", "2", "--depth", "2", "--top", "5", "--huge_pages",
+                              "off", "--out", str(out)])
+  assert json.loads(out.read_text()) == record
+  rows = {(r["pass"], r["layer"]): r["ms"] for r in record["layers"]}
+  # Both passes of the model's layers, and the optimiser's update outside them.
+  assert any(p == "fwd" and l.startswith("StackedHourglass/stem") for p, l in rows)
+  assert any(p == "bwd" and l.startswith("StackedHourglass/stem") for p, l in rows)
+  assert ("-", "(no layer)") in rows
+  assert all(ms >= 0 for ms in rows.values())
+  # The layer table and the kind table share out the same time.
+  assert sum(rows.values()) == pytest.approx(sum(k["ms"] for k in record["kinds"]), rel=1e-6)
+  assert len(record["top"]) == 5 and record["wall_ms"] > 0
+  assert "| ms | share | pass | layer |" in capsys.readouterr().out
 
 
 def test_config_overrides_reach_the_model_and_are_checked():
