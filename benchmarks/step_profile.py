@@ -76,7 +76,7 @@ def layer_of(op_name: str, depth: int) -> tuple[str, str]:
     if unwrapped == path:
       break
     path = unwrapped
-  parts = [p for p in path.split("/")[1:-1] if not _NOT_LAYERS.match(p)]  # [0]: jit(fn).
+  parts = [p for p in path.split("/")[:-1] if not _NOT_LAYERS.match(p)]  # Not jit(fn) either.
   return direction, "/".join(parts[:depth]) or "(no layer)"
 
 

@@ -206,6 +206,7 @@ def test_step_profile_names_the_pass_and_layer_of_a_source_operation():
   assert layer("jit(train_step)/jvp(IEF.correction)/net/conv1/dot_general", 2) == (
       "fwd", "IEF.correction/net")
   assert layer("jit(train_step)/mul", 3) == ("-", "(no layer)")
+  assert layer("transpose(jvp(M))/net/jit(_pad)/pad", 3) == ("bwd", "M/net")
   program = step_profile.instructions(
       '  %fusion.3 = f32[8,4]{1,0} fusion(%p), kind=kLoop, metadata={op_name="jit(train_step)/'
       'jvp(M)/conv/add" stack_frame_id=2}\n  ROOT %copy.1 = f32[4,8]{1,0} copy(%fusion.3)\n')
