@@ -12,9 +12,10 @@ YNNPACK convolution, a copy) with the compiled program's text, whose instruction
 source operation's name (`metadata={op_name=...}`: "jit(train_step)/jvp(Model)/stem/conv/...";
 the backward pass's are under "transpose(...)"). Prints three tables, per step:
 
-  layers   milliseconds by direction (fwd / bwd) and layer path, cut to --depth module names;
-           what XLA added without a source (layout copies, its own transposes) by instruction
-           kind
+  layers   milliseconds by pass and layer path, cut to --depth module names: "fwd", "bwd"
+           (the model's forward and backward passes), "-" (neither: the optimiser's update,
+           the metrics), and "xla" rows for what XLA added without a source (layout copies,
+           its own transposes), by instruction kind
   kinds    milliseconds and instruction count by kind (the name without its ".N" suffix)
   top      the --top instructions by time, with their shape and source operation
 
