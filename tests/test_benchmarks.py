@@ -233,6 +233,26 @@ def test_step_profile_attributes_a_traced_step_to_its_layers(tmp_path, capsys):
   assert "| ms | share | pass | layer |" in capsys.readouterr().out
 
 
+def test_paired_configs_time_two_variants_in_alternating_blocks(capsys):
+  from benchmarks import paired_configs  # pylint: disable=g-import-not-at-top
+  record = paired_configs.main(["--config", TINY, "--batch", "2", "--blocks", "2", "--per_block",
+                                "1", "--huge_pages", "off", "--b", "model.features=8"])
+  lines = capsys.readouterr().out.splitlines()
+  assert [line.split(":")[1].split()[0] for line in lines[:4]] == ["A", "B", "B", "A"]
+  assert len(record["block_medians_s"]["A"]) == len(record["block_medians_s"]["B"]) == 2
+  assert 0 <= record["b_faster"] <= 2 and all(t > 0 for t in record["median_step_s"].values())
+  # B's narrower network holds fewer temporaries than A's.
+  assert 0 < record["temporaries_mb"]["B"] < record["temporaries_mb"]["A"]
+  assert "B: model.features=8" in lines[-2] and "B / A" in lines[-1]
+
+
+def test_paired_configs_name_a_bad_override_of_b(capsys):
+  from benchmarks import paired_configs  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit):
+    paired_configs.main(["--config", TINY, "--huge_pages", "off", "--b", "model.no_such_key=1"])
+  assert "--b model.no_such_key=1" in capsys.readouterr().err
+
+
 def test_config_overrides_reach_the_model_and_are_checked():
   config = bench.load_config(TINY, 2, ("remat=True", "model.num_stacks=2"))
   assert config.remat is True and config.model.num_stacks == 2

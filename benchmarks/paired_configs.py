@@ -1,0 +1,71 @@
+r"""Two variants of a config's train step, timed in one process in alternating blocks.
+
+  python benchmarks/paired_configs.py --config configs/quickstart.py:ief --b model.width_divisor=8
+  python benchmarks/paired_configs.py --b remat=True --blocks 2           # the 2-stack hourglass
+  python benchmarks/paired_configs.py --config configs/quickstart.py --b model.features=64 \
+      --b model.depth=4 --per_block 20
+
+A is the config with --set's overrides; B is A with --b's on top (train.py's --config.KEY=VALUE
+spelling, repeatable). Both steps are built as `benchmarks/models.py` builds the trainer's
+(its first phase, a random batch) and compiled before any is timed; then blocks of
+--per_block steps alternate A, B, B, A, A, B, ... (the first step of each block not timed). This
+machine's speed drifts by 10-20% within an hour, so two processes one after the other cannot
+tell a few per cent apart: on the IEF quickstart's step, a change that these alternating blocks
+showed 1.08x slower in 8 of 8 pairs read 43.6-46.3 ms against 44.1-44.6 ms in three pairs of
+processes (2026-12-05). Prints each block's times, then each side's median step and temporaries
+(XLA's memory analysis), the ratio B / A and in how many pairs of blocks B was faster; A
+against itself (no --b) shows the harness's own spread. With --huge_pages on (the default) the
+script first starts itself again as train.py does (`jaxpose.huge_pages`).
+"""
+
+import os
+import statistics
+import sys
+import time
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _REPO)
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import models  # noqa: E402
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+SIDES = ("A", "B")
+
+
+def main(argv=None) -> dict:
+  parser = models.paired_parser(__doc__)
+  parser.add_argument("--b", action="append", default=[], metavar="KEY=VALUE",
+                      help="B's overrides on top of A's (none: A against itself).")
+  args = parser.parse_args(argv)
+  config_a, host = models.paired_setup(args)
+  try:
+    config_b = models.load_config(args.config, args.batch, tuple(args.set) + tuple(args.b))
+  except ValueError as e:
+    parser.error(f"--b {' '.join(args.b)}: {e}")
+  task = {"device_augment": False}
+  runs = {"A": models.jax_train(config_a, host, task)[1],
+          "B": models.jax_train(config_b, host, task)[1]}
+  temporaries = {side: models.temporaries_mb(runs[side].compiled) for side in SIDES}
+  block_medians = {side: [] for side in SIDES}
+  for block, side in enumerate(models.paired_order(*SIDES, args.blocks)):
+    runs[side]()  # Not timed: the first step of a block.
+    times = []
+    for _ in range(args.per_block):
+      start = time.perf_counter()
+      runs[side]()
+      times.append(time.perf_counter() - start)
+    block_medians[side].append(statistics.median(times))
+    print(f"block {block}: {side}", " ".join(f"{t:.4f}" for t in times), flush=True)
+  medians = {side: statistics.median(block_medians[side]) for side in SIDES}
+  b_faster = sum(b < a for a, b in zip(block_medians["A"], block_medians["B"]))
+  what = " ".join(args.b) or "(A again)"
+  print(f"{args.config} {' '.join(args.set)} batch {args.batch}; B: {what}")
+  print(f"median step A {medians['A']:.4f} s, B {medians['B']:.4f} s, B / A "
+        f"{medians['B'] / medians['A']:.3f}; B faster in {b_faster} of {args.blocks} pairs of "
+        f"blocks; temporaries A {temporaries['A']:,.0f} MiB, B {temporaries['B']:,.0f} MiB")
+  return {"median_step_s": medians, "block_medians_s": block_medians, "b_faster": b_faster,
+          "temporaries_mb": temporaries}
+
+
+if __name__ == "__main__":
+  main()
