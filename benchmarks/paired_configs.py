@@ -11,7 +11,7 @@ spelling, repeatable). Both steps are built as `benchmarks/models.py` builds the
 --per_block steps alternate A, B, B, A, A, B, ... (the first step of each block not timed). This
 machine's speed drifts by 10-20% within an hour, so two processes one after the other cannot
 tell a few per cent apart: on the IEF quickstart's step, a change that these alternating blocks
-showed 1.08x slower in 8 of 8 pairs read 43.6-46.3 ms against 44.1-44.6 ms in three pairs of
+showed 1.08x slower in 8 of 8 pairs read 43.7-46.3 ms against 43.6-44.6 ms in three pairs of
 processes (2026-12-05). Prints each block's times, then each side's median step and temporaries
 (XLA's memory analysis), the ratio B / A and in how many pairs of blocks B was faster; A
 against itself (no --b) shows the harness's own spread. With --huge_pages on (the default) the
