@@ -1,5 +1,6 @@
 """benchmarks/models.py and its PyTorch twins: a measurement's record, the report, and twins
-with jaxpose's parameter counts (the PyTorch parts are skipped without torch)."""
+with jaxpose's parameter counts (the PyTorch parts are skipped without torch); and the scripts
+built on its jaxpose side (paired blocks, the step's profile, IEF's probes)."""
 
 import ast
 import json
