@@ -25,7 +25,6 @@ import ctypes
 import os
 import statistics
 import sys
-import time
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _REPO)
@@ -58,20 +57,14 @@ def main(argv=None) -> None:
     sys.exit("needs glibc (mallopt)")
   _, run = models.jax_train(config, host, {"device_augment": False})
   run()
-  times = {False: [], True: []}
-  try:
-    for block, keep in enumerate(models.paired_order(False, True, args.blocks)):
-      keep_freed_memory(libc, keep)
-      run()  # Not timed: the first step after the switch.
-      for _ in range(args.per_block):
-        start = time.perf_counter()
-        run()
-        times[keep].append(time.perf_counter() - start)
-      print(f"block {block}: {'keep' if keep else 'mmap'}",
-            " ".join(f"{t:.3f}" for t in times[keep][-args.per_block:]), flush=True)
+  try:  # Each block switches first; its untimed first step is the one after the switch.
+    blocks = models.paired_blocks({"mmap": run, "keep": run}, args.blocks, args.per_block,
+                                  before_block=lambda label: keep_freed_memory(libc,
+                                                                               label == "keep"))
   finally:
     keep_freed_memory(libc, False)  # The caller's process as glibc's defaults have it.
-  mmap_s, keep_s = statistics.median(times[False]), statistics.median(times[True])
+  mmap_s, keep_s = (statistics.median(t for block in blocks[label] for t in block)
+                    for label in ("mmap", "keep"))
   print(f"{args.config} {' '.join(args.set)} batch {args.batch}: median step {mmap_s:.3f} s "
         f"(mmap), {keep_s:.3f} s (keep): keep / mmap = {keep_s / mmap_s:.3f}")
 

@@ -209,6 +209,23 @@ def paired_order(first, second, pairs: int) -> list:
   return [(first, second)[(b % 2) ^ (b // 2 % 2)] for b in range(2 * pairs)]
 
 
+def paired_blocks(runs: dict, pairs: int, per_block: int, before_block=None) -> dict:
+  """Times the two steps of `runs` ({label: one training step}, in order) in 2 * pairs
+  alternating blocks (`paired_order`) of `per_block` steps each, after one untimed step per
+  block (and `before_block(label)`, when given, before it), printing each block's times.
+  Returns {label: [[seconds per step] per block]}."""
+  labels = list(runs)
+  blocks = {label: [] for label in labels}
+  for block, label in enumerate(paired_order(*labels, pairs)):
+    if before_block is not None:
+      before_block(label)
+    runs[label]()  # Not timed: the first step of a block.
+    times = time_calls(runs[label], 0, per_block)
+    blocks[label].append(times)
+    print(f"block {block}: {label}", " ".join(f"{t:.4g}" for t in times), flush=True)
+  return blocks
+
+
 def float_images(pixels: np.ndarray) -> np.ndarray:
   """uint8 pixels -> the model input the host pipeline makes (pipeline.normalize)."""
   return pixels.astype(np.float32) / 255.0 - 0.5

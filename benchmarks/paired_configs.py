@@ -21,7 +21,6 @@ script first starts itself again as train.py does (`jaxpose.huge_pages`).
 import os
 import statistics
 import sys
-import time
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _REPO)
@@ -46,16 +45,8 @@ def main(argv=None) -> dict:
   runs = {"A": models.jax_train(config_a, host, task)[1],
           "B": models.jax_train(config_b, host, task)[1]}
   temporaries = {side: models.temporaries_mb(runs[side].compiled) for side in SIDES}
-  block_medians = {side: [] for side in SIDES}
-  for block, side in enumerate(models.paired_order(*SIDES, args.blocks)):
-    runs[side]()  # Not timed: the first step of a block.
-    times = []
-    for _ in range(args.per_block):
-      start = time.perf_counter()
-      runs[side]()
-      times.append(time.perf_counter() - start)
-    block_medians[side].append(statistics.median(times))
-    print(f"block {block}: {side}", " ".join(f"{t:.4f}" for t in times), flush=True)
+  blocks = models.paired_blocks(runs, args.blocks, args.per_block)
+  block_medians = {side: [statistics.median(b) for b in blocks[side]] for side in SIDES}
   medians = {side: statistics.median(block_medians[side]) for side in SIDES}
   b_faster = sum(b < a for a, b in zip(block_medians["A"], block_medians["B"]))
   what = " ".join(args.b) or "(A again)"

@@ -25,7 +25,6 @@ default) the script starts itself again as train.py does (`jaxpose.huge_pages`).
 import os
 import statistics
 import sys
-import time
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _REPO)
@@ -58,17 +57,8 @@ def main(argv=None) -> dict:
   temporaries = {v: models.temporaries_mb(steps[v][1].compiled) for v in VARIANTS}
   for v in VARIANTS:
     print(f"{v}: temporaries {temporaries[v]:,.0f} MiB", flush=True)
-  times = {v: [] for v in VARIANTS}
-  for block, v in enumerate(models.paired_order(*VARIANTS, args.blocks)):
-    run = steps[v][1]
-    run()  # Not timed: the first step of a block.
-    for _ in range(args.per_block):
-      start = time.perf_counter()
-      run()
-      times[v].append(time.perf_counter() - start)
-    print(f"block {block}: {v}", " ".join(f"{t:.3f}" for t in times[v][-args.per_block:]),
-          flush=True)
-  medians = {v: statistics.median(times[v]) for v in VARIANTS}
+  blocks = models.paired_blocks({v: steps[v][1] for v in VARIANTS}, args.blocks, args.per_block)
+  medians = {v: statistics.median(t for block in blocks[v] for t in block) for v in VARIANTS}
   print(f"{args.config} {' '.join(args.set)} batch {args.batch}: temporaries "
         f"{temporaries['after']:,.0f} / {temporaries['hoisted']:,.0f} MiB "
         f"({temporaries['after'] / temporaries['hoisted']:.3f}); median step "
