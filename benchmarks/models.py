@@ -317,7 +317,7 @@ def jax_train(config, host: dict, task: dict):
   batch = parallel.global_batch(_jax_train_batch(host, task["device_augment"]), mesh)
   rng, thread = jax.random.key(1), {}
   compiling = steps.compile_ahead(steps.make_train_step(family, mesh, phase), spec, batch, rng,
-                                  laps=thread)
+                                  laps=thread, prefault=True)
   clock.lap("trace_lower")
   state = jax.block_until_ready(steps.create_train_state(family, tx, key, mesh))
   clock.lap("init")
@@ -645,7 +645,7 @@ def measure(task: dict) -> dict:
   record.update(info)
   if task["kind"] == "startup":
     run()
-    return dict(record, first_step_s=seconds_since_start())
+    return dict(record, first_step_s=seconds_since_start(), peak_rss_mb=peak_rss_mb())
   times = time_calls(run, task["warmup"], task["steps"])
   record.update(median_s=statistics.median(times), times_s=times, peak_rss_mb=peak_rss_mb())
   return dict(record, **getattr(run, "report", dict)())  # What the builder adds afterwards.
@@ -702,6 +702,9 @@ def measure_framework(framework: str, spec: str, args, label: str) -> dict:
          "inference_times_s": infer.get("times_s"), "peak_rss_mb": train.get("peak_rss_mb"),
          "first_step_cold_s": cold.get("first_step_s"),
          "first_step_warm_s": warm.get("first_step_s"), "import_s": cold.get("import_s"),
+         # Peak RSS up to the first step done (the warm start's with its prefault, if any).
+         "first_step_cold_peak_rss_mb": cold.get("peak_rss_mb"),
+         "first_step_warm_peak_rss_mb": warm.get("peak_rss_mb"),
          "import_rss_mb": train.get("import_rss_mb"),
          # jaxpose: the main thread's stages of each start-up run (abstract state, tracing and
          # lowering the step, init, the wait for the step's compilation, releasing the

@@ -169,7 +169,8 @@ def precise_batch_stats(state: TrainState, moments_step, batches) -> TrainState:
   return state.replace(model_state={**state.model_state, "batch_stats": stats})
 
 
-def compile_ahead(step_fn, *args, laps: dict | None = None) -> concurrent.futures.Future:
+def compile_ahead(step_fn, *args, laps: dict | None = None,
+                  prefault: bool = False) -> concurrent.futures.Future:
   """Traces and lowers the jitted `step_fn` for `args` (arrays, or the `jax.ShapeDtypeStruct`s,
   shardings included, of what it will be called with: e.g. `create_train_state(...,
   abstract=True)` and `parallel.global_batch_spec`), then compiles it on a thread of its own.
@@ -183,7 +184,17 @@ def compile_ahead(step_fn, *args, laps: dict | None = None) -> concurrent.future
   compiled and the state initialised after the process started, one after the other against
   this: 2-stack hourglass 20.8-23.9 s against 17.8-20.7 s (three pairs), 8-stack 74.7 s against
   68.8 s (one pair); with a warm cache (the cached program read instead), 8.2-8.5 s against
-  7.8-10.3 s. `laps`, when given, receives the seconds of "trace", "lower" and "compile"."""
+  7.8-10.3 s. `laps`, when given, receives the seconds of "trace", "lower" and "compile".
+
+  `prefault` (a process's first step, on a CPU): as many bytes as this program's temporaries
+  took when it last ran on this machine are touched meanwhile, on a thread of their own,
+  while the process's RSS stays under that run's peak, and handed back to the kernel just
+  before the compiled step's first call, whose temporaries then find pages the host has backed
+  (`host_memory.Prefault`). Where the program is not known yet, its sizes are recorded after
+  its first call (`host_memory.TemporariesRecord`, beside the persistent compilation cache)
+  for the next process. The compiled step then comes as a `host_memory.FirstCall`. Not for a
+  later phase's step: its pages would stand beside the training phase's. `laps` also gets the
+  MB touched ("prefault_mb") once the first call has released them."""
   laps = {} if laps is None else laps
   clock = time.perf_counter()
   traced = step_fn.trace(*args)
@@ -192,10 +203,27 @@ def compile_ahead(step_fn, *args, laps: dict | None = None) -> concurrent.future
   lowered = traced.lower()
   laps["lower"] = round(time.perf_counter() - clock, 3)
 
+  record = host_memory.TemporariesRecord.beside_cache() if prefault else None
+
   def compile_():
+    key = known = touch = None
+    if record is not None:
+      key = host_memory.program_key(lowered)
+      known = record.get(key)
+      touch = host_memory.Prefault(*known) if known else None
     start = time.perf_counter()
-    compiled = lowered.compile()
+    try:
+      compiled = lowered.compile()
+    except BaseException:
+      if touch is not None:
+        touch.release()
+      raise
     laps["compile"] = round(time.perf_counter() - start, 3)
+    if touch is not None:
+      return host_memory.FirstCall(compiled, prefault=touch, laps=laps)
+    if record is not None:  # Measured once the first step is on its way (0.3 s, 2-stack).
+      return host_memory.FirstCall(
+          compiled, after=lambda outputs: record.remember(key, compiled, outputs))
     return compiled
 
   executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile_ahead")
