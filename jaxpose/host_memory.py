@@ -200,17 +200,18 @@ class Prefault:
   of 64 MB on a thread of its own (in 2 MB pages where the process's malloc asks for them:
   `jaxpose.huge_pages`), never above `budget` bytes of the process's RSS: a chunk is touched
   only while the RSS stays under it, and chunks are handed back (newest first) while it is
-  above it, until `release()` unmaps them all."""
+  above it, until `release()` unmaps them all. The thread is a daemon: a process that never
+  releases them (its step never ran) still exits."""
 
   def __init__(self, nbytes: int, budget: int, poll_s: float = 0.02):
     self.nbytes, self.budget, self.poll_s = int(nbytes), int(budget), poll_s
     self.touched = 0  # Bytes touched, in all.
+    self.seconds = None  # The touch's, once it ended; None if it failed.
     self._chunks = []
     self._stop = threading.Event()
     self.touch_ended = threading.Event()  # Set once no more chunks will be touched.
-    executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="prefault")
-    self._done = executor.submit(self._run)
-    executor.shutdown(wait=False)
+    self._thread = threading.Thread(target=self._run, name="prefault", daemon=True)
+    self._thread.start()
 
   def _chunk(self, size: int) -> mmap.mmap:
     region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
@@ -222,32 +223,31 @@ class Prefault:
     del pages  # No exported buffer left: the region can be closed.
     return region
 
-  def _run(self) -> float:
+  def _run(self) -> None:
     start = time.perf_counter()
-    while self.touched < self.nbytes and not self._stop.is_set():
-      size = min(_CHUNK, self.nbytes - self.touched)
-      if resident_bytes() + size > self.budget:
-        break
-      self._chunks.append(self._chunk(size))
-      self.touched += size
-    seconds = time.perf_counter() - start
-    self.touch_ended.set()
+    try:
+      while self.touched < self.nbytes and not self._stop.is_set():
+        size = min(_CHUNK, self.nbytes - self.touched)
+        if resident_bytes() + size > self.budget:
+          break
+        self._chunks.append(self._chunk(size))
+        self.touched += size
+      self.seconds = time.perf_counter() - start
+    except (OSError, ValueError, MemoryError):  # Could not map more: keep what was touched.
+      pass
+    finally:
+      self.touch_ended.set()
     while not self._stop.wait(self.poll_s):
       while self._chunks and resident_bytes() > self.budget:
         self._chunks.pop().close()
-    return seconds
 
   def release(self) -> float | None:
-    """Unmaps the touched memory; the touch's seconds, None if it failed (then nothing is
-    left mapped). Idempotent."""
+    """Unmaps the touched memory; the touch's seconds, None if it failed. Idempotent."""
     self._stop.set()
-    try:
-      seconds = self._done.result()
-    except (OSError, ValueError, MemoryError):
-      seconds = None
+    self._thread.join()
     while self._chunks:
       self._chunks.pop().close()
-    return seconds
+    return self.seconds
 
 
 class FirstCall:
@@ -266,12 +266,17 @@ class FirstCall:
     self.laps = {} if laps is None else laps
     self.after_done = None
 
-  def __call__(self, *args, **kwargs):
+  def release(self) -> None:
+    """Hands the prefault's memory back now (before the first call; idempotent): also for a
+    step that will not be called."""
     if self.prefault is not None:
       seconds = self.prefault.release()
       self.laps.update(prefault_mb=round(self.prefault.touched / 2**20),
                        prefault_s=None if seconds is None else round(seconds, 3))
       self.prefault = None
+
+  def __call__(self, *args, **kwargs):
+    self.release()
     out = self.compiled(*args, **kwargs)
     if self.after is not None:
       executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="after_first")

@@ -32,6 +32,7 @@ from jaxpose import checkpoints
 from jaxpose import config_checks
 from jaxpose import evaluate
 from jaxpose import families
+from jaxpose import host_memory
 from jaxpose import optim
 from jaxpose import parallel
 from jaxpose import preemption as preemption_lib
@@ -250,8 +251,21 @@ def _step_fn(run: _Run, phase: optim.Phase, ahead: _Ahead | None):
   """The compiled step of `phase`: the one compiled ahead if it is that phase's (not when an
   earlier checkpoint of another phase was restored), else compiled now."""
   compiled = None if ahead is None else ahead.compiled.result()
-  return (compiled if ahead is not None and ahead.phase == phase.index
-          else make_train_step(run.family, run.mesh, phase))
+  if ahead is not None and ahead.phase == phase.index:
+    return compiled
+  _discard(ahead)
+  return make_train_step(run.family, run.mesh, phase)
+
+
+def _discard(ahead: _Ahead | None) -> None:
+  """A step compiled ahead that will not run: the memory touched for its first call (the
+  process's first step: `steps.compile_ahead`'s prefault), if any, is handed back."""
+  def release(future):
+    if future.exception() is None and isinstance(future.result(), host_memory.FirstCall):
+      future.result().release()
+
+  if ahead is not None:
+    ahead.compiled.add_done_callback(release)
 
 
 def _first_step_fn(run: _Run, phase: optim.Phase, ahead: _Ahead | None):
@@ -305,6 +319,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   ahead = _compile_ahead(run, planned, local, prefault=True)
   step = _restore_or_init(run)
   if step >= run.num_steps:  # Before the input pipeline starts reading.
+    _discard(ahead)
     logging.info("Already trained: step %d of %d; nothing to do (`python eval.py --ckpt %s` "
                  "evaluates it).", step, run.num_steps, run.workdir)
     return {}

@@ -3,6 +3,7 @@ temporaries are touched ahead of it."""
 
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -88,6 +89,7 @@ def test_a_prefault_stays_under_its_budget_and_hands_chunks_back_above_it():
   assert 0 < capped.touched <= 150 << 20  # Whole chunks of 64 MB under the budget.
   assert capped.release() is not None and not capped._chunks
   assert capped.release() is not None  # Again: nothing left, no error.
+  assert not capped._thread.is_alive()
   roomy = host_memory.Prefault(128 << 20, budget=now + (1 << 30), poll_s=0.005)
   assert roomy.touch_ended.wait(60)
   assert roomy.touched == 128 << 20 and len(roomy._chunks) == 2
@@ -97,6 +99,22 @@ def test_a_prefault_stays_under_its_budget_and_hands_chunks_back_above_it():
     time.sleep(0.01)
   assert not roomy._chunks
   roomy.release()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prefault is Linux-only")
+def test_a_step_that_never_runs_releases_its_prefault_and_a_process_never_waits_for_it():
+  touch = host_memory.Prefault(64 << 20, budget=host_memory.resident_bytes() + (1 << 30))
+  assert touch.touch_ended.wait(60) and touch.touched == 64 << 20
+  unused = host_memory.FirstCall(jax.jit(_program).lower(np.ones((4, 4), np.float32)).compile(),
+                                 prefault=touch)
+  unused.release()  # E.g. train.py's "already trained": the step is never called.
+  assert unused.prefault is None and not touch._chunks and not touch._thread.is_alive()
+  # A prefault never released does not keep its process from exiting (a daemon thread).
+  code = ("from jaxpose import host_memory; "
+          "p = host_memory.Prefault(8 << 20, budget=1 << 40); p.touch_ended.wait(60)")
+  done = subprocess.run([sys.executable, "-c", code], timeout=120, check=False,
+                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert done.returncode == 0
 def test_no_prefault_without_a_cache_directory_or_when_turned_off(cache_dir, monkeypatch):
   assert host_memory.TemporariesRecord.beside_cache() is not None or not sys.platform.startswith(
       "linux")
