@@ -223,7 +223,7 @@ def compile_ahead(step_fn, *args, laps: dict | None = None,
       return host_memory.FirstCall(compiled, prefault=touch, laps=laps)
     if record is not None:  # Measured once the first step is on its way (0.3 s, 2-stack).
       return host_memory.FirstCall(
-          compiled, after=lambda outputs: record.remember(key, compiled, outputs))
+          compiled, after=lambda peak_rss: record.remember(key, compiled, peak_rss))
     return compiled
 
   executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile_ahead")

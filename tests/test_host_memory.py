@@ -143,3 +143,18 @@ def test_the_record_survives_a_damaged_file_and_keeps_the_latest_programs(tmp_pa
   assert len(kept) == 64 and "k0" not in kept and list(kept)[-1] == "k5"
   assert record.get("k5") == (999, 100) and record.get("k69") == (70, 100)
   assert not [p for p in os.listdir(tmp_path) if p.startswith(".step_temporaries")]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prefault is Linux-only")
+def test_the_record_is_made_even_when_the_next_step_donates_the_first_ones_outputs(cache_dir):
+  step_fn = jax.jit(lambda x: _program(x) * 0.5, donate_argnums=0)
+  x = np.linspace(-1, 1, 128 * 128, dtype=np.float32).reshape(128, 128)
+  first = steps.compile_ahead(step_fn, x, prefault=True).result()
+  y = first(jnp.asarray(x))
+  z = first(y)  # Donates y: waits until the recording thread saw y ready.
+  assert y.is_deleted()
+  first.after_done.result()  # No "Array has been deleted".
+  key = host_memory.program_key(step_fn.trace(x).lower())
+  assert host_memory.TemporariesRecord.beside_cache().get(key) is not None
+  np.testing.assert_allclose(z, jax.jit(lambda x: _program(x) * 0.5)(_program(x) * 0.5),
+                             rtol=1e-5)
