@@ -5,6 +5,7 @@ built on its jaxpose side (paired blocks, the step's profile, IEF's probes)."""
 import ast
 import json
 import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -524,3 +525,22 @@ def test_pipeline_throughput_counts_the_bytes_each_mode_sends(tmp_path, image_fo
     rate, sent = bench_input.train_rate(source, None, threads=1, batch_size=2, batches=1,
                                         mode=mode)
     assert rate > 0 and pixels <= sent < pixels + small, (mode, sent)
+
+
+def test_only_a_measured_process_step_prefaults(tmp_path, monkeypatch):
+  """benchmarks/models.py's step prefaults as train.py's (a process's one step: "train",
+  "startup"); the scripts that build two steps in a process pass no kind and do not."""
+  from jaxpose import host_memory  # pylint: disable=g-import-not-at-top
+  monkeypatch.delenv(host_memory.PREFAULT_VARIABLE, raising=False)
+  before = jax.config.jax_compilation_cache_dir
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path))
+  try:
+    config = bench.load_config(TINY, 2)
+    host = bench.random_batch(2, config.input_size)
+    _, unmeasured = bench.jax_train(config, host, {"device_augment": False})
+    _, measured = bench.jax_train(config, host, {"device_augment": False, "kind": "startup"})
+  finally:
+    jax.config.update("jax_compilation_cache_dir", before)
+  assert not isinstance(unmeasured.compiled, host_memory.FirstCall)
+  # Measured: its first call records the temporaries (nothing known yet in this cache).
+  assert isinstance(measured.compiled, host_memory.FirstCall) == sys.platform.startswith("linux")
