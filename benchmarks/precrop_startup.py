@@ -39,6 +39,7 @@ sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import tensorflow as tf
 
+from jaxpose import host_memory
 from jaxpose import skeletons
 from jaxpose.data import pipeline
 from jaxpose.data import precrop_cache
@@ -76,11 +77,10 @@ def split(folder: str) -> precrop_cache.Split:
 
 
 def memory_mb(field: str) -> float:
-  """/proc/self/status's VmRSS (now) or VmHWM (peak) in MB. Not ru_maxrss: Linux carries
-  that over from the parent across fork + exec (here: the parent holding the photos)."""
-  with open("/proc/self/status") as f:
-    line = next(l for l in f if l.startswith(field + ":"))
-  return int(line.split()[1]) / 1024
+  """/proc/self/status's VmRSS (now) or VmHWM (peak) in MB (`host_memory.status_bytes`; not
+  ru_maxrss, which Linux carries over from the parent across fork + exec: here, the parent
+  holding the photos)."""
+  return host_memory.status_bytes(field) / 2**20
 
 
 def child(mode: str, data: str, cache: str, threads: int) -> dict:

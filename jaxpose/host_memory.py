@@ -122,17 +122,24 @@ def program_key(lowered: jax.stages.Lowered) -> str:
   return hashlib.sha256(lowered.as_text().encode()).hexdigest()
 
 
-def resident_bytes() -> int:
-  """This process's resident set now (Linux: /proc/self/statm), 0 where unknown."""
+def status_bytes(field: str) -> int:
+  """A size from /proc/self/status (Linux), in bytes: "VmRSS" (the resident set now) or
+  "VmHWM" (its peak); 0 where unknown. The peak is not `ru_maxrss`, which Linux carries over
+  from the parent across fork + exec (a child of a large process reads the parent's)."""
   try:
-    with open("/proc/self/statm") as f:
-      return int(f.read().split()[1]) * resource.getpagesize()
-  except (OSError, ValueError, IndexError):
+    with open("/proc/self/status") as f:
+      line = next(l for l in f if l.startswith(field + ":"))
+    return int(line.split()[1]) * 1024  # kB.
+  except (OSError, ValueError, IndexError, StopIteration):
     return 0
 
 
+def resident_bytes() -> int:
+  return status_bytes("VmRSS")
+
+
 def peak_resident_bytes() -> int:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux.
+  return status_bytes("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 class TemporariesRecord:

@@ -158,3 +158,13 @@ def test_the_record_is_made_even_when_the_next_step_donates_the_first_ones_outpu
   assert host_memory.TemporariesRecord.beside_cache().get(key) is not None
   np.testing.assert_allclose(z, jax.jit(lambda x: _program(x) * 0.5)(_program(x) * 0.5),
                              rtol=1e-5)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux's")
+def test_the_peak_is_the_memory_maps_own_high_water_mark():
+  now, peak = host_memory.resident_bytes(), host_memory.peak_resident_bytes()
+  assert 0 < now <= peak
+  with open("/proc/self/status") as f:
+    hwm_kb = next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
+  assert host_memory.status_bytes("VmHWM") // 1024 >= hwm_kb  # Read after: only higher.
+  assert host_memory.status_bytes("NoSuchField") == 0
