@@ -33,6 +33,8 @@ import time
 import jax
 import numpy as np
 
+from jaxpose import huge_pages
+
 # What jax.monitoring calls the event it records after each backend compilation (or cache load).
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
@@ -225,8 +227,7 @@ class Prefault:
 
   def _chunk(self, size: int) -> mmap.mmap:
     region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    if "glibc.malloc.hugetlb=1" in os.environ.get("GLIBC_TUNABLES", "") and hasattr(
-        mmap, "MADV_HUGEPAGE"):
+    if huge_pages.malloc_asks_for_huge_pages() and hasattr(mmap, "MADV_HUGEPAGE"):
       region.madvise(mmap.MADV_HUGEPAGE)
     pages = np.frombuffer(region, np.uint8)
     pages[::_PAGE] = 1  # One strided write: numpy's loop, without Python's lock.

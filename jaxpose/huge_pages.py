@@ -82,6 +82,12 @@ def environment(environ=None, thp_mode: str | None = None) -> dict | None:
   return environ
 
 
+def malloc_asks_for_huge_pages(environ=None) -> bool:
+  """Whether this process's malloc asks for 2 MB pages (GLIBC_TUNABLES has the tunable on)."""
+  tunables = (os.environ if environ is None else environ).get("GLIBC_TUNABLES", "")
+  return f"{TUNABLES[0][0]}={TUNABLES[0][1]}" in tunables.split(":")
+
+
 def reexec() -> None:
   """Starts this program again with the tunables (see the module's docstring), or
   returns when that is off, unavailable or already done."""

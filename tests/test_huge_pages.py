@@ -89,3 +89,10 @@ def test_freed_memory_stays_in_the_started_process(tmp_path):
                               env=env, check=True).stdout)
            for env in (environ, huge_pages.environment(environ))]
   assert freed[0] >= 200 and freed[1] <= 16, freed  # MB given back: without, with the tunables.
+
+
+def test_whether_malloc_asks_for_huge_pages_is_read_from_the_tunables():
+  on = huge_pages.environment({}, thp_mode="madvise")
+  assert huge_pages.malloc_asks_for_huge_pages(on)
+  assert not huge_pages.malloc_asks_for_huge_pages({})
+  assert not huge_pages.malloc_asks_for_huge_pages({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"})
