@@ -316,12 +316,14 @@ def jax_train(config, host: dict, task: dict):
   clock.lap("abstract")
   batch = parallel.global_batch(_jax_train_batch(host, task["device_augment"]), mesh)
   rng, thread = jax.random.key(1), {}
-  # The prefault (as train.py's) only where this is the process's one step, as in `measure`;
-  # the scripts that build two steps in a process (paired_configs.py, step_memory.py) pass no
-  # kind: a second step's touched pages would stand beside the first's state.
+  # The prefault and the kept step (as train.py's) only where this is the process's one step,
+  # as in `measure`; the scripts that build two steps in a process (paired_configs.py,
+  # step_memory.py) pass no kind: a second step's touched pages would stand beside the first's
+  # state.
+  first_step = task.get("kind") in ("train", "startup")
   compiling = steps.compile_ahead(steps.make_train_step(family, mesh, phase), spec, batch, rng,
-                                  laps=thread,
-                                  prefault=task.get("kind") in ("train", "startup"))
+                                  laps=thread, prefault=first_step,
+                                  keep=steps.step_label(config, phase) if first_step else None)
   clock.lap("trace_lower")
   state = jax.block_until_ready(steps.create_train_state(family, tx, key, mesh))
   clock.lap("init")

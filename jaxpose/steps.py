@@ -2,7 +2,8 @@
 
 What a JAX user composes into their own loop (`train.py` is jaxpose's loop around it):
 `create_train_state` (replicated over a ("data",) mesh), `make_train_step` (one jit per phase,
-the state donated), `compile_ahead` (its compilation on a thread, while the state is made),
+the state donated), `compile_ahead` (its compilation on a thread, while the state is made, or
+the step a process kept, read back: `step_store`),
 `make_batch_moments_step` and `precise_batch_stats` (BatchNorm's statistics re-estimated),
 `seed_keys`. Only the family touches the model (`families.Family.loss`).
 """
@@ -13,6 +14,7 @@ import functools
 import time
 from typing import Any
 
+from absl import logging
 from flax import traverse_util
 from flax.training import train_state
 import jax
@@ -23,6 +25,7 @@ from jaxpose import families
 from jaxpose import host_memory
 from jaxpose import optim
 from jaxpose import parallel
+from jaxpose import step_store
 from jaxpose.data import device_augment
 from jaxpose.models import layers
 
@@ -169,8 +172,8 @@ def precise_batch_stats(state: TrainState, moments_step, batches) -> TrainState:
   return state.replace(model_state={**state.model_state, "batch_stats": stats})
 
 
-def compile_ahead(step_fn, *args, laps: dict | None = None,
-                  prefault: bool = False) -> concurrent.futures.Future:
+def compile_ahead(step_fn, *args, laps: dict | None = None, prefault: bool = False,
+                  keep: str | None = None) -> concurrent.futures.Future:
   """Traces and lowers the jitted `step_fn` for `args` (arrays, or the `jax.ShapeDtypeStruct`s,
   shardings included, of what it will be called with: e.g. `create_train_state(...,
   abstract=True)` and `parallel.global_batch_spec`), then compiles it on a thread of its own.
@@ -186,6 +189,12 @@ def compile_ahead(step_fn, *args, laps: dict | None = None,
   68.8 s (one pair); with a warm cache (the cached program read instead), 8.2-8.5 s against
   7.8-10.3 s. `laps`, when given, receives the seconds of "trace", "lower" and "compile".
 
+  `keep`, a label of the program known before tracing it (`train.py`: the config and the
+  phase): the step compiled here is kept after its first call (`step_store.StepStore`, beside
+  the persistent compilation cache), and a later process with the same label and arguments
+  starts reading it before tracing, beside the trace; it is used if the lowered program is the
+  one kept ("compile" then times the wait for the read, "stored_read" the read itself).
+
   `prefault` (a process's first step, on a CPU): as many bytes as this program's temporaries
   took when it last ran on this machine are touched meanwhile, on a thread of their own,
   while the process's RSS stays under that run's peak, and handed back to the kernel just
@@ -196,37 +205,81 @@ def compile_ahead(step_fn, *args, laps: dict | None = None,
   later phase's step: its pages would stand beside the training phase's. `laps` also gets the
   MB touched ("prefault_mb") once the first call has released them."""
   laps = {} if laps is None else laps
-  clock = time.perf_counter()
-  traced = step_fn.trace(*args)
-  laps["trace"] = round(time.perf_counter() - clock, 3)
-  clock = time.perf_counter()
-  lowered = traced.lower()
-  laps["lower"] = round(time.perf_counter() - clock, 3)
-
+  store = step_store.StepStore.beside_cache() if keep is not None else None
+  stored_as = step_store.name(keep, args) if store is not None else None
+  reading = store.read(stored_as) if store is not None else None
   record = host_memory.TemporariesRecord.beside_cache() if prefault else None
+  # The kept step's program is known before tracing: its memory is touched from now on.
+  early = _prefault(record, reading.program) if reading is not None else None
+  try:
+    clock = time.perf_counter()
+    traced = step_fn.trace(*args)
+    laps["trace"] = round(time.perf_counter() - clock, 3)
+    clock = time.perf_counter()
+    lowered = traced.lower()
+    laps["lower"] = round(time.perf_counter() - clock, 3)
+  except BaseException:
+    if early is not None:
+      early.release()
+    raise
 
   def compile_():
-    key = known = touch = None
-    if record is not None:
-      key = host_memory.program_key(lowered)
-      known = record.get(key)
-      touch = host_memory.Prefault(*known) if known else None
+    key = None if record is None and store is None else host_memory.program_key(lowered)
+    touch = early
+    if early is not None and reading.program != key:  # Another program than the one kept.
+      early.release()
+      touch = None
+    if touch is None:
+      touch = _prefault(record, key)
     start = time.perf_counter()
     try:
-      compiled = lowered.compile()
+      compiled, fresh = _read_or_compile(lowered, key, reading, laps)
     except BaseException:
       if touch is not None:
         touch.release()
       raise
     laps["compile"] = round(time.perf_counter() - start, 3)
-    if touch is not None:
-      return host_memory.FirstCall(compiled, prefault=touch, laps=laps)
-    if record is not None:  # Measured once the first step is on its way (0.3 s, 2-stack).
-      return host_memory.FirstCall(
-          compiled, after=lambda peak_rss: record.remember(key, compiled, peak_rss))
-    return compiled
+    after = []  # Once the first step is on its way (the memory analysis: 0.3 s, 2-stack).
+    if record is not None and touch is None:
+      after.append(lambda peak_rss: record.remember(key, compiled, peak_rss))
+    if store is not None and fresh and laps["compile"] >= store.min_compile_s():
+      after.append(lambda peak_rss: store.put(stored_as, key, compiled))
+    if touch is None and not after:
+      return compiled
+    return host_memory.FirstCall(
+        compiled, prefault=touch, laps=laps,
+        after=(lambda peak_rss: [f(peak_rss) for f in after]) if after else None)
 
   executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile_ahead")
   future = executor.submit(compile_)
   executor.shutdown(wait=False)  # The thread ends with its one task.
   return future
+
+
+def step_label(config, phase: optim.Phase) -> str:
+  """A phase's train step's name before it is traced (`compile_ahead`'s `keep`): the phase
+  and the whole config (a change of any key misses the kept step)."""
+  return f"train_step {phase.index} {phase.name}\n{config.to_json_best_effort(sort_keys=True)}"
+
+
+def _prefault(record, key: str | None):
+  """A `host_memory.Prefault` of what `key`'s program took when it last ran here, or None."""
+  known = None if record is None or key is None else record.get(key)
+  return host_memory.Prefault(*known) if known else None
+
+
+def _read_or_compile(lowered, key: str | None, reading, laps: dict) -> tuple[Any, bool]:
+  """(the compiled step, whether XLA compiled it in this process): the one `reading` (a
+  `step_store.Reading`, or None) read if it was compiled from this lowered program (`key`),
+  else `lowered.compile()`."""
+  if reading is not None and reading.program == key:
+    try:
+      compiled = reading.compiled(lowered)
+    except Exception as e:  # pylint: disable=broad-except  # E.g. another JAX's internals.
+      logging.warning("The kept step %s could not be used (%s: %s); compiling it.",
+                      reading.path, type(e).__name__, e)
+      compiled = None
+    if compiled is not None:
+      laps["stored_read"] = round(reading.seconds, 3)
+      return compiled, False
+  return step_store.compile_fresh(lowered)

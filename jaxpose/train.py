@@ -231,14 +231,15 @@ def _compile_ahead(run: _Run, step: int, local: dict, prefault: bool = False) ->
   """Starts compiling the step of the phase `step` is in, for the state that phase trains and
   this process's batches (`local`: {key: (shape, dtype)}), while the caller does something
   else: initialises or restores the state, or trains the phase before (`_loop`). `prefault`:
-  the process's first step (`steps.compile_ahead`)."""
+  the process's first step, which also keeps its program for the next process (`keep`; both
+  in `steps.compile_ahead`)."""
   if step >= run.num_steps:
     return None
   phase = optim.phase_at(run.phases, step)
   return _Ahead(phase.index, steps.compile_ahead(
       make_train_step(run.family, run.mesh, phase), run.abstract_state(phase),
       parallel.global_batch_spec(local, run.mesh), jax.random.fold_in(run.train_key, step),
-      prefault=prefault))
+      prefault=prefault, keep=steps.step_label(run.config, phase) if prefault else None))
 
 
 def _local_spec(dataset: tf.data.Dataset) -> dict:

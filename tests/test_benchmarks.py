@@ -42,8 +42,12 @@ def test_jax_measurement_record_has_positive_times_and_rss():
   assert record["phase"] == "train (1 of 1)"
   assert list(record["stages_s"]) == ["abstract", "trace_lower", "init", "compile_wait",
                                       "release"]
-  assert list(record["step_stages_s"]) == ["trace", "lower", "compile"]
-  assert all(t >= 0 for t in [*record["stages_s"].values(), *record["step_stages_s"].values()])
+  # Where an earlier run of the program (this suite's cache) left its sizes and its executable:
+  # the prefault's and the kept step's read (steps.compile_ahead).
+  stages = record["step_stages_s"]
+  assert {"trace", "lower", "compile"} <= set(stages)
+  assert set(stages) <= {"trace", "lower", "compile", "stored_read", "prefault_mb", "prefault_s"}
+  assert all(t is None or t >= 0 for t in [*record["stages_s"].values(), *stages.values()])
   fusions = record["step_library_fusions"]
   assert all(k.startswith("__") and n > 0 for k, n in fusions.items())
   assert record["step_temporaries_mb"] > 0

@@ -1,0 +1,172 @@
+"""A process's first step is kept after its first call and read back by the next process
+before its program is traced, used only if the traced program is the one kept."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxpose import host_memory
+from jaxpose import step_store
+from jaxpose import steps
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _program(x, y):
+  return jnp.tanh(jnp.sin(x) @ y) @ x + y.sum(), {"norm": jnp.linalg.norm(x)}
+
+
+def _other(x, y):
+  return jnp.cos(x) @ y + 1.0, {"norm": jnp.abs(x).sum()}
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+  """A persistent compilation cache directory of this test's own (restored afterwards)."""
+  monkeypatch.delenv(step_store.STORE_VARIABLE, raising=False)
+  monkeypatch.setenv(host_memory.PREFAULT_VARIABLE, "0")  # Tested in test_host_memory.py.
+  before = jax.config.jax_compilation_cache_dir
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path))
+  # These programs compile in milliseconds: kept all the same (StepStore.min_compile_s).
+  monkeypatch.setattr(step_store.StepStore, "min_compile_s", staticmethod(lambda: 0.0))
+  yield tmp_path
+  jax.config.update("jax_compilation_cache_dir", before)
+
+
+def _args():
+  x = np.linspace(-1, 1, 48 * 48, dtype=np.float32).reshape(48, 48)
+  return x, x.T * 0.5
+
+
+def _stored(cache_dir) -> list[str]:
+  directory = cache_dir / step_store.DIRECTORY
+  return sorted(os.listdir(directory)) if directory.exists() else []
+
+
+def test_a_kept_step_is_read_back_before_tracing_and_computes_the_same(cache_dir):
+  x, y = _args()
+  expected = jax.jit(_program)(x, y)
+  first = steps.compile_ahead(jax.jit(_program), x, y, keep="a program").result()
+  assert _stored(cache_dir) == []  # Kept once its first call is on its way,
+  out = first(x, y)
+  first.after_done.result()
+  assert len(_stored(cache_dir)) == 1  # under the name known before tracing.
+  jax.tree.map(np.testing.assert_array_equal, out, expected)
+
+  laps = {}  # The next process: a new jit of the same function.
+  second = steps.compile_ahead(jax.jit(_program), x, y, laps=laps, keep="a program").result()
+  assert "stored_read" in laps and laps["stored_read"] >= 0
+  assert not isinstance(second, host_memory.FirstCall)  # Read, so not kept again.
+  for _ in range(2):
+    jax.tree.map(np.testing.assert_array_equal, second(x, y), expected)
+
+
+def test_another_program_under_the_same_name_is_compiled_and_replaces_it(cache_dir):
+  x, y = _args()
+  first = steps.compile_ahead(jax.jit(_program), x, y, keep="a program").result()
+  first(x, y)
+  first.after_done.result()
+  laps = {}  # The code changed, the label did not.
+  changed = steps.compile_ahead(jax.jit(_other), x, y, laps=laps, keep="a program").result()
+  assert "stored_read" not in laps
+  jax.tree.map(np.testing.assert_array_equal, changed(x, y), jax.jit(_other)(x, y))
+  changed.after_done.result()
+  laps = {}
+  again = steps.compile_ahead(jax.jit(_other), x, y, laps=laps, keep="a program").result()
+  assert "stored_read" in laps
+  jax.tree.map(np.testing.assert_array_equal, again(x, y), jax.jit(_other)(x, y))
+
+
+def test_a_kept_step_that_cannot_be_used_is_compiled(cache_dir, monkeypatch):
+  x, y = _args()
+  first = steps.compile_ahead(jax.jit(_program), x, y, keep="a program").result()
+  first(x, y)
+  first.after_done.result()
+
+  def broken(self, lowered):
+    raise TypeError("another JAX's Compiled")
+
+  monkeypatch.setattr(step_store.Reading, "compiled", broken)
+  laps = {}
+  step = steps.compile_ahead(jax.jit(_program), x, y, laps=laps, keep="a program").result()
+  assert "stored_read" not in laps
+  jax.tree.map(np.testing.assert_array_equal, step(x, y), jax.jit(_program)(x, y))
+
+
+def test_the_name_is_the_label_and_the_arguments_and_is_the_same_in_another_process():
+  x, y = _args()
+  name = step_store.name("a program", (x, y))
+  assert name == step_store.name("a program", (x.copy(), y))
+  assert name != step_store.name("another", (x, y))
+  assert name != step_store.name("a program", (x, y[:, :47]))
+  assert name != step_store.name("a program", (x, y.astype(np.float16)))
+  assert name != step_store.name("a program", {"x": x, "y": y})
+  code = ("import numpy as np; import tests.conftest; from jaxpose import step_store; "
+          "x = np.linspace(-1, 1, 48 * 48, dtype=np.float32).reshape(48, 48); "
+          "print(step_store.name('a program', (x, x.T * 0.5)))")
+  done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                        timeout=120, check=True)
+  assert done.stdout.strip() == name
+
+
+def test_a_damaged_entry_counts_as_absent_and_is_replaced(cache_dir):
+  x, y = _args()
+  store = step_store.StepStore.beside_cache()
+  os.makedirs(store.directory)
+  name = step_store.name("a program", (x, y))
+  with open(store._path(name), "wb") as f:
+    f.write(b"not a pickle")
+  assert store.read(name) is None
+  laps = {}
+  step = steps.compile_ahead(jax.jit(_program), x, y, laps=laps, keep="a program").result()
+  assert "stored_read" not in laps
+  step(x, y)
+  step.after_done.result()
+  assert store.read(name) is not None
+
+
+def test_a_step_read_from_the_persistent_cache_is_not_kept(cache_dir):
+  # Serialised again, such an executable lost its functions here (step_store's docstring).
+  before = jax.config.jax_persistent_cache_min_compile_time_secs
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  x, y = _args()
+  salt = float(int.from_bytes(os.urandom(3), "little"))  # A program no earlier run cached.
+  fn = lambda x, y: (jnp.sinh(x) @ y + salt, {"n": x.sum()})
+  try:
+    _, fresh = step_store.compile_fresh(jax.jit(fn).lower(x, y))
+    jax.clear_caches()  # As a new process: only the persistent cache has it.
+    _, again = step_store.compile_fresh(jax.jit(fn).lower(x, y))
+  finally:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", before)
+  assert fresh and not again
+
+
+def test_a_step_that_compiles_faster_than_the_cache_keeps_is_not_kept(cache_dir, monkeypatch):
+  x, y = _args()
+  monkeypatch.setattr(step_store.StepStore, "min_compile_s", staticmethod(lambda: 1e9))
+  step = steps.compile_ahead(jax.jit(_program), x, y, keep="a program").result()
+  assert not isinstance(step, host_memory.FirstCall)
+  step(x, y)
+  assert _stored(cache_dir) == []
+
+
+def test_the_store_keeps_the_newest_entries_and_applies_only_where_asked(cache_dir, monkeypatch):
+  x, y = _args()
+  store = step_store.StepStore(str(cache_dir / "kept"), keep=2)
+  compiled = jax.jit(_program).lower(x, y).compile()
+  for i in range(4):
+    assert store.put(f"n{i}", "p", compiled)
+    os.utime(store._path(f"n{i}"), (i, i))  # Distinct times, oldest first.
+  assert sorted(os.listdir(store.directory)) == ["n2.step", "n3.step"]
+  assert store.read("n3").program == "p" and store.read("n0") is None
+  assert step_store.StepStore.beside_cache() is not None
+  monkeypatch.setenv(step_store.STORE_VARIABLE, "0")
+  assert step_store.StepStore.beside_cache() is None
+  monkeypatch.delenv(step_store.STORE_VARIABLE)
+  jax.config.update("jax_compilation_cache_dir", str(cache_dir / "absent"))
+  assert step_store.StepStore.beside_cache() is None
