@@ -14,7 +14,7 @@ A stale entry (the code changed) costs a read beside the trace, then the step co
 An entry is written only from a program XLA compiled in this process: an executable read from
 the persistent cache and serialised again lost its functions here ("Function ... not found" at
 its first call; jax 0.10.2, CPU). The last `KEEP` entries are kept (the 2-stack hourglass's is 10 MB).
-Only for one process on a CPU, where it was measured; `$JAXPOSE_STEP_STORE=0` turns it off.
+Only for one process on one CPU device, where it was measured; `$JAXPOSE_STEP_STORE=0` turns it off.
 As with the persistent cache itself, reading an entry runs what it holds (pickle, XLA's
 executable): keep the cache directory your own.
 """
@@ -92,12 +92,13 @@ class StepStore:
   @classmethod
   def beside_cache(cls) -> "StepStore | None":
     """The store in the persistent compilation cache's directory, or None where it does not
-    apply: $JAXPOSE_STEP_STORE is "0", no local cache directory, not the CPU, or several
-    processes (each would write the same files)."""
+    apply: $JAXPOSE_STEP_STORE is "0", no local cache directory, not the CPU, or more than one
+    device (an executable is read back onto every device the backend has) or process (each
+    would write the same files)."""
     cache_dir = jax.config.jax_compilation_cache_dir
     if (os.environ.get(STORE_VARIABLE, "1") == "0" or not cache_dir
         or not os.path.isdir(cache_dir) or jax.default_backend() != "cpu"
-        or jax.process_count() > 1):
+        or jax.device_count() > 1):
       return None
     return cls(os.path.join(cache_dir, DIRECTORY))
 
