@@ -212,12 +212,7 @@ def compile_ahead(step_fn, *args, laps: dict | None = None, prefault: bool = Fal
   # The kept step's program is known before tracing: its memory is touched from now on.
   early = _prefault(record, reading.program) if reading is not None else None
   try:
-    clock = time.perf_counter()
-    traced = step_fn.trace(*args)
-    laps["trace"] = round(time.perf_counter() - clock, 3)
-    clock = time.perf_counter()
-    lowered = traced.lower()
-    laps["lower"] = round(time.perf_counter() - clock, 3)
+    lowered = _trace_and_lower(step_fn, args, laps)
   except BaseException:
     if early is not None:
       early.release()
@@ -254,6 +249,16 @@ def compile_ahead(step_fn, *args, laps: dict | None = None, prefault: bool = Fal
   future = executor.submit(compile_)
   executor.shutdown(wait=False)  # The thread ends with its one task.
   return future
+
+
+def _trace_and_lower(step_fn, args, laps: dict) -> jax.stages.Lowered:
+  clock = time.perf_counter()
+  traced = step_fn.trace(*args)
+  laps["trace"] = round(time.perf_counter() - clock, 3)
+  clock = time.perf_counter()
+  lowered = traced.lower()
+  laps["lower"] = round(time.perf_counter() - clock, 3)
+  return lowered
 
 
 def step_label(config, phase: optim.Phase) -> str:
