@@ -11,11 +11,12 @@ the step itself, and uses what it read only if the lowered program is the one st
 (`host_memory.program_key`, its SHA-256): the name only says where to look, the program decides.
 A stale entry (the code changed) costs a read beside the trace, then the step compiles as before.
 
-An entry is written only from a program XLA compiled in this process: an executable read from
-the persistent cache and serialised again lost its functions here ("Function ... not found" at
-its first call; jax 0.10.2, CPU). The last `KEEP` entries are kept (the 2-stack hourglass's is 10 MB).
-Only for one process on one CPU device, where it was measured; `$JAXPOSE_STEP_STORE=0` turns it off.
-As with the persistent cache itself, reading an entry runs what it holds (pickle, XLA's
+An entry is written only from a program XLA compiled in this process, and only if it took at
+least the persistent cache's threshold to compile: an executable read from the persistent cache
+and serialised again lost its functions here ("Function ... not found" at its first call; jax
+0.10.2, CPU). The last `KEEP` entries are kept (the 2-stack hourglass's step is 10 MB). Only
+for one process on one CPU device, where it was measured; `$JAXPOSE_STEP_STORE=0` turns it
+off. As with the persistent cache itself, reading an entry runs what it holds (pickle, XLA's
 executable): keep the cache directory your own.
 """
 
@@ -123,7 +124,8 @@ class StepStore:
       logging.info("The stored step %s could not be read (%s: %s).", path, type(e).__name__, e)
       return None
     if (not isinstance(entry, dict) or entry.get("format") != _FORMAT
-        or not isinstance(entry.get("program"), str) or not isinstance(entry.get("payload"), bytes)):
+        or not isinstance(entry.get("program"), str)
+        or not isinstance(entry.get("payload"), bytes)):
       return None
     return Reading(entry["program"], entry["payload"], path)
 
@@ -162,8 +164,9 @@ class StepStore:
 
 
 class Reading:
-  """A stored step being read: `program`, the key of the lowered program it was compiled from;
-  `result()`, the executable, deserialised on a thread of its own (None if that failed)."""
+  """A stored step being read: `program`, the key of the lowered program it was compiled from,
+  at once; `compiled(lowered)`, the executable, deserialised on a thread of its own meanwhile
+  (None if that failed)."""
 
   def __init__(self, program: str, payload: bytes, path: str):
     self.program, self.path = program, path
