@@ -170,3 +170,41 @@ def test_the_store_keeps_the_newest_entries_and_applies_only_where_asked(cache_d
   monkeypatch.delenv(step_store.STORE_VARIABLE)
   jax.config.update("jax_compilation_cache_dir", str(cache_dir / "absent"))
   assert step_store.StepStore.beside_cache() is None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prefault is Linux-only")
+def test_a_kept_programs_memory_is_touched_from_before_tracing(cache_dir, monkeypatch):
+  monkeypatch.delenv(host_memory.PREFAULT_VARIABLE)
+  x, y = _args()
+  first = steps.compile_ahead(jax.jit(_program), x, y, keep="a program", prefault=True).result()
+  first(x, y)
+  first.after_done.result()  # Its sizes recorded and its executable kept.
+  record = host_memory.TemporariesRecord.beside_cache()
+  key = host_memory.program_key(jax.jit(_program).trace(x, y).lower())
+  nbytes, _ = record.get(key)
+  record.put(key, nbytes, host_memory.resident_bytes() + (64 << 20))
+  reading = step_store.StepStore.beside_cache().read(step_store.name("a program", (x, y)))
+  assert reading.program == key  # Known before tracing: what the touch starts from.
+
+  log = []
+  prefault, trace_and_lower = steps._prefault, steps._trace_and_lower
+  touches = []
+  monkeypatch.setattr(steps, "_prefault", lambda record, k: log.append(("touch", k)) or (
+      touches.append(prefault(record, k)) or touches[-1]))
+  monkeypatch.setattr(steps, "_trace_and_lower",
+                      lambda *a: log.append(("trace", None)) or trace_and_lower(*a))
+  laps = {}
+  second = steps.compile_ahead(jax.jit(_program), x, y, laps=laps, keep="a program",
+                               prefault=True).result()
+  assert log == [("touch", key), ("trace", None)]  # Touched before tracing,
+  assert second.prefault.nbytes == nbytes and "stored_read" in laps  # for the kept program.
+  jax.tree.map(np.testing.assert_array_equal, second(x, y), jax.jit(_program)(x, y))
+  assert laps["prefault_mb"] == round(nbytes / 2**20)
+
+  log.clear()  # Another program under the same name: that touch is handed back.
+  other = steps.compile_ahead(jax.jit(_other), x, y, keep="a program", prefault=True).result()
+  assert [entry[0] for entry in log] == ["touch", "trace", "touch"]
+  assert touches[-1] is None and not touches[-2]._chunks  # Nothing known of _other.
+  touches[-2]._thread.join(60)
+  assert not touches[-2]._thread.is_alive()
+  jax.tree.map(np.testing.assert_array_equal, other(x, y), jax.jit(_other)(x, y))
