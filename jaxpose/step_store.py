@@ -14,9 +14,9 @@ A stale entry (the code changed) costs a read beside the trace, then the step co
 An entry is written only from a program XLA compiled in this process, and only if it took at
 least the persistent cache's threshold to compile: an executable read from the persistent cache
 and serialised again lost its functions here ("Function ... not found" at its first call; jax
-0.10.2, CPU). The last `KEEP` entries are kept (the 2-stack hourglass's step is 10 MB, the 8-stack's 34). Only
-for one process on one CPU device, where it was measured; `$JAXPOSE_STEP_STORE=0` turns it
-off. As with the persistent cache itself, reading an entry runs what it holds (pickle, XLA's
+0.10.2, CPU). The last `KEEP` entries are kept (the 2-stack hourglass's step is 10 MB, the
+8-stack's 34 MB). Only for one process on one CPU device, where it was measured;
+`$JAXPOSE_STEP_STORE=0` turns it off. As with the persistent cache itself, reading an entry runs what it holds (pickle, XLA's
 executable): keep the cache directory your own.
 """
 
