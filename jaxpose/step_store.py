@@ -199,5 +199,8 @@ class Reading:
       return None
     unloaded, args_info_flat, no_kwargs = loaded
     args_info = lowered.in_tree.unflatten(args_info_flat)
-    return jax.stages.Compiled(unloaded.load(), [], args_info, lowered.out_tree,
-                               no_kwargs=no_kwargs)
+    compiled = jax.stages.Compiled(unloaded.load(), [], args_info, lowered.out_tree,
+                                   no_kwargs=no_kwargs)
+    with contextlib.suppress(OSError):  # Used: the newest to the pruning (`StepStore.keep`).
+      os.utime(self.path)
+    return compiled

@@ -58,9 +58,12 @@ def test_a_kept_step_is_read_back_before_tracing_and_computes_the_same(cache_dir
   assert len(_stored(cache_dir)) == 1  # under the name known before tracing.
   jax.tree.map(np.testing.assert_array_equal, out, expected)
 
+  path = cache_dir / step_store.DIRECTORY / _stored(cache_dir)[0]
+  os.utime(path, (0, 0))
   laps = {}  # The next process: a new jit of the same function.
   second = steps.compile_ahead(jax.jit(_program), x, y, laps=laps, keep="a program").result()
   assert "stored_read" in laps and laps["stored_read"] >= 0
+  assert path.stat().st_mtime > 0  # Used: the newest to the pruning.
   assert not isinstance(second, host_memory.FirstCall)  # Read, so not kept again.
   for _ in range(2):
     jax.tree.map(np.testing.assert_array_equal, second(x, y), expected)
