@@ -14,9 +14,9 @@ A stale entry (the code changed) costs a read beside the trace, then the step co
 An entry is written only from a program XLA compiled in this process, and only if it took at
 least the persistent cache's threshold to compile: an executable read from the persistent cache
 and serialised again lost its functions here ("Function ... not found" at its first call; jax
-0.10.2, CPU). The last `KEEP` entries are kept (the 2-stack hourglass's step is 10 MB, the
-8-stack's 34 MB). Only for one process on one CPU device, where it was measured;
-`$JAXPOSE_STEP_STORE=0` turns it off. As with the persistent cache itself, reading an entry
+0.10.2, CPU). The `KEEP` entries last written or read are kept (the 2-stack hourglass's step
+is 10 MB, the 8-stack's 34 MB). Only for one process on one CPU device, where it was
+measured; `$JAXPOSE_STEP_STORE=0` turns it off. As with the persistent cache itself, reading an entry
 runs what it holds (pickle, XLA's executable): keep the cache directory your own.
 """
 
@@ -131,7 +131,7 @@ class StepStore:
 
   def put(self, key: str, program: str, compiled: jax.stages.Compiled) -> bool:
     """Stores `compiled` (compiled here from the program whose key is `program`) as `key`, then
-    keeps the newest `keep` files. False if it cannot be serialised or written."""
+    keeps the `keep` files last written or read. False if it cannot be serialised or written."""
     try:
       payload, _, _ = serialize_executable.serialize(compiled)
     except (ValueError, NotImplementedError, AttributeError, TypeError) as e:
