@@ -16,8 +16,8 @@ least the persistent cache's threshold to compile: an executable read from the p
 and serialised again lost its functions here ("Function ... not found" at its first call; jax
 0.10.2, CPU). The `KEEP` entries last written or read are kept (the 2-stack hourglass's step
 is 10 MB, the 8-stack's 34 MB). Only for one process on one CPU device, where it was
-measured; `$JAXPOSE_STEP_STORE=0` turns it off. As with the persistent cache itself, reading an entry
-runs what it holds (pickle, XLA's executable): keep the cache directory your own.
+measured; `$JAXPOSE_STEP_STORE=0` turns it off. As with the persistent cache itself, reading an
+entry runs what it holds (pickle, XLA's executable): keep the cache directory your own.
 """
 
 import concurrent.futures
