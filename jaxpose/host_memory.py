@@ -144,6 +144,29 @@ def peak_resident_bytes() -> int:
   return status_bytes("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def cpu_cache_directory() -> str | None:
+  """The persistent compilation cache's directory, where it is a local one and the default
+  backend is the CPU (where what is kept beside it, `TemporariesRecord` and
+  `step_store.StepStore`, was measured); else None."""
+  cache_dir = jax.config.jax_compilation_cache_dir
+  if not cache_dir or jax.default_backend() != "cpu" or not os.path.isdir(cache_dir):
+    return None
+  return cache_dir
+
+
+def replace_file(path: str, data: bytes, prefix: str) -> None:
+  """Writes `data` as `path` whole: to a temporary file (`prefix`...) beside it, then
+  `os.replace`, so that another process never reads half of it. Raises OSError."""
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=prefix)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+
+
 class TemporariesRecord:
   """What the programs compiled on this machine took, by `program_key`: {"temporaries": bytes
   of XLA's temporaries, "peak_rss": the process's peak RSS when its first run was done}. A
@@ -160,10 +183,8 @@ class TemporariesRecord:
     directory, or $JAXPOSE_PREFAULT is "0"."""
     if os.environ.get(PREFAULT_VARIABLE, "1") == "0" or not sys.platform.startswith("linux"):
       return None
-    cache_dir = jax.config.jax_compilation_cache_dir
-    if not cache_dir or jax.default_backend() != "cpu" or not os.path.isdir(cache_dir):
-      return None
-    return cls(os.path.join(cache_dir, RECORD_FILE))
+    cache_dir = cpu_cache_directory()
+    return None if cache_dir is None else cls(os.path.join(cache_dir, RECORD_FILE))
 
   def _read(self) -> dict:
     try:
@@ -187,14 +208,7 @@ class TemporariesRecord:
     records[key] = {"temporaries": int(temporaries), "peak_rss": int(peak_rss)}  # Newest last.
     records = dict(list(records.items())[-_MAX_RECORDS:])
     with contextlib.suppress(OSError):
-      fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), prefix=".step_temporaries")
-      try:
-        with os.fdopen(fd, "w") as f:
-          json.dump(records, f)
-        os.replace(tmp, self.path)
-      finally:
-        if os.path.exists(tmp):
-          os.unlink(tmp)
+      replace_file(self.path, json.dumps(records).encode(), prefix=".step_temporaries")
 
   def remember(self, key: str, compiled: jax.stages.Compiled, peak_rss: int) -> None:
     """Records `compiled`'s temporaries (XLA's memory analysis: 0.3 s for the 2-stack's step)

@@ -26,13 +26,14 @@ import hashlib
 import io
 import os
 import pickle
-import tempfile
 import threading
 import time
 
 from absl import logging
 import jax
 from jax.experimental import serialize_executable
+
+from jaxpose import host_memory
 
 STORE_VARIABLE = "JAXPOSE_STEP_STORE"
 DIRECTORY = "jaxpose_steps"  # Inside the persistent compilation cache's directory.
@@ -96,12 +97,10 @@ class StepStore:
     apply: $JAXPOSE_STEP_STORE is "0", no local cache directory, not the CPU, or more than one
     device (an executable is read back onto every device the backend has) or process (each
     would write the same files)."""
-    cache_dir = jax.config.jax_compilation_cache_dir
-    if (os.environ.get(STORE_VARIABLE, "1") == "0" or not cache_dir
-        or not os.path.isdir(cache_dir) or jax.default_backend() != "cpu"
-        or jax.device_count() > 1):
+    if os.environ.get(STORE_VARIABLE, "1") == "0" or jax.device_count() > 1:
       return None
-    return cls(os.path.join(cache_dir, DIRECTORY))
+    cache_dir = host_memory.cpu_cache_directory()
+    return None if cache_dir is None else cls(os.path.join(cache_dir, DIRECTORY))
 
   @staticmethod
   def min_compile_s() -> float:
@@ -137,17 +136,11 @@ class StepStore:
     except (ValueError, NotImplementedError, AttributeError, TypeError) as e:
       logging.info("The step is not stored (%s).", e)
       return False
+    entry = {"format": _FORMAT, "program": program, "payload": payload}
     try:
       os.makedirs(self.directory, exist_ok=True)
-      fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".step")
-      try:
-        with os.fdopen(fd, "wb") as f:
-          pickle.dump({"format": _FORMAT, "program": program, "payload": payload}, f,
-                      protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, self._path(key))
-      finally:
-        if os.path.exists(tmp):
-          os.unlink(tmp)
+      host_memory.replace_file(self._path(key), pickle.dumps(entry, pickle.HIGHEST_PROTOCOL),
+                               prefix=".step")
     except OSError as e:
       logging.info("The step is not stored in %s (%s).", self.directory, e)
       return False
