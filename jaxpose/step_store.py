@@ -22,6 +22,7 @@ entry runs what it holds (pickle, XLA's executable): keep the cache directory yo
 
 import concurrent.futures
 import contextlib
+import functools
 import hashlib
 import io
 import os
@@ -50,17 +51,16 @@ def _count_cache_hit(event: str, **kwargs) -> None:
     _hits.count = getattr(_hits, "count", 0) + 1
 
 
-_listening = threading.Lock()
-_listener_installed = []
+@functools.cache
+def _count_cache_hits() -> None:
+  """Counts the persistent cache's hits per thread from now on, in this process (idempotent)."""
+  jax.monitoring.register_event_listener(_count_cache_hit)
 
 
 def compile_fresh(lowered: jax.stages.Lowered) -> tuple[jax.stages.Compiled, bool]:
   """(`lowered.compile()`, whether XLA compiled it here rather than reading the persistent
   cache): the latter may be stored."""
-  with _listening:
-    if not _listener_installed:
-      jax.monitoring.register_event_listener(_count_cache_hit)
-      _listener_installed.append(True)
+  _count_cache_hits()
   before = getattr(_hits, "count", 0)
   compiled = lowered.compile()
   return compiled, getattr(_hits, "count", 0) == before
