@@ -164,6 +164,22 @@ def test_a_step_that_compiles_faster_than_the_cache_keeps_is_not_kept(cache_dir,
   assert _stored(cache_dir) == []
 
 
+def test_a_step_jax_cannot_serialise_is_not_kept_and_trains_as_before(cache_dir, monkeypatch):
+  def declined(compiled):
+    raise ValueError("Compilation does not support serialization")
+
+  monkeypatch.setattr(step_store.serialize_executable, "serialize", declined)
+  x, y = _args()
+  step = steps.compile_ahead(jax.jit(_program), x, y, keep="a program").result()
+  jax.tree.map(np.testing.assert_array_equal, step(x, y), jax.jit(_program)(x, y))
+  step.after_done.result()  # Not kept,
+  assert _stored(cache_dir) == []
+  laps = {}
+  again = steps.compile_ahead(jax.jit(_program), x, y, laps=laps, keep="a program").result()
+  assert "stored_read" not in laps  # so compiled again.
+  jax.tree.map(np.testing.assert_array_equal, again(x, y), jax.jit(_program)(x, y))
+
+
 def test_the_store_keeps_the_newest_entries_and_applies_only_where_asked(cache_dir, monkeypatch):
   x, y = _args()
   store = step_store.StepStore(str(cache_dir / "kept"), keep=2)
