@@ -227,19 +227,19 @@ class _Ahead:
   compiled: Any  # A future of the jax.stages.Compiled.
 
 
-def _compile_ahead(run: _Run, step: int, local: dict, prefault: bool = False) -> _Ahead | None:
+def _compile_ahead(run: _Run, step: int, local: dict, first: bool = False) -> _Ahead | None:
   """Starts compiling the step of the phase `step` is in, for the state that phase trains and
   this process's batches (`local`: {key: (shape, dtype)}), while the caller does something
-  else: initialises or restores the state, or trains the phase before (`_loop`). `prefault`:
-  the process's first step, which also keeps its program for the next process (`keep`; both
-  in `steps.compile_ahead`)."""
+  else: initialises or restores the state, or trains the phase before (`_loop`). `first`: the
+  process's first step, whose memory is touched ahead (`prefault`) and whose program is kept
+  for the next process (`keep`; both in `steps.compile_ahead`)."""
   if step >= run.num_steps:
     return None
   phase = optim.phase_at(run.phases, step)
   return _Ahead(phase.index, steps.compile_ahead(
       make_train_step(run.family, run.mesh, phase), run.abstract_state(phase),
       parallel.global_batch_spec(local, run.mesh), jax.random.fold_in(run.train_key, step),
-      prefault=prefault, keep=steps.step_label(run.config, phase) if prefault else None))
+      prefault=first, keep=steps.step_label(run.config, phase) if first else None))
 
 
 def _local_spec(dataset: tf.data.Dataset) -> dict:
@@ -317,7 +317,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   planned = run.manager.latest_step() or 0
   dataset = _train_dataset(run, planned)
   local = _local_spec(dataset)  # The same for every phase and every restart's dataset.
-  ahead = _compile_ahead(run, planned, local, prefault=True)
+  ahead = _compile_ahead(run, planned, local, first=True)
   step = _restore_or_init(run)
   if step >= run.num_steps:  # Before the input pipeline starts reading.
     _discard(ahead)
