@@ -19,7 +19,6 @@ from flax import traverse_util
 from flax.training import train_state
 import jax
 import jax.numpy as jnp
-import optax
 
 from jaxpose import families
 from jaxpose import host_memory
@@ -108,10 +107,30 @@ def train_step(state: TrainState, batch, rng, *, family: families.Family, phase:
     return family.loss({**frozen, **params}, state.model_state, batch, rng, phase=phase)
 
   (loss, (model_state, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trained)
-  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+  metrics = {"loss": loss, "grad_norm": _global_norm(grads), **aux}
   grads = {**jax.tree.map(jnp.zeros_like, frozen), **grads}
   new_state = state.apply_gradients(grads=grads, model_state=model_state)
   return new_state, metrics
+
+
+def _global_norm(tree, small: int = 1 << 16) -> jax.Array:
+  """The L2 norm of all of `tree`'s leaves together (optax.tree.norm's value): leaves of fewer
+  than `small` values (biases, BatchNorm's scales) concatenated and reduced at once, larger
+  ones each (a library call each on a CPU), the sums added in one reduction.
+
+  optax.tree.norm reduces every leaf apart and adds the sums one by one: in the 2-stack
+  hourglass's step that made ~1,000 of the 3,545 calls of its compiled program, each of which
+  XLA compiles, and rebuilds whenever it reads the program back (from the persistent cache or
+  `step_store`). Here: 2,570 calls, the same step time, the program read back in 1.85 s
+  instead of 2.2-2.3 (the 8-stack's in 15.9 instead of 32.2 s). All leaves in one
+  concatenation copied 27 MB a step (20 ms); README, Performance."""
+  leaves = [x.astype(jnp.float32) for x in jax.tree.leaves(tree)]
+  sums = [jnp.sum(x * x) for x in leaves if x.size >= small]
+  few = [jnp.ravel(x) for x in leaves if x.size < small]
+  if few:
+    flat = jnp.concatenate(few)
+    sums.append(jnp.sum(flat * flat))
+  return jnp.sqrt(jnp.sum(jnp.stack(sums))) if sums else jnp.zeros((), jnp.float32)
 
 
 def _with_images(family: families.Family, batch):
