@@ -39,7 +39,9 @@ and peak memory never carry over between measurements. Per model and framework:
                beside its arguments and outputs (its memory analysis), most of peak RSS.
   fusions      `step_library_fusions`: the step's fusions that XLA's CPU backend hands to a
                library (YNNPACK here), by root operation; every one is rebuilt when the step is
-               read from the cache, most of the warm start's read.
+               read from the cache, most of the warm start's read. `step_calls`: all the calls
+               of its CPU runtime (fusions, copies, products, loops), which that read also
+               orders, in more than linear time (README, "Fewer calls in the step's program").
 
 --frameworks (jax, torch) and --measure (train, infer, cold, warm) run part of these processes,
 e.g. on an accelerator lent for minutes; what is not measured shows "-" and has no ratio. The
@@ -346,6 +348,7 @@ def jax_train(config, host: dict, task: dict):
   run.compiled = step
   run.report = lambda: {"step_temporaries_mb": temporaries_mb(step),
                         "step_library_fusions": library_fusions(step.as_text()),
+                        "step_calls": runtime_calls(step.as_text()),
                         **jax_device_memory()}
   return info, run
 
@@ -395,6 +398,19 @@ def library_fusions(hlo_text: str) -> dict[str, int]:
     key = f"{kind.group(1)} {op.group(1) if op else '?'}"
     counts[key] = counts.get(key, 0) + 1
   return dict(sorted(counts.items()))
+
+
+# Entry instructions that are no call of XLA's CPU runtime (no thunk of their own).
+_NOT_CALLS = ("parameter", "constant", "tuple", "get-tuple-element", "bitcast")
+
+
+def runtime_calls(hlo_text: str) -> int:
+  """The calls (thunks) of XLA's CPU runtime in an optimised HLO text: its entry computation's
+  instructions but parameters, constants, tuples and bitcasts."""
+  entry = hlo_text[hlo_text.index("\nENTRY"):]
+  entry = entry[:entry.index("\n}")]
+  ops = (re.search(r" = .*?\s([a-z][a-z0-9\-]*)\(", line) for line in entry.splitlines()[1:])
+  return sum(1 for op in ops if op is not None and op.group(1) not in _NOT_CALLS)
 
 
 def jax_infer(config, host: dict, task: dict):
@@ -720,6 +736,7 @@ def measure_framework(framework: str, spec: str, args, label: str) -> dict:
          "startup_step_stages_cold_s": cold.get("step_stages_s"),
          "startup_step_stages_warm_s": warm.get("step_stages_s"),
          "step_library_fusions": train.get("step_library_fusions"),
+         "step_calls": train.get("step_calls"),
          "step_temporaries_mb": train.get("step_temporaries_mb")}
   errors = {k: r["error"] for k, r in runs.items() if "error" in r}
   if errors:

@@ -50,6 +50,7 @@ def test_jax_measurement_record_has_positive_times_and_rss():
   assert all(t is None or t >= 0 for t in [*record["stages_s"].values(), *stages.values()])
   fusions = record["step_library_fusions"]
   assert all(k.startswith("__") and n > 0 for k, n in fusions.items())
+  assert record["step_calls"] > sum(fusions.values())
   assert record["step_temporaries_mb"] > 0
 
 
@@ -83,6 +84,27 @@ def test_library_fusions_are_counted_by_kind_and_root_operation():
                     '  %e = f32[8]{0} add(%a, %b)'])
   assert bench.library_fusions(text) == {"__ynn_fusion dot_general": 1,
                                          "__ynn_fusion reduce_sum": 2}
+
+
+def test_runtime_calls_are_the_entry_computations_instructions_that_run():
+  text = "\n".join([
+      "%fused_computation.1 (p: f32[8]) -> f32[8] {",
+      "  %p = f32[8]{0} parameter(0)",
+      "  ROOT %n = f32[8]{0} negate(%p)",
+      "}",
+      "",
+      "ENTRY %main.2 (a: f32[8], b: f32[8,1]) -> (f32[8], f32[8]) {",
+      "  %a = f32[8]{0} parameter(0)",
+      "  %b = f32[8,1]{1,0} parameter(1)",
+      "  %c = f32[] constant(1)",
+      "  %bc = f32[8]{0} bitcast(%b)",
+      "  %fusion.1 = f32[8]{0} fusion(%a), kind=kLoop, calls=%fused_computation.1",
+      "  %copy.2 = f32[8]{0} copy(%bc)",
+      "  %w = (s32[], f32[8]{0}) while(%t), condition=%cond, body=%body",
+      "  %g = f32[8]{0} get-tuple-element(%w), index=1",
+      "  ROOT %tuple.3 = (f32[8]{0}, f32[8]{0}) tuple(%fusion.1, %copy.2)",
+      "}"])
+  assert bench.runtime_calls(text) == 3  # The fusion, the copy and the loop.
 
 
 def test_report_ratios_and_missing_twins():
