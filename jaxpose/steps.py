@@ -114,15 +114,15 @@ def train_step(state: TrainState, batch, rng, *, family: families.Family, phase:
 
 
 def _global_norm(tree, small: int = 1 << 16) -> jax.Array:
-  """The L2 norm of all of `tree`'s leaves together (optax.tree.norm's value): leaves of fewer
-  than `small` values (biases, BatchNorm's scales) concatenated and reduced at once, larger
-  ones each (a library call each on a CPU), the sums added in one reduction.
+  """The L2 norm of all of `tree`'s (real) leaves together (optax.tree.norm's value): leaves of
+  fewer than `small` values (biases, BatchNorm's scales) concatenated and reduced at once,
+  larger ones each (a library call each on a CPU), the sums added in one reduction.
 
   optax.tree.norm reduces every leaf apart and adds the sums one by one: in the 2-stack
-  hourglass's step that made ~1,000 of the 3,545 calls of its compiled program, each of which
-  XLA compiles, and rebuilds whenever it reads the program back (from the persistent cache or
-  `step_store`). Here: 2,570 calls, the same step time, the program read back in 1.85 s
-  instead of 2.2-2.3 (the 8-stack's in 15.9 instead of 32.2 s). All leaves in one
+  hourglass's step that made ~1,000 of the 4,001 calls of its compiled program's runtime, each
+  of which XLA compiles, and rebuilds whenever it reads the program back (from the persistent
+  cache or `step_store`). Here: 3,027 calls, the same step time, the program read back in
+  1.85 s instead of 2.2-2.3 (the 8-stack's in 15.9 instead of 32.2 s). All leaves in one
   concatenation copied 27 MB a step (20 ms); README, Performance."""
   leaves = [x.astype(jnp.float32) for x in jax.tree.leaves(tree)]
   sums = [jnp.sum(x * x) for x in leaves if x.size >= small]

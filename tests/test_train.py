@@ -311,7 +311,7 @@ def test_init_and_step_keys_are_independent():
 
 def test_the_logged_grad_norm_is_the_global_norm_in_a_few_reductions():
   """The train step's `grad_norm`: optax.tree.norm's value, without a reduction per leaf (on a
-  CPU each became a call of its own in the step's program, 27% of the 2-stack's)."""
+  CPU each became a call of its own in the step's program: a quarter of the 2-stack's)."""
   rng = np.random.default_rng(0)
   tree = {"kernels": [rng.normal(size=(3, 3, 64, 128)).astype(np.float32) for _ in range(3)],
           "biases": [rng.normal(size=(n,)).astype(np.float32) for n in range(1, 300)],
