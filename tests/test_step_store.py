@@ -198,7 +198,7 @@ def test_the_store_keeps_the_newest_entries_and_applies_only_where_asked(cache_d
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prefault is Linux-only")
-def test_a_kept_programs_memory_is_touched_from_before_tracing(cache_dir, monkeypatch):
+def test_a_kept_programs_memory_is_touched_from_before_lowering(cache_dir, monkeypatch):
   monkeypatch.delenv(host_memory.PREFAULT_VARIABLE)
   x, y = _args()
   first = steps.compile_ahead(jax.jit(_program), x, y, keep="a program", prefault=True).result()
@@ -209,26 +209,26 @@ def test_a_kept_programs_memory_is_touched_from_before_tracing(cache_dir, monkey
   nbytes, _ = record.get(key)
   record.put(key, nbytes, host_memory.resident_bytes() + (64 << 20))
   reading = step_store.StepStore.beside_cache().read(step_store.name("a program", (x, y)))
-  assert reading.program == key  # Known before tracing: what the touch starts from.
+  assert reading.program == key  # Known before lowering: what the touch starts from.
 
   log = []
-  prefault, trace_and_lower = steps._prefault, steps._trace_and_lower
+  prefault, timed = steps._prefault, steps._timed
   touches = []
   monkeypatch.setattr(steps, "_prefault", lambda record, k: log.append(("touch", k)) or (
       touches.append(prefault(record, k)) or touches[-1]))
-  monkeypatch.setattr(steps, "_trace_and_lower",
-                      lambda *a: log.append(("trace", None)) or trace_and_lower(*a))
+  monkeypatch.setattr(steps, "_timed",
+                      lambda laps, lap, *a: log.append((lap, None)) or timed(laps, lap, *a))
   laps = {}
   second = steps.compile_ahead(jax.jit(_program), x, y, laps=laps, keep="a program",
                                prefault=True).result()
-  assert log == [("touch", key), ("trace", None)]  # Touched before tracing,
+  assert log == [("trace", None), ("touch", key), ("lower", None)]  # Touched before lowering,
   assert second.prefault.nbytes == nbytes and "stored_read" in laps  # for the kept program.
   jax.tree.map(np.testing.assert_array_equal, second(x, y), jax.jit(_program)(x, y))
   assert laps["prefault_mb"] == round(nbytes / 2**20)
 
   log.clear()  # Another program under the same name: that touch is handed back.
   other = steps.compile_ahead(jax.jit(_other), x, y, keep="a program", prefault=True).result()
-  assert [entry[0] for entry in log] == ["touch", "trace", "touch"]
+  assert [entry[0] for entry in log] == ["trace", "touch", "lower", "touch"]
   assert touches[-1] is None and not touches[-2]._chunks  # Nothing known of _other.
   touches[-2]._thread.join(60)
   assert not touches[-2]._thread.is_alive()
