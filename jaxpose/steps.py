@@ -231,10 +231,8 @@ def compile_ahead(step_fn, *args, laps: dict | None = None, prefault: bool = Fal
   early = None
   try:
     traced = _timed(laps, "trace", step_fn.trace, *args)
-    # The kept step's program is known before it is lowered: its memory is touched from now
-    # on. Not from before tracing: beside the trace and the read, on two cores, the touch
-    # delayed the read, the longer path (warm starts 8.36 / 8.97 s against 9.01 / 9.14 s for
-    # the 2-stack, 35.4 against 36.8 s for the 8-stack; README, Performance).
+    # The kept program's memory, touched from now on; from before the trace, the touch delayed
+    # the read, the longer path (warm start 0.95x for the 2-stack; README, Performance).
     early = _prefault(record, reading.program) if reading is not None else None
     lowered = _timed(laps, "lower", traced.lower)
   except BaseException:
