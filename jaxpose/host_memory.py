@@ -167,6 +167,14 @@ def replace_file(path: str, data: bytes, prefix: str) -> None:
       os.unlink(tmp)
 
 
+def on_thread(name: str, fn, *args) -> concurrent.futures.Future:
+  """A future of fn(*args), run on a thread of its own (named `name`...) that ends with it."""
+  executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name)
+  future = executor.submit(fn, *args)
+  executor.shutdown(wait=False)
+  return future
+
+
 class TemporariesRecord:
   """What the programs compiled on this machine took, by `program_key`: {"temporaries": bytes
   of XLA's temporaries, "peak_rss": the process's peak RSS when its first run was done}. A
@@ -320,9 +328,7 @@ class FirstCall:
         after(peak)
 
       self._seen_ready, self.after = seen, None
-      executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="after_first")
-      self.after_done = executor.submit(run_after)
-      executor.shutdown(wait=False)
+      self.after_done = on_thread("after_first", run_after)
     return out
 
   def __getattr__(self, name):

@@ -20,7 +20,6 @@ measured; `$JAXPOSE_STEP_STORE=0` turns it off. As with the persistent cache its
 entry runs what it holds (pickle, XLA's executable): keep the cache directory your own.
 """
 
-import concurrent.futures
 import contextlib
 import functools
 import hashlib
@@ -168,9 +167,7 @@ class Reading:
   def __init__(self, program: str, payload: bytes, path: str):
     self.program, self.path = program, path
     self.seconds = None  # The deserialisation's, once done.
-    executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="step_store")
-    self._future = executor.submit(self._deserialise, payload)
-    executor.shutdown(wait=False)  # The thread ends with its one task.
+    self._future = host_memory.on_thread("step_store", self._deserialise, payload)
 
   def _deserialise(self, payload: bytes):
     start = time.perf_counter()

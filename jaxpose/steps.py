@@ -267,10 +267,7 @@ def compile_ahead(step_fn, *args, laps: dict | None = None, prefault: bool = Fal
         compiled, prefault=touch, laps=laps,
         after=(lambda peak_rss: [f(peak_rss) for f in after]) if after else None)
 
-  executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile_ahead")
-  future = executor.submit(compile_)
-  executor.shutdown(wait=False)  # The thread ends with its one task.
-  return future
+  return host_memory.on_thread("compile_ahead", compile_)
 
 
 def _timed(laps: dict, name: str, fn, *args):
