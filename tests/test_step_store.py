@@ -54,6 +54,14 @@ def _stored(cache_dir) -> list[str]:
   return sorted(os.listdir(directory)) if directory.exists() else []
 
 
+def _keep(fn=_program, prefault: bool = False):
+  """A first process's step of `fn`, compiled, called once and kept (its after-work done)."""
+  x, y = _args()
+  first = steps.compile_ahead(jax.jit(fn), x, y, keep="a program", prefault=prefault).result()
+  first(x, y)
+  first.after_done.result()
+
+
 def test_a_kept_step_is_read_back_before_tracing_and_computes_the_same(cache_dir):
   x, y = _args()
   expected = jax.jit(_program)(x, y)
@@ -77,9 +85,7 @@ def test_a_kept_step_is_read_back_before_tracing_and_computes_the_same(cache_dir
 
 def test_another_program_under_the_same_name_is_compiled_and_replaces_it(cache_dir):
   x, y = _args()
-  first = steps.compile_ahead(jax.jit(_program), x, y, keep="a program").result()
-  first(x, y)
-  first.after_done.result()
+  _keep()
   laps = {}  # The code changed, the label did not.
   changed = steps.compile_ahead(jax.jit(_other), x, y, laps=laps, keep="a program").result()
   assert "stored_read" not in laps
@@ -93,9 +99,7 @@ def test_another_program_under_the_same_name_is_compiled_and_replaces_it(cache_d
 
 def test_a_kept_step_that_cannot_be_used_is_compiled(cache_dir, monkeypatch):
   x, y = _args()
-  first = steps.compile_ahead(jax.jit(_program), x, y, keep="a program").result()
-  first(x, y)
-  first.after_done.result()
+  _keep()
 
   def broken(self, lowered):
     raise TypeError("another JAX's Compiled")
@@ -201,9 +205,7 @@ def test_the_store_keeps_the_newest_entries_and_applies_only_where_asked(cache_d
 def test_a_kept_programs_memory_is_touched_from_before_lowering(cache_dir, monkeypatch):
   monkeypatch.delenv(host_memory.PREFAULT_VARIABLE)
   x, y = _args()
-  first = steps.compile_ahead(jax.jit(_program), x, y, keep="a program", prefault=True).result()
-  first(x, y)
-  first.after_done.result()  # Its sizes recorded and its executable kept.
+  _keep(prefault=True)  # Its sizes recorded and its executable kept.
   record = host_memory.TemporariesRecord.beside_cache()
   key = host_memory.program_key(jax.jit(_program).trace(x, y).lower())
   nbytes, _ = record.get(key)
