@@ -487,7 +487,8 @@ def max_pool2(x):
   pooling rounds). A maximum of strided slices, like `max_pool_ceil`: the same values as
   `nn.max_pool`, and a gradient of selects instead of XLA's slow select-and-scatter on CPU
   (benchmarks/pooling.py). On ties (rare before a ReLU) the gradient is shared, not given to
-  the first maximum; both are subgradients."""
+  the first maximum; both are subgradients. (`max_pool`'s written-out gradient made the
+  2-stack hourglass's step 1.02x slower: two taps per window leave autodiff little to share.)"""
   x = x[:, :x.shape[1] // 2 * 2, :x.shape[2] // 2 * 2]
   x = jnp.maximum(x[:, 0::2], x[:, 1::2])
   return jnp.maximum(x[:, :, 0::2], x[:, :, 1::2])
@@ -510,17 +511,77 @@ def max_pool_ceil(x, window: int, stride: int):
 
 def max_pool(x, window: int, stride: int, padding: Sequence[tuple[int, int]]):
   """`nn.max_pool(x, (window, window), (stride, stride), padding)` with -inf padding, computed
-  as a separable maximum of strided slices (rows, then columns): the same values, and a
-  gradient of elementwise selects, where XLA's select-and-scatter gradient of `reduce_window`
-  costs ~8x the forward pass on CPU (benchmarks/pooling.py). On ties the gradient is shared.
+  as a separable maximum of strided slices (rows, then columns): the same values.
+
+  XLA's select-and-scatter gradient of `reduce_window` costs ~8x the forward pass on CPU
+  (`benchmarks/pooling.py`). For windows of 3 or more, the gradient is written out
+  (`_max_pool_bwd`): each output's gradient goes to the first maximum of its window (the first
+  column holding it, then the first row in that column; select-and-scatter takes the first in
+  row-major order: both are subgradients, and they differ only on ties), as selects and strided
+  pads. Autodiff of the slices' maxima shares ties instead, through compares, selects and
+  divisions at every tap: the IEF quickstart's step (9 Inception pools of 3x3/1, 4 of 3x3/2)
+  took 1.06x the time with it. For 2x2 windows that autodiff is kept: one maximum per axis
+  leaves it little to share, and the written-out gradient made Tompson's quickstart step 1.07x
+  slower (2026-12-05, the Intel Xeon).
   """
+  if window <= 2:
+    return _max_pool_rows_columns(x, window, stride, padding)
+  return _max_pool(x, window, stride, tuple(tuple(p) for p in padding))
+
+
+def _max_pool_rows_columns(x, window: int, stride: int, padding):
+  """The pooling's values, with autodiff's gradient."""
+  _, rows = _max_pool_rows(x, window, stride, padding)
+  return functools.reduce(jnp.maximum, _window_taps(rows, window, stride, 2))
+
+
+def _window_taps(x, window: int, stride: int, axis: int):
+  """The `window` strided slices of x along `axis` whose maximum is the pooling's."""
+  out = (x.shape[axis] - window) // stride + 1
+  return [jax.lax.slice_in_dim(x, i, i + stride * (out - 1) + 1, stride, axis)
+          for i in range(window)]
+
+
+def _max_pool_rows(x, window: int, stride: int, padding):
+  """x padded with -inf and its maximum over rows: the residual the columns' pass reads."""
   x = jnp.pad(x, [(0, 0), *padding, (0, 0)], constant_values=-jnp.inf)
-  for axis in (1, 2):
-    out = (x.shape[axis] - window) // stride + 1
-    taps = [jax.lax.slice_in_dim(x, i, i + stride * (out - 1) + 1, stride, axis)
-            for i in range(window)]
-    x = functools.reduce(jnp.maximum, taps)
-  return x
+  return x, functools.reduce(jnp.maximum, _window_taps(x, window, stride, 1))
+
+
+_max_pool = jax.custom_vjp(_max_pool_rows_columns, nondiff_argnums=(1, 2, 3))
+
+
+def _max_pool_fwd(x, window, stride, padding):
+  y = _max_pool(x, window, stride, padding)
+  return y, (x, y)
+
+
+def _first_max_gradient(x, y, dy, window: int, stride: int, axis: int):
+  """The gradient of y = max over `window` taps of x along `axis` (`_window_taps`), given
+  dy: at each output, to the first tap equal to the maximum."""
+  taken = None
+  dx = 0
+  for i, tap in enumerate(_window_taps(x, window, stride, axis)):
+    hit = tap == y if taken is None else (tap == y) & ~taken
+    taken = hit if taken is None else taken | hit
+    spread = [(0, 0, 0)] * x.ndim  # The slice's transpose: back to every stride-th place.
+    spread[axis] = (i, x.shape[axis] - i - stride * (y.shape[axis] - 1) - 1, stride - 1)
+    dx = dx + jax.lax.pad(jnp.where(hit, dy, jnp.zeros((), dy.dtype)),
+                          jnp.zeros((), dy.dtype), spread)
+  return dx
+
+
+def _max_pool_bwd(window, stride, padding, residuals, dy):
+  x, y = residuals
+  # The row maxima are recomputed here, after dy (`after`), rather than kept from the forward.
+  padded, rows = _max_pool_rows(after(x, dy), window, stride, padding)
+  d_rows = _first_max_gradient(rows, y, dy, window, stride, 2)
+  d_padded = _first_max_gradient(padded, rows, d_rows, window, stride, 1)
+  (top, _), (left, _) = padding
+  return (d_padded[:, top:top + x.shape[1], left:left + x.shape[2]],)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def avg_pool_ceil(x, window: int, stride: int):

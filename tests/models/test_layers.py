@@ -391,3 +391,25 @@ def test_max_pool_of_slices_equals_reduce_window_values_and_gradient(window, str
   weights = jax.random.normal(jax.random.key(1), ours(x).shape)
   np.testing.assert_allclose(jax.grad(lambda y: jnp.sum(ours(y) * weights))(x),
                              jax.grad(lambda y: jnp.sum(theirs(y) * weights))(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("window,stride,padding", [(3, 1, ((1, 1), (1, 1))),
+                                                   (3, 2, ((0, 1), (0, 1)))])
+def test_max_pool_gives_each_windows_gradient_to_its_first_maximum_on_ties(window, stride,
+                                                                           padding):
+  # Values from {0, 1, 2}: most windows hold their maximum more than once. The written-out
+  # gradient gives each window's to one element: the maximum in the first column that holds
+  # it, the first row in that column (a loop over the windows, here).
+  x = jax.random.randint(jax.random.key(0), (2, 9, 8, 3), 0, 3).astype(jnp.float32)
+  dy = jax.random.normal(jax.random.key(1), layers.max_pool(x, window, stride, padding).shape)
+  grad = jax.grad(lambda y: jnp.sum(layers.max_pool(y, window, stride, padding) * dy))(x)
+  (top, _), (left, _) = padding
+  xp = np.pad(np.asarray(x), ((0, 0), *padding, (0, 0)), constant_values=-np.inf)
+  expected = np.zeros(xp.shape, np.float32)
+  for n, oy, ox, c in np.ndindex(*dy.shape):
+    patch = xp[n, oy * stride:oy * stride + window, ox * stride:ox * stride + window, c]
+    i, j = next((i, j) for j in range(window) for i in range(window)
+                if patch[i, j] == patch.max())
+    expected[n, oy * stride + i, ox * stride + j, c] += dy[n, oy, ox, c]
+  expected = expected[:, top:top + x.shape[1], left:left + x.shape[2]]
+  np.testing.assert_allclose(grad, expected, rtol=1e-6, atol=1e-6)
