@@ -573,6 +573,7 @@ def _first_max_gradient(x, y, dy, window: int, stride: int, axis: int):
 
 
 def _max_pool_bwd(window, stride, padding, residuals, dy):
+  """Each window's gradient to its first maximum: through the columns' maxima, then the rows'."""
   x, y = residuals
   # The row maxima are recomputed here, after dy (`after`), rather than kept from the forward.
   padded, rows = _max_pool_rows(after(x, dy), window, stride, padding)
