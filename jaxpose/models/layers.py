@@ -523,7 +523,7 @@ def max_pool(x, window: int, stride: int, padding: Sequence[tuple[int, int]]):
   takes 0.96x / 0.93x / 0.94x autodiff's time in its three phases; CPM's and DeepPose's
   (3x3/2 only) 0.99x / 1.00x (README, Performance). For 2x2 windows autodiff's is kept: one
   maximum per axis leaves it little to share, and the written-out gradient made Tompson's
-  quickstart step 1.07x slower.
+  quickstart step 1.07x slower. Lowered for other platforms, autodiff's gradient (`on_cpu`).
   """
   if window <= 2:
     return _max_pool_rows_columns(x, window, stride, padding)
@@ -573,14 +573,28 @@ def _first_max_gradient(x, y, dy, window: int, stride: int, axis: int):
 
 
 def _max_pool_bwd(window, stride, padding, residuals, dy):
+  # Measured on CPUs only: lowered for other platforms, autodiff's gradient (ties shared), as
+  # the pooling had before.
+  geometry = (window, stride, padding)
+  return (on_cpu(functools.partial(_max_pool_bwd_cpu, *geometry),
+                 functools.partial(_max_pool_bwd_autodiff, *geometry), *residuals, dy),)
+
+
+def _max_pool_bwd_cpu(window, stride, padding, x, y, dy):
   """Each window's gradient to its first maximum: through the columns' maxima, then the rows'."""
-  x, y = residuals
   # The row maxima are recomputed here, after dy (`after`), rather than kept from the forward.
   padded, rows = _max_pool_rows(after(x, dy), window, stride, padding)
   d_rows = _first_max_gradient(rows, y, dy, window, stride, 2)
   d_padded = _first_max_gradient(padded, rows, d_rows, window, stride, 1)
   (top, _), (left, _) = padding
-  return (d_padded[:, top:top + x.shape[1], left:left + x.shape[2]],)
+  return d_padded[:, top:top + x.shape[1], left:left + x.shape[2]]
+
+
+def _max_pool_bwd_autodiff(window, stride, padding, x, y, dy):
+  """Autodiff's gradient of the strided maxima (GPUs and TPUs)."""
+  del y
+  _, vjp = jax.vjp(lambda x: _max_pool_rows_columns(x, window, stride, padding), x)
+  return vjp(dy)[0]
 
 
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)

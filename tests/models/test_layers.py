@@ -413,3 +413,20 @@ def test_max_pool_gives_each_windows_gradient_to_its_first_maximum_on_ties(windo
     expected[n, oy * stride + i, ox * stride + j, c] += dy[n, oy, ox, c]
   expected = expected[:, top:top + x.shape[1], left:left + x.shape[2]]
   np.testing.assert_allclose(grad, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("platform", ["cpu", "cuda", "tpu"])
+def test_max_pool_gradient_is_written_out_for_cpus_only(platform):
+  """Lowered for a GPU or TPU, a 3x3 pool's gradient is autodiff's (ties shared: divisions),
+  as before the written-out one, which was measured on CPUs only; on CPUs, no division. On
+  distinct values the two gradients are equal."""
+  same = ((1, 1), (1, 1))
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+  program = _gradient_program(platform, lambda x: jnp.sum(jnp.sin(
+      layers.max_pool(x, 3, 1, same))), x)
+  assert ("stablehlo.divide" in program) == (platform != "cpu")
+  y = layers.max_pool(x, 3, 1, same)
+  # pylint: disable=protected-access
+  np.testing.assert_allclose(layers._max_pool_bwd_cpu(3, 1, same, x, y, jnp.cos(y)),
+                             layers._max_pool_bwd_autodiff(3, 1, same, x, y, jnp.cos(y)),
+                             atol=1e-6)
