@@ -560,11 +560,11 @@ def _max_pool_fwd(x, window, stride, padding):
 def _first_max_gradient(x, y, dy, window: int, stride: int, axis: int):
   """The gradient of y = max over `window` taps of x along `axis` (`_window_taps`), given
   dy: at each output, to the first tap equal to the maximum."""
-  taken = None
+  taken = jnp.zeros(y.shape, bool)  # Outputs whose maximum an earlier tap already took.
   dx = 0
   for i, tap in enumerate(_window_taps(x, window, stride, axis)):
-    hit = tap == y if taken is None else (tap == y) & ~taken
-    taken = hit if taken is None else taken | hit
+    hit = (tap == y) & ~taken
+    taken = taken | hit
     spread = [(0, 0, 0)] * x.ndim  # The slice's transpose: back to every stride-th place.
     spread[axis] = (i, x.shape[axis] - i - stride * (y.shape[axis] - 1) - 1, stride - 1)
     dx = dx + jax.lax.pad(jnp.where(hit, dy, jnp.zeros((), dy.dtype)),
