@@ -484,14 +484,9 @@ def upsample_nearest(x, factor: int = 2):
 
 def max_pool2(x):
   """2x2 max pooling with stride 2: [N,H,W,C] -> [N,floor(H/2),floor(W/2),C] (as VALID
-  pooling rounds). A maximum of strided slices, like `max_pool_ceil`: the same values as
-  `nn.max_pool`, and a gradient of selects instead of XLA's slow select-and-scatter on CPU
-  (benchmarks/pooling.py). On ties (rare before a ReLU) the gradient is shared, not given to
-  the first maximum; both are subgradients. (`max_pool`'s written-out gradient made the
-  2-stack hourglass's step 1.02x slower: two taps per window leave autodiff little to share.)"""
-  x = x[:, :x.shape[1] // 2 * 2, :x.shape[2] // 2 * 2]
-  x = jnp.maximum(x[:, 0::2], x[:, 1::2])
-  return jnp.maximum(x[:, :, 0::2], x[:, :, 1::2])
+  pooling rounds): `max_pool` over the even-sized part, so `nn.max_pool`'s values and, for a
+  2x2 window, autodiff's gradient of the strided maxima (ties shared)."""
+  return max_pool(x[:, :x.shape[1] // 2 * 2, :x.shape[2] // 2 * 2], 2, 2, ((0, 0), (0, 0)))
 
 
 def max_pool_ceil(x, window: int, stride: int):
@@ -523,7 +518,8 @@ def max_pool(x, window: int, stride: int, padding: Sequence[tuple[int, int]]):
   takes 0.96x / 0.93x / 0.94x autodiff's time in its three phases; CPM's and DeepPose's
   (3x3/2 only) 0.99x / 1.00x (README, Performance). For 2x2 windows autodiff's is kept: one
   maximum per axis leaves it little to share, and the written-out gradient made Tompson's
-  quickstart step 1.07x slower. Lowered for other platforms, autodiff's gradient (`on_cpu`).
+  quickstart step 1.07x slower, the 2-stack hourglass's (`max_pool2`) 1.02x. Lowered for other
+  platforms, autodiff's gradient (`on_cpu`).
   """
   if window <= 2:
     return _max_pool_rows_columns(x, window, stride, padding)
