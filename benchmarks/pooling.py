@@ -22,19 +22,18 @@ from jaxpose.models import layers  # pylint: disable=g-import-not-at-top,wrong-i
 
 
 # pylint: disable=protected-access
+# `layers.max_pool`'s values with autodiff's gradient of its strided maxima (ties shared).
+_autodiff = layers._max_pool_rows_columns
+
+
 def _ceil_pads(x):
   """The 3x3/2 pool's -inf padding at the bottom and right edges (Caffe's ceil rounding)."""
   return [(0, layers._ceil_overhang(n, 3, 2)) for n in x.shape[1:3]]
+# pylint: enable=protected-access
 
 
 def _reduce_window(x):
   return nn.max_pool(x, (3, 3), strides=(2, 2), padding=_ceil_pads(x))
-
-
-def _autodiff(x, window, stride, padding):
-  """`layers.max_pool`'s values with autodiff's gradient of its strided maxima (ties shared)."""
-  return layers._max_pool_rows_columns(x, window, stride, padding)
-# pylint: enable=protected-access
 
 
 def _time(fn, x, repeats=5) -> float:
