@@ -21,19 +21,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from jaxpose.models import layers  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
-# pylint: disable=protected-access
 # `layers.max_pool`'s values with autodiff's gradient of its strided maxima (ties shared).
-_autodiff = layers._max_pool_rows_columns
-
-
-def _ceil_pads(x):
-  """The 3x3/2 pool's -inf padding at the bottom and right edges (Caffe's ceil rounding)."""
-  return [(0, layers._ceil_overhang(n, 3, 2)) for n in x.shape[1:3]]
-# pylint: enable=protected-access
+_autodiff = layers._max_pool_rows_columns  # pylint: disable=protected-access
 
 
 def _reduce_window(x):
-  return nn.max_pool(x, (3, 3), strides=(2, 2), padding=_ceil_pads(x))
+  return nn.max_pool(x, (3, 3), strides=(2, 2), padding=layers.ceil_padding(x, 3, 2))
 
 
 def _time(fn, x, repeats=5) -> float:
@@ -49,7 +42,7 @@ def main() -> None:
   x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 128, 128, 48)), jnp.float32)
   np.testing.assert_array_equal(_reduce_window(x), layers.max_pool_ceil(x, 3, 2))
   strided = lambda y: layers.max_pool_ceil(y, 3, 2)
-  autodiff = lambda y: _autodiff(y, 3, 2, _ceil_pads(y))  # noqa: E731
+  autodiff = lambda y: _autodiff(y, 3, 2, layers.ceil_padding(y, 3, 2))  # noqa: E731
   cases = {"forward": (_reduce_window, strided),
            "forward+backward": (jax.grad(lambda y: _reduce_window(y).sum()),
                                 jax.grad(lambda y: strided(y).sum()),

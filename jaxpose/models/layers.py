@@ -497,11 +497,10 @@ def max_pool_ceil(x, window: int, stride: int):
   the max) reproduces Caffe's sizes and values: 368 -> 184 -> 92 -> 46 with k3 s2, which
   VALID pooling would make 183 -> 91 -> 45.
   """
+  pads = ceil_padding(x, window, stride)
   if min(x.shape[1:3]) < window:  # No whole window fits: as reduce_window rounds it.
-    pads = [(0, _ceil_overhang(n, window, stride)) for n in x.shape[1:3]]
     return nn.max_pool(x, (window, window), strides=(stride, stride), padding=pads)
-  return max_pool(x, window, stride, [(0, _ceil_overhang(n, window, stride))
-                                      for n in x.shape[1:3]])
+  return max_pool(x, window, stride, pads)
 
 
 def max_pool(x, window: int, stride: int, padding: Sequence[tuple[int, int]]):
@@ -599,15 +598,19 @@ _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 def avg_pool_ceil(x, window: int, stride: int):
   """Average pooling with Caffe's ceil rounding, each window divided by its number of valid
   pixels (Caffe clips the overhanging last window; Flax would count padded zeros)."""
-  pads = [(0, _ceil_overhang(n, window, stride)) for n in x.shape[1:3]]
-  return nn.avg_pool(x, (window, window), strides=(stride, stride), padding=pads,
-                     count_include_pad=False)
+  return nn.avg_pool(x, (window, window), strides=(stride, stride),
+                     padding=ceil_padding(x, window, stride), count_include_pad=False)
 
 
-def _ceil_overhang(size: int, window: int, stride: int) -> int:
-  """Pixels past the edge that the last window of a ceil-rounded pooling covers."""
-  out = -(-(size - window) // stride) + 1
-  return max(0, (out - 1) * stride + window - size)
+def ceil_padding(x, window: int, stride: int) -> list[tuple[int, int]]:
+  """The (top, bottom), (left, right) padding of x [N,H,W,C] that makes a pooling round its
+  output size up (Caffe): none at the top / left, and at the bottom / right the pixels past the
+  edge that the last window covers."""
+  pads = []
+  for size in x.shape[1:3]:
+    out = -(-(size - window) // stride) + 1
+    pads.append((0, max(0, (out - 1) * stride + window - size)))
+  return pads
 
 
 def local_response_norm(x, size: int = 5, k: float = 2.0, alpha: float = 1e-4,
