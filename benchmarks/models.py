@@ -41,7 +41,8 @@ and peak memory never carry over between measurements. Per model and framework:
                library (YNNPACK here), by root operation; every one is rebuilt when the step is
                read from the cache, most of the warm start's read. `step_calls`: all the calls
                of its CPU runtime (fusions, copies, products, loops), which that read also
-               orders, in more than linear time (README, "Fewer calls in the step's program").
+               orders, in more than linear time (docs/performance_log.md, "Fewer calls in the
+               step's program").
 
 --frameworks (jax, torch) and --measure (train, infer, cold, warm) run part of these processes,
 e.g. on an accelerator lent for minutes; what is not measured shows "-" and has no ratio. The

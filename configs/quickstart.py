@@ -68,7 +68,7 @@ def hourglass(tiny: bool):
   c.loss_scale = 1.0
   # 7000 steps: 92.60 in 9.5 min on 2026-12-02 (90.17 at step 3500), when this machine ran
   # 1.8x faster than in the sessions before (a step 0.078 s inside train.py, 0.14 s then); in
-  # those, 4000 steps took 9.3 min (88.86) and 7000 would take ~16 (README).
+  # those, 4000 steps took 9.3 min (88.86) and 7000 would take ~16 (docs/results_log.md).
   c.num_train_steps = 7000
   c.eval_every_steps = 1750
   c.checkpoint_every_steps = 1750
@@ -88,9 +88,9 @@ def cpm(tiny: bool):
   3 stages of three 5x5 convolutions, BatchNorm and He initialisation for training from
   scratch, and the release's decoding (beliefs upsampled to the input, then the argmax).
 
-  Measured (README): 84.45 at step 1800, 9.8 min (80.30 at 1550). At stride 8 with 7x7 stages:
-  77.51 at step 2000 (79.70 decoded by upsampling); the original layout's two 3-conv trunks:
-  54.6 (55.9 at step 900 with BatchNorm)."""
+  Measured (docs/results_log.md): 84.45 at step 1800, 9.8 min (80.30 at 1550). At stride 8
+  with 7x7 stages: 77.51 at step 2000 (79.70 decoded by upsampling); the original layout's two
+  3-conv trunks: 54.6 (55.9 at step 900 with BatchNorm)."""
   c = _common(base.get_config())
   c.model = ml_collections.ConfigDict(dict(
       name="cpm", variant="vgg", num_stages=3, vgg_features=((16,), (32, 32), (48, 48)),
@@ -114,8 +114,8 @@ def cpm(tiny: bool):
 def tompson(tiny: bool):
   """A CPU-sized Tompson et al.: three narrow banks at 128 px, stride 4 (32x32 maps), the
   spatial model on; trained in the paper's three phases (detector, spatial model, jointly),
-  decoded as CPM's release does (maps upsampled x4, then the argmax). Measured (README):
-  78.53 in 7.9 min."""
+  decoded as CPM's release does (maps upsampled x4, then the argmax). Measured
+  (docs/results_log.md): 78.53 in 7.9 min."""
   c = _common(base.get_config())
   c.model = ml_collections.ConfigDict(dict(
       name="tompson", bank_features=(16, 32, 32, 64), bank_kernels=(5, 5, 5, 7),
@@ -165,7 +165,7 @@ def deeppose(tiny: bool):
   resolution" for the later stages), trained stage by stage (one phase each); no dropout (the
   paper's is 0.6 on its fc layers; 0.2 here gave 36.5 -> 41.0 -> 41.8: in a ten-minute run from
   scratch it only slows the fit), stage 3 starting from stage 2's weights, flips only (no scale
-  or colour jitter, below). Measured (README): 47.0 -> 53.5 -> 53.8 per stage, 9.9 min
+  or colour jitter, below). Measured (docs/results_log.md): 47.0 -> 53.5 -> 53.8 per stage, 9.9 min
   (2026-12-04, an AMD EPYC); with the jitter 45.9 -> 51.5 -> 52.3 in 9.5 min on the Intel
   machine (2026-12-02), 44.9 -> 50.0 -> 50.6 in 10.0 min on the AMD EPYC. BatchNorm
   (model.batch_norm) with batch 16 trained stage 1 slower per image than this (loss 0.0089
@@ -218,7 +218,7 @@ def ief(tiny: bool):
   jitter, below): 43.1 -> 58.5 -> 62.67 in 9.4 min (2026-12-04, 14:38 UTC, an AMD EPYC).
   With the jitter, on the Intel machine: 42.8 -> 58.5 -> 62.2 in 9.9 min
   (2026-12-04, 06:50 UTC), 8.3 min with the later phases' steps compiled ahead (07:19 UTC, a
-  faster half hour). Before that (README, 2026-12-03, 13:00 UTC, the maps no
+  faster half hour). Before that (docs/results_log.md, 2026-12-03, 13:00 UTC, the maps no
   longer rendered: same network, different rounding): 40.9 -> 52.6 -> 53.8 per iteration in 9.8
   min in a slower session (seed 1: 39.0 -> 53.8 -> 55.7). Rendered, 09:45 UTC: 41.3 -> 55.1 ->
   56.6 in 9.7 min (seed 1: 55.7 in 9.3); std 0.03: 55.1 in 9.8; the release's 0.1: 37.7 -> 51.9
@@ -260,7 +260,7 @@ def ief(tiny: bool):
   # slower than in a shorter run, 13.5 against 17 steps/s: the machine's noise, in our reading).
   # Phases cost ~0.08 / 0.10 / 0.12 s a step here (phase t also runs the t-1 earlier steps'
   # forward passes). [2000, 1100, 900]: 46.9 in 7.6 min; [2200, 1300, 1000]: 49.1 in 7.4 (a
-  # faster session); [2900, 1700, 600]: 51.7 in 9.0 (the same). Narrower (README):
+  # faster session); [2900, 1700, 600]: 51.7 in 9.0 (the same). Narrower (docs/results_log.md):
   # width_divisor=8 with [4000, 2200, 1800] 49.6 in 10.5 min, [3700, 2000, 1700] 46.7 in 10.0;
   # width_divisor=16 with [5000, 2800, 2200] 41.3 in 8.9. [2400, 1400, 1100]: 49.5 in 7.2
   # (2026-12-03 05:30 UTC; 10.4 min on a slower evening). [3200, 1900, 1500]: 53.2 in 9.6 min

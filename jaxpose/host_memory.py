@@ -87,7 +87,7 @@ def stats() -> dict:
 # whatever `mmap_max` says; `strace` of the 2-stack hourglass's steps: one 1,556,303,872-byte
 # `mmap` and `munmap` each) and unmaps them after it. A later step's pages are the ones the step
 # before gave back a moment earlier, which the kernel has at hand. The first step's are not: on
-# a virtual machine whose balloon reports free memory to its host (README, Performance: "Huge
+# a virtual machine whose balloon reports free memory to its host (docs/performance_log.md: "Huge
 # pages"), the host backs each of them again at its first touch. The 2-stack's first step took
 # ~5.1-5.8 s against ~2.8 s for the next ones (batch 8, 1,484 MiB of temporaries). `Prefault`
 # touches fresh memory on a thread of its own while the step's program is read (or compiled)
@@ -109,7 +109,7 @@ def stats() -> dict:
 # each, A/B by $JAXPOSE_PREFAULT, 2026-12-05): the 2-stack's warm start to its first step done
 # 0.88x the time (11.10 / 11.17 s against 12.76 / 12.64 s), the 8-stack's 0.94x (51.4 against
 # 54.6 s), the peak RSS to it unchanged (2,112 / 2,148 against 2,114 / 2,113 MB; 5,688 against
-# 5,683 MB); README, Performance: "The first step's pages, touched while its program is read".
+# 5,683 MB); docs/performance_log.md: "The first step's pages, touched while its program is read".
 
 RECORD_FILE = "jaxpose_step_temporaries.json"  # In the persistent compilation cache's directory.
 PREFAULT_VARIABLE = "JAXPOSE_PREFAULT"  # "0": no prefault, no record.

@@ -123,7 +123,7 @@ def _global_norm(tree, small: int = 1 << 16) -> jax.Array:
   of which XLA compiles, and rebuilds whenever it reads the program back (from the persistent
   cache or `step_store`). Here: 3,027 calls, the same step time, the program read back in
   1.85 s instead of 2.2-2.3 (the 8-stack's in 15.9 instead of 32.2 s). All leaves in one
-  concatenation copied 27 MB a step (20 ms); README, Performance."""
+  concatenation copied 27 MB a step (20 ms); docs/performance_log.md."""
   leaves = [x.astype(jnp.float32) for x in jax.tree.leaves(tree)]
   sums = [jnp.sum(x * x) for x in leaves if x.size >= small]
   few = [jnp.ravel(x) for x in leaves if x.size < small]
@@ -232,7 +232,7 @@ def compile_ahead(step_fn, *args, laps: dict | None = None, prefault: bool = Fal
   try:
     traced = _timed(laps, "trace", step_fn.trace, *args)
     # The kept program's memory, touched from now on; from before the trace, the touch delayed
-    # the read, the longer path (warm start 0.95x for the 2-stack; README, Performance).
+    # the read, the longer path (warm start 0.95x for the 2-stack; docs/performance_log.md).
     early = _prefault(record, reading.program) if reading is not None else None
     lowered = _timed(laps, "lower", traced.lower)
   except BaseException:

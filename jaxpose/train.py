@@ -111,12 +111,12 @@ class _Run:
     return self._abstract_states[phase.index]
 
 
-# Measured on an Intel Xeon with AMX, 2026-12-05 (README, Performance): XLA's CPU convolutions
+# Measured on an Intel Xeon with AMX, 2026-12-05 (docs/performance_log.md): XLA's CPU convolutions
 # do not use AMX, PyTorch's oneDNN ones do.
 BFLOAT16_ON_CPU = (
     "config.mixed_precision='bfloat16' on CPUs: XLA's CPU convolutions are no faster in "
     "bfloat16 than in float32, and the 2-stack hourglass's train step took 1.6x its float32 "
-    "time (README, Performance). On CPUs, float32 trains faster.")
+    "time (docs/performance_log.md). On CPUs, float32 trains faster.")
 
 
 def _set_up(config, workdir: str, allow_inexact_resume: bool) -> _Run:

@@ -346,7 +346,7 @@ class BatchNorm(nn.Module):
     # statistics' part). Autodiff through them kept 2 (x - mean) for the variance's gradient
     # and added its product with that zero to x's gradient; XLA does not fold a product with
     # zero away, so every BatchNorm paid a full pass for nothing (the 8-stack hourglass's
-    # train step 15.1 -> 12.0 s on 2 cores; README, Performance). Callers that differentiate
+    # train step 15.1 -> 12.0 s on 2 cores; docs/performance_log.md). Callers that differentiate
     # the returned statistics themselves get no gradient from them.
     x32 = jax.lax.stop_gradient(x.astype(jnp.float32))
     axes = tuple(range(x.ndim - 1))
@@ -515,7 +515,7 @@ def max_pool(x, window: int, stride: int, padding: Sequence[tuple[int, int]]):
   pads. Autodiff of the slices' maxima shares ties instead, through compares, selects and
   divisions at every tap. The IEF quickstart's step (9 Inception pools of 3x3/1, 4 of 3x3/2)
   takes 0.96x / 0.93x / 0.94x autodiff's time in its three phases; CPM's and DeepPose's
-  (3x3/2 only) 0.99x / 1.00x (README, Performance). For 2x2 windows autodiff's is kept: one
+  (3x3/2 only) 0.99x / 1.00x (docs/performance_log.md). For 2x2 windows autodiff's is kept: one
   maximum per axis leaves it little to share, and the written-out gradient made Tompson's
   quickstart step 1.07x slower, the 2-stack hourglass's (`max_pool2`) 1.02x. Lowered for other
   platforms, autodiff's gradient (`on_cpu`).
