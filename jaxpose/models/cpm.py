@@ -89,8 +89,8 @@ def _conv(features: int, kernel: int, name: str, *, dtype: Dtype, kernel_init: I
   if kernel == 1:
     return layers.Conv1x1(features, use_bias=use_bias, dtype=dtype, kernel_init=kernel_init,
                           name=name)
-  return nn.Conv(features, (kernel, kernel), padding=kernel // 2, use_bias=use_bias,
-                 dtype=dtype, kernel_init=kernel_init, name=name)
+  return layers.Conv(features, kernel, padding=kernel // 2, use_bias=use_bias, dtype=dtype,
+                     kernel_init=kernel_init, name=name)
 
 
 def _layer_makers(module: nn.Module, train: bool, kernel_init: Initializer | None = None):

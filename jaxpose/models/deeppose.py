@@ -59,8 +59,8 @@ class DeepPoseNet(nn.Module):
     size = x.shape[1:3]
     x = x.astype(self.dtype)
     for i, (width, (kernel, stride, pad)) in enumerate(zip(self.features, specs), start=1):
-      x = nn.Conv(width, (kernel, kernel), strides=stride, padding=pad,
-                  use_bias=not self.batch_norm, dtype=self.dtype, name=f"conv{i}")(x)
+      x = layers.Conv(width, kernel, strides=stride, padding=pad,
+                      use_bias=not self.batch_norm, dtype=self.dtype, name=f"conv{i}")(x)
       if self.batch_norm:
         x = layers.batch_norm(train, self.dtype, name=f"bn{i}")(x)
       x = nn.relu(x)

@@ -80,8 +80,7 @@ def _conv_relu(module: nn.Module, features: int, kernel: int, name: str, train: 
   elif kernel == 1:
     conv = layers.Conv1x1(features, use_bias=not bn, dtype=module.dtype, name=name)
   else:
-    conv = nn.Conv(features, (kernel, kernel), use_bias=not bn, dtype=module.dtype, name=name,
-                   **kw)
+    conv = layers.Conv(features, kernel, use_bias=not bn, dtype=module.dtype, name=name, **kw)
 
   def apply(x):
     y = conv(x)

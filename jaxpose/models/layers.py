@@ -186,6 +186,21 @@ class Conv1x1(nn.Module):
 # Below this many input channels, conv2d's kernel gradient is XLA's (measured: on the 7x7 stem's
 # 3 channels, 49 thin products took 1.15x XLA's time).
 MIN_CHANNELS_FOR_TAPS = 16
+# Nor for small layers: below N*H'*W' * Cin * Cout = 2^24 multiply-adds a tap, copying the k*k
+# windows costs more than the products gain. `python benchmarks/conv_gradient.py` (value and
+# both gradients, taps / XLA's, 2-core Xeon, 2026-12-06, 15 layer shapes of the five families):
+# at 2^24 and above 0.64-0.91 (the CPM release's 7x7 stages 0.66, its 9x9 at 184 px 0.69,
+# Tompson's banks 0.68-0.77, the hourglass's 3x3 at 64 px 0.64); below, 1.07-1.51 (the
+# hourglass's 3x3 at 8 and 4 px, narrow quickstart layers of 32-96 channels on 16-32 px maps).
+MIN_WORK_FOR_TAPS = 1 << 24
+
+
+def taps_pay(x_shape, kernel_shape, dy_shape) -> bool:
+  """Whether conv2d's kernel gradient is computed as tap products (on CPUs) for these shapes:
+  wide enough inputs and enough work per tap (MIN_CHANNELS_FOR_TAPS, MIN_WORK_FOR_TAPS)."""
+  cin, cout = kernel_shape[2], kernel_shape[3]
+  rows = dy_shape[0] * dy_shape[1] * dy_shape[2]
+  return x_shape[-1] >= MIN_CHANNELS_FOR_TAPS and rows * cin * cout >= MIN_WORK_FOR_TAPS
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -206,7 +221,7 @@ def _conv2d_fwd(x, kernel, stride, padding):
 def _conv2d_bwd(stride, padding, residuals, dy):
   x, kernel = residuals
   xla = functools.partial(_conv2d_bwd_xla, stride, padding)
-  if x.shape[-1] < MIN_CHANNELS_FOR_TAPS:  # k*k thin products: XLA's own gradient is faster.
+  if not taps_pay(x.shape, kernel.shape, dy.shape):  # Thin or small: XLA's own is faster.
     return xla(x, kernel, dy)
   return on_cpu(functools.partial(_conv2d_bwd_taps, stride, padding), xla, x, kernel, dy)
 

@@ -96,8 +96,8 @@ class Bank(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool = False):
     for i, (f, k, pool) in enumerate(zip(self.features, self.kernels, self.pools)):
-      x = nn.Conv(f, (k, k), padding=k // 2, use_bias=not self.batch_norm, dtype=self.dtype,
-                  name=f"conv{i + 1}")(x)
+      x = layers.Conv(f, k, padding=k // 2, use_bias=not self.batch_norm, dtype=self.dtype,
+                      name=f"conv{i + 1}")(x)
       if self.batch_norm:
         x = layers.batch_norm(train, self.dtype, name=f"bn{i + 1}")(x)
       x = nn.relu(x)

@@ -15,6 +15,13 @@ import pytest
 from jaxpose.models import hourglass
 from jaxpose.models import layers
 
+
+@pytest.fixture(autouse=True)
+def _taps_at_any_size(monkeypatch):
+  """The tests here use small shapes, below the work at which conv2d takes the tap products:
+  they take them anyway (test_taps_pay_from_the_work_a_tap checks the threshold itself)."""
+  monkeypatch.setattr(layers, "MIN_WORK_FOR_TAPS", 0)
+
 GOLDEN = pathlib.Path(__file__).resolve().parents[1] / "golden" / "torch_reference.npz"
 
 
@@ -190,6 +197,23 @@ def test_conv_equals_flax_conv_with_its_own_kernel_gradient(kernel, stride, padd
   bf16 = layers.Conv(4, kernel, strides=stride, padding=padding, dtype=jnp.bfloat16)
   g = jax.grad(lambda v: jnp.sum(bf16.apply(v, x).astype(jnp.float32)))(variables)
   assert g["params"]["kernel"].dtype == jnp.float32
+
+
+def test_taps_pay_from_the_work_a_tap(monkeypatch):
+  """conv2d's kernel gradient is the tap products from MIN_WORK_FOR_TAPS multiply-adds a tap
+  (N*H'*W'*Cin*Cout) and MIN_CHANNELS_FOR_TAPS input channels, XLA's own below either; the
+  CPU program has the taps' loop exactly then."""
+  monkeypatch.setattr(layers, "MIN_WORK_FOR_TAPS", 1 << 24)
+  big = ((8, 64, 64, 128), (3, 3, 128, 128), (8, 64, 64, 128))  # The hourglass's 3x3: 5.4e8.
+  small = ((8, 4, 4, 128), (3, 3, 128, 128), (8, 4, 4, 128))  # Its 4 px level: 2.1e6.
+  edge = ((1, 64, 64, 64), (3, 3, 64, 64), (1, 64, 64, 64))  # 2^24 exactly.
+  thin = ((8, 256, 256, 3), (7, 7, 3, 64), (8, 128, 128, 64))  # The stem: 3 channels.
+  assert layers.taps_pay(*big) and layers.taps_pay(*edge)
+  assert not layers.taps_pay(*small) and not layers.taps_pay(*thin)
+  for shapes, loops in ((small, 0), (edge, 1)):
+    x, kernel = jnp.zeros(shapes[0]), jnp.zeros(shapes[1])
+    loss = lambda x, kernel: jnp.sum(jnp.sin(layers.conv2d(x, kernel, 1, 1)))  # noqa: E731
+    assert _gradient_program("cpu", loss, x, kernel).count("stablehlo.while") == loops
 
 
 def _gradient_program(platform: str, fn, *args) -> str:

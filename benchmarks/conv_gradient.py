@@ -1,0 +1,99 @@
+r"""A convolution's value and gradient: `layers.conv2d`'s kernel gradient as tap products against
+XLA's own, shape by shape, on this machine (what `layers.taps_pay` decides from).
+
+  python benchmarks/conv_gradient.py                        # the five families' layer shapes
+  python benchmarks/conv_gradient.py --shape 8,64,128,128,3,1   # N,H,Cin,Cout,kernel,stride
+
+Each shape is timed jitted (value and both gradients of sum(conv(x, k) * g)), the median of 7
+calls after one, twice in alternating order, keeping each side's faster median. Prints the
+per-tap work N*H'*W'*Cin*Cout beside the ratio taps / XLA, so the threshold
+(`layers.MIN_WORK_FOR_TAPS`) can be checked on another machine.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _REPO)
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxpose import huge_pages  # noqa: E402
+
+# (name, N, H, Cin, Cout, kernel, stride): layers of the paper configs and the CPU quickstarts.
+SHAPES = (
+    ("hourglass 3x3 at 64 px", 8, 64, 128, 128, 3, 1),
+    ("hourglass 3x3 at 8 px", 8, 8, 128, 128, 3, 1),
+    ("hourglass 3x3 at 4 px", 8, 4, 128, 128, 3, 1),
+    ("hourglass stem 3x3, 64 ch", 8, 128, 64, 64, 3, 1),
+    ("CPM stage 7x7 at 46 px", 8, 46, 128, 128, 7, 1),
+    ("CPM stage 2+ first 7x7", 8, 46, 185, 128, 7, 1),
+    ("CPM trunk 9x9 at 184 px", 2, 184, 128, 128, 9, 1),
+    ("Tompson bank 5x5 at 64 px", 8, 64, 128, 128, 5, 1),
+    ("Tompson bank 9x9 to 512", 8, 32, 128, 512, 9, 1),
+    ("quickstart 5x5, 16 -> 32", 8, 64, 16, 32, 5, 1),
+    ("quickstart 5x5, 32 -> 32", 8, 32, 32, 32, 5, 1),
+    ("quickstart 7x7, 32 -> 64", 8, 32, 32, 64, 7, 1),
+    ("quickstart 3x3, 16 -> 32", 8, 64, 16, 32, 3, 1),
+    ("quickstart 5x5, 48 -> 96", 8, 16, 48, 96, 5, 1),
+    ("IEF quickstart 3x3", 8, 16, 24, 32, 3, 1),
+)
+
+
+def _median_time(fn, *args, calls=7):
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(calls):
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t)
+  return statistics.median(times)
+
+
+def measure(n, h, cin, cout, kernel, stride) -> dict:
+  """{"xla": s, "taps": s, "work": N*H'*W'*Cin*Cout} for one shape."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from jaxpose.models import layers  # pylint: disable=g-import-not-at-top
+  kx, kk, kg = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(kx, (n, h, h, cin))
+  k = jax.random.normal(kk, (kernel, kernel, cin, cout)) * 0.05
+  pad = kernel // 2
+  taps = lambda x, k: layers._conv2d_bwd_taps(stride, pad, x, k, g)  # noqa: E731
+  xla = lambda x, k: layers._conv2d_bwd_xla(stride, pad, x, k, g)  # noqa: E731
+  y = layers.conv2d.fun(x, k, stride, pad)
+  g = jax.random.normal(kg, y.shape)
+  sides = {"taps": taps, "xla": xla}
+  best = {}
+  for order in (("xla", "taps"), ("taps", "xla")):
+    for side in order:
+      fn = jax.jit(lambda x, k, f=sides[side]: (layers.conv2d.fun(x, k, stride, pad), f(x, k)))
+      t = _median_time(fn, x, k)
+      best[side] = min(best.get(side, t), t)
+  best["work"] = y.shape[0] * y.shape[1] * y.shape[2] * cin * cout
+  return best
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--shape", action="append", default=[],
+                      help="N,H,Cin,Cout,kernel,stride (repeatable); default: SHAPES.")
+  args = parser.parse_args(argv)
+  huge_pages.reexec()
+  shapes = [(s, *map(int, s.split(","))) for s in args.shape] or SHAPES
+  from jaxpose.models import layers  # pylint: disable=g-import-not-at-top
+  print(f"layers.MIN_WORK_FOR_TAPS = {layers.MIN_WORK_FOR_TAPS:,}")
+  print("| layer | N, H, Cin -> Cout, kernel / stride | work a tap | XLA ms | taps ms | "
+        "taps / XLA |")
+  print("|---|---|---:|---:|---:|---:|")
+  for name, n, h, cin, cout, kernel, stride in shapes:
+    r = measure(n, h, cin, cout, kernel, stride)
+    print(f"| {name} | {n}, {h}, {cin} -> {cout}, {kernel} / {stride} | {r['work']:.2e} | "
+          f"{r['xla'] * 1e3:.1f} | {r['taps'] * 1e3:.1f} | {r['taps'] / r['xla']:.2f} |",
+          flush=True)
+
+
+if __name__ == "__main__":
+  main()
