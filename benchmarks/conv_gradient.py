@@ -12,9 +12,7 @@ per-tap work N*H'*W'*Cin*Cout beside the ratio taps / XLA, so the threshold
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _REPO)
@@ -41,21 +39,11 @@ SHAPES = (
 )
 
 
-def _median_time(fn, *args, calls=7):
-  import jax  # pylint: disable=g-import-not-at-top
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(calls):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
-
-
 def measure(n, h, cin, cout, kernel, stride) -> dict:
   """{"xla": s, "taps": s, "work": N*H'*W'*Cin*Cout} for one shape."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from benchmarks import backward  # pylint: disable=g-import-not-at-top
   from jaxpose.models import layers  # pylint: disable=g-import-not-at-top
   kx, kk, kg = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(kx, (n, h, h, cin))
@@ -70,7 +58,7 @@ def measure(n, h, cin, cout, kernel, stride) -> dict:
   for order in (("xla", "taps"), ("taps", "xla")):
     for side in order:
       fn = jax.jit(lambda x, k, f=sides[side]: (layers.conv2d.fun(x, k, stride, pad), f(x, k)))
-      t = _median_time(fn, x, k)
+      t = backward._seconds(fn, (x, k), 7)  # pylint: disable=protected-access
       best[side] = min(best.get(side, t), t)
   best["work"] = y.shape[0] * y.shape[1] * y.shape[2] * cin * cout
   return best

@@ -535,6 +535,13 @@ def test_ief_stem_times_both_layouts_of_the_same_network():
   assert out["iterates"] < 1e-5 and out["gradients"] < 1e-2 and out["rounding"] < 1e-2
 
 
+def test_conv_gradient_times_both_kernel_gradients_and_counts_the_work_a_tap():
+  from benchmarks import conv_gradient  # pylint: disable=g-import-not-at-top
+  out = conv_gradient.measure(2, 9, 16, 8, 3, 2)  # 9 px, stride 2, padding 1: 5 x 5 outputs.
+  assert out["work"] == 2 * 5 * 5 * 16 * 8
+  assert out["xla"] > 0 and out["taps"] > 0
+
+
 @pytest.mark.parametrize("image_format", ["jpeg", "raw"])
 def test_pipeline_throughput_counts_the_bytes_each_mode_sends(tmp_path, image_format):
   """benchmarks/pipeline_throughput.py: the uint8 crop sends the input's bytes, the float32 crop
