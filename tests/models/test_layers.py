@@ -15,6 +15,8 @@ import pytest
 from jaxpose.models import hourglass
 from jaxpose.models import layers
 
+MIN_WORK_FOR_TAPS = layers.MIN_WORK_FOR_TAPS  # The library's, before the fixture below.
+
 
 @pytest.fixture(autouse=True)
 def _taps_at_any_size(monkeypatch):
@@ -203,7 +205,7 @@ def test_taps_pay_from_the_work_a_tap(monkeypatch):
   """conv2d's kernel gradient is the tap products from MIN_WORK_FOR_TAPS multiply-adds a tap
   (N*H'*W'*Cin*Cout) and MIN_CHANNELS_FOR_TAPS input channels, XLA's own below either; the
   CPU program has the taps' loop exactly then."""
-  monkeypatch.setattr(layers, "MIN_WORK_FOR_TAPS", 1 << 24)
+  monkeypatch.setattr(layers, "MIN_WORK_FOR_TAPS", MIN_WORK_FOR_TAPS)
   big = ((8, 64, 64, 128), (3, 3, 128, 128), (8, 64, 64, 128))  # The hourglass's 3x3: 5.4e8.
   small = ((8, 4, 4, 128), (3, 3, 128, 128), (8, 4, 4, 128))  # Its 4 px level: 2.1e6.
   edge = ((1, 64, 64, 64), (3, 3, 64, 64), (1, 64, 64, 64))  # 2^24 exactly.
