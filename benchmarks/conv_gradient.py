@@ -42,24 +42,24 @@ SHAPES = (
 def measure(n, h, cin, cout, kernel, stride) -> dict:
   """{"xla": s, "taps": s, "work": N*H'*W'*Cin*Cout} for one shape."""
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from benchmarks import backward  # pylint: disable=g-import-not-at-top
   from jaxpose.models import layers  # pylint: disable=g-import-not-at-top
   kx, kk, kg = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(kx, (n, h, h, cin))
   k = jax.random.normal(kk, (kernel, kernel, cin, cout)) * 0.05
   pad = kernel // 2
-  taps = lambda x, k: layers._conv2d_bwd_taps(stride, pad, x, k, g)  # noqa: E731
-  xla = lambda x, k: layers._conv2d_bwd_xla(stride, pad, x, k, g)  # noqa: E731
   y = layers.conv2d.fun(x, k, stride, pad)
   g = jax.random.normal(kg, y.shape)
-  sides = {"taps": taps, "xla": xla}
+  # pylint: disable=protected-access
+  gradients = {"taps": layers._conv2d_bwd_taps, "xla": layers._conv2d_bwd_xla}
   best = {}
   for order in (("xla", "taps"), ("taps", "xla")):
     for side in order:
-      fn = jax.jit(lambda x, k, f=sides[side]: (layers.conv2d.fun(x, k, stride, pad), f(x, k)))
-      t = backward._seconds(fn, (x, k), 7)  # pylint: disable=protected-access
+      fn = jax.jit(lambda x, k, bwd=gradients[side]: (layers.conv2d.fun(x, k, stride, pad),
+                                                      bwd(stride, pad, x, k, g)))
+      t = backward._seconds(fn, (x, k), 7)
       best[side] = min(best.get(side, t), t)
+  # pylint: enable=protected-access
   best["work"] = y.shape[0] * y.shape[1] * y.shape[2] * cin * cout
   return best
 
