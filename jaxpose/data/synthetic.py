@@ -36,33 +36,29 @@ Preview grid: `python -m jaxpose.data.synthetic --preview docs/synthetic_preview
 import argparse
 import dataclasses
 import functools
-import io
 import multiprocessing
 import os
 import time
 from collections.abc import Iterator
 
 import numpy as np
-from PIL import Image
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from jaxpose import drawing
 from jaxpose import progress
 from jaxpose.data import builder_lib
+from jaxpose.data import synthetic_example
 from jaxpose.data import synthetic_people
 from jaxpose.data import synthetic_render
-from jaxpose.data import synthetic_textures
 
 TRAIN_SEED = 1_000_003
 VALIDATION_SEED = 2_000_029
 SPLIT_SEEDS = {"train": TRAIN_SEED, "validation": VALIDATION_SEED}
-JPEG_QUALITY = 90
+JPEG_QUALITY = synthetic_example.JPEG_QUALITY
 
-# The renderer lives in four modules, each drawing from the example's one random stream:
-# synthetic_people (kinematic model, pose and body-part shapes), synthetic_render (placement,
-# painting, occluders, joint status), synthetic_textures (colours, textures, background
-# clutter) and synthetic_geometry (shapes). Its knobs, defined where they are used:
+# The renderer's knobs (`jaxpose.data.synthetic_example` says which module does what),
+# defined where they are used:
 MIN_SIDE, MAX_SIDE = synthetic_render.MIN_SIDE, synthetic_render.MAX_SIDE
 MAX_ROTATION_DEG = synthetic_render.MAX_ROTATION_DEG
 BACK_VIEW_PROB = synthetic_people.BACK_VIEW_PROB
@@ -75,73 +71,12 @@ _SKELETON = synthetic_people.SKELETON
 
 
 # ----------------------------------------------------------------------------------------
-# The example.
+# The example (jaxpose.data.synthetic_example, which the build's workers import without
+# TensorFlow).
 
-
-@dataclasses.dataclass
-class RenderInfo:
-  """Renderer internals for tests and debugging."""
-
-  back_view: bool
-  rotation_deg: float
-  yaw_deg: float
-  truncation_mode: bool
-  num_occluders: int
-  label_map: np.ndarray  # [H, W] uint8; part id + 32 * layer, 255 occluder, 0 background.
-
-  def part_pixels(self, part: str, layers: tuple[int, ...] | None = None) -> int:
-    """Number of pixels showing `part` (optionally only the given `LAYERS` values)."""
-    pid, layer_step = synthetic_people.PART_ID[part], synthetic_people.LAYER
-    labels = self.label_map[self.label_map != synthetic_render.OCCLUDER_LABEL]
-    if layers is None:
-      return int(np.sum((labels % layer_step) == pid))
-    return int(sum(np.sum(labels == pid + layer_step * layer) for layer in layers))
-
-
-def render(seed: int, index: int) -> tuple[dict[str, np.ndarray], RenderInfo]:
-  """Renders example `index` of the stream `seed`; returns the features and internals."""
-  rng = np.random.default_rng([seed, index])
-  person = synthetic_people.sample_person(rng)
-  placement = synthetic_render.place(rng, person)
-  unit = placement.unit
-  image = synthetic_textures.background(rng, placement.size, unit)
-  label_image = synthetic_render.label_map(person, placement)
-  synthetic_render.paint_person(rng, image, label_image, person, unit)
-  joints = placement.to_pixels(person.joints)
-  head_box, norm_size = synthetic_render.head_box(person, placement)
-  num_occluders = synthetic_render.occluders(rng, image, label_image, joints, unit)
-  labels = np.asarray(label_image)
-  inside, occluded = synthetic_render.joint_status(labels, joints)
-  example = {
-      "image": np.asarray(image, dtype=np.uint8),
-      "joints": joints.astype(np.float32),
-      "visible": inside.astype(np.float32),
-      "occluded": occluded.astype(np.float32),
-      "center": placement.centre.astype(np.float32),
-      "scale": np.float32(placement.box / 200.0),
-      "head_box": head_box.astype(np.float32),
-      "norm_size": np.float32(norm_size),
-      "id": np.int64(index),
-  }
-  info = RenderInfo(back_view=person.back_view, rotation_deg=placement.rotation_deg,
-                    yaw_deg=float(np.rad2deg(person.yaw)),
-                    truncation_mode=placement.truncation_mode, num_occluders=num_occluders,
-                    label_map=labels)
-  return example, info
-
-
-def render_example(seed: int, index: int) -> dict[str, np.ndarray]:
-  """Example `index` of the stream `seed`: the feature dict of `jaxpose.data`."""
-  return render(seed, index)[0]
-
-
-def _encoded_example(seed: int, index: int) -> dict[str, object]:
-  """`render_example` with the image JPEG-encoded (what the TFDS builder stores)."""
-  example = render_example(seed, index)
-  buffer = io.BytesIO()
-  Image.fromarray(example["image"]).save(buffer, format="JPEG", quality=JPEG_QUALITY)
-  example["image"] = buffer.getvalue()
-  return example
+RenderInfo = synthetic_example.RenderInfo
+render = synthetic_example.render
+render_example = synthetic_example.render_example
 
 
 # ----------------------------------------------------------------------------------------
@@ -200,7 +135,7 @@ class SyntheticPose(tfds.core.GeneratorBasedBuilder,
         yield index, example
 
   def _render(self, seed: int, num: int) -> Iterator[dict]:
-    render_one = functools.partial(_encoded_example, seed)
+    render_one = functools.partial(synthetic_example.encoded_example, seed)
     workers = min(os.cpu_count() or 1, 8)
     if num < _POOL_MIN_EXAMPLES or workers < 2:
       yield from map(render_one, range(num))

@@ -1,6 +1,6 @@
 """The steps of a synthetic render: placement, label map, clothes, occluders, joint status.
 
-`jaxpose.data.synthetic.render` runs them in this order, each drawing from the example's
+`jaxpose.data.synthetic_example.render` runs them in this order, each drawing from the example's
 random stream: `place` the sampled person (`synthetic_people`) in an image, paint the
 background (`synthetic_textures`), draw the person's `label_map` and `paint_person` through
 it, draw `occluders`, and read the `joint_status` off the label map.

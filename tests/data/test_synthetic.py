@@ -10,6 +10,7 @@ import pytest
 
 from jaxpose import skeletons
 from jaxpose.data import synthetic
+from jaxpose.data import synthetic_example
 from jaxpose.data import synthetic_people
 from jaxpose.data import synthetic_render
 
@@ -73,7 +74,7 @@ PINNED = {
 def test_renders_are_pinned(seed, index):
   raw, encoded = PINNED[seed, index]
   assert _digest(synthetic.render_example(seed, index)) == raw
-  assert _digest(synthetic._encoded_example(seed, index)) == encoded
+  assert _digest(synthetic_example.encoded_example(seed, index)) == encoded
 
 
 def test_train_and_validation_streams_differ():
@@ -340,3 +341,38 @@ def test_preview_cli(tmp_path):
   with Image.open(path) as image:
     width, height = image.size
   assert width >= 3 * synthetic.MIN_SIDE and height >= 2 * synthetic.MIN_SIDE
+
+
+def test_build_workers_import_no_tensorflow(monkeypatch):
+  """The build renders in worker processes that import the function's module (and the entry
+  script): TensorFlow there would print its start-up notices on the console, past the main
+  process's capture, and cost each worker its import."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  used = []
+
+  class RecordingPool:  # Records what the workers would run; runs its first example here.
+    def __init__(self, workers):
+      del workers
+    def __enter__(self):
+      return self
+    def __exit__(self, *exc):
+      return False
+    def imap(self, fn, indices, chunk):
+      del chunk
+      used.append(fn.func.__module__)
+      return map(fn, [next(iter(indices))])
+
+  class Context:
+    Pool = RecordingPool
+
+  monkeypatch.setattr(synthetic.multiprocessing, "get_context", lambda method: Context())
+  monkeypatch.setattr(synthetic.os, "cpu_count", lambda: 2)
+  builder = synthetic.SyntheticPose.__new__(synthetic.SyntheticPose)
+  first, = builder._render(synthetic.TRAIN_SEED, synthetic._POOL_MIN_EXAMPLES)
+  assert first["image"][:2] == b"\xff\xd8"  # A JPEG, as the builder stores.
+  code = (f"import sys; import {used[0]}; "
+          "print(sorted(k for k in sys.modules if k.split('.')[0] in "
+          "('tensorflow', 'tensorflow_datasets')))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "[]", (used, out.stdout)
