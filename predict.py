@@ -29,17 +29,31 @@ flags.mark_flag_as_required("ckpt")
 runtime.define_output_flags()
 
 
-def _person_of(predict_lib):
-  """image -> where to crop it, from the flags (checked here, before any image is read)."""
+def _person_flags():
+  """(box, center, scale) from the flags, checked before the libraries load (a usage error is
+  then reported in under a second, not after TensorFlow's and JAX's imports)."""
   if _BOX.value:
-    person = predict_lib.Person.from_box(runtime.number_list("box", _BOX.value, 4))
-    return lambda image: person
+    x0, y0, x1, y1 = box = runtime.number_list("box", _BOX.value, 4)
+    if not (x1 > x0 and y1 > y0):
+      raise app.UsageError(f"--box={','.join(_BOX.value)}: expected x0,y0,x1,y1 with x1 > x0 "
+                           "and y1 > y0.")
+    return box, None, None
   if _CENTER.value or _SCALE.value is not None:
     if not (_CENTER.value and _SCALE.value is not None):
       raise app.UsageError("--center cx,cy and --scale s go together.")
     if not _SCALE.value > 0:
       raise app.UsageError(f"--scale={_SCALE.value}: must be > 0 (crop side / 200).")
-    person = predict_lib.Person(runtime.number_list("center", _CENTER.value, 2), _SCALE.value)
+    return None, runtime.number_list("center", _CENTER.value, 2), _SCALE.value
+  return None, None, None
+
+
+def _person_of(predict_lib, box, center, scale):
+  """image -> where to crop it: the box, the centre and scale, or the whole image."""
+  if box is not None:
+    person = predict_lib.Person.from_box(box)
+    return lambda image: person
+  if center is not None:
+    person = predict_lib.Person(center, scale)
     return lambda image: person
   return lambda image: predict_lib.Person.whole_image(*image.shape[:2])
 
@@ -47,10 +61,11 @@ def _person_of(predict_lib):
 def main(argv):
   if len(argv) < 2:
     raise app.UsageError("Give at least one image or folder.")
+  person_flags = _person_flags()
   runtime.setup()  # Libraries quiet; --verbose shows them.
   from jaxpose import predict as predict_lib  # pylint: disable=g-import-not-at-top
   from jaxpose import progress  # pylint: disable=g-import-not-at-top
-  person_of = _person_of(predict_lib)
+  person_of = _person_of(predict_lib, *person_flags)
   paths = predict_lib.expand_paths(argv[1:])
   if not paths:
     raise app.UsageError(f"No images ({', '.join(predict_lib.IMAGE_SUFFIXES)}) in "

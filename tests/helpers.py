@@ -21,10 +21,12 @@ from jaxpose.data import pipeline
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def run_script(script: str, *args, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_script(script: str, *args, timeout: float = 120,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
   """`python script args` from the repository's root, as a user runs it: TensorFlow quiet, no
-  GPU, JAXPOSE_TRACEBACK unset (one-line errors); stdout and stderr captured as text."""
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+  GPU, JAXPOSE_TRACEBACK unset (one-line errors), `env` added; stdout and stderr captured as
+  text."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", **(env or {}))
   env.pop("JAXPOSE_TRACEBACK", None)
   return subprocess.run([sys.executable, script, *map(str, args)], cwd=REPO,
                         capture_output=True, text=True, timeout=timeout, env=env)

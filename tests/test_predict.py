@@ -42,8 +42,8 @@ def test_person_geometry_and_bad_boxes():
     predict.Person.from_box((10, 10, 5, 20))
 
 
-def _run_cli(workdir, *args):
-  return helpers.run_script("predict.py", "--ckpt", workdir, *args, timeout=300)
+def _run_cli(workdir, *args, env=None):
+  return helpers.run_script("predict.py", "--ckpt", workdir, *args, timeout=300, env=env)
 
 
 def test_cli_writes_json_and_png_and_skips_unreadable_files(workdir, tmp_path):
@@ -76,8 +76,8 @@ def test_cli_refuses_to_overwrite_before_any_work(workdir, tmp_path):
   Image.fromarray(_photo(seed=1)).save(photos / "p.png")
   before = (photos / "p.png").read_bytes()
 
-  def run(*args):
-    proc = _run_cli(workdir, *args)
+  def run(*args, env=None):
+    proc = _run_cli(workdir, *args, env=env)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     return lines[-1]  # A usage error prints the help first.
@@ -89,7 +89,15 @@ def test_cli_refuses_to_overwrite_before_any_work(workdir, tmp_path):
   assert "would overwrite the input" in line and "p.png" in line
   assert (photos / "p.png").read_bytes() == before and sorted(os.listdir(photos)) == [
       "p.jpg", "p.png"]
-  assert "--box=1,2,3" in run(str(photos / "p.jpg"), "--box", "1,2,3")
-  assert "--scale=-1" in run(str(photos / "p.jpg"), "--center", "10,10", "--scale", "-1")
+  # The person's flags are checked before the libraries load: with a TensorFlow that cannot be
+  # imported, their errors are still the usage lines.
+  no_tf = tmp_path / "no_tf" / "tensorflow"
+  no_tf.mkdir(parents=True)
+  (no_tf / "__init__.py").write_text("raise ImportError('TensorFlow imported before the flags')")
+  flags_only = {"PYTHONPATH": str(no_tf.parent)}
+  assert "--box=1,2,3:" in run(str(photos / "p.jpg"), "--box", "1,2,3", env=flags_only)
+  assert "--box=9,2,3,4:" in run(str(photos / "p.jpg"), "--box", "9,2,3,4", env=flags_only)
+  assert "--scale=-1" in run(str(photos / "p.jpg"), "--center", "10,10", "--scale", "-1",
+                             env=flags_only)
   (tmp_path / "empty").mkdir()
   assert "No images" in run(str(tmp_path / "empty"))
