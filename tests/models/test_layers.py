@@ -175,13 +175,14 @@ def test_hourglass_defaults_to_pytorch_scheme_with_unchanged_layout():
   assert not any(np.any(flat[p[:-len("kernel")] + "bias"]) for p in flat if p.endswith("kernel"))
 
 
-@pytest.mark.parametrize("kernel,stride,padding,size,channels", [
-    (3, 1, 1, 9, 16), (7, 2, 3, 17, 16), (3, 1, 0, 8, 24), (11, 4, 0, 35, 16),
-    (7, 2, 3, 17, 3)])  # The last: below MIN_CHANNELS_FOR_TAPS, XLA's own gradient.
+@pytest.mark.parametrize("kernel,stride,padding,size,channels,batch", [
+    (3, 1, 1, 9, 16, 2), (7, 2, 3, 17, 16, 2), (3, 1, 0, 8, 24, 2), (11, 4, 0, 35, 16, 2),
+    (3, 1, 1, 9, 16, 1),  # 81 output pixels: not TAP_PRODUCT_PARTS halves, one product a tap.
+    (7, 2, 3, 17, 3, 2)])  # The last: below MIN_CHANNELS_FOR_TAPS, XLA's own gradient.
 def test_conv_equals_flax_conv_with_its_own_kernel_gradient(kernel, stride, padding, size,
-                                                            channels):
+                                                            channels, batch):
   assert (channels >= layers.MIN_CHANNELS_FOR_TAPS) == (channels > 3)
-  x = jax.random.normal(jax.random.key(0), (2, size, size, channels))
+  x = jax.random.normal(jax.random.key(0), (batch, size, size, channels))
   ours = layers.Conv(4, kernel, strides=stride, padding=padding)
   flax_conv = nn.Conv(4, (kernel, kernel), strides=stride, padding=padding)
   variables = ours.init(jax.random.key(1), x)
