@@ -69,7 +69,8 @@ def test_cli_writes_json_and_png_and_skips_unreadable_files(workdir, tmp_path):
 
 def test_cli_refuses_to_overwrite_before_any_work(workdir, tmp_path):
   """Two photos that would write the same outputs, outputs that would replace the photos, a
-  malformed --box and a folder without images: one line each, nothing written or changed."""
+  malformed or inverted --box, a bad --scale and a folder without images: one line each,
+  nothing written or changed."""
   photos = tmp_path / "photos"
   photos.mkdir()
   Image.fromarray(_photo(seed=0)).save(photos / "p.jpg")
