@@ -10,6 +10,7 @@ fan_in being input channels x kernel area.
 """
 
 import functools
+import math
 from typing import Any, Sequence
 
 import flax
@@ -204,12 +205,16 @@ MIN_WORK_FOR_TAPS = 1 << 24
 TAP_PRODUCT_PARTS = 2
 
 
+def tap_work(kernel_shape, dy_shape) -> int:
+  """Multiply-adds of one tap's product in conv2d's kernel gradient: N*H'*W' * Cin * Cout."""
+  return math.prod(dy_shape[:-1]) * kernel_shape[2] * kernel_shape[3]
+
+
 def taps_pay(x_shape, kernel_shape, dy_shape) -> bool:
   """Whether conv2d's kernel gradient is computed as tap products (on CPUs) for these shapes:
   wide enough inputs and enough work per tap (MIN_CHANNELS_FOR_TAPS, MIN_WORK_FOR_TAPS)."""
-  cin, cout = kernel_shape[2], kernel_shape[3]
-  rows = dy_shape[0] * dy_shape[1] * dy_shape[2]
-  return x_shape[-1] >= MIN_CHANNELS_FOR_TAPS and rows * cin * cout >= MIN_WORK_FOR_TAPS
+  return (x_shape[-1] >= MIN_CHANNELS_FOR_TAPS
+          and tap_work(kernel_shape, dy_shape) >= MIN_WORK_FOR_TAPS)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -249,10 +254,9 @@ def _conv2d_bwd_taps(stride, padding, x, kernel, dy):
   xp = jnp.pad(after(x, dy), ((0, 0), (padding, padding), (padding, padding), (0, 0)))
   ho, wo = dy.shape[1], dy.shape[2]
   span = (x.shape[0], stride * (ho - 1) + 1, stride * (wo - 1) + 1, c)
-  flat_dy = dy.reshape(-1, dy.shape[-1])
-
-  parts = TAP_PRODUCT_PARTS if flat_dy.shape[0] % TAP_PRODUCT_PARTS == 0 else 1
-  part_dy = flat_dy.reshape(parts, -1, flat_dy.shape[-1])
+  rows = math.prod(dy.shape[:-1])  # One per output pixel.
+  parts = TAP_PRODUCT_PARTS if rows % TAP_PRODUCT_PARTS == 0 else 1
+  part_dy = dy.reshape(parts, rows // parts, dy.shape[-1])
 
   def tap(_, ij):  # The inputs kernel tap (i, j) met, one row per output pixel.
     window = jax.lax.dynamic_slice(xp, (0, ij[0], ij[1], 0), span)[:, ::stride, ::stride]
