@@ -16,6 +16,7 @@ In Python: jaxpose.predict.Predictor.
 from absl import app
 from absl import flags
 
+from jaxpose import person as person_lib
 from jaxpose import runtime
 
 _CKPT = flags.DEFINE_string("ckpt", None, "Workdir or checkpoint step folder.")
@@ -29,43 +30,35 @@ flags.mark_flag_as_required("ckpt")
 runtime.define_output_flags()
 
 
-def _person_flags():
-  """(box, center, scale) from the flags, checked before the libraries load (a usage error is
-  then reported in under a second, not after TensorFlow's and JAX's imports)."""
+def _person_of():
+  """image -> where to crop it (the box, the centre and scale, or the whole image), from the
+  flags, checked before the libraries load (a usage error is then reported in under a second,
+  not after TensorFlow's and JAX's imports)."""
   if _BOX.value:
-    x0, y0, x1, y1 = box = runtime.number_list("box", _BOX.value, 4)
-    if not (x1 > x0 and y1 > y0):
+    try:
+      person = person_lib.Person.from_box(runtime.number_list("box", _BOX.value, 4))
+    except ValueError:
       raise app.UsageError(f"--box={','.join(_BOX.value)}: expected x0,y0,x1,y1 with x1 > x0 "
-                           "and y1 > y0.")
-    return box, None, None
+                           "and y1 > y0.") from None
+    return lambda image: person
   if _CENTER.value or _SCALE.value is not None:
     if not (_CENTER.value and _SCALE.value is not None):
       raise app.UsageError("--center cx,cy and --scale s go together.")
     if not _SCALE.value > 0:
       raise app.UsageError(f"--scale={_SCALE.value}: must be > 0 (crop side / 200).")
-    return None, runtime.number_list("center", _CENTER.value, 2), _SCALE.value
-  return None, None, None
-
-
-def _person_of(predict_lib, box, center, scale):
-  """image -> where to crop it: the box, the centre and scale, or the whole image."""
-  if box is not None:
-    person = predict_lib.Person.from_box(box)
+    person = person_lib.Person(runtime.number_list("center", _CENTER.value, 2),
+                               _SCALE.value)
     return lambda image: person
-  if center is not None:
-    person = predict_lib.Person(center, scale)
-    return lambda image: person
-  return lambda image: predict_lib.Person.whole_image(*image.shape[:2])
+  return lambda image: person_lib.Person.whole_image(*image.shape[:2])
 
 
 def main(argv):
   if len(argv) < 2:
     raise app.UsageError("Give at least one image or folder.")
-  person_flags = _person_flags()
+  person_of = _person_of()
   runtime.setup()  # Libraries quiet; --verbose shows them.
   from jaxpose import predict as predict_lib  # pylint: disable=g-import-not-at-top
   from jaxpose import progress  # pylint: disable=g-import-not-at-top
-  person_of = _person_of(predict_lib, *person_flags)
   paths = predict_lib.expand_paths(argv[1:])
   if not paths:
     raise app.UsageError(f"No images ({', '.join(predict_lib.IMAGE_SUFFIXES)}) in "

@@ -24,22 +24,20 @@ import jax
 import jax.numpy as jnp
 
 from jaxpose import parallel
+from jaxpose import person
 from jaxpose import runtime
 from jaxpose.data import device_augment
 
 
 def serving_function(family, variables, flip_test: bool = True):
   """(images uint8 [N,H,W,3], boxes [N,4]) -> (joints [N,K,2] image px, scores [N,K])."""
-  # Imported here, as `evaluate` in `export`: they load TensorFlow, which `--help` and a flag
-  # error do not need.
-  from jaxpose import predict  # pylint: disable=g-import-not-at-top
   size = family.input_size
   half = (size - 1) / 2.0
 
   def serve(images, boxes):
     boxes = boxes.astype(jnp.float32)
     center = 0.5 * (boxes[:, :2] + boxes[:, 2:])
-    side = predict.BOX_MARGIN * jnp.max(boxes[:, 2:] - boxes[:, :2], axis=1)
+    side = person.BOX_MARGIN * jnp.max(boxes[:, 2:] - boxes[:, :2], axis=1)
     zoom = size / side  # Crop pixels per image pixel.
     # Crop pixel (u, v, 1) -> image pixel: (u - half) / zoom + centre.
     inverse = jnp.zeros((boxes.shape[0], 2, 3), jnp.float32)

@@ -12,7 +12,6 @@ use: a square of side 200 x scale around the centre, scale = 1.25 x the box's lo
 Images go through the same jitted prediction as `eval.py` (flip test on by default), in batches.
 """
 
-import dataclasses
 import os
 import re
 from typing import Sequence
@@ -25,27 +24,8 @@ import tensorflow as tf
 from jaxpose import evaluate
 from jaxpose import parallel
 from jaxpose.data import pipeline
-
-BOX_MARGIN = 1.25  # Crop side / the box's longer side.
-
-
-@dataclasses.dataclass(frozen=True)
-class Person:
-  """Where to crop: centre (x, y) in image pixels and scale (crop side / 200)."""
-
-  center: tuple[float, float]
-  scale: float
-
-  @classmethod
-  def from_box(cls, box: Sequence[float]) -> "Person":
-    x0, y0, x1, y1 = (float(v) for v in box)
-    if not (x1 > x0 and y1 > y0):
-      raise ValueError(f"Box {tuple(box)}: expected x0,y0,x1,y1 with x1 > x0 and y1 > y0.")
-    return cls(((x0 + x1) / 2, (y0 + y1) / 2), BOX_MARGIN * max(x1 - x0, y1 - y0) / 200)
-
-  @classmethod
-  def whole_image(cls, height: int, width: int) -> "Person":
-    return cls(((width - 1) / 2, (height - 1) / 2), max(height, width) / 200)
+# jaxpose.predict.Person and BOX_MARGIN, as before they moved to the TF-free jaxpose.person.
+from jaxpose.person import BOX_MARGIN, Person  # noqa: F401
 
 
 def read_image(path: str) -> np.ndarray:
