@@ -22,7 +22,9 @@ EPOCH = 22246 // 64
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   del arg
   c = base.get_config()
-  c.model = ml_collections.ConfigDict(dict(name="ief", num_iterations=4))
+  # Fixed path consolidation as the paper's: phase t's path step s runs the network as phase
+  # s - 1 left it, frozen (jaxpose/families/regression.py).
+  c.model = ml_collections.ConfigDict(dict(name="ief", num_iterations=4, fixed_path="frozen"))
   c.input_size = 224
   c.augment.update(rotation=30.0, rotation_prob=0.6, scale=0.25, flip=True, color=0.2)
   c.optimizer.update(name="sgd", learning_rate=1e-3, momentum=0.9, weight_decay=5e-4,

@@ -195,7 +195,8 @@ def load_checkpoint(path: str, mesh):
   """A workdir or checkpoint step folder -> (config, family, variables, step).
 
   The model is rebuilt from the config stored with the checkpoint; only its variables
-  (parameters and model state, no optimiser) are restored, onto `mesh` (any size, resharded).
+  (parameters and model state, no optimiser, none of the family's `train_only` collections)
+  are restored, onto `mesh` (any size, resharded).
   """
   directory, step = checkpoints.resolve(path)
   manager = checkpoints.manager(directory, read_only=True)
@@ -203,9 +204,10 @@ def load_checkpoint(path: str, mesh):
   meta = checkpoints.read_meta(manager, step)
   config = ml_collections.ConfigDict(meta["config"])
   family = families.create_family(config)
+  shapes = families.eval_shape_variables(family)
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=parallel.replicated(mesh)),
-      families.eval_shape_variables(family))
+      {c: v for c, v in shapes.items() if c not in family.train_only})
   variables = checkpoints.restore_variables(directory, step, abstract)
   return config, family, variables, step
 

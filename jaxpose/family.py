@@ -40,6 +40,9 @@ class Family:
   # What one step along `predict`'s T axis is called where it returns [B, T, K, 2] (the
   # evaluator's "after stage 1 of 3"): DeepPose's cascade has stages, IEF iterations.
   stage_name: str = "stage"
+  # Model-state collections that only training reads (DeepPose's error statistics, IEF's
+  # frozen fixed path): evaluation, prediction and export restore a checkpoint without them.
+  train_only: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,6 +12,7 @@ from jaxpose import families
 from jaxpose import optim
 from jaxpose import parallel
 from jaxpose import train
+from jaxpose.codecs import coordinate
 from jaxpose.data import pipeline
 from jaxpose.families import regression
 from jaxpose.models import ief
@@ -249,17 +250,90 @@ def test_ief_fixed_path_feeds_each_example_at_its_step():
   y0 = jnp.broadcast_to(0.1 * jax.random.normal(jax.random.key(2), (16, 2)), (n, 16, 2))
   calls = []
 
-  def correct(x, y):
-    calls.append(x.shape[0])
+  def correct(s, x, y):
+    calls.append((s, x.shape[0]))
     return family.model.apply(variables, x, y, method=ief.IEF.correction)
 
   poses = jax.jit(lambda x, y: regression.fixed_path_poses(correct, x, y, phase))(images, y0)
-  assert calls == [3, 2, 1]  # Each iteration only for the examples that go that far.
+  assert calls == [(1, 3), (2, 2), (3, 1)]  # Step s only for the examples that go that far.
   run = jax.jit(lambda x, y: family.model.apply(variables, x, y, num_iterations=phase))
   path = np.concatenate([np.asarray(y0)[None], np.asarray(run(images, y0[0]))])  # [T+1, N, K, 2]
   steps = np.repeat(np.arange(phase + 1), counts(n, phase))
   np.testing.assert_allclose(poses, path[steps, np.arange(n)], atol=1e-6)
   assert np.abs(path[phase] - path[0]).max() > 1e-4  # The path moves.
+
+
+def test_ief_fixed_path_runs_the_network_each_phase_began_with():
+  """FPC as the paper: phase t's path step s runs the network as phase s - 1 left it, frozen
+  in the "ief_path" collection when phase s began, not the weights being trained (those only
+  predict the correction); model.fixed_path="current" runs the trained weights instead."""
+  config = _tiny("ief")
+  config.model.fixed_path = "frozen"  # The family's default; the quickstart runs "current".
+  family = families.create_family(config)
+  mesh = parallel.make_mesh()
+  variables = families.init_variables(family, jax.random.key(0))
+  assert sorted(variables["ief_path"]) == ["step1", "step2"]  # 3 phases: 2 later ones.
+  batch = _batch(config, family, mesh, helpers.dots_source(n=8, size=64))
+  context = families.PhaseContext(ground_truth=(np.asarray(batch["joints"]),
+                                                np.asarray(batch["visible"])), predict_train=None)
+  variables = family.begin_phase(0, variables, context)
+  variables = family.begin_phase(1, variables, context)
+  frozen = variables["ief_path"]["step1"]
+  assert set(frozen) == {"params", "batch_stats"}
+  for a, b in zip(jax.tree.leaves(frozen["params"]), jax.tree.leaves(variables["params"])):
+    np.testing.assert_array_equal(a, b)
+    assert a is not b  # A copy: the train step donates the state's buffers.
+  params, state = families.split_variables(variables)
+  moved = jax.tree.map(lambda p: p + 0.05 * jnp.sign(p + 1e-3), params)  # Trained since.
+  rng = jax.random.key(3)
+  loss = lambda fam, p: float(fam.loss(p, state, batch, rng, phase=1)[0])  # noqa: E731
+
+  # The expected loss, written out: steps 0 / 1 for the batch's two halves, step 1's pose from
+  # the frozen network, the correction predicted by the moved one.
+  images, y0 = batch["image"], jnp.broadcast_to(state["ief"]["mean_pose"], (8, 16, 2))
+  net_state = {c: v for c, v in state.items() if c != "ief_path"}
+  step1 = family.model.apply({**net_state, **frozen}, images[4:], y0[4:],
+                             method=ief.IEF.correction)
+  y = jnp.concatenate([y0[:4], y0[4:] + step1])
+  target = regression.coordinate_targets(batch, coordinate.CoordinateCodec(config.input_size))
+  goal = ief.bounded_correction(y, target, regression.ief_max_step(config))
+  pred, _ = families.apply_train(family.model, moved, net_state, rng, images, y,
+                                 method=ief.IEF.correction)
+  expected = float(regression.masked_l2(pred, goal, batch["visible"]))
+  assert loss(family, moved) == pytest.approx(expected, rel=1e-5)
+  config.model.fixed_path = "current"
+  current = families.create_family(config)
+  assert "ief_path" not in families.init_variables(current, jax.random.key(0))
+  assert abs(loss(current, moved) - expected) > 1e-3 * expected  # Its path moved with them.
+  config.model.fixed_path = "latest"
+  with pytest.raises(ValueError, match="fixed_path='latest'"):
+    families.create_family(config)
+
+
+def test_checkpoints_evaluate_without_the_training_only_collections(tmp_path):
+  """eval.py, predict.py and the exporter restore a checkpoint without the collections only
+  training reads (IEF's frozen path, DeepPose's error statistics): an IEF checkpoint saved
+  before the frozen path existed (its config without model.fixed_path) still loads."""
+  from jaxpose import checkpoints, evaluate  # pylint: disable=g-import-not-at-top
+  config = _tiny("ief")
+  config.model.fixed_path = "current"  # The state as it was: no "ief_path".
+  family = families.create_family(config)
+  mesh = parallel.make_mesh()
+  state = train.create_train_state(family, train.create_optimizer(config, 100),
+                                   jax.random.key(0), mesh)
+  assert "ief_path" not in state.model_state
+  del config.model["fixed_path"]  # The config that checkpoint stored.
+  assert "ief_path" in families.init_variables(families.create_family(config), jax.random.key(0))
+  manager = checkpoints.manager(tmp_path / "checkpoints", config)
+  checkpoints.save(manager, state, config, 1)
+  manager.wait_until_finished()
+  _, loaded, variables, step = evaluate.load_checkpoint(str(tmp_path), mesh)
+  assert step == 1 and loaded.train_only == ("ief_path",) and "ief_path" not in variables
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(variables["params"]),
+               jax.device_get(state.params))
+  deeppose = families.create_family(_tiny("deeppose"))
+  assert "cascade" in families.init_variables(deeppose, jax.random.key(0))
+  assert deeppose.train_only == ("cascade",)
 
 
 def test_ief_takes_inception_modules_by_name():

@@ -242,6 +242,17 @@ def test_unknown_config_key_is_an_error_naming_it(tmp_path):
   assert "learning_rat" in proc.stderr
 
 
+def _phased_tiny(family, tmp_path, **model):
+  """A family's tiny quickstart (3 phases of 3 steps) with `model` overrides, checkpointed at
+  every step, evaluated only at its end."""
+  c = quickstart.get_config(f"{family}-tiny")
+  c.model.update(model)
+  c.dataset.data_dir = str(tmp_path / "tfds")
+  c.checkpoint_every_steps = 1
+  c.eval_every_steps = 1000
+  return c
+
+
 def test_resume_inside_a_later_phase_is_bit_exact(tmp_path, monkeypatch):
   """DeepPose-tiny trains stage by stage (3 phases of 3 steps); stopped inside phase 2 (after
   its hook measured stage 1's errors) and resumed, it ends where the uninterrupted run ends.
@@ -252,15 +263,8 @@ def test_resume_inside_a_later_phase_is_bit_exact(tmp_path, monkeypatch):
   monkeypatch.setattr(train, "_step_fn", lambda run, phase, ahead: (entered.append(
       (phase.index, isinstance(getattr(f := step_fn(run, phase, ahead), "compiled", f),
                                jax.stages.Compiled))), f)[1])
-
-  def config():
-    c = quickstart.get_config("deeppose-tiny")
-    c.model.dropout_rate = 0.2  # The resumed step keys must drive dropout as the first run's.
-    c.dataset.data_dir = str(tmp_path / "tfds")
-    c.checkpoint_every_steps = 1
-    c.eval_every_steps = 1000
-    return c
-
+  # The resumed step keys must drive dropout as the first run's.
+  config = lambda: _phased_tiny("deeppose", tmp_path, dropout_rate=0.2)  # noqa: E731
   full = config()
   train.train_and_evaluate(full, str(tmp_path / "full"))
   half = config()
@@ -272,9 +276,41 @@ def test_resume_inside_a_later_phase_is_bit_exact(tmp_path, monkeypatch):
   _, _, b, s2 = evaluate.load_checkpoint(str(tmp_path / "split"), mesh)
   assert s1 == s2 == 9
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(a), jax.device_get(b))
-  assert float(np.abs(a["cascade"]["cov"][0]).sum()) > 0  # Stage 1's errors were measured.
+  abstract = families.eval_shape_variables(families.create_family(full))
+  trained = [checkpoints.restore_variables(tmp_path / run / "checkpoints", 9, abstract)
+             for run in ("full", "split")]
+  jax.tree.map(np.testing.assert_array_equal, *trained)  # Training's error statistics too.
+  assert float(np.abs(trained[0]["cascade"]["cov"][0]).sum()) > 0  # Stage 1's were measured.
   # The full run, the run stopped at step 5, the run resumed inside phase 2.
   assert entered == [(0, True), (1, True), (2, True), (0, True), (1, True), (1, True), (2, True)]
+
+
+def test_ief_frozen_path_resumes_inside_a_later_phase_bit_exact(tmp_path, monkeypatch):
+  """IEF-tiny with the paper's frozen fixed path (3 phases of 3 steps): stopped inside phase 2
+  (a preemption notice at step 5) and resumed, it ends where the uninterrupted run ends, so the
+  network frozen when phase 2 began came back from the checkpoint; the one frozen when phase 3
+  began is phase 2's last."""
+  full = _phased_tiny("ief", tmp_path, fixed_path="frozen")
+  train.train_and_evaluate(full, str(tmp_path / "full"))
+  with monkeypatch.context() as patch:
+    patch.setattr(train.preemption_lib.Preemption, "reached", lambda self, step=None: step == 5)
+    train.train_and_evaluate(full, str(tmp_path / "split"))
+  assert checkpoints.manager(tmp_path / "split" / "checkpoints", full).latest_step() == 5
+  train.train_and_evaluate(full, str(tmp_path / "split"))
+  mesh = parallel.make_mesh()
+  _, _, a, s1 = evaluate.load_checkpoint(str(tmp_path / "full"), mesh)
+  _, _, b, s2 = evaluate.load_checkpoint(str(tmp_path / "split"), mesh)
+  assert s1 == s2 == 9 and "ief_path" not in a  # Evaluation reads the network alone.
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(a), jax.device_get(b))
+  abstract = families.eval_shape_variables(families.create_family(full))
+  trained = [checkpoints.restore_variables(tmp_path / run / "checkpoints", 9, abstract)
+             for run in ("full", "split")]
+  jax.tree.map(np.testing.assert_array_equal, *trained)  # The frozen networks too.
+  frozen = trained[0]["ief_path"]
+  differ = lambda x, y: any(np.any(u != v) for u, v in zip(jax.tree.leaves(x),  # noqa: E731
+                                                          jax.tree.leaves(y)))
+  assert differ(frozen["step1"], frozen["step2"])  # Phase 1's network, then phase 2's.
+  assert differ(frozen["step2"]["params"], trained[0]["params"])  # Frozen, not trained on.
 
 
 def test_checkpoints_from_before_the_family_interface_still_evaluate(tmp_path):

@@ -10,13 +10,17 @@ set, measured when its phase begins and kept in the "cascade" collection (so a r
 samples from the same distribution).
 
 IEF trains by Fixed Path Consolidation (one phase per step t): in phase t each example is fed at
-a step s in 0..t, its pose y_s obtained by running the network s times from the mean pose y_0
-(no gradient), and the target is the bounded correction toward the truth. The steps are spread
-evenly over each batch (stratified, `fixed_path_poses`), not drawn one by one: the same
-uniform mixture over steps, and the path is run only for the examples that need it.
-The paper keeps the earlier steps' examples as they were first computed; here they are
-recomputed with the current weights, which needs no per-example storage (our choice). The mean
-pose is measured on the training set when training starts, in the "ief" collection.
+a step s in 0..t, its pose y_s on the fixed path from the mean pose y_0 (no gradient), and the
+target is the bounded correction toward the truth. The steps are spread evenly over each batch
+(stratified, `fixed_path_poses`), not drawn one by one: the same uniform mixture over steps, and
+the path is run only for the examples that need it. The paper computes y_s once, with the
+network as phase s - 1 left it, and keeps it through the later phases; here the path is
+recomputed in each batch with the weights each phase began with, kept frozen in the "ief_path"
+collection (`config.model.fixed_path = "frozen"`, the default): the same poses (for the same
+augmented crop), without storing a pose per example (evaluation does not read the frozen
+networks: `Family.train_only`). `"current"` runs the path with the weights being trained instead, as this
+repository did before 2026-12-06 and the CPU quickstart still does (its config says why). The
+mean pose is measured on the training set when training starts, in the "ief" collection.
 """
 
 import jax
@@ -27,6 +31,9 @@ from jaxpose import family
 from jaxpose.codecs import coordinate
 from jaxpose.models import deeppose
 from jaxpose.models import ief
+
+# The collections that make IEF's network f (what its fixed path freezes).
+_NETWORK = ("params", "batch_stats")
 
 # IEF's bound L on each step's correction, normalised to the crop: the paper's 20 px at 224 px
 # (`config.model.max_step` overrides it).
@@ -130,7 +137,7 @@ def deeppose_family(config, skeleton, dtype) -> family.Family:
   apply = lambda v, x: model.apply(v, x, train=False)
   return family.Family("deeppose", skeleton, size, init=init, loss=loss,
                        predict=_stages_predict(apply, codec, skeleton.flip_permutation),
-                       begin_phase=begin_phase, model=model)
+                       begin_phase=begin_phase, model=model, train_only=("cascade",))
 
 
 def _error_statistics(err: np.ndarray, valid: np.ndarray):
@@ -149,6 +156,12 @@ def _error_statistics(err: np.ndarray, valid: np.ndarray):
 def ief_family(config, skeleton, dtype) -> family.Family:
   kwargs = family.model_kwargs(config)
   kwargs.pop("max_step", None)  # The family's, not the module's.
+  fixed_path = kwargs.pop("fixed_path", "frozen")
+  if fixed_path not in ("frozen", "current"):
+    raise ValueError(f"config.model.fixed_path={fixed_path!r}: expected 'frozen' (the paper's "
+                     "fixed path consolidation) or 'current'.")
+  # One frozen copy of the network per later phase: phase t's path step s runs copy s.
+  frozen = max(len(config.get("phases") or ()) - 1, 0) if fixed_path == "frozen" else 0
   max_step = ief_max_step(config)
   size, k = config.input_size, skeleton.num_joints
   try:
@@ -166,35 +179,52 @@ def ief_family(config, skeleton, dtype) -> family.Family:
     variables = dict(model.init({"params": params_rng, "dropout": dropout_rng}, image, y0,
                                 num_iterations=1))
     variables["ief"] = {"mean_pose": y0}
+    if frozen:  # Filled by begin_phase; here for the state's shape (checkpoints, resume).
+      variables["ief_path"] = {f"step{s}": {c: jax.tree.map(jnp.zeros_like, variables[c])
+                                            for c in _NETWORK if c in variables}
+                               for s in range(1, frozen + 1)}
     return variables
 
   def loss(params, model_state, batch, rng, *, phase=0):
     target = coordinate_targets(batch, codec)
     images = batch["image"]
     y0 = jnp.broadcast_to(model_state["ief"]["mean_pose"], target.shape)
-    correct = lambda x, y: model.apply({"params": params, **model_state}, x, y, train=False,
-                                       method=ief.IEF.correction)
+    state = {c: v for c, v in model_state.items() if c != "ief_path"}
+    path = model_state["ief_path"] if frozen else None
+
+    def correct(s, x, y):  # Step s of the path: the network phase s began with, or the current.
+      network = path[f"step{s}"] if path is not None else {"params": params, **state}
+      return model.apply({**state, **network}, x, y, train=False, method=ief.IEF.correction)
+
     y = fixed_path_poses(correct, images, y0, phase)  # The fixed path, no gradient.
     goal = ief.bounded_correction(y, target, max_step)
-    pred, new_state = family.apply_train(model, params, model_state, rng, images, y,
+    pred, new_state = family.apply_train(model, params, state, rng, images, y,
                                          method=ief.IEF.correction)
     value = masked_l2(pred, goal, batch["visible"])
-    return value, (new_state, {"l2_correction": value})
+    return value, ({**model_state, **new_state}, {"l2_correction": value})
 
   def begin_phase(phase, variables, context):
-    if phase > 0:
+    if phase == 0:
+      gt, visible = context.ground_truth
+      mean = coordinate.mean_pose((np.asarray(gt, np.float64) - codec.center) / size, visible)
+      return dict(variables, ief={"mean_pose": jnp.asarray(mean, jnp.float32)})
+    if not frozen:
       return variables
-    gt, visible = context.ground_truth
-    mean = coordinate.mean_pose((np.asarray(gt, np.float64) - codec.center) / size, visible)
-    return dict(variables, ief={"mean_pose": jnp.asarray(mean, jnp.float32)})
+    # The network as the last phase left it (BatchNorm's statistics re-estimated, with
+    # config.precise_bn_batches), frozen for the path's step `phase` from now on. Copies: the
+    # train step donates the state, and one buffer cannot be donated twice.
+    network = {c: jax.tree.map(jnp.copy, variables[c]) for c in _NETWORK if c in variables}
+    return dict(variables, ief_path={**variables["ief_path"], f"step{phase}": network})
 
   def apply(variables, images):
     y0 = variables["ief"]["mean_pose"]
-    return tuple(model.apply(variables, images, y0, train=False))
+    network = {c: v for c, v in variables.items() if c != "ief_path"}
+    return tuple(model.apply(network, images, y0, train=False))
 
   return family.Family("ief", skeleton, size, init=init, loss=loss,
                        predict=_stages_predict(apply, codec, skeleton.flip_permutation),
-                       begin_phase=begin_phase, model=model, stage_name="iteration")
+                       begin_phase=begin_phase, model=model, stage_name="iteration",
+                       train_only=("ief_path",))
 
 
 def fixed_path_steps(batch_size: int, phase: int) -> list[int]:
@@ -207,13 +237,13 @@ def fixed_path_steps(batch_size: int, phase: int) -> list[int]:
 
 def fixed_path_poses(correct, images, y0, phase: int):
   """The poses at which FPC feeds a batch: example i at its step s (`fixed_path_steps`), y_s =
-  y_{s-1} + correct(x, y_{s-1}) from y0 [N, K, 2], without gradient. The path's iteration s runs
+  y_{s-1} + correct(s, x, y_{s-1}) from y0 [N, K, 2], without gradient. The path's iteration s runs
   only on the examples fed at step s or later: ~N t / 2 examples' passes in phase t instead of
   N t (N = 8 in phase 2: 5 + 2 instead of 16). In evaluation mode the examples do not meet, so
   each pose equals the whole batch's path at its step."""
   starts = fixed_path_steps(images.shape[0], phase)
   y = y0
-  for start in starts[1:]:
-    y_next = y[start:] + correct(images[start:], y[start:])
+  for s, start in enumerate(starts[1:], 1):
+    y_next = y[start:] + correct(s, images[start:], y[start:])
     y = jnp.concatenate([y[:start], jax.lax.stop_gradient(y_next)], axis=0)
   return y
