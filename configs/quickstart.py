@@ -245,10 +245,11 @@ def ief(tiny: bool):
   c.precise_bn_batches = 2 if tiny else 100
   # The fixed path run with the weights being trained ("current"), not with the network each
   # phase began with, frozen, as the paper's FPC (the family's default, configs/ief_mpii.py's).
-  # 2026-12-06, the AMD EPYC, one run each (the same first phase: the path begins in phase 2):
-  # seed 0 43.83 -> 59.54 -> 63.38 against 43.16 -> 57.71 -> 60.62 frozen, seed 1 41.61 ->
-  # 57.15 -> 61.37 against 43.10 -> 58.47 -> 61.71. In our reading, in ten minutes the network
-  # moves far within a phase, and a frozen path feeds it poses its own no longer passes through.
+  # 2026-12-06, the AMD EPYC, one run each (the same first phase: the path begins in phase 2),
+  # current against frozen: seed 0 63.38 against 60.62, seed 1 61.37 against 61.71, seed 2
+  # 61.09 against 59.12; means 61.95 and 60.48 (docs/results_log.md). In our reading, in ten
+  # minutes the network moves far within a phase, and a frozen path feeds it poses its own path
+  # no longer passes through at test.
   # Flips only, no scale or colour jitter: the validation people are not jittered, and in ten
   # minutes IEF underfits (the training split scores what the validation split does), so the
   # jitter only slows the fit. The same schedule, 2026-12-04 (the AMD EPYC session, one run
