@@ -286,20 +286,25 @@ def test_ief_fixed_path_runs_the_network_each_phase_began_with():
   params, state = families.split_variables(variables)
   moved = jax.tree.map(lambda p: p + 0.05 * jnp.sign(p + 1e-3), params)  # Trained since.
   rng = jax.random.key(3)
-  loss = lambda fam, p: float(fam.loss(p, state, batch, rng, phase=1)[0])  # noqa: E731
+  loss = lambda fam, p: float(jax.jit(  # noqa: E731
+      lambda p: fam.loss(p, state, batch, rng, phase=1)[0])(p))
 
-  # The expected loss, written out: steps 0 / 1 for the batch's two halves, step 1's pose from
-  # the frozen network, the correction predicted by the moved one.
-  images, y0 = batch["image"], jnp.broadcast_to(state["ief"]["mean_pose"], (8, 16, 2))
-  net_state = {c: v for c, v in state.items() if c != "ief_path"}
-  step1 = family.model.apply({**net_state, **frozen}, images[4:], y0[4:],
-                             method=ief.IEF.correction)
-  y = jnp.concatenate([y0[:4], y0[4:] + step1])
-  target = regression.coordinate_targets(batch, coordinate.CoordinateCodec(config.input_size))
-  goal = ief.bounded_correction(y, target, regression.ief_max_step(config))
-  pred, _ = families.apply_train(family.model, moved, net_state, rng, images, y,
-                                 method=ief.IEF.correction)
-  expected = float(regression.masked_l2(pred, goal, batch["visible"]))
+  @jax.jit
+  def expected_loss(p):
+    """Written out: steps 0 / 1 for the batch's two halves, step 1's pose from the frozen
+    network, the correction predicted by `p`."""
+    images, y0 = batch["image"], jnp.broadcast_to(state["ief"]["mean_pose"], (8, 16, 2))
+    net_state = {c: v for c, v in state.items() if c != "ief_path"}
+    step1 = family.model.apply({**net_state, **frozen}, images[4:], y0[4:],
+                               method=ief.IEF.correction)
+    y = jnp.concatenate([y0[:4], y0[4:] + step1])
+    target = regression.coordinate_targets(batch, coordinate.CoordinateCodec(config.input_size))
+    goal = ief.bounded_correction(y, target, regression.ief_max_step(config))
+    pred, _ = families.apply_train(family.model, p, net_state, rng, images, y,
+                                   method=ief.IEF.correction)
+    return regression.masked_l2(pred, goal, batch["visible"])
+
+  expected = float(expected_loss(moved))
   assert loss(family, moved) == pytest.approx(expected, rel=1e-5)
   config.model.fixed_path = "current"
   current = families.create_family(config)

@@ -218,8 +218,7 @@ def ief_family(config, skeleton, dtype) -> family.Family:
 
   def apply(variables, images):
     y0 = variables["ief"]["mean_pose"]
-    network = {c: v for c, v in variables.items() if c != "ief_path"}
-    return tuple(model.apply(network, images, y0, train=False))
+    return tuple(model.apply(variables, images, y0, train=False))
 
   return family.Family("ief", skeleton, size, init=init, loss=loss,
                        predict=_stages_predict(apply, codec, skeleton.flip_permutation),
