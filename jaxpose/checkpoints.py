@@ -29,6 +29,12 @@ RESUME_KEYS = ("optimizer", "batch_size", "seed", "input_size", "output_size", "
                "precise_bn_batches")
 
 
+# Model keys added after checkpoints were written, per family, with the value that trained
+# those checkpoints: a saved signature without the key compares as if it held that value (an IEF
+# quickstart run from before 2026-12-06 resumes; a paper run, now "frozen", does not).
+ADDED_MODEL_KEYS = {"ief": {"fixed_path": "current"}}
+
+
 def model_signature(config) -> dict:
   """What must match between a checkpoint and the model restoring it (as JSON values, so a
   tuple in the config equals the list the checkpoint's JSON stores)."""
@@ -114,6 +120,8 @@ def check_compatible(meta: dict, config, where: str, *, allow_inexact_resume: bo
     ValueError: naming `where` and what differs.
   """
   want, got = model_signature(config), meta["signature"]
+  added = ADDED_MODEL_KEYS.get(got.get("model", {}).get("name"), {})
+  got = {**got, "model": {**added, **got.get("model", {})}}
   if want != got:
     raise ValueError(f"{where} holds a checkpoint of a different model: checkpoint "
                      f"{json.dumps(got, sort_keys=True)} vs config "

@@ -108,6 +108,19 @@ def test_a_different_model_is_always_refused():
       checkpoints.check_compatible(_meta(_config()), now, "WORK", allow_inexact_resume=allow)
 
 
+def test_model_keys_added_later_compare_as_the_value_that_trained_older_checkpoints():
+  """An IEF checkpoint from before config.model.fixed_path trained with "current": the
+  quickstart (still "current") resumes it, the paper's "frozen" is another model."""
+  then = quickstart.get_config("ief-tiny")
+  del then.model["fixed_path"]
+  now = quickstart.get_config("ief-tiny")
+  assert now.model.fixed_path == "current"
+  checkpoints.check_compatible(_meta(then), now, "WORK")
+  now.model.fixed_path = "frozen"
+  with pytest.raises(ValueError, match="different model"):
+    checkpoints.check_compatible(_meta(then), now, "WORK")
+
+
 def test_older_checkpoint_without_resume_signature_warns(caplog):
   meta = _meta(_config())
   del meta["resume_signature"]
