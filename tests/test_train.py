@@ -289,7 +289,8 @@ def test_ief_frozen_path_resumes_inside_a_later_phase_bit_exact(tmp_path, monkey
   """IEF-tiny with the paper's frozen fixed path (2 phases of 3 steps): stopped inside phase 2
   (a preemption notice at step 4) and resumed, it ends where the uninterrupted run ends, so the
   network frozen when phase 2 began came back from the checkpoint."""
-  full = _phased_tiny("ief", tmp_path, fixed_path="frozen")
+  # One Inception module: the program compiles in half the time (46 -> 21 s on a cold cache).
+  full = _phased_tiny("ief", tmp_path, fixed_path="frozen", inception_modules=("3a",))
   full.phases = full.phases[:2]
   full.checkpoint_every_steps = 1000  # Phase ends, the preemption's save and the last step.
   train.train_and_evaluate(full, str(tmp_path / "full"))
