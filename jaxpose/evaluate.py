@@ -204,10 +204,9 @@ def load_checkpoint(path: str, mesh):
   meta = checkpoints.read_meta(manager, step)
   config = ml_collections.ConfigDict(meta["config"])
   family = families.create_family(config)
-  shapes = families.eval_shape_variables(family)
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=parallel.replicated(mesh)),
-      {c: v for c, v in shapes.items() if c not in family.train_only})
+      families.eval_shape_variables(family, training=False))
   variables = checkpoints.restore_variables(directory, step, abstract)
   return config, family, variables, step
 

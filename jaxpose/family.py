@@ -188,9 +188,11 @@ def model_kwargs(config) -> dict:
   return kwargs
 
 
-def eval_shape_variables(family: Family) -> Variables:
-  """The family's variables as shapes (no compile, no memory)."""
-  return jax.eval_shape(family.init, jax.random.key(0))
+def eval_shape_variables(family: Family, *, training: bool = True) -> Variables:
+  """The family's variables as shapes (no compile, no memory); with training=False, the model
+  alone, without its `train_only` collections (what evaluation restores)."""
+  shapes = jax.eval_shape(family.init, jax.random.key(0))
+  return shapes if training else {c: v for c, v in shapes.items() if c not in family.train_only}
 
 
 # Compiling an initialiser is mostly XLA's backend optimising code that runs once: a Threefry

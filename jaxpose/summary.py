@@ -74,8 +74,7 @@ def summarize(config) -> dict:
   from jaxpose import families  # pylint: disable=g-import-not-at-top
   family = families.create_family(config)
   size = family.input_size
-  variables = {c: v for c, v in families.eval_shape_variables(family).items()
-               if c not in family.train_only}  # The model a checkpoint's evaluation restores.
+  variables = families.eval_shape_variables(family, training=False)  # What evaluation restores.
   batch = {"image": jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32),
            "transform": jax.ShapeDtypeStruct((1, 3, 3), jnp.float32)}
   forward = jax.jit(lambda v, b: family.predict(v, b, False))
