@@ -37,9 +37,8 @@ def _person_of():
   if _BOX.value:
     try:
       person = person_lib.Person.from_box(runtime.number_list("box", _BOX.value, 4))
-    except ValueError:
-      raise app.UsageError(f"--box={','.join(_BOX.value)}: expected x0,y0,x1,y1 with x1 > x0 "
-                           "and y1 > y0.") from None
+    except ValueError as e:  # Person.from_box's own words: the order it expects.
+      raise app.UsageError(f"--box={','.join(_BOX.value)}: {e}") from None
     return lambda image: person
   if _CENTER.value or _SCALE.value is not None:
     if not (_CENTER.value and _SCALE.value is not None):
