@@ -30,9 +30,22 @@ RESUME_KEYS = ("optimizer", "batch_size", "seed", "input_size", "output_size", "
 
 
 # Model keys added after checkpoints were written, per family, with the value that trained
-# those checkpoints: a saved signature without the key compares as if it held that value (an IEF
-# quickstart run from before 2026-12-06 resumes; a paper run, now "frozen", does not).
+# those checkpoints: `read_meta` fills them into an older checkpoint's config and signature, so
+# resuming compares, and evaluation rebuilds, the model that was trained (an IEF quickstart run
+# from before 2026-12-06 resumes; a paper run, now "frozen", does not).
 ADDED_MODEL_KEYS = {"ief": {"fixed_path": "current"}}
+
+
+def with_added_model_keys(meta: dict) -> dict:
+  """`meta` (as saved) with the `ADDED_MODEL_KEYS` its config and signature lack, at the
+  values that trained it; a newer checkpoint's own values stay."""
+  out = dict(meta)
+  for part in ("config", "signature"):
+    model = out.get(part, {}).get("model")
+    if isinstance(model, dict):
+      added = ADDED_MODEL_KEYS.get(model.get("name"), {})
+      out[part] = {**out[part], "model": {**added, **model}}
+  return out
 
 
 def model_signature(config) -> dict:
@@ -109,7 +122,8 @@ def resume_differences(saved: dict, config) -> list[str]:
 
 
 def check_compatible(meta: dict, config, where: str, *, allow_inexact_resume: bool = False) -> None:
-  """Refuses to resume from `meta`'s checkpoint with `config` when it cannot continue the run.
+  """Refuses to resume from `meta`'s checkpoint (as `read_meta` gives it) with `config` when
+  it cannot continue the run.
 
   A different model (or skeleton) is always refused. Different resume settings (see
   `RESUME_KEYS`) are refused with every differing field named, unless `allow_inexact_resume`,
@@ -120,8 +134,6 @@ def check_compatible(meta: dict, config, where: str, *, allow_inexact_resume: bo
     ValueError: naming `where` and what differs.
   """
   want, got = model_signature(config), meta["signature"]
-  added = ADDED_MODEL_KEYS.get(got.get("model", {}).get("name"), {})
-  got = {**got, "model": {**added, **got.get("model", {})}}
   if want != got:
     raise ValueError(f"{where} holds a checkpoint of a different model: checkpoint "
                      f"{json.dumps(got, sort_keys=True)} vs config "
@@ -279,11 +291,13 @@ def restore_step(manager, step: int, abstract_state):
 
 
 def read_meta(manager, step: int) -> dict:
-  """The config and signatures saved with `step`; DamagedCheckpointError if unreadable."""
+  """The config and signatures saved with `step` (`with_added_model_keys`);
+  DamagedCheckpointError if unreadable."""
   try:
-    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
   except Exception as e:  # pylint: disable=broad-exception-caught
     raise _damaged(manager, step, e) from e
+  return with_added_model_keys(meta)
 
 
 def restore_state(manager, step: int, abstract_state):

@@ -108,17 +108,27 @@ def test_a_different_model_is_always_refused():
       checkpoints.check_compatible(_meta(_config()), now, "WORK", allow_inexact_resume=allow)
 
 
-def test_model_keys_added_later_compare_as_the_value_that_trained_older_checkpoints():
-  """An IEF checkpoint from before config.model.fixed_path trained with "current": the
-  quickstart (still "current") resumes it, the paper's "frozen" is another model."""
+def test_model_keys_added_later_read_as_the_value_that_trained_older_checkpoints(tmp_path):
+  """An IEF checkpoint from before config.model.fixed_path trained with "current": read back,
+  its config and signature say so, so the quickstart (still "current") resumes it, the paper's
+  "frozen" is another model, and evaluation rebuilds it as "current"."""
   then = quickstart.get_config("ief-tiny")
   del then.model["fixed_path"]
+  manager = checkpoints.manager(tmp_path / "checkpoints", then)
+  checkpoints.save(manager, {"count": jnp.int32(1)}, then, 1)
+  manager.wait_until_finished()
+  meta = checkpoints.read_meta(manager, 1)
+  assert meta["config"]["model"]["fixed_path"] == "current"
+  assert meta["signature"]["model"]["fixed_path"] == "current"
   now = quickstart.get_config("ief-tiny")
   assert now.model.fixed_path == "current"
-  checkpoints.check_compatible(_meta(then), now, "WORK")
+  checkpoints.check_compatible(meta, now, "WORK")
   now.model.fixed_path = "frozen"
   with pytest.raises(ValueError, match="different model"):
-    checkpoints.check_compatible(_meta(then), now, "WORK")
+    checkpoints.check_compatible(meta, now, "WORK")
+  # A checkpoint that records the key keeps its own value.
+  newer = checkpoints.with_added_model_keys({"config": {"model": now.model.to_dict()}})
+  assert newer["config"]["model"]["fixed_path"] == "frozen"
 
 
 def test_older_checkpoint_without_resume_signature_warns(caplog):
