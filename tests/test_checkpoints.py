@@ -110,8 +110,8 @@ def test_a_different_model_is_always_refused():
 
 def test_model_keys_added_later_read_as_the_value_that_trained_older_checkpoints(tmp_path):
   """An IEF checkpoint from before config.model.fixed_path trained with "current": read back,
-  its config and signature say so, so the quickstart (still "current") resumes it, the paper's
-  "frozen" is another model, and evaluation rebuilds it as "current"."""
+  its config (what evaluation rebuilds the model from) and signature say so, so the quickstart
+  (still "current") resumes it and the paper's "frozen" is another model."""
   then = quickstart.get_config("ief-tiny")
   del then.model["fixed_path"]
   manager = checkpoints.manager(tmp_path / "checkpoints", then)
