@@ -18,9 +18,10 @@ network as phase s - 1 left it, and keeps it through the later phases; here the 
 recomputed in each batch with the weights each phase began with, kept frozen in the "ief_path"
 collection (`config.model.fixed_path = "frozen"`, the default): the same poses (for the same
 augmented crop), without storing a pose per example (evaluation does not read the frozen
-networks: `Family.train_only`). `"current"` runs the path with the weights being trained instead, as this
-repository did before 2026-12-06 and the CPU quickstart still does (its config says why). The
-mean pose is measured on the training set when training starts, in the "ief" collection.
+networks: `Family.train_only`). `"current"` runs the path with the weights being trained
+instead, as this repository did before 2026-12-06 and the CPU quickstart still does (its config
+says why). The mean pose is measured on the training set when training starts, in the "ief"
+collection.
 """
 
 import jax
@@ -34,6 +35,11 @@ from jaxpose.models import ief
 
 # The collections that make IEF's network f (what its fixed path freezes).
 _NETWORK = ("params", "batch_stats")
+
+
+def _network(variables, fn) -> dict:
+  """fn applied to every leaf of IEF's network f in `variables` (its `_NETWORK` collections)."""
+  return {c: jax.tree.map(fn, variables[c]) for c in _NETWORK if c in variables}
 
 # IEF's bound L on each step's correction, normalised to the crop: the paper's 20 px at 224 px
 # (`config.model.max_step` overrides it).
@@ -180,8 +186,7 @@ def ief_family(config, skeleton, dtype) -> family.Family:
                                 num_iterations=1))
     variables["ief"] = {"mean_pose": y0}
     if frozen:  # Filled by begin_phase; here for the state's shape (checkpoints, resume).
-      variables["ief_path"] = {f"step{s}": {c: jax.tree.map(jnp.zeros_like, variables[c])
-                                            for c in _NETWORK if c in variables}
+      variables["ief_path"] = {f"step{s}": _network(variables, jnp.zeros_like)
                                for s in range(1, frozen + 1)}
     return variables
 
@@ -213,8 +218,8 @@ def ief_family(config, skeleton, dtype) -> family.Family:
     # The network as the last phase left it (BatchNorm's statistics re-estimated, with
     # config.precise_bn_batches), frozen for the path's step `phase` from now on. Copies: the
     # train step donates the state, and one buffer cannot be donated twice.
-    network = {c: jax.tree.map(jnp.copy, variables[c]) for c in _NETWORK if c in variables}
-    return dict(variables, ief_path={**variables["ief_path"], f"step{phase}": network})
+    return dict(variables, ief_path={**variables["ief_path"],
+                                     f"step{phase}": _network(variables, jnp.copy)})
 
   def apply(variables, images):
     y0 = variables["ief"]["mean_pose"]
