@@ -317,8 +317,11 @@ def test_ief_fixed_path_runs_the_network_each_phase_began_with():
 
 def test_checkpoints_evaluate_without_the_training_only_collections(tmp_path):
   """eval.py, predict.py and the exporter restore a checkpoint without the collections only
-  training reads (IEF's frozen path, DeepPose's error statistics): an IEF checkpoint saved
-  before the frozen path existed (its config without model.fixed_path) still loads."""
+  training reads (IEF's frozen path, DeepPose's error statistics; a frozen-path checkpoint
+  evaluated without its copies: test_train's frozen resume test). An IEF checkpoint saved
+  before the frozen path existed (its config without model.fixed_path, which would build a
+  family with copies today) still loads: `checkpoints.read_meta` fills in the "current" that
+  trained it."""
   from jaxpose import checkpoints, evaluate  # pylint: disable=g-import-not-at-top
   config = _tiny("ief")
   config.model.fixed_path = "current"  # The state as it was: no "ief_path".
