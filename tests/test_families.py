@@ -345,10 +345,16 @@ def test_checkpoints_evaluate_without_the_training_only_collections(tmp_path):
 
 
 def test_ief_takes_inception_modules_by_name():
-  """The tiny quickstart keeps one Inception module per resolution (as ief.IEFTiny); an unknown
-  name is an error that names it."""
+  """The quickstart keeps five of GoogLeNet's nine Inception modules and the tiny one one per
+  resolution (as ief.IEFTiny); a config without the key (the paper's, an older checkpoint's)
+  builds all nine; an unknown name is an error that names it."""
+  names = lambda c: [name for name, _ in families.create_family(c).model.inception]  # noqa: E731
+  assert names(quickstart.get_config("ief")) == ["3a", "3b", "4a", "4e", "5a"]
   config = _tiny("ief")
-  assert [name for name, _ in families.create_family(config).model.inception] == ["3a", "4a", "5a"]
+  assert names(config) == ["3a", "4a", "5a"]
+  del config.model["inception_modules"]
+  assert names(config) == [name for name, _ in ief.INCEPTION_V1]
+  config = _tiny("ief")
   assert [name for name, _ in ief.inception_modules("4a, 3a")] == ["3a", "4a"]  # Their order.
   config.model.inception_modules = ("3a", "9z")
   with pytest.raises(ValueError, match="'ief'.*9z"):

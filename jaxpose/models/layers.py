@@ -546,12 +546,12 @@ def max_pool(x, window: int, stride: int, padding: Sequence[tuple[int, int]]):
   column holding it, then the first row in that column; select-and-scatter takes the first in
   row-major order: both are subgradients, and they differ only on ties), as selects and strided
   pads. Autodiff of the slices' maxima shares ties instead, through compares, selects and
-  divisions at every tap. The IEF quickstart's step (9 Inception pools of 3x3/1, 4 of 3x3/2)
-  takes 0.96x / 0.93x / 0.94x autodiff's time in its three phases; CPM's and DeepPose's
-  (3x3/2 only) 0.99x / 1.00x (docs/performance_log.md). For 2x2 windows autodiff's is kept: one
-  maximum per axis leaves it little to share, and the written-out gradient made Tompson's
-  quickstart step 1.07x slower, the 2-stack hourglass's (`max_pool2`) 1.02x. Lowered for other
-  platforms, autodiff's gradient (`on_cpu`).
+  divisions at every tap. The IEF quickstart's step with all nine Inception modules (9 pools
+  of 3x3/1, 4 of 3x3/2) takes 0.96x / 0.93x / 0.94x autodiff's time in its three phases; CPM's
+  and DeepPose's (3x3/2 only) 0.99x / 1.00x (docs/performance_log.md). For 2x2 windows
+  autodiff's is kept: one maximum per axis leaves it little to share, and the written-out
+  gradient made Tompson's quickstart step 1.07x slower, the 2-stack hourglass's (`max_pool2`)
+  1.02x. Lowered for other platforms, autodiff's gradient (`on_cpu`).
   """
   if window <= 2:
     return _max_pool_rows_columns(x, window, stride, padding)
