@@ -237,11 +237,9 @@ def ief(tiny: bool):
                                            fixed_path="current"))
   # Five of GoogLeNet's nine Inception modules (3a, 3b at 16 px; 4a, 4e at 8; 5a at 4), as the
   # tiny variant keeps a subset: at this width the modules are small products whose calls,
-  # not their arithmetic, cost the time, so the step takes 0.76x the nine's (34.7 against
-  # 45.6 ms, alternating blocks in one process), and per step the shallower network fits no
-  # worse. At 1.3x the nine's schedule, seeds 0 / 1 / 2: 67.70 / 66.65 / 66.17 (mean 66.84;
-  # the nine modules there: 65.24 / 64.38 / 61.29); 2026-12-06, an AMD EPYC,
-  # docs/results_log.md ("Five Inception modules").
+  # not their arithmetic, cost the time, so the step takes 0.76x the nine's, and per step the
+  # shallower network fits no worse. The nine at the same steps: 65.24 / 64.38 / 61.29 on seeds
+  # 0 / 1 / 2 (docs/results_log.md, "Five Inception modules").
   c.model.inception_modules = ("3a", "3b", "4a", "4e", "5a")
   if tiny:  # As ief.IEFTiny: 1/16 of the widths, one Inception module per resolution.
     c.model.width_divisor = 16
