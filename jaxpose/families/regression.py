@@ -41,6 +41,7 @@ def _network(variables, fn) -> dict:
   """fn applied to every leaf of IEF's network f in `variables` (its `_NETWORK` collections)."""
   return {c: jax.tree.map(fn, variables[c]) for c in _NETWORK if c in variables}
 
+
 # IEF's bound L on each step's correction, normalised to the crop: the paper's 20 px at 224 px
 # (`config.model.max_step` overrides it).
 IEF_MAX_STEP = 20.0 / 224.0
