@@ -77,6 +77,7 @@ model) and the table next to it (.md), headed by the machine; prints the table.
 """
 
 import argparse
+import collections
 import contextlib
 import datetime
 import importlib.metadata
@@ -349,10 +350,16 @@ def jax_train(config, host: dict, task: dict):
   run.compiled = step
 
   def report():
-    text = step.as_text()  # Printed once (the 2-stack's program: 7 MB of text).
+    # The step's programs (`steps.TrainStep`: the gradients, then the optimiser's update):
+    # their calls add up.
+    programs = step.programs if isinstance(step, steps.TrainStep) else (step,)
+    texts = [p.as_text() for p in programs]  # Printed once (the 2-stack's: 7 MB of text).
+    fusions = collections.Counter()
+    for text in texts:
+      fusions.update(library_fusions(text))
     return {"step_temporaries_mb": temporaries_mb(step),
-            "step_library_fusions": library_fusions(text), "step_calls": runtime_calls(text),
-            **jax_device_memory()}
+            "step_library_fusions": dict(sorted(fusions.items())),
+            "step_calls": sum(runtime_calls(text) for text in texts), **jax_device_memory()}
 
   run.report = report
   return info, run
@@ -361,7 +368,10 @@ def jax_train(config, host: dict, task: dict):
 def temporaries_mb(compiled) -> float | None:
   """The temporaries XLA's buffer assignment gives a compiled program (its memory analysis:
   what one call allocates beside its arguments and outputs), MiB; None where the backend does
-  not say."""
+  not say. A train step's programs (`steps.TrainStep`) run one after the other: their largest."""
+  if hasattr(compiled, "programs"):
+    sizes = [temporaries_mb(program) for program in compiled.programs]
+    return None if None in sizes else max(sizes)
   try:
     analysis = compiled.memory_analysis()
   except (AttributeError, NotImplementedError, RuntimeError):

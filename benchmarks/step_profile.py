@@ -50,17 +50,21 @@ from jaxpose import huge_pages as huge_pages_lib
 # operation named in its metadata.
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\S+)\s(.*)$", re.M)
 _OP_NAME = re.compile(r"op_name=\"([^\"]*)\"")
+_MODULE = re.compile(r"^HloModule ([^\s,]+)", re.M)
 # Path components that name control flow or transformations, not layers.
 _NOT_LAYERS = re.compile(r"^(cond|while|body|cond_computation|closed_call|remat|checkpoint|"
                          r"rematted_computation|branch_\d+_fun|pjit|jit\(.*\)|vmap\(.*\)|)$")
 
 
-def instructions(hlo_text: str) -> dict[str, tuple[str, str]]:
-  """Instruction name -> (result type, source operation name or "")."""
+def instructions(*hlo_texts: str) -> dict[tuple[str, str], tuple[str, str]]:
+  """(module, instruction name) -> (result type, source operation name or ""), over the
+  programs' texts (a train step's two: `steps.TrainStep`), whose names may repeat."""
   program = {}
-  for m in _INSTRUCTION.finditer(hlo_text):
-    op_name = _OP_NAME.search(m.group(3))
-    program[m.group(1)] = (m.group(2), op_name.group(1) if op_name else "")
+  for text in hlo_texts:
+    module = _MODULE.search(text).group(1)
+    for m in _INSTRUCTION.finditer(text):
+      op_name = _OP_NAME.search(m.group(3))
+      program[module, m.group(1)] = (m.group(2), op_name.group(1) if op_name else "")
   return program
 
 
@@ -99,16 +103,17 @@ def attribute(events: list[dict], program: dict[str, tuple[str, str]], steps: in
   layers, kinds, counts, ops = (collections.Counter() for _ in range(4))
   for e in events:
     name = e["name"]
-    if name not in program:
+    key = (e.get("args", {}).get("hlo_module"), name)  # The runtime's events name both.
+    if key not in program:
       continue
     ms = e["dur"] / 1e3 / steps
     kind = re.sub(r"\.\d+$", "", name)
-    op_name = program[name][1]
+    op_name = program[key][1]
     key = layer_of(op_name, depth) if op_name else ("xla", kind)
     layers[key] += ms
     kinds[kind] += ms
     counts[kind] += 1 / steps
-    ops[name] += ms
+    ops[key] += ms
   return {"layers": layers, "kinds": kinds, "counts": counts, "ops": ops}
 
 
@@ -123,9 +128,9 @@ def report(result: dict, program: dict[str, tuple[str, str]], top: int, wall_ms:
   for kind, ms in result["kinds"].most_common():
     lines.append(f"| {ms:.2f} | {result['counts'][kind]:.0f} | {kind} |")
   lines += ["", "| ms | instruction | result | source |", "|---:|---|---|---|"]
-  for name, ms in result["ops"].most_common(top):
-    shape, op_name = program[name]
-    source = op_name.replace("jit(train_step)/", "")
+  for (module, name), ms in result["ops"].most_common(top):
+    shape, op_name = program[module, name]
+    source = re.sub(r"^jit\(\w+\)/", "", op_name)
     lines.append(f"| {ms:.2f} | {name} | {shape} | {source} |")
   return "\n".join(lines)
 
@@ -154,7 +159,8 @@ def main(argv=None) -> dict:
   host = bench.random_batch(args.batch, config.input_size)
   _, run = bench.jax_train(config, host, {"device_augment": args.device_augment})
   wall_ms = 1e3 * statistics.median(bench.time_calls(run, args.warmup, args.timed))
-  program = instructions(run.compiled.as_text())
+  step = run.compiled
+  program = instructions(*(p.as_text() for p in getattr(step, "programs", (step,))))
   with tempfile.TemporaryDirectory() as log_dir:
     jax.profiler.start_trace(log_dir)
     for _ in range(args.steps):
@@ -169,8 +175,9 @@ def main(argv=None) -> dict:
                         for (d, l), ms in result["layers"].most_common()],
              "kinds": [{"kind": k, "ms": ms, "count": result["counts"][k]}
                        for k, ms in result["kinds"].most_common()],
-             "top": [{"instruction": n, "ms": ms, "result": program[n][0],
-                      "source": program[n][1]} for n, ms in result["ops"].most_common(args.top)]}
+             "top": [{"module": m, "instruction": n, "ms": ms, "result": program[m, n][0],
+                      "source": program[m, n][1]}
+                     for (m, n), ms in result["ops"].most_common(args.top)]}
   if args.out:
     with open(args.out, "w") as f:
       json.dump(payload, f, indent=1)

@@ -92,25 +92,75 @@ def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
 
 def train_step(state: TrainState, batch, rng, *, family: families.Family, phase: int = 0,
                trainable: tuple[str, ...] | None = None):
-  """(state, batch, rng) -> (state, metrics). Pure; compiled once per phase.
+  """(state, batch, rng) -> (state, metrics). Pure; compiled once per phase (as `TrainStep`'s
+  two programs: `gradients_step`, then `update_step`).
 
   `trainable` (the phase's top-level parameter subtrees, None = all): only these are
   differentiated; the others enter the loss as constants and get zero gradients, so a phase
   that trains one part of a model does not pay for the rest's backward pass (Tompson's spatial
   model on a frozen detector). `grad_norm` is over them.
   """
-  batch = _with_images(family, batch)
-  trained = {k: v for k, v in state.params.items() if trainable is None or k in trainable}
-  frozen = {k: v for k, v in state.params.items() if k not in trained}
+  grads, model_state, metrics = gradients_step(state.params, state.model_state, batch, rng,
+                                               family=family, phase=phase, trainable=trainable)
+  return update_step(state, grads).replace(model_state=model_state), metrics
 
-  def loss_fn(params):
-    return family.loss({**frozen, **params}, state.model_state, batch, rng, phase=phase)
+
+def gradients_step(params, model_state, batch, rng, *, family: families.Family, phase: int = 0,
+                   trainable: tuple[str, ...] | None = None):
+  """(params, model_state, batch, rng) -> (the `trainable` subtrees' gradients, the new model
+  state, metrics): the first half of `train_step`."""
+  batch = _with_images(family, batch)
+  trained = {k: v for k, v in params.items() if trainable is None or k in trainable}
+  frozen = {k: v for k, v in params.items() if k not in trained}
+
+  def loss_fn(trained):
+    return family.loss({**frozen, **trained}, model_state, batch, rng, phase=phase)
 
   (loss, (model_state, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trained)
-  metrics = {"loss": loss, "grad_norm": _global_norm(grads), **aux}
-  grads = {**jax.tree.map(jnp.zeros_like, frozen), **grads}
-  new_state = state.apply_gradients(grads=grads, model_state=model_state)
-  return new_state, metrics
+  return grads, model_state, {"loss": loss, "grad_norm": _global_norm(grads), **aux}
+
+
+def update_step(state: TrainState, grads) -> TrainState:
+  """The optimiser's update of `state` (its model state untouched) by `grads`, which may hold
+  only some of the top-level parameter subtrees: the others get zero gradients (the optimiser
+  sees every parameter, as its state was made). The second half of `train_step`."""
+  zeros = jax.tree.map(jnp.zeros_like, {k: v for k, v in state.params.items() if k not in grads})
+  return state.apply_gradients(grads={**zeros, **grads})
+
+
+class TrainStep:
+  """A phase's train step, (state, batch, rng) -> (state, metrics) as `train_step`, run as two
+  XLA programs: `gradients` ((params, model_state, batch, rng) -> (gradients, model state,
+  metrics), the model state donated) and `update` ((the state without its model state,
+  gradients) -> that state updated, donated).
+
+  Why two: XLA's CPU runtime reads a program back (from the persistent compilation cache or
+  `step_store`) in time that grows faster than its number of calls, and the optimiser's update
+  is ~1/3 of a step's calls (two fusions per parameter leaf). Apart, the two programs compile
+  and are read back on two threads at once: the 8-stack hourglass's step read back in ~20 s
+  instead of ~45, at the same step time and the same values to the bit
+  (docs/performance_log.md, "The optimiser's update as a program of its own").
+
+  Built by `make_train_step` from jitted functions; `compile_ahead` returns one whose programs
+  are compiled (or `host_memory.FirstCall`s around them)."""
+
+  def __init__(self, gradients, update):
+    self.gradients, self.update = gradients, update
+
+  def __call__(self, state: TrainState, batch, rng):
+    grads, model_state, metrics = self.gradients(state.params, state.model_state, batch, rng)
+    state = self.update(state.replace(model_state=None), grads)
+    return state.replace(model_state=model_state), metrics
+
+  @property
+  def programs(self) -> tuple:
+    return self.gradients, self.update
+
+  def release(self) -> None:
+    """Hands back the memory touched for a first call that will not come (`FirstCall`)."""
+    for program in self.programs:
+      if isinstance(program, host_memory.FirstCall):
+        program.release()
 
 
 def _global_norm(tree, small: int = 1 << 16) -> jax.Array:
@@ -141,14 +191,17 @@ def _with_images(family: families.Family, batch):
   return dict(batch, image=device_augment.input_images(batch, family.input_size))
 
 
-def make_train_step(family, mesh, phase: int | optim.Phase = 0):
-  """The jitted step of one phase (an `optim.Phase`, or an index: then everything trains)."""
+def make_train_step(family, mesh, phase: int | optim.Phase = 0) -> TrainStep:
+  """The step of one phase (an `optim.Phase`, or an index: then everything trains), as two
+  jitted programs (`TrainStep`), the state donated."""
   index, trainable = (phase.index, phase.trainable) if isinstance(phase, optim.Phase) else (
       phase, None)
   rep, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-  step = functools.partial(train_step, family=family, phase=index, trainable=trainable)
-  return jax.jit(step, in_shardings=(rep, data, rep), out_shardings=(rep, rep),
-                 donate_argnums=0)
+  gradients = functools.partial(gradients_step, family=family, phase=index, trainable=trainable)
+  return TrainStep(
+      jax.jit(gradients, in_shardings=(rep, rep, data, rep), out_shardings=(rep, rep, rep),
+              donate_argnums=1),
+      jax.jit(update_step, in_shardings=(rep, rep), out_shardings=rep, donate_argnums=0))
 
 
 def make_batch_moments_step(family, mesh, phase: int | optim.Phase = 0):
@@ -196,7 +249,9 @@ def compile_ahead(step_fn, *args, laps: dict | None = None, prefault: bool = Fal
   """Traces and lowers the jitted `step_fn` for `args` (arrays, or the `jax.ShapeDtypeStruct`s,
   shardings included, of what it will be called with: e.g. `create_train_state(...,
   abstract=True)` and `parallel.global_batch_spec`), then compiles it on a thread of its own.
-  Returns a future of the compiled step (`jax.stages.Compiled`), called as `step_fn` is.
+  Returns a future of the compiled step (`jax.stages.Compiled`), called as `step_fn` is. A
+  `TrainStep`'s two programs are each traced and lowered here, then compiled on two threads
+  (the update's laps under laps["update"]); the future's result is a `TrainStep` of them.
 
   XLA does not hold Python's lock while it compiles, so what the caller does meanwhile (the
   initialiser, restoring a checkpoint, the input pipeline's first batches) overlaps the
@@ -224,6 +279,23 @@ def compile_ahead(step_fn, *args, laps: dict | None = None, prefault: bool = Fal
   later phase's step: its pages would stand beside the training phase's. `laps` also gets the
   MB touched ("prefault_mb") once the first call has released them."""
   laps = {} if laps is None else laps
+  if not isinstance(step_fn, TrainStep):
+    return _program_ahead(step_fn, args, laps, prefault, keep)[0]
+  state, batch, rng = args
+  kept = (None, None) if keep is None else (f"{keep}\ngradients", f"{keep}\nupdate")
+  gradients, out_info = _program_ahead(step_fn.gradients,
+                                       (state.params, state.model_state, batch, rng), laps,
+                                       prefault, kept[0])
+  laps["update"] = {}  # The update's own laps; never prefaulted (its temporaries: ~0).
+  update, _ = _program_ahead(step_fn.update, (state.replace(model_state=None), out_info[0]),
+                             laps["update"], False, kept[1])
+  return host_memory.on_thread("compile_ahead",
+                               lambda: TrainStep(gradients.result(), update.result()))
+
+
+def _program_ahead(step_fn, args, laps: dict, prefault: bool, keep: str | None):
+  """(a future of the compiled program, its outputs' shapes): `compile_ahead` for one jitted
+  function."""
   store = step_store.StepStore.beside_cache() if keep is not None else None
   stored_as = step_store.name(keep, args) if store is not None else None
   reading = store.read(stored_as) if store is not None else None
@@ -267,7 +339,7 @@ def compile_ahead(step_fn, *args, laps: dict | None = None, prefault: bool = Fal
         compiled, prefault=touch, laps=laps,
         after=(lambda peak_rss: [f(peak_rss) for f in after]) if after else None)
 
-  return host_memory.on_thread("compile_ahead", compile_)
+  return host_memory.on_thread("compile_ahead", compile_), traced.out_info
 
 
 def _timed(laps: dict, name: str, fn, *args):

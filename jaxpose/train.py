@@ -262,7 +262,8 @@ def _discard(ahead: _Ahead | None) -> None:
   """A step compiled ahead that will not run: the memory touched for its first call (the
   process's first step: `steps.compile_ahead`'s prefault), if any, is handed back."""
   def release(future):
-    if future.exception() is None and isinstance(future.result(), host_memory.FirstCall):
+    if future.exception() is None and isinstance(future.result(),
+                                                 (host_memory.FirstCall, steps.TrainStep)):
       future.result().release()
 
   if ahead is not None:

@@ -235,11 +235,17 @@ def test_step_profile_names_the_pass_and_layer_of_a_source_operation():
       "fwd", "IEF.correction/net")
   assert layer("jit(train_step)/mul", 3) == ("-", "(no layer)")
   assert layer("transpose(jvp(M))/net/jit(_pad)/pad", 3) == ("bwd", "M/net")
+  # A train step's two programs (steps.TrainStep) may name instructions alike.
   program = step_profile.instructions(
-      '  %fusion.3 = f32[8,4]{1,0} fusion(%p), kind=kLoop, metadata={op_name="jit(train_step)/'
-      'jvp(M)/conv/add" stack_frame_id=2}\n  ROOT %copy.1 = f32[4,8]{1,0} copy(%fusion.3)\n')
-  assert program == {"fusion.3": ("f32[8,4]{1,0}", "jit(train_step)/jvp(M)/conv/add"),
-                     "copy.1": ("f32[4,8]{1,0}", "")}
+      'HloModule jit_gradients_step, entry_computation_layout={}\n'
+      '  %fusion.3 = f32[8,4]{1,0} fusion(%p), kind=kLoop, metadata={op_name="jit(gradients_step)/'
+      'jvp(M)/conv/add" stack_frame_id=2}\n  ROOT %copy.1 = f32[4,8]{1,0} copy(%fusion.3)\n',
+      'HloModule jit_update_step\n'
+      '  %fusion.3 = f32[4]{0} fusion(%q), kind=kLoop, metadata={op_name="jit(update_step)/mul"}\n')
+  assert program == {
+      ("jit_gradients_step", "fusion.3"): ("f32[8,4]{1,0}", "jit(gradients_step)/jvp(M)/conv/add"),
+      ("jit_gradients_step", "copy.1"): ("f32[4,8]{1,0}", ""),
+      ("jit_update_step", "fusion.3"): ("f32[4]{0}", "jit(update_step)/mul")}
 
 
 def test_step_profile_attributes_a_traced_step_to_its_layers(tmp_path, capsys):

@@ -139,6 +139,13 @@ def test_uint8_crops_train_end_to_end_and_resampling_on_device_needs_a_precrop(f
                              str(tmp / "pixels"))
 
 
+def _compiled(step) -> bool:
+  """Whether a train step's two programs (steps.TrainStep) are compiled: wrapped (FirstCall)
+  where the process's first step records or touches its temporaries, or keeps a program."""
+  return isinstance(step, steps.TrainStep) and all(
+      isinstance(getattr(p, "compiled", p), jax.stages.Compiled) for p in step.programs)
+
+
 def test_train_resume_is_bit_exact_and_eval_deterministic(full_run, tmp_path, monkeypatch):
   tmp, table = full_run
   assert 0 <= table["Total"] <= 100
@@ -163,8 +170,7 @@ def test_train_resume_is_bit_exact_and_eval_deterministic(full_run, tmp_path, mo
   assert abstract[2:] == [True]
   # Both runs' loops start with the step compiled on a thread while the state was made.
   assert len(first_steps) == 2
-  # (Wrapped where the process's first step records or touches its temporaries: FirstCall.)
-  assert all(isinstance(getattr(f, "compiled", f), jax.stages.Compiled) for f in first_steps)
+  assert all(_compiled(f) for f in first_steps)
   mesh = parallel.make_mesh()
   _, _, v_full, s1 = evaluate.load_checkpoint(str(tmp / "work"), mesh)
   _, _, v_res, s2 = evaluate.load_checkpoint(str(tmp_path / "resumed"), mesh)
@@ -261,8 +267,7 @@ def test_resume_inside_a_later_phase_is_bit_exact(tmp_path, monkeypatch):
   entered = []  # (phase index, its step compiled ahead?) as each loop enters a phase.
   step_fn = train._step_fn  # pylint: disable=protected-access
   monkeypatch.setattr(train, "_step_fn", lambda run, phase, ahead: (entered.append(
-      (phase.index, isinstance(getattr(f := step_fn(run, phase, ahead), "compiled", f),
-                               jax.stages.Compiled))), f)[1])
+      (phase.index, _compiled(f := step_fn(run, phase, ahead)))), f)[1])
   # The resumed step keys must drive dropout as the first run's.
   config = lambda: _phased_tiny("deeppose", tmp_path, dropout_rate=0.2)  # noqa: E731
   full = config()
