@@ -103,21 +103,22 @@ def attribute(events: list[dict], program: dict[str, tuple[str, str]], steps: in
   layers, kinds, counts, ops = (collections.Counter() for _ in range(4))
   for e in events:
     name = e["name"]
-    key = (e.get("args", {}).get("hlo_module"), name)  # The runtime's events name both.
-    if key not in program:
+    ident = (e.get("args", {}).get("hlo_module"), name)  # The runtime's events name both.
+    if ident not in program:
       continue
     ms = e["dur"] / 1e3 / steps
     kind = re.sub(r"\.\d+$", "", name)
-    op_name = program[key][1]
+    op_name = program[ident][1]
     key = layer_of(op_name, depth) if op_name else ("xla", kind)
     layers[key] += ms
     kinds[kind] += ms
     counts[kind] += 1 / steps
-    ops[key] += ms
+    ops[ident] += ms
   return {"layers": layers, "kinds": kinds, "counts": counts, "ops": ops}
 
 
-def report(result: dict, program: dict[str, tuple[str, str]], top: int, wall_ms: float) -> str:
+def report(result: dict, program: dict[tuple[str, str], tuple[str, str]], top: int,
+           wall_ms: float) -> str:
   total = sum(result["kinds"].values())
   lines = [f"train step: {wall_ms:.2f} ms (median); instructions' time summed: {total:.2f} ms "
            f"per step, {sum(result['counts'].values()):.0f} instructions", "",

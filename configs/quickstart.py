@@ -33,6 +33,9 @@ def _common(c):
   c.optimizer.schedule = "cosine"
   c.batch_size = 8  # As many images/s as 16 on a CPU, twice the updates.
   c.eval_batch_size = 64
+  # One program for the step: read back in under a second anyway, while the update's own
+  # dispatch costs a 40-70 ms step 1-6% (docs/performance_log.md).
+  c.update_apart = False
   # The synthetic people are already rotated +-30 deg in the data: no rotation on top, and a
   # milder scale jitter, so ten minutes of CPU go to the validation distribution.
   c.augment.rotation_prob = 0.0

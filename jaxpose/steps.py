@@ -1,10 +1,11 @@
 """The training step and its state, with no input pipeline: importable without TensorFlow.
 
 What a JAX user composes into their own loop (`train.py` is jaxpose's loop around it):
-`create_train_state` (replicated over a ("data",) mesh), `make_train_step` (one jit per phase,
-the state donated), `compile_ahead` (its compilation on a thread, while the state is made, or
-the step a process kept, read back: `step_store`),
-`make_batch_moments_step` and `precise_batch_stats` (BatchNorm's statistics re-estimated),
+`create_train_state` (replicated over a ("data",) mesh), `train_step` (pure: state, batch,
+rng -> state, metrics), `make_train_step` (per phase, that step jitted as two programs,
+`TrainStep`: the gradients, then the optimiser's update; or as one; the state donated),
+`compile_ahead` (their compilation on threads, while the state is made, or the programs a
+process kept, read back: `step_store`), `make_batch_moments_step` and `precise_batch_stats` (BatchNorm's statistics re-estimated),
 `seed_keys`. Only the family touches the model (`families.Family.loss`).
 """
 
@@ -136,10 +137,11 @@ class TrainStep:
 
   Why two: XLA's CPU runtime reads a program back (from the persistent compilation cache or
   `step_store`) in time that grows faster than its number of calls, and the optimiser's update
-  is ~1/3 of a step's calls (two fusions per parameter leaf). Apart, the two programs compile
-  and are read back on two threads at once: the 8-stack hourglass's step read back in ~20 s
-  instead of ~45, at the same step time and the same values to the bit
-  (docs/performance_log.md, "The optimiser's update as a program of its own").
+  is 1/4 to 1/3 of a step's calls (two fusions per parameter leaf). Apart, the two programs
+  compile and are read back on two threads at once: the 8-stack hourglass's warm start
+  0.70-0.74x on 2 cores, at the same step time and, with its RMSProp, the same values to the
+  bit; other optimisers' updates may round differently than when XLA fused them with the
+  gradients (docs/performance_log.md, "The optimiser's update as a program of its own").
 
   Built by `make_train_step` from jitted functions; `compile_ahead` returns one whose programs
   are compiled (or `host_memory.FirstCall`s around them)."""
@@ -191,12 +193,18 @@ def _with_images(family: families.Family, batch):
   return dict(batch, image=device_augment.input_images(batch, family.input_size))
 
 
-def make_train_step(family, mesh, phase: int | optim.Phase = 0) -> TrainStep:
-  """The step of one phase (an `optim.Phase`, or an index: then everything trains), as two
-  jitted programs (`TrainStep`), the state donated."""
+def make_train_step(family, mesh, phase: int | optim.Phase = 0,
+                    update_apart: bool = True):
+  """The step of one phase (an `optim.Phase`, or an index: then everything trains), the state
+  donated: as two jitted programs (`TrainStep`), or with `update_apart=False` (config key
+  `update_apart`) one jit of `train_step`."""
   index, trainable = (phase.index, phase.trainable) if isinstance(phase, optim.Phase) else (
       phase, None)
   rep, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  if not update_apart:
+    step = functools.partial(train_step, family=family, phase=index, trainable=trainable)
+    return jax.jit(step, in_shardings=(rep, data, rep), out_shardings=(rep, rep),
+                   donate_argnums=0)
   gradients = functools.partial(gradients_step, family=family, phase=index, trainable=trainable)
   return TrainStep(
       jax.jit(gradients, in_shardings=(rep, rep, data, rep), out_shardings=(rep, rep, rep),

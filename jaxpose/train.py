@@ -237,7 +237,7 @@ def _compile_ahead(run: _Run, step: int, local: dict, first: bool = False) -> _A
     return None
   phase = optim.phase_at(run.phases, step)
   return _Ahead(phase.index, steps.compile_ahead(
-      make_train_step(run.family, run.mesh, phase), run.abstract_state(phase),
+      _make_step(run, phase), run.abstract_state(phase),
       parallel.global_batch_spec(local, run.mesh), jax.random.fold_in(run.train_key, step),
       prefault=first, keep=steps.step_label(run.config, phase) if first else None))
 
@@ -255,7 +255,12 @@ def _step_fn(run: _Run, phase: optim.Phase, ahead: _Ahead | None):
   if ahead is not None and ahead.phase == phase.index:
     return compiled
   _discard(ahead)
-  return make_train_step(run.family, run.mesh, phase)
+  return _make_step(run, phase)
+
+
+def _make_step(run: _Run, phase: optim.Phase):
+  """The phase's jitted step, one program or two as the config says (`update_apart`)."""
+  return make_train_step(run.family, run.mesh, phase, run.config.get("update_apart", True))
 
 
 def _discard(ahead: _Ahead | None) -> None:

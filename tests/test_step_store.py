@@ -235,3 +235,41 @@ def test_a_kept_programs_memory_is_touched_from_before_lowering(cache_dir, monke
   touches[-2]._thread.join(60)
   assert not touches[-2]._thread.is_alive()
   jax.tree.map(np.testing.assert_array_equal, other(x, y), jax.jit(_other)(x, y))
+
+
+def test_a_train_steps_two_programs_are_kept_read_back_and_step_as_train_step(cache_dir):
+  """steps.TrainStep: the gradients and the optimiser's update, each kept and read back (the
+  update's laps apart); the step is train_step's, the state donated."""
+  from configs import quickstart  # pylint: disable=g-import-not-at-top
+  from jaxpose import families, optim, parallel  # pylint: disable=g-import-not-at-top
+  config = quickstart.get_config("tiny")
+  family, mesh = families.create_family(config), parallel.make_mesh()
+  phase = optim.phases(config, 64)[0]
+  tx = steps.create_optimizer(config, 64, phase, layer_groups=family.layer_groups)
+  fresh = lambda: steps.create_train_state(family, tx, jax.random.key(0), mesh)  # noqa: E731
+  rng, n, size = np.random.default_rng(0), config.batch_size, config.input_size
+  batch = {"image": rng.uniform(-0.5, 0.5, (n, size, size, 3)).astype(np.float32),
+           "joints": rng.uniform(8, size - 8, (n, 16, 2)).astype(np.float32),
+           "visible": np.ones((n, 16), np.float32)}
+  key, abstract = jax.random.key(1), steps.create_train_state(family, tx, jax.random.key(0),
+                                                              mesh, abstract=True)
+  expected = jax.device_get(jax.jit(steps.train_step, static_argnames="family")(
+      fresh(), batch, key, family=family))
+  first = steps.compile_ahead(steps.make_train_step(family, mesh, phase), abstract, batch, key,
+                              keep="a step").result()
+  assert isinstance(first, steps.TrainStep)
+  state = fresh()
+  out = first(state, batch, key)
+  assert all(leaf.is_deleted() for leaf in jax.tree.leaves((state.params, state.opt_state)))
+  for program in first.programs:
+    program.after_done.result()
+  assert len(_stored(cache_dir)) == 2  # The gradients' program and the update's.
+  laps = {}
+  second = steps.compile_ahead(steps.make_train_step(family, mesh, phase), abstract, batch, key,
+                               laps=laps, keep="a step").result()
+  assert "stored_read" in laps and "stored_read" in laps["update"]
+  for got in (out, second(fresh(), batch, key)):
+    got = jax.device_get(got)  # The same values; rounding may differ where XLA fuses apart.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), got,
+                 expected)
+    assert int(got[0].step) == 1 and set(got[1]) == set(expected[1])

@@ -140,10 +140,11 @@ def test_uint8_crops_train_end_to_end_and_resampling_on_device_needs_a_precrop(f
 
 
 def _compiled(step) -> bool:
-  """Whether a train step's two programs (steps.TrainStep) are compiled: wrapped (FirstCall)
-  where the process's first step records or touches its temporaries, or keeps a program."""
-  return isinstance(step, steps.TrainStep) and all(
-      isinstance(getattr(p, "compiled", p), jax.stages.Compiled) for p in step.programs)
+  """Whether a train step's program is compiled, or both of a `steps.TrainStep`'s (config
+  `update_apart`): wrapped (FirstCall) where the process's first step records or touches its
+  temporaries, or keeps a program."""
+  return all(isinstance(getattr(p, "compiled", p), jax.stages.Compiled)
+             for p in getattr(step, "programs", (step,)))
 
 
 def test_train_resume_is_bit_exact_and_eval_deterministic(full_run, tmp_path, monkeypatch):
@@ -267,9 +268,14 @@ def test_resume_inside_a_later_phase_is_bit_exact(tmp_path, monkeypatch):
   entered = []  # (phase index, its step compiled ahead?) as each loop enters a phase.
   step_fn = train._step_fn  # pylint: disable=protected-access
   monkeypatch.setattr(train, "_step_fn", lambda run, phase, ahead: (entered.append(
-      (phase.index, _compiled(f := step_fn(run, phase, ahead)))), f)[1])
-  # The resumed step keys must drive dropout as the first run's.
-  config = lambda: _phased_tiny("deeppose", tmp_path, dropout_rate=0.2)  # noqa: E731
+      (phase.index, isinstance(f := step_fn(run, phase, ahead), steps.TrainStep) and
+       _compiled(f))), f)[1])
+
+  def config():  # The resumed step keys must drive dropout as the first run's.
+    c = _phased_tiny("deeppose", tmp_path, dropout_rate=0.2)
+    c.update_apart = True  # The step as two programs (steps.TrainStep; quickstarts: one).
+    return c
+
   full = config()
   train.train_and_evaluate(full, str(tmp_path / "full"))
   half = config()
