@@ -353,7 +353,7 @@ def jax_train(config, host: dict, task: dict):
   def report():
     # The step's programs (`steps.TrainStep`: the gradients, then the optimiser's update):
     # their calls add up.
-    programs = step.programs if isinstance(step, steps.TrainStep) else (step,)
+    programs = getattr(step, "programs", (step,))
     texts = [p.as_text() for p in programs]  # Printed once (the 2-stack's: 7 MB of text).
     fusions = collections.Counter()
     for text in texts:

@@ -5,8 +5,9 @@ What a JAX user composes into their own loop (`train.py` is jaxpose's loop aroun
 rng -> state, metrics), `make_train_step` (per phase, that step jitted as two programs,
 `TrainStep`: the gradients, then the optimiser's update; or as one; the state donated),
 `compile_ahead` (their compilation on threads, while the state is made, or the programs a
-process kept, read back: `step_store`), `make_batch_moments_step` and `precise_batch_stats` (BatchNorm's statistics re-estimated),
-`seed_keys`. Only the family touches the model (`families.Family.loss`).
+process kept, read back: `step_store`), `make_batch_moments_step` and `precise_batch_stats`
+(BatchNorm's statistics re-estimated), `seed_keys`. Only the family touches the model
+(`families.Family.loss`).
 """
 
 import collections
@@ -93,8 +94,8 @@ def seed_keys(seed: int) -> tuple[jax.Array, jax.Array]:
 
 def train_step(state: TrainState, batch, rng, *, family: families.Family, phase: int = 0,
                trainable: tuple[str, ...] | None = None):
-  """(state, batch, rng) -> (state, metrics). Pure; compiled once per phase (as `TrainStep`'s
-  two programs: `gradients_step`, then `update_step`).
+  """(state, batch, rng) -> (state, metrics). Pure; compiled once per phase, as one program or
+  as `TrainStep`'s two (`gradients_step`, then `update_step`: `make_train_step`).
 
   `trainable` (the phase's top-level parameter subtrees, None = all): only these are
   differentiated; the others enter the loss as constants and get zero gradients, so a phase
