@@ -150,9 +150,20 @@ class TrainStep:
   def __init__(self, gradients, update):
     self.gradients, self.update = gradients, update
 
+  @staticmethod
+  def gradients_args(state: TrainState, batch, rng) -> tuple:
+    """What `gradients` takes of the step's arguments (arrays or their shapes)."""
+    return state.params, state.model_state, batch, rng
+
+  @staticmethod
+  def update_args(state: TrainState, grads) -> tuple:
+    """What `update` takes: the state without its model state (which `gradients` donated and
+    replaced), and the gradients."""
+    return state.replace(model_state=None), grads
+
   def __call__(self, state: TrainState, batch, rng):
-    grads, model_state, metrics = self.gradients(state.params, state.model_state, batch, rng)
-    state = self.update(state.replace(model_state=None), grads)
+    grads, model_state, metrics = self.gradients(*self.gradients_args(state, batch, rng))
+    state = self.update(*self.update_args(state, grads))
     return state.replace(model_state=model_state), metrics
 
   @property
@@ -202,14 +213,13 @@ def make_train_step(family, mesh, phase: int | optim.Phase = 0,
   index, trainable = (phase.index, phase.trainable) if isinstance(phase, optim.Phase) else (
       phase, None)
   rep, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+  static = dict(family=family, phase=index, trainable=trainable)
   if not update_apart:
-    step = functools.partial(train_step, family=family, phase=index, trainable=trainable)
-    return jax.jit(step, in_shardings=(rep, data, rep), out_shardings=(rep, rep),
-                   donate_argnums=0)
-  gradients = functools.partial(gradients_step, family=family, phase=index, trainable=trainable)
+    return jax.jit(functools.partial(train_step, **static), in_shardings=(rep, data, rep),
+                   out_shardings=(rep, rep), donate_argnums=0)
   return TrainStep(
-      jax.jit(gradients, in_shardings=(rep, rep, data, rep), out_shardings=(rep, rep, rep),
-              donate_argnums=1),
+      jax.jit(functools.partial(gradients_step, **static), in_shardings=(rep, rep, data, rep),
+              out_shardings=(rep, rep, rep), donate_argnums=1),
       jax.jit(update_step, in_shardings=(rep, rep), out_shardings=rep, donate_argnums=0))
 
 
@@ -290,13 +300,11 @@ def compile_ahead(step_fn, *args, laps: dict | None = None, prefault: bool = Fal
   laps = {} if laps is None else laps
   if not isinstance(step_fn, TrainStep):
     return _program_ahead(step_fn, args, laps, prefault, keep)[0]
-  state, batch, rng = args
   kept = (None, None) if keep is None else (f"{keep}\ngradients", f"{keep}\nupdate")
-  gradients, out_info = _program_ahead(step_fn.gradients,
-                                       (state.params, state.model_state, batch, rng), laps,
+  gradients, out_info = _program_ahead(step_fn.gradients, TrainStep.gradients_args(*args), laps,
                                        prefault, kept[0])
   laps["update"] = {}  # The update's own laps; never prefaulted (its temporaries: ~0).
-  update, _ = _program_ahead(step_fn.update, (state.replace(model_state=None), out_info[0]),
+  update, _ = _program_ahead(step_fn.update, TrainStep.update_args(args[0], out_info[0]),
                              laps["update"], False, kept[1])
   return host_memory.on_thread("compile_ahead",
                                lambda: TrainStep(gradients.result(), update.result()))

@@ -11,6 +11,7 @@ from configs import quickstart
 from jaxpose import families
 from jaxpose import optim
 from jaxpose import parallel
+from jaxpose import steps
 from jaxpose import train
 from jaxpose.codecs import coordinate
 from jaxpose.data import pipeline
@@ -161,7 +162,7 @@ def test_a_phase_differentiates_only_its_trainable_subtrees():
   part = train.make_train_step(family, mesh, phase=spatial)
 
   def flops(step):  # The gradients' program's (steps.TrainStep): the backward pass is there.
-    lowered = step.gradients.lower(state.params, state.model_state, batch, key)
+    lowered = step.gradients.lower(*steps.TrainStep.gradients_args(state, batch, key))
     cost = lowered.compile().cost_analysis()
     return (cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"]
 
