@@ -353,8 +353,7 @@ def jax_train(config, host: dict, task: dict):
   def report():
     # The step's programs (`steps.TrainStep`: the gradients, then the optimiser's update):
     # their calls add up.
-    programs = getattr(step, "programs", (step,))
-    texts = [p.as_text() for p in programs]  # Printed once (the 2-stack's: 7 MB of text).
+    texts = [p.as_text() for p in steps.step_programs(step)]  # The 2-stack's: 7 MB of text.
     fusions = collections.Counter()
     for text in texts:
       fusions.update(library_fusions(text))
@@ -370,8 +369,10 @@ def temporaries_mb(compiled) -> float | None:
   """The temporaries XLA's buffer assignment gives a compiled program (its memory analysis:
   what one call allocates beside its arguments and outputs), MiB; None where the backend does
   not say. A train step's programs (`steps.TrainStep`) run one after the other: their largest."""
-  if hasattr(compiled, "programs"):
-    sizes = [temporaries_mb(program) for program in compiled.programs]
+  from jaxpose import steps  # pylint: disable=g-import-not-at-top
+  programs = steps.step_programs(compiled)
+  if len(programs) > 1:
+    sizes = [temporaries_mb(program) for program in programs]
     return None if None in sizes else max(sizes)
   try:
     analysis = compiled.memory_analysis()

@@ -156,12 +156,12 @@ def main(argv=None) -> dict:
   if args.huge_pages == "on":
     huge_pages_lib.reexec()
   import jax  # pylint: disable=g-import-not-at-top
+  from jaxpose import steps  # pylint: disable=g-import-not-at-top
   config = bench.load_config(args.config, args.batch, tuple(args.set))
   host = bench.random_batch(args.batch, config.input_size)
   _, run = bench.jax_train(config, host, {"device_augment": args.device_augment})
   wall_ms = 1e3 * statistics.median(bench.time_calls(run, args.warmup, args.timed))
-  step = run.compiled
-  program = instructions(*(p.as_text() for p in getattr(step, "programs", (step,))))
+  program = instructions(*(p.as_text() for p in steps.step_programs(run.compiled)))
   with tempfile.TemporaryDirectory() as log_dir:
     jax.profiler.start_trace(log_dir)
     for _ in range(args.steps):

@@ -177,6 +177,11 @@ class TrainStep:
         program.release()
 
 
+def step_programs(step) -> tuple:
+  """A step's programs, jitted or compiled: a `TrainStep`'s two, else the step itself."""
+  return step.programs if isinstance(step, TrainStep) else (step,)
+
+
 def _global_norm(tree, small: int = 1 << 16) -> jax.Array:
   """The L2 norm of all of `tree`'s (real) leaves together (optax.tree.norm's value): leaves of
   fewer than `small` values (biases, BatchNorm's scales) concatenated and reduced at once,

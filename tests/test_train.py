@@ -144,7 +144,7 @@ def _compiled(step) -> bool:
   `update_apart`): wrapped (FirstCall) where the process's first step records or touches its
   temporaries, or keeps a program."""
   return all(isinstance(getattr(p, "compiled", p), jax.stages.Compiled)
-             for p in getattr(step, "programs", (step,)))
+             for p in steps.step_programs(step))
 
 
 def test_train_resume_is_bit_exact_and_eval_deterministic(full_run, tmp_path, monkeypatch):
