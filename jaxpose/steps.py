@@ -102,15 +102,22 @@ def train_step(state: TrainState, batch, rng, *, family: families.Family, phase:
   that trains one part of a model does not pay for the rest's backward pass (Tompson's spatial
   model on a frozen detector). `grad_norm` is over them.
   """
-  grads, model_state, metrics = gradients_step(state.params, state.model_state, batch, rng,
+  model_state, grads, metrics = gradients_step(state.params, state.model_state, batch, rng,
                                                family=family, phase=phase, trainable=trainable)
   return update_step(state, grads).replace(model_state=model_state), metrics
 
 
 def gradients_step(params, model_state, batch, rng, *, family: families.Family, phase: int = 0,
                    trainable: tuple[str, ...] | None = None):
-  """(params, model_state, batch, rng) -> (the `trainable` subtrees' gradients, the new model
-  state, metrics): the first half of `train_step`."""
+  """(params, model_state, batch, rng) -> (the new model state, the `trainable` subtrees'
+  gradients, metrics): the first half of `train_step`.
+
+  The model state comes first because jit gives each donated input buffer to the first output
+  of its shape and dtype: after the gradients, the model state's buffers went to gradients of
+  the same shapes (the running statistics' to BatchNorm's scales and biases, IEF's frozen
+  networks' to its kernels), and XLA copied each leaf before the step could overwrite it (the
+  2-stack's program: 390 of its 2,297 calls; docs/performance_log.md, "The model state first
+  among the gradients' outputs")."""
   batch = _with_images(family, batch)
   trained = {k: v for k, v in params.items() if trainable is None or k in trainable}
   frozen = {k: v for k, v in params.items() if k not in trained}
@@ -119,7 +126,7 @@ def gradients_step(params, model_state, batch, rng, *, family: families.Family, 
     return family.loss({**frozen, **trained}, model_state, batch, rng, phase=phase)
 
   (loss, (model_state, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trained)
-  return grads, model_state, {"loss": loss, "grad_norm": _global_norm(grads), **aux}
+  return model_state, grads, {"loss": loss, "grad_norm": _global_norm(grads), **aux}
 
 
 def update_step(state: TrainState, grads) -> TrainState:
@@ -132,7 +139,7 @@ def update_step(state: TrainState, grads) -> TrainState:
 
 class TrainStep:
   """A phase's train step, (state, batch, rng) -> (state, metrics) as `train_step`, run as two
-  XLA programs: `gradients` ((params, model_state, batch, rng) -> (gradients, model state,
+  XLA programs: `gradients` ((params, model_state, batch, rng) -> (model state, gradients,
   metrics), the model state donated) and `update` ((the state without its model state,
   gradients) -> that state updated, donated).
 
@@ -162,7 +169,7 @@ class TrainStep:
     return state.replace(model_state=None), grads
 
   def __call__(self, state: TrainState, batch, rng):
-    grads, model_state, metrics = self.gradients(*self.gradients_args(state, batch, rng))
+    model_state, grads, metrics = self.gradients(*self.gradients_args(state, batch, rng))
     state = self.update(*self.update_args(state, grads))
     return state.replace(model_state=model_state), metrics
 
@@ -309,7 +316,7 @@ def compile_ahead(step_fn, *args, laps: dict | None = None, prefault: bool = Fal
   gradients, out_info = _program_ahead(step_fn.gradients, TrainStep.gradients_args(*args), laps,
                                        prefault, kept[0])
   laps["update"] = {}  # The update's own laps; never prefaulted (its temporaries: ~0).
-  update, _ = _program_ahead(step_fn.update, TrainStep.update_args(args[0], out_info[0]),
+  update, _ = _program_ahead(step_fn.update, TrainStep.update_args(args[0], out_info[1]),
                              laps["update"], False, kept[1])
   return host_memory.on_thread("compile_ahead",
                                lambda: TrainStep(gradients.result(), update.result()))

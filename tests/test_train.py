@@ -3,6 +3,7 @@
 import dataclasses
 import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -369,6 +370,29 @@ def test_the_logged_grad_norm_is_the_global_norm_in_a_few_reductions():
   assert str(jax.make_jaxpr(steps._global_norm)(tree)).count("reduce_sum") == 5
   assert float(steps._global_norm({})) == 0.0
 
+
+
+def test_the_gradients_program_writes_each_statistic_over_its_own_buffer():
+  """The gradients' program (steps.TrainStep) donates the model state: jit gives each donated
+  buffer to the first output of its shape, so every running statistic must go to its own new
+  value, not to a gradient of the same shape (which made XLA copy every statistic first: 390
+  of the 2-stack's 2,297 calls)."""
+  config = quickstart.get_config("tiny")
+  family, mesh = families.create_family(config), parallel.make_mesh()
+  tx = train.create_optimizer(config, 100)
+  state = train.create_train_state(family, tx, jax.random.key(0), mesh, abstract=True)
+  n, size = config.batch_size, config.input_size
+  batch = {"image": jax.ShapeDtypeStruct((n, size, size, 3), jnp.float32),
+           "joints": jax.ShapeDtypeStruct((n, 16, 2), jnp.float32),
+           "visible": jax.ShapeDtypeStruct((n, 16), jnp.float32)}
+  gradients = steps.make_train_step(family, mesh).gradients
+  header = gradients.lower(*steps.TrainStep.gradients_args(state, batch, jax.random.key(1))
+                           ).compile().as_text().splitlines()[0]
+  aliases = {int(out): int(arg) for out, arg in
+             re.findall(r"\{(\d+)\}: \((\d+), \{\}, may-alias\)", header)}
+  params, statistics = (len(jax.tree.leaves(t)) for t in (state.params, state.model_state))
+  assert statistics > 0
+  assert aliases == {i: params + i for i in range(statistics)}
 
 def test_precise_batch_stats_average_the_layers_batch_statistics(tmp_path):
   """steps.precise_batch_stats: each BatchNorm's running statistics become the mean of what the
