@@ -316,7 +316,8 @@ def compile_ahead(step_fn, *args, laps: dict | None = None, prefault: bool = Fal
   gradients, out_info = _program_ahead(step_fn.gradients, TrainStep.gradients_args(*args), laps,
                                        prefault, kept[0])
   laps["update"] = {}  # The update's own laps; never prefaulted (its temporaries: ~0).
-  update, _ = _program_ahead(step_fn.update, TrainStep.update_args(args[0], out_info[1]),
+  _, grads_info, _ = out_info  # (model state, gradients, metrics): `gradients_step`'s.
+  update, _ = _program_ahead(step_fn.update, TrainStep.update_args(args[0], grads_info),
                              laps["update"], False, kept[1])
   return host_memory.on_thread("compile_ahead",
                                lambda: TrainStep(gradients.result(), update.result()))

@@ -371,7 +371,6 @@ def test_the_logged_grad_norm_is_the_global_norm_in_a_few_reductions():
   assert float(steps._global_norm({})) == 0.0
 
 
-
 def test_the_gradients_program_writes_each_statistic_over_its_own_buffer():
   """The gradients' program (steps.TrainStep) donates the model state: jit gives each donated
   buffer to the first output of its shape, so every running statistic must go to its own new
@@ -393,6 +392,7 @@ def test_the_gradients_program_writes_each_statistic_over_its_own_buffer():
   params, statistics = (len(jax.tree.leaves(t)) for t in (state.params, state.model_state))
   assert statistics > 0
   assert aliases == {i: params + i for i in range(statistics)}
+
 
 def test_precise_batch_stats_average_the_layers_batch_statistics(tmp_path):
   """steps.precise_batch_stats: each BatchNorm's running statistics become the mean of what the
