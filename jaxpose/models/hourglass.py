@@ -75,6 +75,37 @@ class Hourglass(nn.Module):
     return up + layers.upsample_nearest(low)
 
 
+def stem_layers(x, features: int, *, train: bool, recompute: bool = False, **kw):
+  """The stem, 4x down: 7x7/2 convolution (pad 3, as the PyTorch port), a residual, a 2x2 pool,
+  two residuals; [N,H,W,3] -> [N,H/4,W/4,features]. Its layers are made in the calling
+  module's scope under the names "stem_conv", "stem_res1" to "stem_res3": `StackedHourglass`'s
+  root, or `Stem`'s, so both hold the same parameter tree."""
+  x = layers.ConvBNReLU(features // 4, kernel_size=7, strides=2, padding=3, name="stem_conv",
+                        **kw)(x, train=train)
+  block = functools.partial(layers.Bottleneck, recompute=recompute, **kw)
+  x = block(features // 2, name="stem_res1")(x, train=train)
+  x = layers.max_pool2(x)
+  x = block(features, name="stem_res2")(x, train=train)
+  return block(features, name="stem_res3")(x, train=train)
+
+
+class Stem(nn.Module):
+  """`StackedHourglass`'s stem as a module of its own, (images, train) -> features, applied to
+  the stem's subtrees of its variables ("stem_conv", "stem_res1" to "stem_res3"): the first
+  segment of a step that runs the stacks as programs of their own
+  (`benchmarks/stack_programs.py`)."""
+
+  features: int = 256
+  init_scheme: str = "pytorch"
+  dtype: Dtype = jnp.float32
+  recompute: bool = False
+
+  @nn.compact
+  def __call__(self, x, train):
+    return stem_layers(x.astype(self.dtype), self.features, train=train,
+                       recompute=self.recompute, init_scheme=self.init_scheme, dtype=self.dtype)
+
+
 class Stack(nn.Module):
   """One stack: hourglass, residuals, 1x1 head. (x [N,h,w,F], train) -> (next x, heatmaps).
 
@@ -132,15 +163,7 @@ class StackedHourglass(nn.Module):
   def __call__(self, x, *, train: bool = False):
     f = self.features
     kw = dict(init_scheme=self.init_scheme, dtype=self.dtype)
-    # Stem: 7x7/2 conv (pad 3, as the PyTorch port), residual, pool, two residuals: 4x down.
-    x = layers.ConvBNReLU(f // 4, kernel_size=7, strides=2, padding=3, name="stem_conv",
-                          **kw)(x.astype(self.dtype), train=train)
-    block = functools.partial(layers.Bottleneck, recompute=self.remat, **kw)
-    x = block(f // 2, name="stem_res1")(x, train=train)
-    x = layers.max_pool2(x)
-    x = block(f, name="stem_res2")(x, train=train)
-    x = block(f, name="stem_res3")(x, train=train)
-
+    x = stem_layers(x.astype(self.dtype), f, train=train, recompute=self.remat, **kw)
     stack_cls = nn.remat(Stack, static_argnums=(2,)) if self.remat else Stack
     outputs = []
     for i in range(self.num_stacks):
