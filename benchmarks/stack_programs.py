@@ -65,12 +65,10 @@ def parse_args(argv=None):
   return parser.parse_args(argv)
 
 
-STEM = ("stem_conv", "stem_res1", "stem_res2", "stem_res3")  # `hourglass.Stem`'s subtrees.
-
-
 def _segments(family, recompute: bool):
-  """[(kind, its variables' subtree, module)]: the stem (subtree None: the STEM subtrees of the
-  root), then every stack; alike kinds share one module, hence one program per kind."""
+  """[(kind, its variables' subtree, module)]: the stem (subtree None: the root's
+  `hourglass.STEM_LAYERS` subtrees), then every stack; alike kinds share one module, hence one
+  program per kind."""
   from jaxpose.models import hourglass  # pylint: disable=g-import-not-at-top
   model = family.model
   if not isinstance(model, hourglass.StackedHourglass):
@@ -86,7 +84,8 @@ def _segments(family, recompute: bool):
 
 def _part(tree, subtree):
   """A segment's part of a root tree (params, statistics)."""
-  return {k: tree[k] for k in STEM} if subtree is None else tree[subtree]
+  from jaxpose.models import hourglass  # pylint: disable=g-import-not-at-top
+  return {k: tree[k] for k in hourglass.STEM_LAYERS} if subtree is None else tree[subtree]
 
 
 def _forward(module, loss_fn, has_input: bool):
@@ -176,7 +175,10 @@ def main(argv=None) -> dict:
   phase = optim.phases(config, models.NUM_EXAMPLES)[0]
   tx = steps.create_optimizer(config, models.NUM_EXAMPLES, phase,
                               layer_groups=family.layer_groups)
-  fresh = lambda: steps.create_train_state(family, tx, jax.random.key(config.seed), mesh)  # noqa: E731
+
+  def fresh():
+    return steps.create_train_state(family, tx, jax.random.key(config.seed), mesh)
+
   host = models.random_batch(args.batch, config.input_size)
   batch = parallel.global_batch({"image": models.float_images(host["pixels"]),
                                  "joints": host["joints"], "visible": host["visible"]}, mesh)

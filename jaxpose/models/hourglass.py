@@ -75,23 +75,28 @@ class Hourglass(nn.Module):
     return up + layers.upsample_nearest(low)
 
 
+# The stem's layers, in `StackedHourglass`'s root scope (and `Stem`'s).
+STEM_LAYERS = ("stem_conv", "stem_res1", "stem_res2", "stem_res3")
+
+
 def stem_layers(x, features: int, *, train: bool, recompute: bool = False, **kw):
   """The stem, 4x down: 7x7/2 convolution (pad 3, as the PyTorch port), a residual, a 2x2 pool,
-  two residuals; [N,H,W,3] -> [N,H/4,W/4,features]. Its layers are made in the calling
-  module's scope under the names "stem_conv", "stem_res1" to "stem_res3": `StackedHourglass`'s
-  root, or `Stem`'s, so both hold the same parameter tree."""
-  x = layers.ConvBNReLU(features // 4, kernel_size=7, strides=2, padding=3, name="stem_conv",
+  two residuals; [N,H,W,3] -> [N,H/4,W/4,features]. Its layers (STEM_LAYERS) are made in the
+  calling module's scope: `StackedHourglass`'s root, or `Stem`'s, so both hold the same
+  parameter tree."""
+  conv, res1, res2, res3 = STEM_LAYERS
+  x = layers.ConvBNReLU(features // 4, kernel_size=7, strides=2, padding=3, name=conv,
                         **kw)(x, train=train)
   block = functools.partial(layers.Bottleneck, recompute=recompute, **kw)
-  x = block(features // 2, name="stem_res1")(x, train=train)
+  x = block(features // 2, name=res1)(x, train=train)
   x = layers.max_pool2(x)
-  x = block(features, name="stem_res2")(x, train=train)
-  return block(features, name="stem_res3")(x, train=train)
+  x = block(features, name=res2)(x, train=train)
+  return block(features, name=res3)(x, train=train)
 
 
 class Stem(nn.Module):
   """`StackedHourglass`'s stem as a module of its own, (images, train) -> features, applied to
-  the stem's subtrees of its variables ("stem_conv", "stem_res1" to "stem_res3"): the first
+  the STEM_LAYERS subtrees of its variables: the first
   segment of a step that runs the stacks as programs of their own
   (`benchmarks/stack_programs.py`)."""
 
