@@ -6,6 +6,7 @@ third time").
   python benchmarks/stack_programs.py --recompute              # BatchNorm-ReLU recomputed
   python benchmarks/stack_programs.py --config configs/hourglass_mpii.py:2
   python benchmarks/stack_programs.py --recompute --cache /tmp/sp    # twice: the second reads
+  python benchmarks/stack_programs.py --recompute --ahead      # compiled on two threads first
   python benchmarks/stack_programs.py --config configs/quickstart.py:tiny \
       --set model.num_stacks=3 --batch 4 --check                # against train_step's values
 
@@ -18,7 +19,10 @@ loss on its stack's maps), its new BatchNorm statistics and its `jax.vjp`, whose
 the program's outputs; one jitted backward pass applies any of them to its cotangents; the
 optimiser's update is the trainer's own program (`steps.make_train_step`'s `update`). Alike
 stacks share their programs, so an 8-stack compiles what a 2-stack does. A step: the targets
-rendered once, the forward passes in order, the backward passes in reverse, the update.
+rendered once, the forward passes in order, the backward passes in reverse, the update. By
+default each program compiles at its first call, one after the other; with --ahead all are
+traced from the state's shapes and compiled on two threads while the state is made, as
+train.py compiles its step (`steps.compile_ahead`).
 
 Residuals are what a program boundary costs: inside one program XLA recomputes cheap
 elementwise values (ReLU masks) that across programs are outputs. `--recompute` runs the
@@ -60,6 +64,9 @@ def parse_args(argv=None):
   parser.add_argument("--recompute", action="store_true",
                       help="The bottlenecks' BatchNorm-ReLU recomputed in the backward pass.")
   parser.add_argument("--cache", default=None, help="A persistent compilation cache folder.")
+  parser.add_argument("--ahead", action="store_true",
+                      help="Compile every program on two threads while the state is made "
+                      "(from its shapes), as train.py compiles its step.")
   parser.add_argument("--check", action="store_true",
                       help="Also run steps.train_step as one program, from the same state.")
   return parser.parse_args(argv)
@@ -130,14 +137,48 @@ class SegmentedStep:
     self.targets = jax.jit(lambda joints, visible: family.codec.render_targets(joints, visible))
     self.update = steps.make_train_step(family, mesh, phase).update
     self.update_args = steps.TrainStep.update_args
+    self.compiled = {}  # (program, kind) -> its compiled executable, from `compile_ahead`.
+
+  def _program(self, name: str, kind: str = ""):
+    jitted = self.forward[kind] if name == "forward" else getattr(self, name)
+    return self.compiled.get((name, kind), jitted)
+
+  def compile_ahead(self, state, batch, threads: int = 2):
+    """Traces and lowers every program from the shapes of `state` and `batch` (arrays or
+    `jax.ShapeDtypeStruct`s; nothing runs), then compiles them on `threads` threads, as
+    `steps.compile_ahead` does the trainer's two. A future; done, the step calls them."""
+    import concurrent.futures  # pylint: disable=g-import-not-at-top
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    from jaxpose import host_memory  # pylint: disable=g-import-not-at-top
+    lowered = {("targets", ""): self.targets.lower(batch["joints"], batch["visible"])}
+    targets = jax.eval_shape(self.targets, batch["joints"], batch["visible"])
+    stats, x = state.model_state["batch_stats"], batch["image"]
+    one = jax.ShapeDtypeStruct((), jnp.float32)
+    for kind, subtree, _ in self.segments:
+      args = (_part(state.params, subtree), _part(stats, subtree), x, targets)
+      x, _, _, vjp = jax.eval_shape(self.forward[kind], *args)
+      if ("forward", kind) not in lowered:
+        lowered["forward", kind] = self.forward[kind].lower(*args)
+        lowered["backward", kind] = self.backward.lower(vjp, (x, one))  # x: its output's.
+    grads = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state.params)
+    lowered["update", ""] = self.update.lower(*self.update_args(state, grads))
+    pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="compile")
+    futures = {key: pool.submit(program.compile) for key, program in lowered.items()}
+    pool.shutdown(wait=False)
+
+    def collect():
+      self.compiled.update({key: future.result() for key, future in futures.items()})
+
+    return host_memory.on_thread("compile_ahead", collect)
 
   def __call__(self, state, batch):
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    targets = self.targets(batch["joints"], batch["visible"])
+    targets = self._program("targets")(batch["joints"], batch["visible"])
     stats, model_state = state.model_state["batch_stats"], state.model_state
     x, new_stats, vjps, loss = batch["image"], {}, [], 0.0
     for kind, subtree, _ in self.segments:
-      x, part_loss, new, vjp = self.forward[kind](
+      x, part_loss, new, vjp = self._program("forward", kind)(
           _part(state.params, subtree), _part(stats, subtree), x, targets)
       new_stats.update(new if subtree is None else {subtree: new})
       vjps.append(vjp)
@@ -147,20 +188,22 @@ class SegmentedStep:
     grads, x_cotangent = {}, jnp.zeros_like(x)
     for i in reversed(range(len(self.segments))):
       subtree = self.segments[i][1]
-      got = self.backward(vjps[i], (x_cotangent, jnp.float32(1)))  # (params', x's cotangents)
+      got = self._program("backward", self.segments[i][0])(
+          vjps[i], (x_cotangent, jnp.float32(1)))  # (params', x's cotangents)
       vjps[i] = None  # Its residuals go once used.
       if subtree is None:  # The stem: no input to differentiate.
         grads.update(got[0])
       else:
         grads[subtree], x_cotangent = got
-    state = self.update(*self.update_args(state, grads))
+    state = self._program("update")(*self.update_args(state, grads))
     return (state.replace(model_state={**model_state, "batch_stats": new_stats}),
             {"loss": loss})
 
   def programs(self) -> int:
-    """The programs compiled so far (each jitted function's cache)."""
+    """The programs compiled so far (ahead, and in each jitted function's cache)."""
     fns = [*self.forward.values(), self.backward, self.targets, self.update]
-    return sum(fn._cache_size() for fn in fns)  # pylint: disable=protected-access
+    cached = sum(fn._cache_size() for fn in fns)  # pylint: disable=protected-access
+    return len(self.compiled) + cached
 
 
 def main(argv=None) -> dict:
@@ -183,7 +226,14 @@ def main(argv=None) -> dict:
   batch = parallel.global_batch({"image": models.float_images(host["pixels"]),
                                  "joints": host["joints"], "visible": host["visible"]}, mesh)
   step = SegmentedStep(family, config, mesh, phase, args.recompute)
+  compiling = None
+  if args.ahead:
+    abstract = steps.create_train_state(family, tx, jax.random.key(config.seed), mesh,
+                                        abstract=True)
+    compiling = step.compile_ahead(abstract, batch)
   state, times = fresh(), []
+  if compiling is not None:
+    compiling.result()
   for _ in range(args.steps):
     start = time.perf_counter()
     state, metrics = step(state, batch)
@@ -192,7 +242,7 @@ def main(argv=None) -> dict:
     if len(times) == 1:
       first_done = models.seconds_since_start()
   record = {"config": args.config, "set": args.set, "batch": args.batch,
-            "recompute": args.recompute, "cache": args.cache,
+            "recompute": args.recompute, "cache": args.cache, "ahead": args.ahead,
             "step_s": statistics.median(times[1:]) if len(times) > 1 else None,
             "step_times_s": times, "first_step_s": times[0],
             "first_step_done_s": first_done, "peak_rss_mb": models.peak_rss_mb(),
