@@ -154,13 +154,15 @@ class SegmentedStep:
     lowered = {("targets", ""): self.targets.lower(batch["joints"], batch["visible"])}
     targets = jax.eval_shape(self.targets, batch["joints"], batch["visible"])
     stats, x = state.model_state["batch_stats"], batch["image"]
-    one = jax.ShapeDtypeStruct((), jnp.float32)
+    one, outputs = jax.ShapeDtypeStruct((), jnp.float32), {}
     for kind, subtree, _ in self.segments:
-      args = (_part(state.params, subtree), _part(stats, subtree), x, targets)
-      x, _, _, vjp = jax.eval_shape(self.forward[kind], *args)
-      if ("forward", kind) not in lowered:
-        lowered["forward", kind] = self.forward[kind].lower(*args)
+      if kind not in outputs:  # Alike segments: one trace, one program.
+        traced = self.forward[kind].trace(
+            _part(state.params, subtree), _part(stats, subtree), x, targets)
+        outputs[kind], lowered["forward", kind] = traced.out_info, traced.lower()
+        x, _, _, vjp = outputs[kind]
         lowered["backward", kind] = self.backward.lower(vjp, (x, one))  # x: its output's.
+      x = outputs[kind][0]
     grads = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state.params)
     lowered["update", ""] = self.update.lower(*self.update_args(state, grads))
     pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="compile")
