@@ -79,14 +79,16 @@ class Hourglass(nn.Module):
 STEM_LAYERS = ("stem_conv", "stem_res1", "stem_res2", "stem_res3")
 
 
-def stem_layers(x, features: int, *, train: bool, recompute: bool = False, **kw):
+def stem_layers(x, features: int, *, train: bool, init_scheme: str, dtype: Dtype,
+                recompute: bool = False):
   """The stem, 4x down: 7x7/2 convolution (pad 3, as the PyTorch port), a residual, a 2x2 pool,
-  two residuals; [N,H,W,3] -> [N,H/4,W/4,features]. Its layers (STEM_LAYERS) are made in the
-  calling module's scope: `StackedHourglass`'s root, or `Stem`'s, so both hold the same
-  parameter tree."""
+  two residuals; images [N,H,W,3] -> [N,H/4,W/4,features] in `dtype`. Its layers (STEM_LAYERS)
+  are made in the calling module's scope: `StackedHourglass`'s root, or `Stem`'s, so both hold
+  the same parameter tree."""
+  kw = dict(init_scheme=init_scheme, dtype=dtype)
   conv, res1, res2, res3 = STEM_LAYERS
   x = layers.ConvBNReLU(features // 4, kernel_size=7, strides=2, padding=3, name=conv,
-                        **kw)(x, train=train)
+                        **kw)(x.astype(dtype), train=train)
   block = functools.partial(layers.Bottleneck, recompute=recompute, **kw)
   x = block(features // 2, name=res1)(x, train=train)
   x = layers.max_pool2(x)
@@ -96,9 +98,8 @@ def stem_layers(x, features: int, *, train: bool, recompute: bool = False, **kw)
 
 class Stem(nn.Module):
   """`StackedHourglass`'s stem as a module of its own, (images, train) -> features, applied to
-  the STEM_LAYERS subtrees of its variables: the first
-  segment of a step that runs the stacks as programs of their own
-  (`benchmarks/stack_programs.py`)."""
+  the STEM_LAYERS subtrees of its variables: the first segment of a step that runs the stacks
+  as programs of their own (`benchmarks/stack_programs.py`)."""
 
   features: int = 256
   init_scheme: str = "pytorch"
@@ -107,8 +108,8 @@ class Stem(nn.Module):
 
   @nn.compact
   def __call__(self, x, train):
-    return stem_layers(x.astype(self.dtype), self.features, train=train,
-                       recompute=self.recompute, init_scheme=self.init_scheme, dtype=self.dtype)
+    return stem_layers(x, self.features, train=train, init_scheme=self.init_scheme,
+                       dtype=self.dtype, recompute=self.recompute)
 
 
 class Stack(nn.Module):
@@ -168,7 +169,7 @@ class StackedHourglass(nn.Module):
   def __call__(self, x, *, train: bool = False):
     f = self.features
     kw = dict(init_scheme=self.init_scheme, dtype=self.dtype)
-    x = stem_layers(x.astype(self.dtype), f, train=train, recompute=self.remat, **kw)
+    x = stem_layers(x, f, train=train, recompute=self.remat, **kw)
     stack_cls = nn.remat(Stack, static_argnums=(2,)) if self.remat else Stack
     outputs = []
     for i in range(self.num_stacks):
