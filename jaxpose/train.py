@@ -260,7 +260,7 @@ def _step_fn(run: _Run, phase: optim.Phase, ahead: _Ahead | None):
 
 def _make_step(run: _Run, phase: optim.Phase):
   """The phase's jitted step, one program or two as the config says (`update_apart`)."""
-  return make_train_step(run.family, run.mesh, phase, run.config.get("update_apart", True))
+  return make_train_step(run.family, run.mesh, phase, run.config.update_apart)
 
 
 def _discard(ahead: _Ahead | None) -> None:
