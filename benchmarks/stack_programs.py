@@ -101,8 +101,8 @@ def _forward(module, loss_fn, has_input: bool):
   import jax  # pylint: disable=g-import-not-at-top
 
   def run(params, stats, x, targets):
-    def apply(params, *x_arg):
-      out, new = module.apply({"params": params, "batch_stats": stats}, *(x_arg or (x,)), True,
+    def apply(params, x):
+      out, new = module.apply({"params": params, "batch_stats": stats}, x, True,
                               mutable=["batch_stats"])
       loss = 0.0
       if has_input:  # A stack: (its output, heat maps).
@@ -110,8 +110,10 @@ def _forward(module, loss_fn, has_input: bool):
         loss = loss_fn(heatmaps, targets)
       return (out, loss), new["batch_stats"]
 
-    primals = (params, x) if has_input else (params,)
-    (out, loss), vjp, new_stats = jax.vjp(apply, *primals, has_aux=True)
+    if has_input:
+      (out, loss), vjp, new_stats = jax.vjp(apply, params, x, has_aux=True)
+    else:  # The stem: no gradient for the images.
+      (out, loss), vjp, new_stats = jax.vjp(lambda p: apply(p, x), params, has_aux=True)
     return out, loss, new_stats, vjp
 
   return jax.jit(run)
