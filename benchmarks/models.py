@@ -325,7 +325,8 @@ def jax_train(config, host: dict, task: dict):
   # step_memory.py) pass no kind: a second step's touched pages would stand beside the first's
   # state.
   first_step = task.get("kind") in ("train", "startup")
-  step_fn = steps.make_train_step(family, mesh, phase, config.update_apart)
+  step_fn = steps.make_train_step(family, mesh, phase, config.update_apart,
+                                  config.segmented_step)
   compiling = steps.compile_ahead(step_fn, spec, batch, rng,
                                   laps=thread, prefault=first_step,
                                   keep=steps.step_label(config, phase) if first_step else None)

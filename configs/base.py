@@ -75,4 +75,9 @@ def get_config() -> ml_collections.ConfigDict:
   # the step compiles and is read back on two threads (the 8-stack hourglass's warm start
   # 0.70-0.74x on 2 cores), at ~5 ms more of the host's time a step. False: one program.
   c.update_apart = True
+  # The step as an XLA program per kind of the family's segments (steps.SegmentedStep; the
+  # families that declare them: the hourglass): what several alike stacks share compiles once,
+  # and programs read back in time that grows faster than they do. Worth it where one program
+  # is large (the 8-stack hourglass); the 2-stack's one program compiles faster.
+  c.segmented_step = False
   return c

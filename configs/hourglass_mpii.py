@@ -32,4 +32,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The reference's draws: scale 1 + 0.25 N(0,1) and rotation 30 N(0,1) (with probability 0.6),
   # clipped to [0.75, 1.25] and +-60 deg (pipeline.Augment). The pre-crop then keeps 609x609.
   c.augment.distribution = "normal_clipped"
+  # The step as a program per kind of segment (the stem, a middle stack, the last stack;
+  # steps.SegmentedStep): 8 stacks compile and read back what 2 do. Measured on 2 cores
+  # (benchmarks/models.py, docs/performance_log.md): 8 stacks' first step 0.80x cold, 0.73x
+  # warm, the step 0.96x; 2 stacks' cold start 1.5x, so that config keeps one program.
+  c.segmented_step = c.model.num_stacks >= 8
   return c

@@ -36,6 +36,7 @@ def _common(c):
   # One program for the step: read back in under a second anyway, while the update's own
   # dispatch costs a 40-70 ms step 1-6% (docs/performance_log.md).
   c.update_apart = False
+  c.segmented_step = False  # One program (hourglass_mpii.py's 8 stacks set it).
   # The synthetic people are already rotated +-30 deg in the data: no rotation on top, and a
   # milder scale jitter, so ten minutes of CPU go to the validation distribution.
   c.augment.rotation_prob = 0.0

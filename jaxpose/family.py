@@ -18,6 +18,40 @@ Variables = dict[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
+class Segment:
+  """One piece of a family's training forward pass and its share of the loss, for a train step
+  run as an XLA program per kind of segment (`segments.SegmentedStep`, config.segmented_step).
+
+  kind: segments of one kind share their programs (one trace, one compilation): the same
+    `apply`, on variables and a carry of the same shapes (the middle stacks of an hourglass).
+  subtrees: the top-level subtrees of the parameters, and of each model-state collection, that
+    it owns; together the segments own every parameter, each once.
+  nested: `apply` takes subtrees[0]'s contents (the variables of a child module) if True, else
+    {name: contents} of its subtrees (layers made in the model's root scope).
+  apply(params, model_state, carry, batch, rng, *, phase=0) -> ((carry, loss), model_state):
+    `carry` is None for the first segment (it reads the batch: `Segmentation.prepare`'s) and
+    the previous segment's returned carry for the others; the last returns None. `loss` is its
+    weighted share of the family's loss in `phase`; `model_state` its collections updated.
+  metric: the name its loss is reported under, as `Family.loss` reports it (or None).
+  """
+
+  kind: str
+  subtrees: tuple[str, ...]
+  nested: bool
+  apply: Callable[..., tuple[tuple[Any, jax.Array], Any]]
+  metric: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Segmentation:
+  """`Family.loss` as segments: `prepare(batch) -> batch` (the targets rendered, once a step),
+  then `segments` in order, whose losses add up to `Family.loss`'s."""
+
+  prepare: Callable[[dict], dict]
+  segments: tuple[Segment, ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class Family:
   """A model plus the pieces that connect it to the data and the metrics (see module doc)."""
 
@@ -43,6 +77,9 @@ class Family:
   # Model-state collections that only training reads (DeepPose's error statistics, IEF's
   # frozen fixed path): evaluation, prediction and export restore a checkpoint without them.
   train_only: tuple[str, ...] = ()
+  # The training forward pass cut into segments, for a step run as a program per kind of
+  # segment (config.segmented_step), or None where the family has not declared them.
+  segments: Segmentation | None = None
 
 
 @dataclasses.dataclass(frozen=True)

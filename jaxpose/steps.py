@@ -12,7 +12,9 @@ process kept, read back: `step_store`), `make_batch_moments_step` and `precise_b
 
 import collections
 import concurrent.futures
+import copy
 import functools
+import os
 import time
 from typing import Any
 
@@ -184,9 +186,213 @@ class TrainStep:
         program.release()
 
 
+class SegmentedStep:
+  """A phase's train step, (state, batch, rng) -> (state, metrics) as `train_step`, run as an
+  XLA program per kind of the family's segments (`families.Family.segments`; config
+  `segmented_step`):
+
+    "prepare"          the batch's images and targets (`Segmentation.prepare`), a key per
+                       segment (the step's folded with the segment's index);
+    "forward KIND"     per segment in order: its output, loss and new model state, and the
+                       `jax.vjp` of its output and loss, whose residuals are the outputs;
+    "backward KIND"    per segment in reverse: that vjp applied, its gradients and its input's
+                       cotangent;
+    "metrics"          the loss and the gradients' norm (`train_step`'s metrics);
+    "update"           the optimiser's update (`TrainStep.update`).
+
+  Alike segments share their programs: the 8-stack hourglass compiles the 9 a 2-stack does.
+  Why: XLA's CPU runtime compiles, and reads back, one program in time that grows faster than
+  the program. On 2 cores the 8-stack hourglass's first step was done 22.8 s after its process
+  started with the persistent cache warm, against 31.1 s as `TrainStep`'s two programs, and
+  38.6 against 48.2 s cold (docs/performance_log.md, "The stacks as programs of their own, in
+  the trainer"). Where one program is small, it compiles faster than several (the 2-stack's),
+  so configs choose.
+
+  The values are `train_step`'s to float rounding (tests/test_segments.py). Segments
+  that draw random numbers draw with their own keys, not the one `Family.loss` gets (the
+  hourglass draws none). Shardings: arrays whose leading axis is the global batch's (the batch,
+  activations, residuals) are split over the data axis, the rest replicated, so that the
+  programs compiled ahead (`compile_ahead`) agree on what each passes the next.
+
+  Built by `make_train_step` from jitted functions; `compile_ahead` returns one whose programs
+  are compiled (`with_programs`)."""
+
+  def __init__(self, family: families.Family, mesh, phase: int, trainable, update):
+    if family.segments is None:
+      raise ValueError(f"config.segmented_step: the {family.name!r} family declares no "
+                       "segments (Family.segments); set config.segmented_step = False.")
+    self.family, self.segments, self.trainable = family, family.segments.segments, trainable
+    self.rep, self.data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    prepare = functools.partial(_prepare_segments, family, self._place)
+    self.jitted = {"prepare": jax.jit(prepare)}
+    for segment in self.segments:
+      if f"forward {segment.kind}" not in self.jitted:  # Its kind's first: the kind's apply.
+        self.jitted[f"forward {segment.kind}"] = jax.jit(functools.partial(
+            _segment_forward, segment.apply, phase, self._place), donate_argnums=1)
+        self.jitted[f"backward {segment.kind}"] = jax.jit(
+            functools.partial(_segment_backward, self._place))
+    self.jitted["metrics"] = jax.jit(_segment_metrics, out_shardings=self.rep)
+    self.jitted["update"] = update
+    self.compiled = {}  # Program name -> compiled (`with_programs`).
+
+  def _place(self, tree, batch_size: int | None):
+    """`tree` constrained to the shardings above (batch_size None: every leaf replicated)."""
+    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(
+        x, self._sharding(x, batch_size)), tree)
+
+  def _sharding(self, x, batch_size: int | None):
+    split = batch_size is not None and x.ndim and x.shape[0] == batch_size
+    return self.data if split else self.rep
+
+  def _specs(self, tree, batch_size: int | None):
+    """`jax.ShapeDtypeStruct`s of `tree`'s leaves, with the shardings `_place` gives them."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+        x.shape, x.dtype, sharding=self._sharding(x, batch_size)), tree)
+
+  def _program(self, name: str):
+    return self.compiled.get(name, self.jitted[name])
+
+  def __call__(self, state: TrainState, batch, rng):
+    _check_segments(self.family, state.params)
+    batch, keys = self._program("prepare")(batch, rng)
+    model_state, new_state, losses, vjps, carry = state.model_state, {}, [], [], None
+    for segment, key in zip(self.segments, keys):
+      carry, loss, new, vjp = self._program(f"forward {segment.kind}")(
+          _part(state.params, segment), _state_part(model_state, segment), carry, batch, key)
+      _put_state(new_state, new, segment)
+      losses.append(loss)
+      vjps.append(vjp)
+    grads, cotangent = {}, None
+    for i in reversed(range(len(self.segments))):
+      segment = self.segments[i]
+      got, cotangent = self._program(f"backward {segment.kind}")(vjps[i], cotangent)
+      vjps[i] = None  # Its residuals go once used.
+      grads.update({segment.subtrees[0]: got} if segment.nested else got)
+    grads = {k: v for k, v in grads.items() if self.trainable is None or k in self.trainable}
+    metrics = self._program("metrics")(tuple(losses), grads)
+    state = self._program("update")(*TrainStep.update_args(state, grads))
+    named = {s.metric: loss for s, loss in zip(self.segments, losses) if s.metric}
+    model_state = {c: {**tree, **new_state.get(c, {})} for c, tree in model_state.items()}
+    return state.replace(model_state=model_state), {**metrics, **named}
+
+  def trace(self, state: TrainState, batch, rng) -> list[tuple[str, Any, tuple, Any]]:
+    """[(name, jitted, args, traced)]: each program traced once, in the order a step first
+    runs it, from the shapes (shardings included) of its arguments: `state`, `batch` and `rng`
+    (arrays or `jax.ShapeDtypeStruct`s; nothing runs). What `compile_ahead` compiles."""
+    _check_segments(self.family, state.params)
+    plan, size = [], jax.tree.leaves(batch)[0].shape[0]
+
+    def add(name, *args):
+      traced = self.jitted[name].trace(*args)
+      plan.append((name, self.jitted[name], args, traced))
+      return traced.out_info
+
+    batch, keys = add("prepare", batch, rng)
+    batch, keys = self._specs(batch, size), self._specs(keys, None)
+    outputs, carry, losses = {}, None, []
+    for segment, key in zip(self.segments, keys):
+      name = f"forward {segment.kind}"
+      if name not in outputs:  # The kind's first segment: trace its programs.
+        c, loss, _, vjp = add(name, _part(state.params, segment),
+                              _state_part(state.model_state, segment), carry, batch, key)
+        outputs[name] = self._specs(c, size), self._specs(loss, None)
+        add(f"backward {segment.kind}", self._specs(vjp, size), outputs[name][0])
+      carry, loss = outputs[name]
+      losses.append(loss)
+    grads = {k: v for k, v in self._specs(state.params, None).items()
+             if self.trainable is None or k in self.trainable}
+    add("metrics", tuple(losses), grads)
+    add("update", *TrainStep.update_args(state, grads))
+    return plan
+
+  def with_programs(self, compiled: dict) -> "SegmentedStep":
+    """This step, calling `compiled` ({name: compiled program}) instead of its jitted ones."""
+    step = copy.copy(self)
+    step.compiled = dict(compiled)
+    return step
+
+  @property
+  def programs(self) -> tuple:
+    return tuple(self._program(name) for name in self.jitted)
+
+  def release(self) -> None:
+    """As `TrainStep.release`."""
+    for program in self.programs:
+      if isinstance(program, host_memory.FirstCall):
+        program.release()
+
+
+def _prepare_segments(family, place, batch, rng):
+  """SegmentedStep's "prepare": (the batch the segments read, a key per segment)."""
+  batch = place(family.segments.prepare(_with_images(family, batch)),
+                jax.tree.leaves(batch)[0].shape[0])
+  return batch, tuple(jax.random.fold_in(rng, i) for i in range(len(family.segments.segments)))
+
+
+def _segment_forward(apply, phase, place, params, model_state, carry, batch, rng):
+  """SegmentedStep's "forward KIND": (output, loss, new model state, vjp of both)."""
+  size = jax.tree.leaves(batch)[0].shape[0]
+
+  def run(params, carry):
+    return apply(params, model_state, carry, batch, rng, phase=phase)
+
+  if carry is None:  # The first segment: no input to differentiate.
+    (carry, loss), vjp, new = jax.vjp(lambda p: run(p, None), params, has_aux=True)
+  else:
+    (carry, loss), vjp, new = jax.vjp(run, params, carry, has_aux=True)
+  return place(carry, size), place(loss, None), place(new, None), place(vjp, size)
+
+
+def _segment_backward(place, vjp, cotangent):
+  """SegmentedStep's "backward KIND": (the segment's gradients, its input's cotangent, or None
+  for the first segment)."""
+  got = vjp((cotangent, jnp.ones((), jnp.float32)))
+  carry_cotangent = got[1] if len(got) > 1 else None
+  size = None if carry_cotangent is None else jax.tree.leaves(carry_cotangent)[0].shape[0]
+  return place(got[0], None), place(carry_cotangent, size)
+
+
+def _segment_metrics(losses, grads) -> dict:
+  return {"loss": sum(losses), "grad_norm": _global_norm(grads)}
+
+
+def _check_segments(family: families.Family, params) -> None:
+  """The segments own every top-level parameter subtree, each once (a clear error if not)."""
+  owned = [name for segment in family.segments.segments for name in segment.subtrees]
+  missing, twice = set(params) - set(owned), {n for n in owned if owned.count(n) > 1}
+  if missing or twice or set(owned) - set(params):
+    raise ValueError(f"The {family.name!r} family's segments must own each parameter subtree "
+                     f"once: missing {sorted(missing)}, owned twice {sorted(twice)}, unknown "
+                     f"{sorted(set(owned) - set(params))}.")
+
+
+def _part(tree, segment):
+  """A segment's part of a root tree (the parameters, or one model-state collection)."""
+  if segment.nested:
+    return tree[segment.subtrees[0]]
+  return {k: tree[k] for k in segment.subtrees}
+
+
+def _state_part(model_state, segment) -> dict:
+  """A segment's part of every model-state collection that holds any of its subtrees."""
+  if segment.nested:
+    name = segment.subtrees[0]
+    return {c: tree[name] for c, tree in model_state.items() if name in tree}
+  parts = {c: {k: tree[k] for k in segment.subtrees if k in tree}
+           for c, tree in model_state.items()}
+  return {c: part for c, part in parts.items() if part}
+
+
+def _put_state(new_state: dict, part: dict, segment) -> None:
+  """Writes a segment's updated collections into the new model state, in place."""
+  for c, tree in part.items():
+    new_state.setdefault(c, {}).update({segment.subtrees[0]: tree} if segment.nested else tree)
+
+
 def step_programs(step) -> tuple:
-  """A step's programs, jitted or compiled: a `TrainStep`'s two, else the step itself."""
-  return step.programs if isinstance(step, TrainStep) else (step,)
+  """A step's programs, jitted or compiled: a `TrainStep`'s two, a `SegmentedStep`'s, else
+  the step itself."""
+  return step.programs if isinstance(step, (TrainStep, SegmentedStep)) else (step,)
 
 
 def _global_norm(tree, small: int = 1 << 16) -> jax.Array:
@@ -218,21 +424,25 @@ def _with_images(family: families.Family, batch):
 
 
 def make_train_step(family, mesh, phase: int | optim.Phase = 0,
-                    update_apart: bool = True):
+                    update_apart: bool = True, segmented: bool = False):
   """The step of one phase (an `optim.Phase`, or an index: then everything trains), the state
   donated: as two jitted programs (`TrainStep`), or with `update_apart=False` (config key
-  `update_apart`) one jit of `train_step`."""
+  `update_apart`) one jit of `train_step`; with `segmented` (config key `segmented_step`) as a
+  program per kind of the family's segments (`SegmentedStep`; `update_apart` then has no
+  say)."""
   index, trainable = (phase.index, phase.trainable) if isinstance(phase, optim.Phase) else (
       phase, None)
   rep, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
   static = dict(family=family, phase=index, trainable=trainable)
+  update = jax.jit(update_step, in_shardings=(rep, rep), out_shardings=rep, donate_argnums=0)
+  if segmented:
+    return SegmentedStep(family, mesh, index, trainable, update)
   if not update_apart:
     return jax.jit(functools.partial(train_step, **static), in_shardings=(rep, data, rep),
                    out_shardings=(rep, rep), donate_argnums=0)
   return TrainStep(
       jax.jit(functools.partial(gradients_step, **static), in_shardings=(rep, rep, data, rep),
-              out_shardings=(rep, rep, rep), donate_argnums=1),
-      jax.jit(update_step, in_shardings=(rep, rep), out_shardings=rep, donate_argnums=0))
+              out_shardings=(rep, rep, rep), donate_argnums=1), update)
 
 
 def make_batch_moments_step(family, mesh, phase: int | optim.Phase = 0):
@@ -310,6 +520,8 @@ def compile_ahead(step_fn, *args, laps: dict | None = None, prefault: bool = Fal
   later phase's step: its pages would stand beside the training phase's. `laps` also gets the
   MB touched ("prefault_mb") once the first call has released them."""
   laps = {} if laps is None else laps
+  if isinstance(step_fn, SegmentedStep):
+    return _segments_ahead(step_fn, args, laps, keep)
   if not isinstance(step_fn, TrainStep):
     return _program_ahead(step_fn, args, laps, prefault, keep)[0]
   kept = (None, None) if keep is None else (f"{keep}\ngradients", f"{keep}\nupdate")
@@ -323,16 +535,40 @@ def compile_ahead(step_fn, *args, laps: dict | None = None, prefault: bool = Fal
                                lambda: TrainStep(gradients.result(), update.result()))
 
 
-def _program_ahead(step_fn, args, laps: dict, prefault: bool, keep: str | None):
+def _segments_ahead(step: SegmentedStep, args, laps: dict, keep: str | None):
+  """`compile_ahead` for a `SegmentedStep`: its programs traced and lowered here in the order a
+  step runs them (`SegmentedStep.trace`), then compiled on as many threads as the process has
+  cores, each kept as "KEEP\nNAME" (`keep`) and its laps in laps[NAME]. Never prefaulted:
+  the programs run one after another, each with temporaries of its own."""
+  clock = time.perf_counter()
+  plan = step.trace(*args)
+  laps["trace"] = round(time.perf_counter() - clock, 3)
+  threads = max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
+  pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="compile_ahead")
+  try:
+    futures = {name: _program_ahead(jitted, program_args, laps.setdefault(name, {}), False,
+                                    None if keep is None else f"{keep}\n{name}",
+                                    traced=traced, submit=pool.submit)[0]
+               for name, jitted, program_args, traced in plan}
+  finally:
+    pool.shutdown(wait=False)
+  return host_memory.on_thread("compile_ahead", lambda: step.with_programs(
+      {name: future.result() for name, future in futures.items()}))
+
+
+def _program_ahead(step_fn, args, laps: dict, prefault: bool, keep: str | None, traced=None,
+                   submit=None):
   """(a future of the compiled program, its outputs' shapes): `compile_ahead` for one jitted
-  function."""
+  function, traced here unless `traced` is given (its trace), compiled on a thread of its own
+  or by `submit` (e.g. a pool's)."""
   store = step_store.StepStore.beside_cache() if keep is not None else None
   stored_as = step_store.name(keep, args) if store is not None else None
   reading = store.read(stored_as) if store is not None else None
   record = host_memory.TemporariesRecord.beside_cache() if prefault else None
   early = None
   try:
-    traced = _timed(laps, "trace", step_fn.trace, *args)
+    if traced is None:
+      traced = _timed(laps, "trace", step_fn.trace, *args)
     # The kept program's memory, touched from now on; from before the trace, the touch delayed
     # the read, the longer path (warm start 0.95x for the 2-stack; docs/performance_log.md).
     early = _prefault(record, reading.program) if reading is not None else None
@@ -369,7 +605,8 @@ def _program_ahead(step_fn, args, laps: dict, prefault: bool, keep: str | None):
         compiled, prefault=touch, laps=laps,
         after=(lambda peak_rss: [f(peak_rss) for f in after]) if after else None)
 
-  return host_memory.on_thread("compile_ahead", compile_), traced.out_info
+  future = (submit or functools.partial(host_memory.on_thread, "compile_ahead"))(compile_)
+  return future, traced.out_info
 
 
 def _timed(laps: dict, name: str, fn, *args):

@@ -259,8 +259,10 @@ def _step_fn(run: _Run, phase: optim.Phase, ahead: _Ahead | None):
 
 
 def _make_step(run: _Run, phase: optim.Phase):
-  """The phase's jitted step, one program or two as the config says (`update_apart`)."""
-  return make_train_step(run.family, run.mesh, phase, run.config.update_apart)
+  """The phase's jitted step: one program, two, or a program per kind of segment, as the
+  config says (`update_apart`, `segmented_step`)."""
+  return make_train_step(run.family, run.mesh, phase, run.config.update_apart,
+                         run.config.segmented_step)
 
 
 def _discard(ahead: _Ahead | None) -> None:
@@ -268,7 +270,8 @@ def _discard(ahead: _Ahead | None) -> None:
   process's first step: `steps.compile_ahead`'s prefault), if any, is handed back."""
   def release(future):
     if future.exception() is None and isinstance(future.result(),
-                                                 (host_memory.FirstCall, steps.TrainStep)):
+                                                 (host_memory.FirstCall, steps.TrainStep,
+                                                  steps.SegmentedStep)):
       future.result().release()
 
   if ahead is not None:

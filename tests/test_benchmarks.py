@@ -287,22 +287,6 @@ def test_paired_configs_name_a_bad_override_of_b(capsys):
   assert "--b model.no_such_key=1" in capsys.readouterr().err
 
 
-def test_stack_programs_share_a_program_per_kind_and_step_as_train_step(capsys):
-  """benchmarks/stack_programs.py: three stacks (a middle kind twice) and the stem in eight
-  programs, forward and backward per kind, the targets and the update, compiled ahead and then
-  used (none compiled again); the parameters and statistics after two steps are train_step's,
-  to rounding."""
-  from benchmarks import stack_programs  # pylint: disable=g-import-not-at-top
-  record = stack_programs.main(["--config", TINY, "--set", "model.num_stacks=3", "--batch",
-                                "2", "--steps", "2", "--recompute", "--ahead", "--check"])
-  assert record["programs"] == 3 + 3 + 1 + 1
-  assert record["relative_difference"] < 1e-5
-  assert record["step_s"] > 0 and record["first_step_s"] > 0 and record["peak_rss_mb"] > 0
-  assert json.loads(capsys.readouterr().out.splitlines()[-1]) == record
-  with pytest.raises(ValueError, match="only the stacked hourglass"):
-    stack_programs.main(["--config", "configs/quickstart.py:cpm", "--steps", "1"])
-
-
 def test_config_overrides_reach_the_model_and_are_checked():
   config = bench.load_config(TINY, 2, ("remat=True", "model.num_stacks=2"))
   assert config.remat is True and config.model.num_stacks == 2

@@ -1,5 +1,5 @@
-"""Sharding: 8 simulated devices train like 1, checkpoints reshard, 2 real processes agree;
-bfloat16 and rematerialisation train with float32 parameters.
+"""Sharding: 8 simulated devices train like 1 (the segmented step too), checkpoints reshard,
+2 real processes agree; bfloat16 and rematerialisation train with float32 parameters.
 
 The device count is fixed when jax starts, so the many-device programs run in subprocesses with
 `XLA_FLAGS=--xla_force_host_platform_device_count=N`; this process has one CPU device.
@@ -63,11 +63,11 @@ _COMMON = textwrap.dedent("""
       it = ds.as_numpy_iterator()
       return [next(it) for _ in range(steps)]
 
-    def run(config, family, mesh, batches):
+    def run(config, family, mesh, batches, segmented=False):
       # Plain SGD: Adam would blow float-rounding noise in near-zero gradients up to +-lr.
       tx = optax.sgd(0.02)
       state = train.create_train_state(family, tx, jax.random.key(0), mesh)
-      step = train.make_train_step(family, mesh)
+      step = train.make_train_step(family, mesh, segmented=segmented)
       for i, b in enumerate(batches):
         state, _ = step(state, parallel.global_batch(b, mesh), jax.random.key(i))
       return state
@@ -89,6 +89,10 @@ _EIGHT_DEVICES = _COMMON + textwrap.dedent("""
     assert len(jax.tree.leaves(s8.params)[0].sharding.device_set) == 8
     np.savez(os.path.join(out, "s8.npz"), *jax.tree.leaves(jax.device_get(
         {"params": s8.params, **s8.model_state})))
+    # The step as a program per kind of segment (steps.SegmentedStep), on the 8 devices.
+    segmented8 = run(config, family, mesh8, batches, segmented=True)
+    np.savez(os.path.join(out, "segmented8.npz"), *jax.tree.leaves(jax.device_get(
+        {"params": segmented8.params, **segmented8.model_state})))
     np.savez(os.path.join(out, "s1.npz"), *jax.tree.leaves(jax.device_get(
         {"params": s1.params, **s1.model_state})))
 
@@ -168,6 +172,8 @@ def test_eight_devices_match_one_and_checkpoints_reshard(tmp_path):
   for a, b in zip(s8, s1):  # Parameters and the (global) BatchNorm statistics.
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=2e-3)
   assert moved > 1000 * diff  # Training moved them far more than the devices disagree.
+  segmented8 = _leaves(tmp_path / "segmented8.npz")  # The segmented step: the same values.
+  assert moved > 1000 * max(np.abs(a - b).max() for a, b in zip(segmented8, s8))
   for a, b in zip(_leaves(tmp_path / "restored8.npz"), expected1):
     np.testing.assert_array_equal(a, b)
 

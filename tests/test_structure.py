@@ -99,7 +99,8 @@ mesh = parallel.make_mesh()
 phase = optim.phases(config, 64)[0]
 tx = steps.create_optimizer(config, 64, phase, layer_groups=family.layer_groups)
 state = steps.create_train_state(family, tx, jax.random.key(0), mesh)
-train_step = steps.make_train_step(family, mesh, phase, config.update_apart)
+train_step = steps.make_train_step(family, mesh, phase, config.update_apart,
+                                   config.segmented_step)
 n, size = config.batch_size, config.input_size
 rng = np.random.default_rng(0)
 batch = {"image": rng.uniform(-0.5, 0.5, (n, size, size, 3)).astype(np.float32),

@@ -32,7 +32,47 @@ def hourglass_family(config, skeleton, dtype) -> family.Family:
       lambda v, x: model.apply(v, x, train=False)[-1], codec, skeleton.flip_permutation)
   return family.Family("hourglass", skeleton, config.input_size,
                        init=family.init_fn(model, 4 * 2 ** model.depth), loss=loss,
-                       predict=predict, model=model, heatmaps=heatmaps, codec=codec)
+                       predict=predict, model=model, heatmaps=heatmaps, codec=codec,
+                       segments=hourglass_segments(model, codec, loss_kind, loss_scale))
+
+
+def hourglass_segments(model: hourglass.StackedHourglass, codec, loss_kind: str,
+                       loss_scale: float) -> family.Segmentation:
+  """The hourglass's loss as segments: the stem (`hourglass.Stem`, on the root's STEM_LAYERS),
+  then every stack (`hourglass.Stack`, on its "stackI" subtree) with its heat maps' loss. Alike
+  stacks share their programs, so 8 stacks compile what 2 do.
+
+  Every bottleneck's BatchNorm-ReLU is recomputed in the backward pass (`layers.bn_relu_conv`),
+  whatever config.remat says: inside one program XLA recomputes the ReLU masks, but across
+  programs they are outputs (235 of a stack's 880 MB of residuals). Recomputed, the 8-stack's
+  step at batch 8 held 4,952 MB instead of 8,058 (docs/performance_log.md, "The stacks as
+  programs of their own, a third time")."""
+  kw = dict(init_scheme=model.init_scheme, dtype=model.dtype, recompute=True)
+  stem = hourglass.Stem(model.features, **kw)
+
+  def stem_apply(params, model_state, carry, batch, rng, *, phase=0):
+    del carry, phase  # The first segment: the images.
+    x, model_state = family.apply_train(stem, params, model_state, rng, batch["image"])
+    return (x, jnp.zeros((), jnp.float32)), model_state
+
+  def stack_apply(stack: hourglass.Stack):
+    def apply(params, model_state, x, batch, rng, *, phase=0):
+      del phase
+      (x, maps), model_state = family.apply_train(stack, params, model_state, rng, x)
+      loss, _ = family.heatmap_losses((maps,), batch, loss_kind, scale=loss_scale)
+      return (None if stack.last else x, loss), model_state
+    return apply
+
+  stacks = {last: stack_apply(hourglass.Stack(model.features, model.depth, model.num_blocks,
+                                              model.num_joints, last=last, **kw))
+            for last in (False, True)}
+  n = model.num_stacks
+  segments = [family.Segment("stem", hourglass.STEM_LAYERS, nested=False, apply=stem_apply)]
+  segments += [family.Segment("last" if i == n - 1 else "stack", (f"stack{i}",), nested=True,
+                              apply=stacks[i == n - 1], metric=f"loss_stack{i}")
+               for i in range(n)]
+  return family.Segmentation(lambda batch: family.with_heatmap_targets(batch, codec),
+                             tuple(segments))
 
 
 

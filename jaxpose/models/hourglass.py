@@ -98,8 +98,8 @@ def stem_layers(x, features: int, *, train: bool, init_scheme: str, dtype: Dtype
 
 class Stem(nn.Module):
   """`StackedHourglass`'s stem as a module of its own, (images, train) -> features, applied to
-  the STEM_LAYERS subtrees of its variables: the first segment of a step that runs the stacks
-  as programs of their own (`benchmarks/stack_programs.py`)."""
+  the STEM_LAYERS subtrees of its variables: the first segment of the step that runs the stacks
+  as programs of their own (`families.heatmaps.hourglass_segments`)."""
 
   features: int = 256
   init_scheme: str = "pytorch"
