@@ -37,7 +37,7 @@ from jaxpose import host_memory
 
 STORE_VARIABLE = "JAXPOSE_STEP_STORE"
 DIRECTORY = "jaxpose_steps"  # Inside the persistent compilation cache's directory.
-KEEP = 16  # Two programs per train step (`steps.TrainStep`).
+KEEP = 16  # Two programs per train step (`steps.TrainStep`), nine segmented (the hourglass's).
 _FORMAT = 1
 CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 

@@ -21,6 +21,11 @@ inverse crop warp and the metrics; neither ever calls a model. They talk to a `F
   begin_phase(phase, variables, context) -> variables: optional; runs once when a phase
       starts (e.g. the DeepPose cascade measures the previous stage's errors). Whatever it
       computes lives in the variables, so resuming inside a phase needs nothing else.
+  segments: optional `family.Segmentation`: `loss` cut into segments that each own some
+      top-level parameter subtrees and pass a carry to the next (the hourglass: the stem, then
+      each stack with its maps' loss), for a step run as a program per kind of segment
+      (config `segmented_step`, `steps.SegmentedStep`). A family without them trains as one
+      or two programs.
 
 What a new family writes:
   1. jaxpose/models/NAME.py, a pure linen module (no configs, no flags).
