@@ -3,7 +3,8 @@
 What a JAX user composes into their own loop (`train.py` is jaxpose's loop around it):
 `create_train_state` (replicated over a ("data",) mesh), `train_step` (pure: state, batch,
 rng -> state, metrics), `make_train_step` (per phase, that step jitted as two programs,
-`TrainStep`: the gradients, then the optimiser's update; or as one; the state donated),
+`TrainStep`: the gradients, then the optimiser's update; or as one; or as a program per kind
+of the family's segments, `SegmentedStep`; the state donated),
 `compile_ahead` (their compilation on threads, while the state is made, or the programs a
 process kept, read back: `step_store`), `make_batch_moments_step` and `precise_batch_stats`
 (BatchNorm's statistics re-estimated), `seed_keys`. Only the family touches the model
@@ -492,7 +493,9 @@ def compile_ahead(step_fn, *args, laps: dict | None = None, prefault: bool = Fal
   abstract=True)` and `parallel.global_batch_spec`), then compiles it on a thread of its own.
   Returns a future of the compiled step (`jax.stages.Compiled`), called as `step_fn` is. A
   `TrainStep`'s two programs are each traced and lowered here, then compiled on two threads
-  (the update's laps under laps["update"]); the future's result is a `TrainStep` of them.
+  (the update's laps under laps["update"]); the future's result is a `TrainStep` of them. A
+  `SegmentedStep`'s programs likewise, on a thread per core (`_segments_ahead`; each program's
+  laps under laps[its name]; never prefaulted); the result, that step calling them.
 
   XLA does not hold Python's lock while it compiles, so what the caller does meanwhile (the
   initialiser, restoring a checkpoint, the input pipeline's first batches) overlaps the

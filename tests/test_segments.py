@@ -10,19 +10,13 @@ import optax
 import pytest
 
 import helpers
+from benchmarks import models
 from configs import quickstart
 from jaxpose import checkpoints
 from jaxpose import families
 from jaxpose import parallel
 from jaxpose import steps
 from jaxpose import train
-
-
-def _relative_difference(a, b) -> float:
-  """The largest difference of two trees' leaves, relative to the largest value."""
-  a, b = jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b))
-  top = max(float(np.abs(x).max()) for x in b)
-  return max(float(np.abs(x - y).max()) for x, y in zip(a, b)) / top
 
 
 def _three_stacks():
@@ -67,7 +61,7 @@ def test_the_segmented_step_is_train_step_with_a_program_per_kind_of_segment():
   for name in ("jitted", "ahead"):
     got, got_metrics = ends[name]
     assert int(got.step) == 2
-    assert _relative_difference((got.params, got.model_state),
+    assert models.relative_difference((got.params, got.model_state),
                                 (want.params, want.model_state)) < 1e-5
     assert sorted(got_metrics) == sorted(want_metrics) == [
         "grad_norm", "loss", "loss_stack0", "loss_stack1", "loss_stack2"]
@@ -75,7 +69,7 @@ def test_the_segmented_step_is_train_step_with_a_program_per_kind_of_segment():
       np.testing.assert_allclose(got_metrics[k], v, rtol=1e-5)
   # Training moved the parameters far more than the two ways disagree.
   start = steps.create_train_state(family, tx, jax.random.key(0), mesh)
-  assert _relative_difference(start.params, want.params) > 1e-3
+  assert models.relative_difference(start.params, want.params) > 1e-3
 
 
 def test_a_family_without_segments_or_a_parameter_left_out_is_refused():
