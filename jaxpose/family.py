@@ -20,7 +20,7 @@ Variables = dict[str, Any]
 @dataclasses.dataclass(frozen=True)
 class Segment:
   """One piece of a family's training forward pass and its share of the loss, for a train step
-  run as an XLA program per kind of segment (`segments.SegmentedStep`, config.segmented_step).
+  run as an XLA program per kind of segment (`steps.SegmentedStep`, config.segmented_step).
 
   kind: segments of one kind share their programs (one trace, one compilation): the same
     `apply`, on variables and a carry of the same shapes (the middle stacks of an hourglass).
