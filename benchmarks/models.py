@@ -464,9 +464,7 @@ def jax_flops(config, host: dict, task: dict) -> dict:
           "forward_flops": round(facts["gflops"] * 1e9) * len(host["pixels"])}
 
 
-def jax_imports(task: dict) -> None:
-  """Imports what the jaxpose side builds from, after pointing JAX at task["cache_dir"] (if
-  any) as its persistent compilation cache, every program cached."""
+def _jax_imports(task: dict) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   if task.get("cache_dir"):  # Before anything compiles; every program is cached.
     jax.config.update("jax_compilation_cache_dir", task["cache_dir"])
@@ -669,7 +667,7 @@ def _torch_imports(task: dict) -> None:
 
 BUILDERS = {("jax", "train"): jax_train, ("jax", "infer"): jax_infer,
             ("torch", "train"): torch_train, ("torch", "infer"): torch_infer}
-IMPORTS = {"jax": jax_imports, "torch": _torch_imports}
+IMPORTS = {"jax": _jax_imports, "torch": _torch_imports}
 
 
 def measure(task: dict) -> dict:
