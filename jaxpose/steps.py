@@ -281,7 +281,7 @@ class SegmentedStep:
     runs it, from the shapes (shardings included) of its arguments: `state`, `batch` and `rng`
     (arrays or `jax.ShapeDtypeStruct`s; nothing runs). What `compile_ahead` compiles."""
     _check_segments(self.family, state.params)
-    plan, size = [], jax.tree.leaves(batch)[0].shape[0]
+    plan, size = [], _batch_size(batch)
 
     def add(name, *args):
       traced = self.jitted[name].trace(*args)
@@ -325,14 +325,13 @@ class SegmentedStep:
 
 def _prepare_segments(family, place, batch, rng):
   """SegmentedStep's "prepare": (the batch the segments read, a key per segment)."""
-  batch = place(family.segments.prepare(_with_images(family, batch)),
-                jax.tree.leaves(batch)[0].shape[0])
+  batch = place(family.segments.prepare(_with_images(family, batch)), _batch_size(batch))
   return batch, tuple(jax.random.fold_in(rng, i) for i in range(len(family.segments.segments)))
 
 
 def _segment_forward(apply, phase, place, params, model_state, carry, batch, rng):
   """SegmentedStep's "forward KIND": (output, loss, new model state, vjp of both)."""
-  size = jax.tree.leaves(batch)[0].shape[0]
+  size = _batch_size(batch)
 
   def run(params, carry):
     return apply(params, model_state, carry, batch, rng, phase=phase)
@@ -349,8 +348,13 @@ def _segment_backward(place, vjp, cotangent):
   for the first segment)."""
   got = vjp((cotangent, jnp.ones((), jnp.float32)))
   carry_cotangent = got[1] if len(got) > 1 else None
-  size = None if carry_cotangent is None else jax.tree.leaves(carry_cotangent)[0].shape[0]
+  size = None if carry_cotangent is None else _batch_size(carry_cotangent)
   return place(got[0], None), place(carry_cotangent, size)
+
+
+def _batch_size(tree) -> int:
+  """The leading axis of `tree`'s first leaf: the global batch's, for a batch or a carry."""
+  return jax.tree.leaves(tree)[0].shape[0]
 
 
 def _segment_metrics(losses, grads) -> dict:
