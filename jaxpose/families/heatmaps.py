@@ -47,8 +47,7 @@ def hourglass_segments(model: hourglass.StackedHourglass, codec, loss_kind: str,
   programs they are outputs (235 of a stack's 880 MB of residuals). Recomputed, the 8-stack's
   step at batch 8 held 4,952 MB instead of 8,058 (docs/performance_log.md, "The stacks as
   programs of their own, a third time")."""
-  kw = dict(init_scheme=model.init_scheme, dtype=model.dtype, recompute=True)
-  stem = hourglass.Stem(model.features, **kw)
+  stem, middle, last = hourglass.segment_modules(model, recompute=True)
 
   def stem_apply(params, model_state, carry, batch, rng, *, phase=0):
     del carry, phase  # The first segment: the images.
@@ -63,9 +62,7 @@ def hourglass_segments(model: hourglass.StackedHourglass, codec, loss_kind: str,
       return (None if stack.last else x, loss), model_state
     return apply
 
-  stacks = {last: stack_apply(hourglass.Stack(model.features, model.depth, model.num_blocks,
-                                              model.num_joints, last=last, **kw))
-            for last in (False, True)}
+  stacks = {False: stack_apply(middle), True: stack_apply(last)}
   n = model.num_stacks
   segments = [family.Segment("stem", hourglass.STEM_LAYERS, nested=False, apply=stem_apply)]
   segments += [family.Segment("last" if i == n - 1 else "stack", (f"stack{i}",), nested=True,

@@ -98,8 +98,7 @@ def stem_layers(x, features: int, *, train: bool, init_scheme: str, dtype: Dtype
 
 class Stem(nn.Module):
   """`StackedHourglass`'s stem as a module of its own, (images, train) -> features, applied to
-  the STEM_LAYERS subtrees of its variables: the first segment of the step that runs the stacks
-  as programs of their own (`families.heatmaps.hourglass_segments`)."""
+  the STEM_LAYERS subtrees of its variables (`segment_modules`)."""
 
   features: int = 256
   init_scheme: str = "pytorch"
@@ -178,6 +177,17 @@ class StackedHourglass(nn.Module):
                               name=f"stack{i}", **kw)(x, train)
       outputs.append(heatmaps.astype(jnp.float32))
     return tuple(outputs)
+
+
+def segment_modules(model: StackedHourglass, recompute: bool = True) -> tuple[Stem, Stack, Stack]:
+  """`model` as unbound modules of its parts: its stem (applied to the root's STEM_LAYERS
+  subtrees), a middle stack and the last stack (each applied to its "stackI" subtree), with
+  the model's sizes, initialisers and dtype: the segments of a step that runs them as
+  programs of their own (`families.heatmaps.hourglass_segments`)."""
+  kw = dict(init_scheme=model.init_scheme, dtype=model.dtype, recompute=recompute)
+  stack = functools.partial(Stack, model.features, model.depth, model.num_blocks,
+                            model.num_joints, **kw)
+  return Stem(model.features, **kw), stack(last=False), stack(last=True)
 
 
 Hourglass8 = functools.partial(StackedHourglass, num_stacks=8)
