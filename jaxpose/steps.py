@@ -547,9 +547,7 @@ def _segments_ahead(step: SegmentedStep, args, laps: dict, keep: str | None):
   step runs them (`SegmentedStep.trace`), then compiled on as many threads as the process has
   cores, each kept as "KEEP\nNAME" (`keep`) and its laps in laps[NAME]. Never prefaulted:
   the programs run one after another, each with temporaries of its own."""
-  clock = time.perf_counter()
-  plan = step.trace(*args)
-  laps["trace"] = round(time.perf_counter() - clock, 3)
+  plan = _timed(laps, "trace", step.trace, *args)
   threads = max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
   pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="compile_ahead")
   try:
