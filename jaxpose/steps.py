@@ -14,6 +14,7 @@ process kept, read back: `step_store`), `make_batch_moments_step` and `precise_b
 import collections
 import concurrent.futures
 import copy
+import dataclasses
 import functools
 import os
 import time
@@ -194,14 +195,16 @@ class SegmentedStep:
 
     "prepare"          the batch's images and targets (`Segmentation.prepare`), a key per
                        segment (the step's folded with the segment's index);
+    "reserve KIND"     in a step that finds none kept: buffers for a segment's residuals;
     "forward KIND"     per segment in order: its output, loss and new model state, and the
-                       `jax.vjp` of its output and loss, whose residuals are the outputs;
+                       `jax.vjp` of its output and loss, whose residuals are the outputs,
+                       written over the buffers the step before kept (`_Kept`);
     "backward KIND"    per segment in reverse: that vjp applied, its gradients and its input's
-                       cotangent;
+                       cotangent; its residuals' buffers are kept for the next step;
     "metrics"          the loss and the gradients' norm (`train_step`'s metrics);
     "update"           the optimiser's update (`TrainStep.update`).
 
-  Alike segments share their programs: the 8-stack hourglass compiles the 9 a 2-stack does.
+  Alike segments share their programs: the 8-stack hourglass compiles the 12 a 2-stack does.
   Why: XLA's CPU runtime compiles, and reads back, one program in time that grows faster than
   the program. On 2 cores the 8-stack hourglass's first step was done 22.8 s after its process
   started with the persistent cache warm, against 31.1 s as `TrainStep`'s two programs, and
@@ -226,15 +229,20 @@ class SegmentedStep:
     self.rep, self.data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     prepare = functools.partial(_prepare_segments, family, self._place)
     self.jitted = {"prepare": jax.jit(prepare)}
+    reserve = jax.jit(functools.partial(_reserve, self._place), static_argnums=(0, 1))
     for segment in self.segments:
       if f"forward {segment.kind}" not in self.jitted:  # Its kind's first: the kind's apply.
+        self.jitted[f"reserve {segment.kind}"] = reserve
         self.jitted[f"forward {segment.kind}"] = jax.jit(functools.partial(
-            _segment_forward, segment.apply, phase, self._place), donate_argnums=1)
+            _segment_forward, segment.apply, phase, self._place), donate_argnums=(1, 5),
+            keep_unused=True)  # `reuse`, unread, still in the program, to be written over.
         self.jitted[f"backward {segment.kind}"] = jax.jit(
             functools.partial(_segment_backward, self._place))
     self.jitted["metrics"] = jax.jit(_segment_metrics, out_shardings=self.rep)
     self.jitted["update"] = update
     self.compiled = {}  # Program name -> compiled (`with_programs`).
+    self._kept = _Kept()
+    self._trims = mesh.devices.flat[0].platform == "cpu"
 
   def _place(self, tree, batch_size: int | None):
     """`tree` constrained to the shardings above (batch_size None: every leaf replicated)."""
@@ -255,19 +263,26 @@ class SegmentedStep:
 
   def __call__(self, state: TrainState, batch, rng):
     _check_segments(self.family, state.params)
+    if self._trims:  # On a CPU, the heap the step before freed goes back to the OS (`_Kept`).
+      jax.block_until_ready(state)
+      host_memory.trim()
     batch, keys = self._program("prepare")(batch, rng)
-    model_state, new_state, losses, vjps, carry = state.model_state, {}, [], [], None
-    for segment, key in zip(self.segments, keys):
-      carry, loss, new, vjp = self._program(f"forward {segment.kind}")(
-          _part(state.params, segment), _state_part(model_state, segment), carry, batch, key)
+    kept = self._kept.for_batch(batch)
+    model_state, new_state, losses, saved, carry = state.model_state, {}, [], [], None
+    for i, (segment, key) in enumerate(zip(self.segments, keys)):
+      inputs = (_part(state.params, segment), carry, batch, key)
+      args = (inputs[0], _state_part(model_state, segment), carry, batch, key)
+      reuse = kept.pop(i, None) or self._reserve(segment, args)
+      carry, loss, new, vjp = self._program(f"forward {segment.kind}")(*args, reuse)
       _put_state(new_state, new, segment)
       losses.append(loss)
-      vjps.append(vjp)
+      saved.append((vjp, inputs))
     grads, cotangent = {}, None
     for i in reversed(range(len(self.segments))):
-      segment = self.segments[i]
-      got, cotangent = self._program(f"backward {segment.kind}")(vjps[i], cotangent)
-      vjps[i] = None  # Its residuals go once used.
+      segment, (vjp, inputs) = self.segments[i], saved[i]
+      got, cotangent = self._program(f"backward {segment.kind}")(vjp, cotangent, inputs)
+      saved[i] = None  # Its inputs may go once used; its residuals are kept for the next step.
+      kept[i] = tuple(jax.tree.leaves(vjp))
       grads.update({segment.subtrees[0]: got} if segment.nested else got)
     grads = {k: v for k, v in grads.items() if self.trainable is None or k in self.trainable}
     metrics = self._program("metrics")(tuple(losses), grads)
@@ -275,6 +290,20 @@ class SegmentedStep:
     named = {s.metric: loss for s, loss in zip(self.segments, losses) if s.metric}
     model_state = {c: {**tree, **new_state.get(c, {})} for c, tree in model_state.items()}
     return state.replace(model_state=model_state), {**metrics, **named}
+
+  def _reserve(self, segment, args) -> tuple:
+    """Buffers for a segment's residuals where no earlier step left any (zeros, written once):
+    "reserve KIND", compiled for the forward's residuals at `args`."""
+    name = f"reserve {segment.kind}"
+    if name in self.compiled:
+      return self.compiled[name]()
+    return self.jitted[name](*self._reserve_args(segment, args))
+
+  def _reserve_args(self, segment, args) -> tuple:
+    """"reserve KIND"'s static arguments: the global batch size and its residuals' (shape,
+    dtype)s, from the forward traced at `args` without buffers to reuse."""
+    residuals = jax.tree.leaves(self.jitted[f"forward {segment.kind}"].trace(*args, ()).out_info[3])
+    return _batch_size(args[3]), tuple((x.shape, x.dtype.name) for x in residuals)
 
   def trace(self, state: TrainState, batch, rng) -> list[tuple[str, Any, tuple, Any]]:
     """[(name, jitted, args, traced)]: each program traced once, in the order a step first
@@ -294,10 +323,13 @@ class SegmentedStep:
     for segment, key in zip(self.segments, keys):
       name = f"forward {segment.kind}"
       if name not in outputs:  # The kind's first segment: trace its programs.
-        c, loss, _, vjp = add(name, _part(state.params, segment),
-                              _state_part(state.model_state, segment), carry, batch, key)
+        params = _part(state.params, segment)
+        args = (params, _state_part(state.model_state, segment), carry, batch, key)
+        reuse = add(f"reserve {segment.kind}", *self._reserve_args(segment, args))
+        c, loss, _, vjp = add(name, *args, self._specs(reuse, size))
         outputs[name] = self._specs(c, size), self._specs(loss, None)
-        add(f"backward {segment.kind}", self._specs(vjp, size), outputs[name][0])
+        add(f"backward {segment.kind}", self._specs(vjp, size), outputs[name][0],
+            (params, carry, batch, key))
       carry, loss = outputs[name]
       losses.append(loss)
     grads = {k: v for k, v in self._specs(state.params, None).items()
@@ -309,7 +341,7 @@ class SegmentedStep:
   def with_programs(self, compiled: dict) -> "SegmentedStep":
     """This step, calling `compiled` ({name: compiled program}) instead of its jitted ones."""
     step = copy.copy(self)
-    step.compiled = dict(compiled)
+    step.compiled, step._kept = dict(compiled), _Kept()
     return step
 
   @property
@@ -317,10 +349,45 @@ class SegmentedStep:
     return tuple(self._program(name) for name in self.jitted)
 
   def release(self) -> None:
-    """As `TrainStep.release`."""
+    """As `TrainStep.release`; also lets go of the residuals' buffers kept between steps."""
+    self._kept = _Kept()
     for program in self.programs:
       if isinstance(program, host_memory.FirstCall):
         program.release()
+
+
+class _Kept(dict):
+  """SegmentedStep's residual buffers kept from one step to the next, by segment index.
+
+  Each forward program's residuals are outputs that live until its backward program. Freed
+  each step, hundreds of blocks of 16-33 MB among each program's temporaries, they fragmented
+  the heap `train.py` keeps (`jaxpose.huge_pages`): the 8-stack hourglass's peak RSS grew to
+  ~7.1 GB over 14 steps, against 5.8 GB as two programs. Kept, and donated to the same
+  segment's forward program in the next step (`reuse`: XLA writes each residual over a donated
+  buffer of its shape), they are the same blocks every step (docs/performance_log.md: "The
+  residuals' buffers, kept between steps"). Valid while the batch's shapes stay the same.
+
+  What else a step frees still fragments the heap, less so: on a CPU each step starts once the
+  step before is done (its state ready) by handing the free heap back (`host_memory.trim`).
+  With the residuals kept, that is ~1 GB, and the trim cost no measurable time; without them,
+  ~5 GB, faulted in again at 4-11% of the step."""
+
+  shapes = None  # The batch's shapes and dtypes the buffers were kept for.
+
+  def for_batch(self, batch) -> "_Kept":
+    """These buffers, emptied first if they were kept for a batch of other shapes."""
+    shapes = tuple((x.shape, x.dtype) for x in jax.tree.leaves(batch))
+    if shapes != self.shapes or any(
+        x.is_deleted() for buffers in self.values() for x in buffers):
+      self.clear()  # Another batch shape, or a step that failed after donating some.
+      self.shapes = shapes
+    return self
+
+
+def _reserve(place, batch_size: int, residuals: tuple) -> tuple:
+  """SegmentedStep's "reserve KIND": zeros of `residuals`' (shape, dtype)s, placed as the
+  forward program places its residuals."""
+  return place(tuple(jnp.zeros(shape, dtype) for shape, dtype in residuals), batch_size)
 
 
 def _prepare_segments(family, place, batch, rng):
@@ -329,23 +396,41 @@ def _prepare_segments(family, place, batch, rng):
   return batch, tuple(jax.random.fold_in(rng, i) for i in range(len(family.segments.segments)))
 
 
-def _segment_forward(apply, phase, place, params, model_state, carry, batch, rng):
-  """SegmentedStep's "forward KIND": (output, loss, new model state, vjp of both)."""
+def _segment_forward(apply, phase, place, params, model_state, carry, batch, rng, reuse):
+  """SegmentedStep's "forward KIND": (output, loss, new model state, vjp of both). The vjp's
+  residuals that are the program's own inputs (its parameters, input, batch, key) are not
+  returned, which would copy them: `_Input`s stand in for them, and the backward program is
+  given the inputs again. `reuse` (donated, values unused): buffers of the residuals' shapes,
+  which XLA writes the residuals over (`_Kept`)."""
+  del reuse
   size = _batch_size(batch)
 
   def run(params, carry):
     return apply(params, model_state, carry, batch, rng, phase=phase)
 
   if carry is None:  # The first segment: no input to differentiate.
-    (carry, loss), vjp, new = jax.vjp(lambda p: run(p, None), params, has_aux=True)
+    (carry_out, loss), vjp, new = jax.vjp(lambda p: run(p, None), params, has_aux=True)
   else:
-    (carry, loss), vjp, new = jax.vjp(run, params, carry, has_aux=True)
-  return place(carry, size), place(loss, None), place(new, None), place(vjp, size)
+    (carry_out, loss), vjp, new = jax.vjp(run, params, carry, has_aux=True)
+  where = {id(x): i for i, x in enumerate(jax.tree.leaves((params, carry, batch, rng)))}
+  vjp = jax.tree.map(lambda x: _Input(where[id(x)]) if id(x) in where else x, vjp)
+  return place(carry_out, size), place(loss, None), place(new, None), place(vjp, size)
 
 
-def _segment_backward(place, vjp, cotangent):
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class _Input:
+  """In a segment's vjp between its programs: the forward program's input leaf `index` (of its
+  parameters, input, batch and key, flattened), given to the backward program again."""
+  index: int
+
+
+def _segment_backward(place, vjp, cotangent, inputs):
   """SegmentedStep's "backward KIND": (the segment's gradients, its input's cotangent, or None
-  for the first segment)."""
+  for the first segment). `inputs`: the forward program's (parameters, input, batch, key)."""
+  leaves = jax.tree.leaves(inputs)
+  vjp = jax.tree.map(lambda x: leaves[x.index] if isinstance(x, _Input) else x, vjp,
+                     is_leaf=lambda x: isinstance(x, _Input))
   got = vjp((cotangent, jnp.ones((), jnp.float32)))
   carry_cotangent = got[1] if len(got) > 1 else None
   size = None if carry_cotangent is None else _batch_size(carry_cotangent)

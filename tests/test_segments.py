@@ -14,6 +14,7 @@ from benchmarks import models
 from configs import quickstart
 from jaxpose import checkpoints
 from jaxpose import families
+from jaxpose import host_memory
 from jaxpose import parallel
 from jaxpose import steps
 from jaxpose import train
@@ -36,7 +37,8 @@ def test_the_segmented_step_is_train_step_with_a_program_per_kind_of_segment():
   """Two steps of a 3-stack hourglass, jitted and compiled ahead (`steps.compile_ahead`), land
   where `train_step` as one program lands, to float rounding (measured 1.8e-7 of the largest
   value; SGD, as Adam would blow the rounding of near-zero gradients up to its step size), with
-  the same metrics. stack0 and stack1 share their programs: 9 in all."""
+  the same metrics. stack0 and stack1 share their programs: 12 in all. From the second step on,
+  each forward program writes its residuals over the buffers the step before kept."""
   _, family, mesh, batch = _three_stacks()
   tx = optax.sgd(0.02)
   segmented = steps.make_train_step(family, mesh, segmented=True)
@@ -45,17 +47,31 @@ def test_the_segmented_step_is_train_step_with_a_program_per_kind_of_segment():
   ahead = steps.compile_ahead(segmented, abstract, batch, jax.random.key(1), laps=laps).result()
   assert sorted(ahead.compiled) == sorted(segmented.jitted) == [
       "backward last", "backward stack", "backward stem", "forward last", "forward stack",
-      "forward stem", "metrics", "prepare", "update"]
+      "forward stem", "metrics", "prepare", "reserve last", "reserve stack", "reserve stem",
+      "update"]
   assert all(isinstance(p, jax.stages.Compiled) for p in steps.step_programs(ahead))
   assert set(laps) >= {"trace", "forward stack", "update"}
+  # The forward's residuals that are its own inputs (parameters, input) are not copied out.
+  forward = next(traced for name, _, _, traced in segmented.trace(
+      abstract, batch, jax.random.key(1)) if name == "forward stack")
+  marked = jax.tree.leaves(forward.out_info[3], is_leaf=lambda x: isinstance(x, steps._Input))
+  assert sum(isinstance(x, steps._Input) for x in marked) > 10
   one = steps.make_train_step(family, mesh, update_apart=False)
-  ends = {}
+  ends, buffers, trims = {}, {}, []
   for name, step in (("jitted", segmented), ("ahead", ahead), ("one", one)):
     state = steps.create_train_state(family, tx, jax.random.key(0), mesh)
     for i in range(2):
+      trims.append(host_memory.stats()["trims"])
       state, metrics = step(state, batch, jax.random.key(i))
+      trims[-1] = host_memory.stats()["trims"] - trims[-1]
+      if name != "one":
+        buffers.setdefault(name, []).append(
+            {x.unsafe_buffer_pointer() for kept in step._kept.values() for x in kept})
     ends[name] = state, jax.device_get(metrics)
   assert segmented.jitted["forward stack"]._cache_size() == 1  # stack0 and stack1 alike.
+  assert trims[3] == 1  # On a CPU, before each segmented step (the ahead one compiles none).
+  for first, second in buffers.values():  # All but those a forward's output and loss took.
+    assert len(first) > 100 and len(first - second) <= 2 * len(family.segments.segments)
   want, want_metrics = ends["one"]
   assert float(want_metrics["loss"]) > 0
   for name in ("jitted", "ahead"):
