@@ -35,7 +35,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The step as a program per kind of segment (the stem, a middle stack, the last stack;
   # steps.SegmentedStep): 8 stacks compile and read back what 2 do. Measured on 2 cores
   # (benchmarks/models.py, docs/performance_log.md): 8 stacks' first step 0.80x cold, 0.73x
-  # warm, the step 0.96x; 2 stacks' 1.22x cold, 1.06x warm, the step 1.12x, so that config
+  # warm, the step 0.96x (then 0.93-0.94x with its residuals' buffers kept between steps, its
+  # peak RSS 0.82x); 2 stacks' 1.22x cold, 1.06x warm, the step 1.06-1.12x, so that config
   # keeps its program.
   # Measured on CPUs only: on a GPU or TPU, --config.segmented_step=False gives the two
   # programs if the recomputed BatchNorm-ReLU inside the segments costs more than it saves.
