@@ -3,6 +3,7 @@ train_step's values, alike segments compiled once, clear refusals, a bit-exact r
 
 import dataclasses
 import shutil
+import warnings
 
 import jax
 import numpy as np
@@ -100,6 +101,23 @@ def test_a_family_without_segments_or_a_parameter_left_out_is_refused():
   state = steps.create_train_state(family, tx, jax.random.key(0), mesh)
   with pytest.raises(ValueError, match=r"missing \['stack2'\]"):
     step(state, batch, jax.random.key(1))
+
+
+def test_a_batch_of_another_shape_gets_buffers_of_its_own():
+  """The residuals' buffers a step keeps are for its batch's shapes: a smaller batch after it
+  (the end of a split, say) gets new ones instead of the kept ones donated to its programs."""
+  _, family, mesh, batch = _three_stacks()
+  segmented = steps.make_train_step(family, mesh, segmented=True)
+  state = steps.create_train_state(family, optax.sgd(0.02), jax.random.key(0), mesh)
+  state, _ = segmented(state, batch, jax.random.key(0))
+  kept = [x.shape for i in sorted(segmented._kept) for x in segmented._kept[i]]
+  half, before = jax.tree.map(lambda x: x[: x.shape[0] // 2], batch), jax.device_get(state.params)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # E.g. "Some donated buffers were not usable".
+    new, metrics = segmented(state, half, jax.random.key(1))
+  assert [x.shape for i in sorted(segmented._kept) for x in segmented._kept[i]] != kept
+  assert np.isfinite(metrics["loss"]) and int(new.step) == 2
+  assert models.relative_difference(new.params, before) > 1e-6
 
 
 def test_a_segmented_run_resumes_bit_exact(tmp_path):
