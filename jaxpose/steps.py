@@ -300,10 +300,12 @@ class SegmentedStep:
     return self.jitted[name](*self._reserve_args(segment, args))
 
   def _reserve_args(self, segment, args) -> tuple:
-    """"reserve KIND"'s static arguments: the global batch size and its residuals' (shape,
-    dtype)s, from the forward traced at `args` without buffers to reuse."""
+    """"reserve KIND"'s static arguments: the global batch size and the residuals' (shape,
+    dtype)s, from the forward traced at `args` (parameters, model state, input, batch, key)
+    without buffers to reuse."""
+    _, _, _, batch, _ = args
     residuals = jax.tree.leaves(self.jitted[f"forward {segment.kind}"].trace(*args, ()).out_info[3])
-    return _batch_size(args[3]), tuple((x.shape, x.dtype.name) for x in residuals)
+    return _batch_size(batch), tuple((x.shape, x.dtype.name) for x in residuals)
 
   def trace(self, state: TrainState, batch, rng) -> list[tuple[str, Any, tuple, Any]]:
     """[(name, jitted, args, traced)]: each program traced once, in the order a step first
