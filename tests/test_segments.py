@@ -105,19 +105,25 @@ def test_a_family_without_segments_or_a_parameter_left_out_is_refused():
 
 def test_a_batch_of_another_shape_gets_buffers_of_its_own():
   """The residuals' buffers a step keeps are for its batch's shapes: a smaller batch after it
-  (the end of a split, say) gets new ones instead of the kept ones donated to its programs."""
+  (the end of a split, say) gets new ones instead of the kept ones donated to its programs.
+  train.py lets go of them before an evaluation; the next step makes them again."""
   _, family, mesh, batch = _three_stacks()
   segmented = steps.make_train_step(family, mesh, segmented=True)
   state = steps.create_train_state(family, optax.sgd(0.02), jax.random.key(0), mesh)
   state, _ = segmented(state, batch, jax.random.key(0))
-  kept = [x.shape for i in sorted(segmented._kept) for x in segmented._kept[i]]
+  shapes = lambda: [x.shape for i in sorted(segmented._kept) for x in segmented._kept[i]]
+  kept = shapes()
   half, before = jax.tree.map(lambda x: x[: x.shape[0] // 2], batch), jax.device_get(state.params)
   with warnings.catch_warnings():
     warnings.simplefilter("error")  # E.g. "Some donated buffers were not usable".
     new, metrics = segmented(state, half, jax.random.key(1))
-  assert [x.shape for i in sorted(segmented._kept) for x in segmented._kept[i]] != kept
+  assert shapes() != kept
   assert np.isfinite(metrics["loss"]) and int(new.step) == 2
   assert models.relative_difference(new.params, before) > 1e-6
+  train._release(segmented)  # As train.py does before an evaluation: none kept, then new ones.
+  assert not segmented._kept
+  new, _ = segmented(new, half, jax.random.key(2))
+  assert shapes() and int(new.step) == 3
 
 
 def test_a_segmented_run_resumes_bit_exact(tmp_path):
