@@ -382,7 +382,7 @@ def _loop(run: _Run, step: int, train_iter, local: dict,
     history.append((step, metrics))
     report(step)
     if step == phase.end_step and config.get("precise_bn_batches", 0):
-      _release(step_fn)  # Its programs compile the whole loss; the step's buffers not held.
+      _release(step_fn)  # Not held beside PreciseBN's program (the whole loss, apart).
       run.state = _precise_batch_stats(run, phase, step)
     stop = run.preemption.reached(step)
     last = step == run.num_steps
