@@ -37,7 +37,8 @@ from jaxpose import host_memory
 
 STORE_VARIABLE = "JAXPOSE_STEP_STORE"
 DIRECTORY = "jaxpose_steps"  # Inside the persistent compilation cache's directory.
-KEEP = 16  # Two programs per train step (`steps.TrainStep`), nine segmented (the hourglass's).
+KEEP = 16  # Two programs per train step (`steps.TrainStep`), a segmented one's 12 (the
+# hourglass's; under train.py's 1 s `min_compile_s` its 3 "reserve" programs are not kept).
 _FORMAT = 1
 CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 
