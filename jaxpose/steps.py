@@ -183,9 +183,13 @@ class TrainStep:
 
   def release(self) -> None:
     """Hands back the memory touched for a first call that will not come (`FirstCall`)."""
-    for program in self.programs:
-      if isinstance(program, host_memory.FirstCall):
-        program.release()
+    _release_first_calls(self.programs)
+
+
+def _release_first_calls(programs) -> None:
+  for program in programs:
+    if isinstance(program, host_memory.FirstCall):
+      program.release()
 
 
 class SegmentedStep:
@@ -353,9 +357,7 @@ class SegmentedStep:
   def release(self) -> None:
     """As `TrainStep.release`; also lets go of the residuals' buffers kept between steps."""
     self._kept = _Kept()
-    for program in self.programs:
-      if isinstance(program, host_memory.FirstCall):
-        program.release()
+    _release_first_calls(self.programs)
 
 
 class _Kept(dict):
