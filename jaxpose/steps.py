@@ -274,13 +274,12 @@ class SegmentedStep:
     kept = self._kept.for_batch(batch)
     model_state, new_state, losses, saved, carry = state.model_state, {}, [], [], None
     for i, (segment, key) in enumerate(zip(self.segments, keys)):
-      inputs = (_part(state.params, segment), carry, batch, key)
-      args = (inputs[0], _state_part(model_state, segment), carry, batch, key)
+      args = (_part(state.params, segment), _state_part(model_state, segment), carry, batch, key)
       reuse = kept.pop(i, None) or self._reserve(segment, args)
       carry, loss, new, vjp = self._program(f"forward {segment.kind}")(*args, reuse)
       _put_state(new_state, new, segment)
       losses.append(loss)
-      saved.append((vjp, inputs))
+      saved.append((vjp, _forward_inputs(*args)))
     grads, cotangent = {}, None
     for i in reversed(range(len(self.segments))):
       segment, (vjp, inputs) = self.segments[i], saved[i]
@@ -329,13 +328,13 @@ class SegmentedStep:
     for segment, key in zip(self.segments, keys):
       name = f"forward {segment.kind}"
       if name not in outputs:  # The kind's first segment: trace its programs.
-        params = _part(state.params, segment)
-        args = (params, _state_part(state.model_state, segment), carry, batch, key)
+        args = (_part(state.params, segment), _state_part(state.model_state, segment), carry,
+                batch, key)
         reuse = add(f"reserve {segment.kind}", *self._reserve_args(segment, args))
         c, loss, _, vjp = add(name, *args, self._specs(reuse, size))
         outputs[name] = self._specs(c, size), self._specs(loss, None)
         add(f"backward {segment.kind}", self._specs(vjp, size), outputs[name][0],
-            (params, carry, batch, key))
+            _forward_inputs(*args))
       carry, loss = outputs[name]
       losses.append(loss)
     grads = {k: v for k, v in self._specs(state.params, None).items()
@@ -416,9 +415,17 @@ def _segment_forward(apply, phase, place, params, model_state, carry, batch, rng
     (carry_out, loss), vjp, new = jax.vjp(lambda p: run(p, None), params, has_aux=True)
   else:
     (carry_out, loss), vjp, new = jax.vjp(run, params, carry, has_aux=True)
-  where = {id(x): i for i, x in enumerate(jax.tree.leaves((params, carry, batch, rng)))}
+  inputs = _forward_inputs(params, model_state, carry, batch, rng)
+  where = {id(x): i for i, x in enumerate(jax.tree.leaves(inputs))}
   vjp = jax.tree.map(lambda x: _Input(where[id(x)]) if id(x) in where else x, vjp)
   return place(carry_out, size), place(loss, None), place(new, None), place(vjp, size)
+
+
+def _forward_inputs(params, model_state, carry, batch, rng) -> tuple:
+  """Of a forward program's arguments, those a residual may be and the backward program is
+  given again: all but the model state, which the forward donates."""
+  del model_state
+  return params, carry, batch, rng
 
 
 @jax.tree_util.register_static
