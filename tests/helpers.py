@@ -63,9 +63,6 @@ def dots_source(n=12, size=48, seed=0) -> pipeline.Source:
   return pipeline.Source("dots", tf.constant(images), ann, skeletons.MPII)
 
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
 def shared_data_dir(subdirs=("mpii",)) -> pathlib.Path | None:
   """The read-only reference annotation files: $JAXPOSE_SHARED_DATA, then <repo>/shared/data,
   then <repo>/../shared/data (where CI puts them); None when none holds `subdirs`."""

@@ -23,20 +23,21 @@ def test_train_and_eval_print_only_their_own_lines(tmp_path):
   data = f"--config.dataset.data_dir={tmp_path / 'tfds'}"
   train_out = _run(["train.py", "--config", "configs/quickstart.py:tiny", "--workdir",
                     str(workdir), data])
-  eval_out = _run(["eval.py", "--ckpt", str(workdir)])
+  # Into one file with stdout (`> log 2>&1`), as bytes: text mode would turn \r into \n.
+  merged = subprocess.run([sys.executable, "eval.py", "--ckpt", str(workdir)], cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+  assert merged.returncode == 0, merged.stdout[-3000:]
+  eval_out = merged.stdout.decode()
   for out in (train_out, eval_out):
-    noise = [line for line in out.splitlines() if any(n in line for n in LIBRARY_NOISE)]
+    noise = [line for line in out.replace("\r", "\n").splitlines()
+             if any(n in line for n in LIBRARY_NOISE)]
     assert not noise, noise
   assert len(train_out.splitlines()) < 40, train_out
   assert "Total" in eval_out
-  # The evaluation over the split shows a progress bar with a rate and an ETA.
+  # The evaluation over the split shows a progress bar with a rate and an ETA; the finished
+  # bar ends with a newline: the next line starts its own.
   assert "evaluate synthetic" in eval_out and "image/s" in eval_out
-  # Into one file with stdout (`> log 2>&1`) the finished bar ends with a newline: the next
-  # line starts its own.
-  merged = subprocess.run([sys.executable, "eval.py", "--ckpt", str(workdir)], cwd=REPO,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          timeout=300).stdout.decode()  # Bytes: text mode would turn \r into \n.
-  assert any(line.startswith("Evaluated ") for line in merged.split("\n")), merged[-2000:]
+  assert any(line.startswith("Evaluated ") for line in eval_out.split("\n")), eval_out[-2000:]
   quiet = _run(["eval.py", "--ckpt", str(workdir)], env={"JAXPOSE_PROGRESS": "0"})
   assert "Total" in quiet and "image/s" not in quiet
   log = (workdir / "logs" / "train.log").read_text()

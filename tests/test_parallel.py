@@ -116,7 +116,8 @@ def _run_script(script, tmp_path, devices, *args, env=None, timeout=240):
   path.write_text(script)
   env = dict(os.environ, **(env or {}), XLA_CACHE=XLA_CACHE, PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]),
              TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+             XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "  # conftest's, then the count.
+                       f"--xla_force_host_platform_device_count={devices}")
   return subprocess.Popen([sys.executable, str(path), *map(str, args)], cwd=REPO, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

@@ -16,6 +16,7 @@ from configs import quickstart
 from jaxpose import evaluate
 from jaxpose import parallel
 from jaxpose import train
+from jaxpose.data import datasets
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 6
@@ -73,15 +74,24 @@ def _variables(path):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-  """An uninterrupted run (in-process) and the data directory it built."""
-  tmp = tmp_path_factory.mktemp("reference")
-  train.train_and_evaluate(_config(tmp / "tfds"), str(tmp / "work"))
+def data_dir(tmp_path_factory):
+  """The tiny synthetic data set, built."""
+  tmp = tmp_path_factory.mktemp("data") / "tfds"
+  datasets.prepare(_config(tmp).dataset)
   return tmp
 
 
-def test_sigkill_mid_save_and_sigterm_resume_bit_exact(reference, tmp_path):
-  data_dir, work = reference / "tfds", tmp_path / "work"
+@pytest.fixture(scope="module")
+def reference(data_dir, tmp_path_factory):
+  """An uninterrupted run (in-process) on `data_dir`, checkpointed at steps 2, 4 and 6: its
+  workdir."""
+  work = tmp_path_factory.mktemp("reference") / "work"
+  train.train_and_evaluate(_config(data_dir, checkpoint_every_steps=2), str(work))
+  return work
+
+
+def test_sigkill_mid_save_and_sigterm_resume_bit_exact(data_dir, reference, tmp_path):
+  work = tmp_path / "work"
 
   # 1. SIGKILL while a checkpoint save is in flight (a temporary step folder exists).
   proc = _start(work, data_dir)
@@ -118,7 +128,7 @@ def test_sigkill_mid_save_and_sigterm_resume_bit_exact(reference, tmp_path):
   assert proc.wait(180) == 0, (work.parent / "work.log").read_text()[-3000:]
   assert _steps(work)[-1] == STEPS, killed_at
 
-  want, s1 = _variables(reference / "work")
+  want, s1 = _variables(reference)
   got, s2 = _variables(work)
   assert s1 == s2 == STEPS
   jax.tree.map(np.testing.assert_array_equal, want, got)  # Bit for bit.
@@ -128,10 +138,11 @@ def test_sigkill_mid_save_and_sigterm_resume_bit_exact(reference, tmp_path):
   assert not _in_flight(work)
 
 
-def test_nan_loss_stops_naming_step_and_metric_and_keeps_last_checkpoint(reference, tmp_path):
-  data_dir, work = reference / "tfds", tmp_path / "work"
+def test_nan_loss_stops_naming_step_and_metric_and_keeps_last_checkpoint(data_dir, reference,
+                                                                          tmp_path):
+  work = tmp_path / "work"
   (work / "checkpoints").mkdir(parents=True)  # The reference's step-4 checkpoint, then NaNs.
-  shutil.copytree(reference / "work" / "checkpoints" / "4", work / "checkpoints" / "4")
+  shutil.copytree(reference / "checkpoints" / "4", work / "checkpoints" / "4")
   good, _ = _variables(work)
   files = {p: p.stat().st_mtime_ns for p in (work / "checkpoints" / "4").rglob("*")}
   bad = _config(data_dir, checkpoint_every_steps=6, log_every_steps=2)
@@ -151,17 +162,17 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_sigterm_to_one_of_two_processes_saves_on_both(reference, tmp_path):
+def test_sigterm_to_one_of_two_processes_saves_on_both(data_dir, tmp_path):
   """A preemption notice to process 1 only: both processes save the same step and exit 0
   (with a per-process flag, process 1 would enter the collective save alone and both hang)."""
-  data_dir, work = reference / "tfds", tmp_path / "work"
+  work = tmp_path / "work"
   port = _free_port()
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
              JAXPOSE_COMPILATION_CACHE=os.path.join(REPO, ".pytest_cache", "xla"))
   cmd = _train_cmd(work, data_dir)
   cmd[cmd.index(f"--config.num_train_steps={STEPS}")] = "--config.num_train_steps=100000"
   cmd[cmd.index("--config.checkpoint_every_steps=1")] = "--config.checkpoint_every_steps=100000"
-  cmd += ["--config.log_every_steps=10", f"--coordinator_address=127.0.0.1:{port}",
+  cmd += ["--config.log_every_steps=2", f"--coordinator_address=127.0.0.1:{port}",
           "--num_processes=2"]
   logs = [tmp_path / f"p{i}.log" for i in range(2)]
   procs = [subprocess.Popen(cmd + [f"--process_id={i}"], cwd=REPO, env=env,
@@ -169,10 +180,10 @@ def test_sigterm_to_one_of_two_processes_saves_on_both(reference, tmp_path):
            for i in range(2)]
   try:
     deadline = time.time() + 240
-    while time.time() < deadline and "step 20/" not in logs[0].read_text():  # Chief logs.
+    while time.time() < deadline and "step 4/" not in logs[0].read_text():  # Chief logs.
       assert all(p.poll() is None for p in procs), logs[0].read_text()[-3000:]
       time.sleep(0.2)
-    assert "step 20/" in logs[0].read_text(), logs[0].read_text()[-3000:]
+    assert "step 4/" in logs[0].read_text(), logs[0].read_text()[-3000:]
     procs[1].send_signal(signal.SIGTERM)
     codes = [p.wait(90) for p in procs]
   finally:

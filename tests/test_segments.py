@@ -131,7 +131,7 @@ def test_a_segmented_run_resumes_bit_exact(tmp_path):
   3 where the uninterrupted run ends, to the bit (parameters, optimiser state, statistics)."""
   def config():
     c = helpers.tiny_config(tmp_path / "tfds", segmented_step=True, num_train_steps=3,
-                            checkpoint_every_steps=1, eval_every_steps=1000)
+                            checkpoint_every_steps=2, eval_every_steps=1000)
     c.model.num_stacks = 2
     c.keep_checkpoints = 5
     return c

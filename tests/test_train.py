@@ -252,11 +252,11 @@ def test_unknown_config_key_is_an_error_naming_it(tmp_path):
 
 def _phased_tiny(family, tmp_path, **model):
   """A family's tiny quickstart (3 phases of 3 steps) with `model` overrides, checkpointed at
-  every step, evaluated only at its end."""
+  its phases' ends, a preemption's step and its last step; evaluated only at its end."""
   c = quickstart.get_config(f"{family}-tiny")
   c.model.update(model)
   c.dataset.data_dir = str(tmp_path / "tfds")
-  c.checkpoint_every_steps = 1
+  c.checkpoint_every_steps = 1000
   c.eval_every_steps = 1000
   return c
 
@@ -304,7 +304,6 @@ def test_ief_frozen_path_resumes_inside_a_later_phase_bit_exact(tmp_path, monkey
   # One Inception module: the program compiles in half the time (46 -> 21 s on a cold cache).
   full = _phased_tiny("ief", tmp_path, fixed_path="frozen", inception_modules=("3a",))
   full.phases = full.phases[:2]
-  full.checkpoint_every_steps = 1000  # Phase ends, the preemption's save and the last step.
   train.train_and_evaluate(full, str(tmp_path / "full"))
   with monkeypatch.context() as patch:
     patch.setattr(train.preemption_lib.Preemption, "reached", lambda self, step=None: step == 4)
