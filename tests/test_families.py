@@ -9,6 +9,7 @@ import helpers
 from configs import hourglass2_mpii
 from configs import quickstart
 from jaxpose import families
+from jaxpose import family as family_lib
 from jaxpose import optim
 from jaxpose import parallel
 from jaxpose import steps
@@ -64,16 +65,27 @@ def test_tiny_family_trains_and_predicts(name):
 
 
 @pytest.mark.parametrize("mode,remat", [("compiled", False), ("eager", False), ("eager", True)])
-def test_both_ways_to_initialise_give_the_optimised_programs_values(mode, remat):
+def test_both_ways_to_initialise_give_the_optimised_programs_values(mode, remat, monkeypatch):
   """families.run_init compiles without XLA's backend optimisation (code that runs once), or
-  runs op by op (through remat's nested programs too): the same variables as the default
-  compilation, to rounding, placed as asked."""
+  runs op by op (through remat's nested programs too), its nested programs (the initialisers'
+  draws) compiled that way too, each once: the same variables as the default compilation, to
+  rounding, placed as asked."""
   config = _tiny("hourglass")
   config.remat = remat
   family = families.create_family(config)
   key = jax.random.key(5)
   mesh = parallel.make_mesh()
+  compiled = []
+  compile_init = family_lib.compile_init
+  monkeypatch.setattr(family_lib, "compile_init",
+                      lambda *a, **k: compiled.append(a[0]) or compile_init(*a, **k))
   ours = families.run_init(family.init, key, out_shardings=parallel.replicated(mesh), mode=mode)
+  if mode == "eager":  # A program per distinct draw, not per parameter.
+    program = family_lib._needed(jax.jit(family.init).trace(key))
+    draws = sum(eqn.primitive.name in ("jit", "pjit") for eqn in program.jaxpr.eqns)
+    assert 1 < len(compiled) < draws, (len(compiled), draws)
+  else:
+    assert len(compiled) == 1
   default = jax.jit(family.init)(key)
   assert jax.tree.structure(ours) == jax.tree.structure(default)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), ours, default)
