@@ -320,9 +320,10 @@ def _op_by_op(program: jax_core.ClosedJaxpr, args) -> list[Any]:
   """`program`'s outputs for `args`, equation by equation as `jax_core.jaxpr_as_fun` computes
   them, except that each nested program (an initialiser's jitted draw, `jax.random.normal` and
   the like, a Threefry hash inlined) is compiled with INIT_COMPILER_OPTIONS, once per program
-  and argument types, instead of at XLA's default. Measured (2-stack hourglass, 204 calls of
-  15 distinct nested programs, one process each, no persistent cache, 2026-12-07): the op-by-op
-  initialiser in 3.4-4.4 s instead of 6.0-6.3 s; 64 of its 588 arrays differ from the default's
+  and argument types, instead of at XLA's default. Nested programs of other kinds (remat's, a
+  loop's body) are bound whole, as before. Measured (2-stack hourglass, 204 calls of 15
+  distinct nested programs, one process each, no persistent cache, 2026-12-06): `run_init`
+  op by op in 3.3-4.4 s instead of 4.9-6.3 s; 64 of its 588 arrays differ from the default's
   by rounding (7.5e-9 at most), as the compiled initialiser's do."""
   jaxpr, compiled, env = program.jaxpr, {}, {}
   env.update(zip(jaxpr.constvars, program.consts))
