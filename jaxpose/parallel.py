@@ -46,6 +46,11 @@ def make_mesh() -> Mesh:
   return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
 
 
+def on_cpu(mesh: Mesh) -> bool:
+  """Whether `mesh`'s devices are CPUs (a mesh holds devices of one platform)."""
+  return mesh.devices.flat[0].platform == "cpu"
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

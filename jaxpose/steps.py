@@ -246,7 +246,7 @@ class SegmentedStep:
     self.jitted["update"] = update
     self.compiled = {}  # Program name -> compiled (`with_programs`).
     self._kept = _Kept()
-    self._trims = mesh.devices.flat[0].platform == "cpu"
+    self._trims = parallel.on_cpu(mesh)
 
   def _place(self, tree, batch_size: int | None):
     """`tree` constrained to the shardings above (batch_size None: every leaf replicated)."""
