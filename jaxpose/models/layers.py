@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxpose.models import winograd
+
 Dtype = Any
 INIT_SCHEMES = ("pytorch", "lecun")
 
@@ -205,6 +207,17 @@ MIN_WORK_FOR_TAPS = 1 << 24
 TAP_PRODUCT_PARTS = 2
 
 
+# A 3x3 convolution's kernel gradient at stride 1, padding 1, where the taps would pay, by
+# Winograd's F(4x4, 3x3) instead (`jaxpose.models.winograd`): 36 products of [Cin x tiles] by
+# [tiles x Cout] where the taps make 9 of [Cin x pixels] by [pixels x Cout], a quarter of the
+# multiply-adds, for transforms that cost memory passes. Measured on the AMD EPYC (2 cores,
+# 2026-12-07; docs/performance_log.md, "The kernel gradient by Winograd"): alone, 43 against the
+# taps' 78 ms at 64 px on 128 channels, 83 against 190 ms at 128 px on 64 channels, 13 against
+# 20 ms at 32 px; a bottleneck block's gradient 0.76-0.92x. The input gradient by Winograd too
+# (38 against XLA's 52 ms alone at 64 px) left the block's gradient as it was (1.00x): XLA's.
+WINOGRAD = True
+
+
 def tap_work(kernel_shape, dy_shape) -> int:
   """Multiply-adds of one tap's product in conv2d's kernel gradient: N*H'*W' * Cin * Cout."""
   return math.prod(dy_shape[:-1]) * kernel_shape[2] * kernel_shape[3]
@@ -237,7 +250,18 @@ def _conv2d_bwd(stride, padding, residuals, dy):
   xla = functools.partial(_conv2d_bwd_xla, stride, padding)
   if not taps_pay(x.shape, kernel.shape, dy.shape):  # Thin or small: XLA's own is faster.
     return xla(x, kernel, dy)
+  if WINOGRAD and (kernel.shape[:2], stride, padding) == ((3, 3), 1, 1):
+    return on_cpu(_conv2d_bwd_winograd, xla, x, kernel, dy)
   return on_cpu(functools.partial(_conv2d_bwd_taps, stride, padding), xla, x, kernel, dy)
+
+
+def _conv2d_bwd_winograd(x, kernel, dy):
+  """A 3x3 convolution's gradients at stride 1, padding 1 (CPUs): the input's XLA's, the
+  kernel's by Winograd's F(4x4, 3x3) (`winograd.kernel_gradient`)."""
+  _, input_vjp = jax.vjp(lambda x: conv2d.fun(x, kernel, 1, 1), x)
+  dx, = input_vjp(dy)
+  # x after dy: its transform in the backward pass, not kept from the forward (see `after`).
+  return dx, winograd.kernel_gradient(after(x, dy), dy).astype(kernel.dtype)
 
 
 def _conv2d_bwd_xla(stride, padding, x, kernel, dy):

@@ -1,6 +1,7 @@
 """Shared layers: BatchNorm as PyTorch's BatchNorm2d, PyTorch's default initialisers."""
 
 import pathlib
+import re
 
 import flax
 import flax.linen as nn
@@ -176,7 +177,8 @@ def test_hourglass_defaults_to_pytorch_scheme_with_unchanged_layout():
 
 
 @pytest.mark.parametrize("kernel,stride,padding,size,channels,batch", [
-    (3, 1, 1, 9, 16, 2), (7, 2, 3, 17, 16, 2), (3, 1, 0, 8, 24, 2), (11, 4, 0, 35, 16, 2),
+    (3, 1, 1, 9, 16, 2),  # 3x3, stride 1, padding 1: Winograd's kernel gradient (WINOGRAD).
+    (7, 2, 3, 17, 16, 2), (3, 1, 0, 8, 24, 2), (11, 4, 0, 35, 16, 2),
     (3, 1, 1, 9, 16, 1),  # 81 output pixels: not TAP_PRODUCT_PARTS halves, one product a tap.
     (7, 2, 3, 17, 3, 2)])  # The last: below MIN_CHANNELS_FOR_TAPS, XLA's own gradient.
 def test_conv_equals_flax_conv_with_its_own_kernel_gradient(kernel, stride, padding, size,
@@ -195,7 +197,9 @@ def test_conv_equals_flax_conv_with_its_own_kernel_gradient(kernel, stride, padd
     return jax.grad(lambda v, x: jnp.sum(jnp.sin(module.apply(v, x))), argnums=(0, 1))(
         variables, x)
 
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-5),
+  # Winograd's kernel gradient is right to ~1e-5 of its largest value (`winograd`'s docstring).
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(
+      a, b, atol=2e-5 * max(1.0, float(np.max(np.abs(b)))), rtol=1e-5),
                grads(ours), grads(flax_conv))
   bf16 = layers.Conv(4, kernel, strides=stride, padding=padding, dtype=jnp.bfloat16)
   g = jax.grad(lambda v: jnp.sum(bf16.apply(v, x).astype(jnp.float32)))(variables)
@@ -203,9 +207,10 @@ def test_conv_equals_flax_conv_with_its_own_kernel_gradient(kernel, stride, padd
 
 
 def test_taps_pay_from_the_work_a_tap(monkeypatch):
-  """conv2d's kernel gradient is the tap products from MIN_WORK_FOR_TAPS multiply-adds a tap
-  (N*H'*W'*Cin*Cout) and MIN_CHANNELS_FOR_TAPS input channels, XLA's own below either; the
-  CPU program has the taps' loop exactly then."""
+  """conv2d's kernel gradient is written out from MIN_WORK_FOR_TAPS multiply-adds a tap
+  (N*H'*W'*Cin*Cout) and MIN_CHANNELS_FOR_TAPS input channels, XLA's own below either: in the
+  CPU program exactly then, Winograd's 36 products for a 3x3 kernel at stride 1 and padding 1,
+  the taps' loop for other kernels (and for that one with WINOGRAD off)."""
   monkeypatch.setattr(layers, "MIN_WORK_FOR_TAPS", MIN_WORK_FOR_TAPS)
   big = ((8, 64, 64, 128), (3, 3, 128, 128), (8, 64, 64, 128))  # The hourglass's 3x3: 5.4e8.
   small = ((8, 4, 4, 128), (3, 3, 128, 128), (8, 4, 4, 128))  # Its 4 px level: 2.1e6.
@@ -213,10 +218,25 @@ def test_taps_pay_from_the_work_a_tap(monkeypatch):
   thin = ((8, 256, 256, 3), (7, 7, 3, 64), (8, 128, 128, 64))  # The stem: 3 channels.
   assert layers.taps_pay(*big) and layers.taps_pay(*edge)
   assert not layers.taps_pay(*small) and not layers.taps_pay(*thin)
-  for shapes, loops in ((small, 0), (edge, 1)):
+  five = ((1, 64, 64, 64), (5, 5, 64, 64), (1, 64, 64, 64))  # 2^24 exactly, a 5x5 kernel.
+  for shapes, winograd_on, kind in ((small, True, "xla"), (edge, True, "winograd"),
+                                    (edge, False, "taps"), (five, True, "taps")):
+    monkeypatch.setattr(layers, "WINOGRAD", winograd_on)
     x, kernel = jnp.zeros(shapes[0]), jnp.zeros(shapes[1])
-    loss = lambda x, kernel: jnp.sum(jnp.sin(layers.conv2d(x, kernel, 1, 1)))  # noqa: E731
-    assert _gradient_program("cpu", loss, x, kernel).count("stablehlo.while") == loops
+    padding = shapes[1][0] // 2
+    loss = lambda x, kernel: jnp.sum(jnp.sin(layers.conv2d(x, kernel, 1, padding)))  # noqa: E731
+    assert _kernel_gradient_kind(_gradient_program("cpu", loss, x, kernel)) == kind, shapes
+
+
+def _kernel_gradient_kind(program: str) -> str:
+  """Which kernel gradient a gradient program of one convolution holds: "taps" (their loop),
+  "winograd" (its 36 products, one batched dot_general) or "xla" (a second convolution)."""
+  batched_36 = re.search(r"stablehlo\.dot_general.*batching_dims = \[0\] x \[0\].*"
+                         r"-> tensor<36x", program)
+  kinds = {"taps": "stablehlo.while" in program, "winograd": batched_36 is not None,
+           "xla": program.count("stablehlo.convolution") == 3}
+  assert sum(kinds.values()) == 1, kinds
+  return next(kind for kind, found in kinds.items() if found)
 
 
 def _gradient_program(platform: str, fn, *args) -> str:
@@ -226,38 +246,40 @@ def _gradient_program(platform: str, fn, *args) -> str:
 
 
 @pytest.mark.parametrize("platform", ["cpu", "cuda", "tpu"])
-def test_written_out_gradients_are_lowered_for_cpus_only(platform):
-  """The tap products of conv2d's kernel gradient (a loop) and dense's materialised operands
-  (an optimisation barrier) were measured faster on CPUs only: a program lowered for a GPU or
-  TPU holds XLA's own gradients instead (a third convolution, no loop, no barrier), for the
-  layers alone and inside bn_relu_conv's recomputing gradient."""
+@pytest.mark.parametrize("stride", [1, 2])
+def test_written_out_gradients_are_lowered_for_cpus_only(platform, stride):
+  """conv2d's written-out kernel gradients (Winograd's for a 3x3 kernel at stride 1 and
+  padding 1, else the tap products' loop) and dense's materialised operands (an optimisation
+  barrier) were measured faster on CPUs only: a program lowered for a GPU or TPU holds XLA's
+  own gradients instead (a third convolution, no loop, no barrier), for the layers alone and
+  inside bn_relu_conv's recomputing gradient."""
   keys = jax.random.split(jax.random.key(5), 3)
   x = jax.random.normal(keys[0], (2, 9, 9, 16))
   kernel = jax.random.normal(keys[1], (3, 3, 16, 16))
   dense_kernel = jax.random.normal(keys[2], (16, 4))
 
   def layer_loss(x, kernel, dense_kernel):
-    return jnp.sum(jnp.sin(layers.dense(layers.conv2d(x, kernel, 1, 1), dense_kernel)))
+    return jnp.sum(jnp.sin(layers.dense(layers.conv2d(x, kernel, stride, 1), dense_kernel)))
 
   def fused_loss(x, kernel, dense_kernel):
     mean, var = jnp.mean(x, (0, 1, 2)), jnp.var(x, (0, 1, 2))
     one, zero = jnp.ones(16), jnp.zeros(16)
-    y = layers.bn_relu_conv(x, mean, var, one, zero, kernel, 1e-5, (1, 1))
+    y = layers.bn_relu_conv(x, mean, var, one, zero, kernel, 1e-5, (stride, 1))
     return jnp.sum(jnp.sin(layers.bn_relu_conv(y, jnp.mean(y, (0, 1, 2)), jnp.var(y, (0, 1, 2)),
                                                one, zero, dense_kernel, 1e-5, None)))
 
   cpu = platform == "cpu"
   for fn in (layer_loss, fused_loss):
     program = _gradient_program(platform, fn, x, kernel, dense_kernel)
-    assert program.count("stablehlo.while") == (1 if cpu else 0), fn.__name__
+    expected = "xla" if not cpu else "winograd" if stride == 1 else "taps"
+    assert _kernel_gradient_kind(program) == expected, fn.__name__
     assert ("optimization_barrier" in program) == cpu, fn.__name__
-    # The forward convolution and its input gradient everywhere, XLA's kernel gradient off CPUs.
-    assert program.count("stablehlo.convolution") == (2 if cpu else 3), fn.__name__
 
 
 def test_gradients_for_other_platforms_equal_the_cpu_ones():
   """The gradients a GPU or TPU program computes (XLA's, run here on the CPU) equal the
-  written-out ones, for convolutions on both sides of MIN_CHANNELS_FOR_TAPS and for dense."""
+  written-out ones, for convolutions on both sides of MIN_CHANNELS_FOR_TAPS, Winograd's (to
+  ~1e-5 of the largest value) and for dense."""
   keys = jax.random.split(jax.random.key(6), 6)
   for channels, stride, padding in ((16, 1, 1), (24, 2, 0)):
     x = jax.random.normal(keys[0], (2, 11, 11, channels))
@@ -266,6 +288,13 @@ def test_gradients_for_other_platforms_equal_the_cpu_ones():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5),
                  layers._conv2d_bwd_taps(stride, padding, x, kernel, dy),
                  layers._conv2d_bwd_xla(stride, padding, x, kernel, dy))
+  x = jax.random.normal(keys[0], (2, 11, 11, 16))  # 11 px: three 4x4 tiles, the last cut.
+  kernel = jax.random.normal(keys[1], (3, 3, 16, 8))
+  dy = jax.random.normal(keys[2], (2, 11, 11, 8))
+  (dx, dk), (xla_dx, xla_dk) = (layers._conv2d_bwd_winograd(x, kernel, dy),
+                                layers._conv2d_bwd_xla(1, 1, x, kernel, dy))
+  np.testing.assert_array_equal(dx, xla_dx)  # The input gradient is XLA's.
+  np.testing.assert_allclose(dk, xla_dk, atol=2e-5 * np.max(np.abs(xla_dk)), rtol=0)
   x, kernel = jax.random.normal(keys[3], (2, 5, 5, 12)), jax.random.normal(keys[4], (12, 7))
   dy = jax.random.normal(keys[5], (2, 5, 5, 7))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5),
