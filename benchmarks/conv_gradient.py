@@ -1,5 +1,6 @@
 r"""A convolution's value and gradient: `layers.conv2d`'s kernel gradient as tap products against
-XLA's own, shape by shape, on this machine (what `layers.taps_pay` decides from).
+XLA's own, shape by shape, on this machine (what `layers.taps_pay` decides from), and for 3x3
+kernels at stride 1 and padding 1 by Winograd's F(4x4, 3x3) (`layers.WINOGRAD`).
 
   python benchmarks/conv_gradient.py                        # the five families' layer shapes
   python benchmarks/conv_gradient.py --shape 8,64,128,128,3,1   # N,H,Cin,Cout,kernel,stride
@@ -7,7 +8,8 @@ XLA's own, shape by shape, on this machine (what `layers.taps_pay` decides from)
 Each shape is timed jitted (value and both gradients of sum(conv(x, k) * g)), the median of 7
 calls after one, twice in alternating order, keeping each side's faster median. Prints the
 per-tap work N*H'*W'*Cin*Cout beside the ratio taps / XLA, so the threshold
-(`layers.MIN_WORK_FOR_TAPS`) can be checked on another machine.
+(`layers.MIN_WORK_FOR_TAPS`) can be checked on another machine; and Winograd / taps where it
+applies ("-" elsewhere).
 """
 
 import argparse
@@ -25,6 +27,8 @@ SHAPES = (
     ("hourglass 3x3 at 8 px", 8, 8, 128, 128, 3, 1),
     ("hourglass 3x3 at 4 px", 8, 4, 128, 128, 3, 1),
     ("hourglass stem 3x3, 64 ch", 8, 128, 64, 64, 3, 1),
+    ("hourglass 3x3 at 32 px", 8, 32, 128, 128, 3, 1),
+    ("hourglass 3x3 at 16 px", 8, 16, 128, 128, 3, 1),
     ("CPM stage 7x7 at 46 px", 8, 46, 128, 128, 7, 1),
     ("CPM stage 2+ first 7x7", 8, 46, 185, 128, 7, 1),
     ("CPM trunk 9x9 at 184 px", 2, 184, 128, 128, 9, 1),
@@ -40,7 +44,8 @@ SHAPES = (
 
 
 def measure(n, h, cin, cout, kernel, stride) -> dict:
-  """{"xla": s, "taps": s, "work": N*H'*W'*Cin*Cout} for one shape."""
+  """{"xla": s, "taps": s, "work": N*H'*W'*Cin*Cout} for one shape, and "winograd": s for a 3x3
+  kernel at stride 1 (padding 1)."""
   import jax  # pylint: disable=g-import-not-at-top
   from benchmarks import backward  # pylint: disable=g-import-not-at-top
   from jaxpose.models import layers  # pylint: disable=g-import-not-at-top
@@ -52,8 +57,10 @@ def measure(n, h, cin, cout, kernel, stride) -> dict:
   g = jax.random.normal(kg, y.shape)
   # pylint: disable=protected-access
   gradients = {"taps": layers._conv2d_bwd_taps, "xla": layers._conv2d_bwd_xla}
+  if (kernel, stride, pad) == (3, 1, 1):
+    gradients["winograd"] = lambda stride, pad, x, k, dy: layers._conv2d_bwd_winograd(x, k, dy)
   best = {}
-  for order in (("xla", "taps"), ("taps", "xla")):
+  for order in (tuple(gradients), tuple(reversed(gradients))):
     for side in order:
       fn = jax.jit(lambda x, k, bwd=gradients[side]: (layers.conv2d.fun(x, k, stride, pad),
                                                       bwd(stride, pad, x, k, g)))
@@ -74,13 +81,15 @@ def main(argv=None):
   from jaxpose.models import layers  # pylint: disable=g-import-not-at-top
   print(f"layers.MIN_WORK_FOR_TAPS = {layers.MIN_WORK_FOR_TAPS:,}")
   print("| layer | N, H, Cin -> Cout, kernel / stride | work a tap | XLA ms | taps ms | "
-        "taps / XLA |")
-  print("|---|---|---:|---:|---:|---:|")
+        "taps / XLA | Winograd ms | Winograd / taps |")
+  print("|---|---|---:|---:|---:|---:|---:|---:|")
   for name, n, h, cin, cout, kernel, stride in shapes:
     r = measure(n, h, cin, cout, kernel, stride)
+    winograd = (f"{r['winograd'] * 1e3:.1f} | {r['winograd'] / r['taps']:.2f}"
+                if "winograd" in r else "- | -")
     print(f"| {name} | {n}, {h}, {cin} -> {cout}, {kernel} / {stride} | {r['work']:.2e} | "
-          f"{r['xla'] * 1e3:.1f} | {r['taps'] * 1e3:.1f} | {r['taps'] / r['xla']:.2f} |",
-          flush=True)
+          f"{r['xla'] * 1e3:.1f} | {r['taps'] * 1e3:.1f} | {r['taps'] / r['xla']:.2f} | "
+          f"{winograd} |", flush=True)
 
 
 if __name__ == "__main__":

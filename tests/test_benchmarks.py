@@ -280,6 +280,27 @@ def test_paired_configs_time_two_variants_in_alternating_blocks(capsys):
   assert "B: model.features=8" in lines[-2] and "B / A" in lines[-1]
 
 
+def test_paired_configs_set_layers_constants_while_each_side_is_traced(capsys, monkeypatch):
+  """--a_layers MIN_WORK_FOR_TAPS=0 --a_layers MIN_CHANNELS_FOR_TAPS=1: A's tiny convolutions
+  take the tap products (other temporaries), B's XLA's gradients; the constants are as they
+  were after."""
+  from benchmarks import paired_configs  # pylint: disable=g-import-not-at-top
+  from jaxpose.models import layers  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(layers, "WINOGRAD", False)  # The quickstart's 3x3 at stride 1: taps.
+  before = (layers.MIN_WORK_FOR_TAPS, layers.MIN_CHANNELS_FOR_TAPS)
+  record = paired_configs.main(["--config", TINY, "--batch", "2", "--blocks", "1", "--per_block",
+                                "1", "--huge_pages", "off", "--a_layers", "MIN_WORK_FOR_TAPS=0",
+                                "--a_layers", "MIN_CHANNELS_FOR_TAPS=1"])
+  assert (layers.MIN_WORK_FOR_TAPS, layers.MIN_CHANNELS_FOR_TAPS) == before
+  assert record["temporaries_mb"]["A"] != record["temporaries_mb"]["B"]
+  assert ("A: layers.MIN_WORK_FOR_TAPS=0 layers.MIN_CHANNELS_FOR_TAPS=1"
+          in capsys.readouterr().out)
+  for bad in ("NO_SUCH=1", "WINOGRAD=maybe", "WINOGRAD"):
+    with pytest.raises(SystemExit):
+      paired_configs.main(["--config", TINY, "--huge_pages", "off", "--b_layers", bad])
+    assert bad in capsys.readouterr().err
+
+
 def test_paired_configs_name_a_bad_override_of_b(capsys):
   from benchmarks import paired_configs  # pylint: disable=g-import-not-at-top
   with pytest.raises(SystemExit):
@@ -541,11 +562,13 @@ def test_ief_stem_times_both_layouts_of_the_same_network():
   assert out["iterates"] < 1e-5 and out["gradients"] < 1e-2 and out["rounding"] < 1e-2
 
 
-def test_conv_gradient_times_both_kernel_gradients_and_counts_the_work_a_tap():
+def test_conv_gradient_times_the_kernel_gradients_and_counts_the_work_a_tap():
   from benchmarks import conv_gradient  # pylint: disable=g-import-not-at-top
   out = conv_gradient.measure(2, 9, 16, 8, 3, 2)  # 9 px, stride 2, padding 1: 5 x 5 outputs.
   assert out["work"] == 2 * 5 * 5 * 16 * 8
-  assert out["xla"] > 0 and out["taps"] > 0
+  assert out["xla"] > 0 and out["taps"] > 0 and "winograd" not in out
+  out = conv_gradient.measure(2, 9, 16, 8, 3, 1)  # Stride 1: Winograd's too.
+  assert out["work"] == 2 * 9 * 9 * 16 * 8 and out["winograd"] > 0
 
 
 @pytest.mark.parametrize("image_format", ["jpeg", "raw"])
