@@ -606,3 +606,19 @@ def test_only_a_measured_process_step_prefaults(tmp_path, monkeypatch):
   assert not isinstance(unmeasured.compiled, host_memory.FirstCall)
   # Measured: its first call records the temporaries (nothing known yet in this cache).
   assert isinstance(measured.compiled, host_memory.FirstCall) == sys.platform.startswith("linux")
+
+
+def test_module_pairs_times_a_module_under_two_settings_of_the_layers(capsys):
+  """benchmarks/module_pairs.py: B's convolution takes Winograd's kernel gradient at any size
+  (the thresholds lowered for B), A's XLA's: the same gradients to Winograd's rounding."""
+  from benchmarks import module_pairs  # pylint: disable=g-import-not-at-top
+  record = module_pairs.main(["--module", "bottleneck", "--batch", "2", "--size", "8",
+                              "--features", "32", "--blocks", "1", "--per_block", "1",
+                              "--huge_pages", "off", "--b_layers", "MIN_WORK_FOR_TAPS=0",
+                              "--b_layers", "MIN_CHANNELS_FOR_TAPS=1"])
+  assert 1e-9 < record["difference"] < 1e-4
+  assert all(t > 0 for t in record["median_s"].values()) and 0 <= record["b_faster"] <= 1
+  lines = capsys.readouterr().out.splitlines()
+  assert [line.split(":")[1].split()[0] for line in lines[:2]] == ["A", "B"]
+  assert "B: MIN_WORK_FOR_TAPS=0 MIN_CHANNELS_FOR_TAPS=1" in lines[-2]
+  assert lines[-2].startswith("bottleneck, batch 2, 8 px, 32 features")
