@@ -211,10 +211,12 @@ TAP_PRODUCT_PARTS = 2
 # Winograd's F(4x4, 3x3) instead (`jaxpose.models.winograd`): 36 products of [Cin x tiles] by
 # [tiles x Cout] where the taps make 9 of [Cin x pixels] by [pixels x Cout], a quarter of the
 # multiply-adds, for transforms that cost memory passes. Measured on the AMD EPYC (2 cores,
-# 2026-12-07; docs/performance_log.md, "The kernel gradient by Winograd"): alone, 43 against the
-# taps' 78 ms at 64 px on 128 channels, 83 against 190 ms at 128 px on 64 channels, 13 against
-# 20 ms at 32 px; a bottleneck block's gradient 0.76-0.92x. The input gradient by Winograd too
-# (38 against XLA's 52 ms alone at 64 px) left the block's gradient as it was (1.00x): XLA's.
+# 2026-12-07; docs/performance_log.md, "The kernel gradient by Winograd"), the convolution's value
+# and both gradients (`python benchmarks/conv_gradient.py`): 136 against the taps' 180 ms at
+# 64 px on 128 channels, 144 against 260 ms at 128 px on 64, 34 against 44 ms at 32 px, 9.5
+# against 11.2 ms at 16 px; a bottleneck block's gradient 0.72-0.87x, one stack's 0.88-0.93x
+# (`python benchmarks/module_pairs.py`). Its input gradient by Winograd too ran faster alone (38
+# against XLA's 52 ms at 64 px) but left the block's gradient as it was (1.00x): XLA's.
 WINOGRAD = True
 
 
@@ -233,10 +235,11 @@ def taps_pay(x_shape, kernel_shape, dy_shape) -> bool:
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv2d(x, kernel, stride: int, padding: int):
   """[N,H,W,Cin] * [k,k,Cin,Cout] -> [N,H',W',Cout], symmetric zero padding: lax's convolution,
-  with its kernel gradient, on CPUs, computed as k*k matrix products of strided input windows
-  with the output gradient (a sum over N*H'*W' each): the whole gradient in 0.74-0.76x
-  nn.Conv's time at the hourglass's 3x3 on 128 channels (`python benchmarks/backward.py`).
-  Lowered for other platforms, XLA's own gradient."""
+  with its kernel gradient, on CPUs where it pays (`taps_pay`), computed as k*k matrix products
+  of strided input windows with the output gradient (a sum over N*H'*W' each): the whole
+  gradient in 0.74-0.76x nn.Conv's time at the hourglass's 3x3 on 128 channels (`python
+  benchmarks/backward.py`); for a 3x3 kernel at stride 1 and padding 1, by Winograd's F(4x4,
+  3x3) instead (WINOGRAD). Lowered for other platforms, XLA's own gradient."""
   return jax.lax.conv_general_dilated(x, kernel, (stride, stride), [(padding, padding)] * 2,
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 

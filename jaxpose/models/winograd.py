@@ -14,8 +14,8 @@ is 36 multiply-adds per tile and channel pair where the direct sum over the 9 ta
 otherwise run (`layers.WINOGRAD`); its forward pass and input gradient stay XLA's convolutions.
 
 Rounding: the transforms' coefficients (up to 8 and 1/24) cost precision. In float32 the
-gradient differs from the direct sum's by ~1e-5 of its largest value (8e-6 to 1.3e-5 on the
-hourglass's layers), where re-ordering the direct sum moves it by ~1e-7: enough for a gradient.
+gradient differs from XLA's by ~1e-5 of its largest value (8e-6 to 1.3e-5 on the hourglass's
+layers): enough for a gradient. The forward pass, whose values are the predictions, keeps XLA's.
 
 Each transform is two passes, over rows then columns, with the rows' result materialised
 (`lax.optimization_barrier`): as one fused pass XLA on CPU recomputed the rows' sums for every
@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 TILE = 4  # The output tile's side (m): F(m x m, 3 x 3).
+WINDOW = TILE + 2  # The input window's side (m + k - 1).
 # `kernel_gradient` takes the batch in groups of images of at least this many tiles in all, one
 # group at a time: each group's transforms stay in the caches and only one is alive. Measured
 # on the AMD EPYC (2 cores, batch 8, 2026-12-07; docs/performance_log.md), the gradient and its
@@ -36,10 +37,9 @@ TILE = 4  # The output tile's side (m): F(m x m, 3 x 3).
 # 64 (8 groups of 1,024), 7.8 ms and 24 MB as it is at 32 px (512 tiles in all; 2 groups: 7.6
 # ms, 4: 10.1 ms).
 MIN_TILES_PER_CHUNK = 512
-WINDOW = TILE + 2  # The input window's side (m + k - 1).
 
 # B^T [6, 6], G [6, 3], A^T [4, 6] for the interpolation points 0, +-1, +-2 and infinity
-# (Lavin & Gray's). G is used here as its transpose's adjoint: dg = G^T dU G.
+# (Lavin & Gray's). The kernel gradient takes G back the other way: dg = G^T dU G.
 B_T = np.array([[4, 0, -5, 0, 1, 0],
                 [0, -4, -4, 1, 1, 0],
                 [0, 4, -4, -1, 1, 0],
@@ -93,8 +93,9 @@ def transform_input(x):
 
 
 def transform_output_gradient(dy):
-  """A (.) A^T of every 4x4 tile of dy [N,H,W,C] (zero-padded to whole tiles): the gradient
-  of the transformed products M from that of A^T M A. [36, N * tiles, C]."""
+  """dM = A dY A^T for every 4x4 tile dY of dy [N,H,W,C] (zero-padded to whole tiles): the
+  gradient of the transformed products M, given that of the output A^T M A. [36, N * tiles,
+  C], the 6x6 grid's points first."""
   n, h, w, c = dy.shape
   th, tw = _tiles(h), _tiles(w)
   dy = jnp.pad(dy, ((0, 0), (0, TILE * th - h), (0, TILE * tw - w), (0, 0)))
