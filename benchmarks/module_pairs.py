@@ -74,19 +74,17 @@ def main(argv=None) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   try:
-    # pylint: disable=protected-access
-    settings = {"A": paired_configs._layer_settings(args.a_layers),
-                "B": paired_configs._layer_settings(args.b_layers)}
+    settings = {"A": paired_configs.layer_settings(args.a_layers),
+                "B": paired_configs.layer_settings(args.b_layers)}
   except ValueError as e:
     parser.error(str(e))
   calls, gradients = {}, {}
   for side in ("A", "B"):
-    with paired_configs._layers_set(settings[side]):
+    with paired_configs.layers_set(settings[side]):
       fn, params, x = module_gradient(args.module, args.batch, args.size, args.features,
                                       args.joints)
       calls[side] = fn.lower(params, x).compile()
     gradients[side] = calls[side](params, x)
-    # pylint: enable=protected-access
   runs = {side: (lambda call=call: jax.block_until_ready(call(params, x)))
           for side, call in calls.items()}
   blocks = models.paired_blocks(runs, args.blocks, args.per_block)

@@ -19,8 +19,8 @@ processes (2026-12-05). Prints each block's times, then each side's median step 
 against itself (no --b) shows the harness's own spread. --a_layers / --b_layers NAME=VALUE set
 a constant of `jaxpose.models.layers` (a Python literal) while A's / B's step is traced: the
 implementation choices made there at trace time (`WINOGRAD`, `MIN_WORK_FOR_TAPS`, ...), which
-no config key names. With --huge_pages on (the default) the
-script first starts itself again as train.py does (`jaxpose.huge_pages`).
+no config key names. With --huge_pages on (the default) the script first starts itself again as
+train.py does (`jaxpose.huge_pages`).
 """
 
 import ast
@@ -48,7 +48,7 @@ def main(argv=None) -> dict:
                         "is traced (repeatable).")
   args = parser.parse_args(argv)
   try:
-    settings = {"A": _layer_settings(args.a_layers), "B": _layer_settings(args.b_layers)}
+    settings = {"A": layer_settings(args.a_layers), "B": layer_settings(args.b_layers)}
   except ValueError as e:
     parser.error(str(e))
   config_a, host = models.paired_setup(args)
@@ -59,7 +59,7 @@ def main(argv=None) -> dict:
   task = {"device_augment": False}
   runs = {}
   for side, config in (("A", config_a), ("B", config_b)):
-    with _layers_set(settings[side]):
+    with layers_set(settings[side]):
       runs[side] = models.jax_train(config, host, task)[1]
   temporaries = {side: models.temporaries_mb(runs[side].compiled) for side in SIDES}
   blocks = models.paired_blocks(runs, args.blocks, args.per_block)
@@ -77,7 +77,7 @@ def main(argv=None) -> dict:
           "temporaries_mb": temporaries}
 
 
-def _layer_settings(specs: list[str]) -> dict:
+def layer_settings(specs: list[str]) -> dict:
   """{name: value} from NAME=VALUE specs naming upper-case constants of jaxpose.models.layers."""
   from jaxpose.models import layers  # pylint: disable=g-import-not-at-top
   settings = {}
@@ -93,7 +93,7 @@ def _layer_settings(specs: list[str]) -> dict:
 
 
 @contextlib.contextmanager
-def _layers_set(settings: dict):
+def layers_set(settings: dict):
   """jaxpose.models.layers' constants set as given, and back as they were after."""
   from jaxpose.models import layers  # pylint: disable=g-import-not-at-top
   before = {name: getattr(layers, name) for name in settings}
