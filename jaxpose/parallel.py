@@ -46,7 +46,7 @@ def make_mesh() -> Mesh:
   return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
 
 
-def on_cpu(mesh: Mesh) -> bool:
+def is_cpu_mesh(mesh: Mesh) -> bool:
   """Whether `mesh`'s devices are CPUs (a mesh holds devices of one platform)."""
   return mesh.devices.flat[0].platform == "cpu"
 

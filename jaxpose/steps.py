@@ -246,7 +246,7 @@ class SegmentedStep:
     self.jitted["update"] = update
     self.compiled = {}  # Program name -> compiled (`with_programs`).
     self._kept = _Kept()
-    self._trims = parallel.on_cpu(mesh)
+    self._trims = parallel.is_cpu_mesh(mesh)
 
   def _place(self, tree, batch_size: int | None):
     """`tree` constrained to the shardings above (batch_size None: every leaf replicated)."""

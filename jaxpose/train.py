@@ -127,7 +127,7 @@ def _set_up(config, workdir: str, allow_inexact_resume: bool) -> _Run:
   parallel.check_batch_size(config.batch_size, mesh)
   parallel.check_batch_size(config.eval_batch_size, mesh, what="config.eval_batch_size")
   is_chief = jax.process_index() == 0
-  if is_chief and config.mixed_precision == "bfloat16" and parallel.on_cpu(mesh):
+  if is_chief and config.mixed_precision == "bfloat16" and parallel.is_cpu_mesh(mesh):
     logging.warning(BFLOAT16_ON_CPU)
   family = families.create_family(config)
   # Refuse a workdir of another model (or another recipe) before any expensive set-up.
