@@ -32,7 +32,10 @@ from jaxpose import huge_pages  # noqa: E402
 
 
 def module_gradient(module: str, batch: int, size: int, features: int, joints: int):
-  """(gradient function of (params, x), params, x) for the module in training."""
+  """(make, params, x): the module in training, its parameters (initialised once) and input;
+  `make()` jits the gradient for parameters and input of a fixed linear function of its
+  outputs, a new function each call, so each is traced afresh (under the layers' settings of
+  the moment) rather than read from JAX's trace cache."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jaxpose.models import hourglass, layers  # pylint: disable=g-import-not-at-top
@@ -45,13 +48,15 @@ def module_gradient(module: str, batch: int, size: int, features: int, joints: i
   variables = jax.jit(lambda key, x: net.init(key, x, train=False))(keys[1], x)
   weights = [jax.random.normal(keys[2], x.shape), jax.random.normal(keys[3], x.shape[:3] + (joints,))]
 
-  def loss(params, x):
-    outputs, _ = net.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
-                           train=True, mutable=["batch_stats"])
-    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
-    return sum(jnp.sum(y * w) for y, w in zip(outputs, weights))
+  def make():
+    def loss(params, x):
+      outputs, _ = net.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                             train=True, mutable=["batch_stats"])
+      outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+      return sum(jnp.sum(y * w) for y, w in zip(outputs, weights))
+    return jax.jit(jax.grad(loss, argnums=(0, 1)))
 
-  return jax.jit(jax.grad(loss, argnums=(0, 1))), variables["params"], x
+  return make, variables["params"], x
 
 
 def main(argv=None) -> dict:
@@ -78,12 +83,12 @@ def main(argv=None) -> dict:
                 "B": paired_configs.layer_settings(args.b_layers)}
   except ValueError as e:
     parser.error(str(e))
+  make, params, x = module_gradient(args.module, args.batch, args.size, args.features,
+                                    args.joints)
   calls, gradients = {}, {}
   for side in ("A", "B"):
     with paired_configs.layers_set(settings[side]):
-      fn, params, x = module_gradient(args.module, args.batch, args.size, args.features,
-                                      args.joints)
-      calls[side] = fn.lower(params, x).compile()
+      calls[side] = make().lower(params, x).compile()
     gradients[side] = calls[side](params, x)
   runs = {side: (lambda call=call: jax.block_until_ready(call(params, x)))
           for side, call in calls.items()}
