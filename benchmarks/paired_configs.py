@@ -94,16 +94,22 @@ def layer_settings(specs: list[str]) -> dict:
 
 @contextlib.contextmanager
 def layers_set(settings: dict):
-  """jaxpose.models.layers' constants set as given, and back as they were after."""
+  """jaxpose.models.layers' constants set as given, and back as they were after, with JAX's
+  caches cleared on the way in and out: JAX keeps the traces of functions it has seen (a
+  custom gradient's CPU branch, `layers.on_cpu`), so a constant read inside one would otherwise
+  keep the value of the first trace."""
+  import jax  # pylint: disable=g-import-not-at-top
   from jaxpose.models import layers  # pylint: disable=g-import-not-at-top
   before = {name: getattr(layers, name) for name in settings}
   for name, value in settings.items():
     setattr(layers, name, value)
+  jax.clear_caches()
   try:
     yield
   finally:
     for name, value in before.items():
       setattr(layers, name, value)
+    jax.clear_caches()
 
 
 if __name__ == "__main__":

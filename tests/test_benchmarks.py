@@ -301,6 +301,29 @@ def test_paired_configs_set_layers_constants_while_each_side_is_traced(capsys, m
     assert bad in capsys.readouterr().err
 
 
+def _product_parts(x):
+  """A function `layers.on_cpu` is handed as is, so JAX keeps its trace: it reads a layers
+  constant when traced."""
+  from jaxpose.models import layers  # pylint: disable=g-import-not-at-top
+  return x.reshape(layers.TAP_PRODUCT_PARTS, -1).sum(0)
+
+
+def test_layers_set_reaches_settings_read_inside_traces_jax_has_kept():
+  """A constant read inside a function whose trace JAX keeps (here a branch of `layers.on_cpu`,
+  as a custom gradient's CPU branch) takes each side's value, one side after the other."""
+  from benchmarks import paired_configs  # pylint: disable=g-import-not-at-top
+  from jaxpose.models import layers  # pylint: disable=g-import-not-at-top
+  x = jnp.ones((16,))
+
+  def program(parts):
+    with paired_configs.layers_set({"TAP_PRODUCT_PARTS": parts}):
+      return jax.jit(lambda x: layers.on_cpu(_product_parts, _product_parts, x)).lower(x)
+
+  for _ in range(2):  # Either side first: each traced afresh.
+    assert program(2).out_info.shape == (8,) and program(4).out_info.shape == (4,)
+  assert layers.TAP_PRODUCT_PARTS == 2
+
+
 def test_paired_configs_name_a_bad_override_of_b(capsys):
   from benchmarks import paired_configs  # pylint: disable=g-import-not-at-top
   with pytest.raises(SystemExit):
