@@ -1,6 +1,7 @@
 """The train step as a program per kind of segment (steps.SegmentedStep, config.segmented_step):
 train_step's values, alike segments compiled once, clear refusals, a bit-exact resume."""
 
+import collections
 import dataclasses
 import shutil
 import warnings
@@ -32,6 +33,28 @@ def _three_stacks():
        "joints": rng.uniform(8, size - 8, (n, 16, 2)).astype(np.float32),
        "visible": (rng.uniform(size=(n, 16)) > 0.2).astype(np.float32)}, mesh)
   return config, family, mesh, batch
+
+
+def test_each_kind_of_segment_is_traced_once_to_compile_its_programs():
+  """`SegmentedStep.trace` (what `compile_ahead` compiles) takes the residuals' shapes and the
+  forward program from one trace of each kind's segment, not two."""
+  _, family, mesh, batch = _three_stacks()
+  traces = collections.Counter()
+
+  def counted(segment):
+    def apply(*args, **kwargs):
+      traces[segment.kind] += 1
+      return segment.apply(*args, **kwargs)
+    return dataclasses.replace(segment, apply=apply)
+
+  family = dataclasses.replace(family, segments=dataclasses.replace(
+      family.segments, segments=tuple(map(counted, family.segments.segments))))
+  step = steps.make_train_step(family, mesh, segmented=True)
+  abstract = steps.create_train_state(family, optax.sgd(0.1), jax.random.key(0), mesh,
+                                      abstract=True)
+  plan = step.trace(abstract, batch, jax.random.key(1))
+  assert traces == {"stem": 1, "stack": 1, "last": 1}
+  assert [name for name, *_ in plan].count("forward stack") == 1
 
 
 def test_the_segmented_step_is_train_step_with_a_program_per_kind_of_segment():
