@@ -406,9 +406,9 @@ def _prepare_segments(family, place, batch, rng):
 
 
 def _segment_forward(work, params, model_state, carry, batch, rng, reuse):
-  """SegmentedStep's "forward KIND": `work`'s (`_segment_forward_work`, jitted) on all but
-  `reuse` (donated, values unused): buffers of the residuals' shapes, which XLA writes the
-  residuals over (`_Kept`)."""
+  """SegmentedStep's "forward KIND": `work` (the kind's `_segment_forward_work`, jitted) of all
+  its arguments but `reuse` (donated, values unused): buffers of the residuals' shapes, which
+  XLA writes the residuals over (`_Kept`)."""
   del reuse
   return work(params, model_state, carry, batch, rng)
 
