@@ -19,11 +19,15 @@ the backward pass's are under "transpose(...)"). Prints three tables, per step:
   kinds    milliseconds and instruction count by kind (the name without its ".N" suffix)
   top      the --top instructions by time, with their shape and source operation
 
-The milliseconds are the events' durations summed: where XLA runs two instructions at once
-(the CPU runtime's thunks run concurrently where independent; each may also use the thread
-pool), their sum exceeds the step's wall time, which is printed beside it. Compare rows of one
-run, not runs: this machine's speed drifts by 10-20% within an hour. --out writes the same as
-JSON. With --huge_pages on (the default) the script first starts itself again as train.py does
+The milliseconds are the events' durations summed: where XLA runs two instructions at once (the
+CPU runtime's thunks run concurrently where independent; each may also use the thread pool),
+their sum exceeds the step's wall time, which is printed beside it. On a CPU, some of XLA's own
+matrix products (kind "dot_general", Eigen's; the dense layers' kernel gradients among them)
+record only their launch (~0.2 ms): their work runs on the pool beside the next instructions,
+whose times then include it (a library product beside one took twice its time alone;
+docs/performance_log.md, "Where the step's products go"). Compare rows of one run, not runs:
+this machine's speed drifts by 10-20% within an hour. --out writes the same as JSON. With
+--huge_pages on (the default) the script first starts itself again as train.py does
 (`jaxpose.huge_pages`).
 """
 
