@@ -258,11 +258,16 @@ def _conv2d_bwd(stride, padding, residuals, dy):
   return on_cpu(functools.partial(_conv2d_bwd_taps, stride, padding), xla, x, kernel, dy)
 
 
+def _conv2d_input_gradient(stride, padding, x, kernel, dy):
+  """XLA's gradient of the convolution for its input, beside a written-out kernel gradient."""
+  _, input_vjp = jax.vjp(lambda x: conv2d.fun(x, kernel, stride, padding), x)
+  return input_vjp(dy)[0]
+
+
 def _conv2d_bwd_winograd(x, kernel, dy):
   """A 3x3 convolution's gradients at stride 1, padding 1 (CPUs): the input's XLA's, the
   kernel's by Winograd's F(4x4, 3x3) (`winograd.kernel_gradient`)."""
-  _, input_vjp = jax.vjp(lambda x: conv2d.fun(x, kernel, 1, 1), x)
-  dx, = input_vjp(dy)
+  dx = _conv2d_input_gradient(1, 1, x, kernel, dy)
   # x after dy: its transform in the backward pass, not kept from the forward (see `after`).
   return dx, winograd.kernel_gradient(after(x, dy), dy).astype(kernel.dtype)
 
@@ -276,8 +281,7 @@ def _conv2d_bwd_xla(stride, padding, x, kernel, dy):
 def _conv2d_bwd_taps(stride, padding, x, kernel, dy):
   """The kernel gradient as k*k products of input windows with dy (CPUs)."""
   k, c = kernel.shape[0], x.shape[-1]
-  _, input_vjp = jax.vjp(lambda x: conv2d.fun(x, kernel, stride, padding), x)
-  dx, = input_vjp(dy)
+  dx = _conv2d_input_gradient(stride, padding, x, kernel, dy)
   xp = jnp.pad(after(x, dy), ((0, 0), (padding, padding), (padding, padding), (0, 0)))
   ho, wo = dy.shape[1], dy.shape[2]
   span = (x.shape[0], stride * (ho - 1) + 1, stride * (wo - 1) + 1, c)
