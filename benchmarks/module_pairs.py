@@ -10,8 +10,8 @@ one kind of layer can show; one module's gradient is shorter, so many more alter
 The module (`hourglass.Stack`, as the segmented step runs each stack, or one
 `layers.Bottleneck`) is built as in training (batch statistics, the recomputed
 BatchNorm-ReLU), its gradient for parameters and input of a fixed linear function of its
-outputs jitted twice: with --a_layers' constants while A's program is traced, --b_layers' for
-B's (as `paired_configs.py`). Then blocks of --per_block calls alternate A, B, B, A, ... (the
+outputs jitted and traced once per side: with --a_layers' constants for A's program, --b_layers'
+for B's (`paired_configs.layers_set`, as `paired_configs.py`). Then blocks of --per_block calls alternate A, B, B, A, ... (the
 first call of each block not timed). Prints each block's times, each side's median and B / A,
 in how many pairs of blocks B was faster, and the largest difference of the two gradients
 relative to the largest gradient.
@@ -32,10 +32,9 @@ from jaxpose import huge_pages  # noqa: E402
 
 
 def module_gradient(module: str, batch: int, size: int, features: int, joints: int):
-  """(make, params, x): the module in training, its parameters (initialised once) and input;
-  `make()` jits the gradient for parameters and input of a fixed linear function of its
-  outputs, a new function each call, so each is traced afresh (under the layers' settings of
-  the moment) rather than read from JAX's trace cache."""
+  """(gradient, params, x): the module in training, its parameters (initialised once) and
+  input; `gradient(params, x)`, for parameters and input, of a fixed linear function of its
+  outputs."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jaxpose.models import hourglass, layers  # pylint: disable=g-import-not-at-top
@@ -48,15 +47,13 @@ def module_gradient(module: str, batch: int, size: int, features: int, joints: i
   variables = jax.jit(lambda key, x: net.init(key, x, train=False))(keys[1], x)
   weights = [jax.random.normal(keys[2], x.shape), jax.random.normal(keys[3], x.shape[:3] + (joints,))]
 
-  def make():
-    def loss(params, x):
-      outputs, _ = net.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
-                             train=True, mutable=["batch_stats"])
-      outputs = outputs if isinstance(outputs, tuple) else (outputs,)
-      return sum(jnp.sum(y * w) for y, w in zip(outputs, weights))
-    return jax.jit(jax.grad(loss, argnums=(0, 1)))
+  def loss(params, x):
+    outputs, _ = net.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                           train=True, mutable=["batch_stats"])
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    return sum(jnp.sum(y * w) for y, w in zip(outputs, weights))
 
-  return make, variables["params"], x
+  return jax.grad(loss, argnums=(0, 1)), variables["params"], x
 
 
 def main(argv=None) -> dict:
@@ -69,26 +66,19 @@ def main(argv=None) -> dict:
   parser.add_argument("--blocks", type=int, default=4, help="Pairs of blocks.")
   parser.add_argument("--per_block", type=int, default=3, help="Timed calls per block.")
   parser.add_argument("--huge_pages", choices=("on", "off"), default="on")
-  for side in ("a", "b"):
-    parser.add_argument(f"--{side}_layers", action="append", default=[], metavar="NAME=VALUE",
-                        help=f"A constant of jaxpose.models.layers while {side.upper()}'s "
-                        "program is traced (repeatable).")
+  paired_configs.add_layers_flags(parser, "program")
   args = parser.parse_args(argv)
   if args.huge_pages == "on":
     huge_pages.reexec()
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  try:
-    settings = {"A": paired_configs.layer_settings(args.a_layers),
-                "B": paired_configs.layer_settings(args.b_layers)}
-  except ValueError as e:
-    parser.error(str(e))
-  make, params, x = module_gradient(args.module, args.batch, args.size, args.features,
-                                    args.joints)
+  settings = paired_configs.sides_settings(parser, args)
+  gradient, params, x = module_gradient(args.module, args.batch, args.size, args.features,
+                                        args.joints)
   calls, gradients = {}, {}
   for side in ("A", "B"):
-    with paired_configs.layers_set(settings[side]):
-      calls[side] = make().lower(params, x).compile()
+    with paired_configs.layers_set(settings[side]):  # JAX's caches cleared: traced afresh.
+      calls[side] = jax.jit(gradient).lower(params, x).compile()
     gradients[side] = calls[side](params, x)
   runs = {side: (lambda call=call: jax.block_until_ready(call(params, x)))
           for side, call in calls.items()}

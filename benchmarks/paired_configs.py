@@ -42,15 +42,9 @@ def main(argv=None) -> dict:
   parser = models.paired_parser(__doc__)
   parser.add_argument("--b", action="append", default=[], metavar="KEY=VALUE",
                       help="B's overrides on top of A's (none: A against itself).")
-  for side in ("a", "b"):
-    parser.add_argument(f"--{side}_layers", action="append", default=[], metavar="NAME=VALUE",
-                        help=f"A constant of jaxpose.models.layers while {side.upper()}'s step "
-                        "is traced (repeatable).")
+  add_layers_flags(parser, "step")
   args = parser.parse_args(argv)
-  try:
-    settings = {"A": layer_settings(args.a_layers), "B": layer_settings(args.b_layers)}
-  except ValueError as e:
-    parser.error(str(e))
+  settings = sides_settings(parser, args)
   config_a, host = models.paired_setup(args)
   try:
     config_b = models.load_config(args.config, args.batch, tuple(args.set) + tuple(args.b))
@@ -75,6 +69,24 @@ def main(argv=None) -> dict:
         f"blocks; temporaries A {temporaries['A']:,.0f} MiB, B {temporaries['B']:,.0f} MiB")
   return {"median_step_s": medians, "block_medians_s": block_medians, "b_faster": b_faster,
           "temporaries_mb": temporaries}
+
+
+def add_layers_flags(parser, what: str) -> None:
+  """--a_layers / --b_layers NAME=VALUE (repeatable): constants of jaxpose.models.layers while
+  A's / B's `what` is traced (`sides_settings`, `layers_set`)."""
+  for side in ("a", "b"):
+    parser.add_argument(f"--{side}_layers", action="append", default=[], metavar="NAME=VALUE",
+                        help=f"A constant of jaxpose.models.layers while {side.upper()}'s "
+                        f"{what} is traced (repeatable).")
+
+
+def sides_settings(parser, args) -> dict:
+  """{"A": settings, "B": settings} from `add_layers_flags`' flags; a bad one is the parser's
+  error, naming it."""
+  try:
+    return {"A": layer_settings(args.a_layers), "B": layer_settings(args.b_layers)}
+  except ValueError as e:
+    parser.error(str(e))
 
 
 def layer_settings(specs: list[str]) -> dict:
