@@ -6,15 +6,15 @@ in one process in alternating blocks.
       --a_layers WINOGRAD=False                  # a block at the stem's 128 px (128 wide)
 
 A whole train step moves by 10-20% within an hour on this shared machine, more than a change to
-one kind of layer can show; one module's gradient is shorter, so many more alternations fit.
-The module (`hourglass.Stack`, as the segmented step runs each stack, or one
-`layers.Bottleneck`) is built as in training (batch statistics, the recomputed
-BatchNorm-ReLU), its gradient for parameters and input of a fixed linear function of its
-outputs jitted and traced once per side: with --a_layers' constants for A's program, --b_layers'
-for B's (`paired_configs.layers_set`, as `paired_configs.py`). Then blocks of --per_block calls alternate A, B, B, A, ... (the
-first call of each block not timed). Prints each block's times, each side's median and B / A,
-in how many pairs of blocks B was faster, and the largest difference of the two gradients
-relative to the largest gradient.
+one kind of layer can show; one module's gradient is shorter, so many more alternations fit. The
+module (`hourglass.Stack`, as the segmented step runs each stack, or one `layers.Bottleneck`) is
+built as in training (batch statistics, the recomputed BatchNorm-ReLU), its gradient for
+parameters and input of a fixed linear function of its outputs jitted and traced once per side:
+with --a_layers' constants for A's program, --b_layers' for B's (`paired_configs.layers_set`, as
+`paired_configs.py`). Then blocks of --per_block calls alternate A, B, B, A, ... (the first call
+of each block not timed). Prints each block's times, each side's median and B / A, in how many
+pairs of blocks B was faster, and the largest difference of the two gradients relative to the
+largest gradient.
 """
 
 import argparse
@@ -45,7 +45,8 @@ def module_gradient(module: str, batch: int, size: int, features: int, joints: i
   keys = jax.random.split(jax.random.key(0), 4)
   x = jax.random.normal(keys[0], (batch, size, size, features))
   variables = jax.jit(lambda key, x: net.init(key, x, train=False))(keys[1], x)
-  weights = [jax.random.normal(keys[2], x.shape), jax.random.normal(keys[3], x.shape[:3] + (joints,))]
+  weights = [jax.random.normal(keys[2], x.shape),
+             jax.random.normal(keys[3], x.shape[:3] + (joints,))]
 
   def loss(params, x):
     outputs, _ = net.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
