@@ -49,11 +49,10 @@ def setup(log_file: str | None = None) -> None:
   verbose = _VERBOSE is not None and _VERBOSE.value
   quiet_console(verbose=verbose)
   host_memory.trim_after_compiles()
-  cache = os.environ.get("JAXPOSE_COMPILATION_CACHE",
-                         os.path.join(os.path.expanduser("~"), ".cache", "jaxpose", "xla"))
+  cache, min_compile_s = compilation_cache_settings(os.environ)
   if cache:
     jax.config.update("jax_compilation_cache_dir", cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_s)
   with start_up_notices_captured(quiet=not verbose) as notices:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     tf.config.set_visible_devices([], "GPU")
@@ -73,6 +72,18 @@ def setup(log_file: str | None = None) -> None:
     start_up.addHandler(to_file)
     for line in notices:
       start_up.info("%s", line)
+
+
+def compilation_cache_settings(environ) -> tuple[str, float]:
+  """Where the entry points keep XLA's persistent compilation cache and the least compile time
+  (s) of a program written there: `$JAXPOSE_COMPILATION_CACHE` ("" turns the cache off), else
+  JAX's own `$JAX_COMPILATION_CACHE_DIR`, else ~/.cache/jaxpose/xla; JAX's
+  `$JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`, else 1 s (JAX's default)."""
+  cache = environ.get("JAXPOSE_COMPILATION_CACHE", environ.get(
+      "JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "jaxpose",
+                                                "xla")))
+  # A threshold that is not a number already stopped `import jax`, naming the variable.
+  return cache, float(environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", 1.0))
 
 
 # What TensorFlow's C++ side prints on stderr at import whatever TF_CPP_MIN_LOG_LEVEL says

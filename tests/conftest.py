@@ -1,4 +1,4 @@
-"""Shared test set-up: quiet TF, no GPU for TF, a per-session compilation cache."""
+"""Shared test set-up: quiet TF, no GPU for TF, the suite's own compilation cache."""
 
 import os
 
@@ -13,10 +13,11 @@ O0 = "--xla_backend_optimization_level=0"
 if O0 not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {O0}".strip()
 
-import jax  # noqa: E402
-
 # The suite compiles the same small programs many times (each train/eval run jits afresh):
-# XLA's persistent cache turns the repeats into cache hits.
-jax.config.update("jax_compilation_cache_dir",
-                  os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "xla"))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+# XLA's persistent cache turns the repeats into cache hits. Set in the environment before JAX
+# is imported, so this process and the scripts and CLIs the tests start (`runtime.setup`) share
+# the suite's own cache at its threshold, and leave the user's (~/.cache/jaxpose/xla) alone.
+os.environ.pop("JAXPOSE_COMPILATION_CACHE", None)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", ".pytest_cache", "xla")
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"

@@ -27,15 +27,12 @@ from jaxpose.data import datasets
 from jaxpose.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-XLA_CACHE = os.path.join(REPO, ".pytest_cache", "xla")
 
 # Shared by the subprocess scripts: a tiny config, an in-memory source of random images, a
 # state and the first batches. `CONFIG_JSON` is set by the caller.
 _COMMON = textwrap.dedent("""
     import io, json, os, sys
-    import jax
-    jax.config.update("jax_compilation_cache_dir", os.environ["XLA_CACHE"])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    import jax  # The suite's compilation cache: conftest.py's environment.
     import numpy as np
     import optax
     import tensorflow as tf
@@ -114,7 +111,8 @@ _EIGHT_DEVICES = _COMMON + textwrap.dedent("""
 def _run_script(script, tmp_path, devices, *args, env=None, timeout=240):
   path = tmp_path / "script.py"
   path.write_text(script)
-  env = dict(os.environ, **(env or {}), XLA_CACHE=XLA_CACHE, PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]),
+  env = dict(os.environ, **(env or {}),
+             PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]),
              TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
              XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "  # conftest's, then the count.
                        f"--xla_force_host_platform_device_count={devices}")

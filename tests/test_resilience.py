@@ -41,8 +41,7 @@ def _train_cmd(workdir, data_dir):
 
 
 def _start(workdir, data_dir):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
-             JAXPOSE_COMPILATION_CACHE=os.path.join(REPO, ".pytest_cache", "xla"))
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
   log = open(workdir.parent / f"{workdir.name}.log", "a")  # pylint: disable=consider-using-with
   return subprocess.Popen(_train_cmd(workdir, data_dir), cwd=REPO, env=env, stdout=log,
                           stderr=subprocess.STDOUT)
@@ -167,8 +166,7 @@ def test_sigterm_to_one_of_two_processes_saves_on_both(data_dir, tmp_path):
   (with a per-process flag, process 1 would enter the collective save alone and both hang)."""
   work = tmp_path / "work"
   port = _free_port()
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
-             JAXPOSE_COMPILATION_CACHE=os.path.join(REPO, ".pytest_cache", "xla"))
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
   cmd = _train_cmd(work, data_dir)
   cmd[cmd.index(f"--config.num_train_steps={STEPS}")] = "--config.num_train_steps=100000"
   cmd[cmd.index("--config.checkpoint_every_steps=1")] = "--config.checkpoint_every_steps=100000"
