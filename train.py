@@ -45,5 +45,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(runtime.clean_errors(main, "train.py"),
-          flags_parser=runtime.config_flags_parser("train.py"))
+  runtime.exit_without_teardown(lambda: app.run(
+      runtime.clean_errors(main, "train.py"), flags_parser=runtime.config_flags_parser("train.py")))

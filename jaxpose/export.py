@@ -96,4 +96,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  runtime.exit_without_teardown(main)

@@ -1,11 +1,16 @@
 """Process set-up shared by the entry points: flags, distributed runtime, caches, TF."""
 
+import atexit
 import contextlib
 import functools
+import gc
+import io
 import os
 import re
 import sys
 import tempfile
+import threading
+import typing
 
 # TensorFlow's C++ INFO lines (oneDNN notices, ...) stay off the console; set it to 0 to see
 # them. Before anything imports TensorFlow.
@@ -241,3 +246,32 @@ def clean_errors(main, program: str):
       sys.exit(130)
 
   return wrapped
+
+
+def exit_without_teardown(run) -> typing.NoReturn:
+  """Calls `run` (an entry point's `app.run(...)`), then ends the process as Python would (the
+  other threads joined, the exit handlers run, open files and the streams flushed, `run`'s exit
+  status) but without tearing its modules down one by one: after TensorFlow's import that
+  teardown took 1.0-1.3 s of CPU time at the end of every train.py, eval.py and predict.py run
+  (2 cores, 2026-12-07). An exception other than SystemExit takes Python's own way out."""
+  try:
+    run()
+    code = 0
+  except SystemExit as e:
+    code = e.code
+  if code is not None and not isinstance(code, int):  # As Python: the message, status 1.
+    print(code, file=sys.stderr)
+    code = 1
+  for thread in threading.enumerate():
+    if thread is not threading.current_thread() and not thread.daemon:
+      thread.join()
+  atexit._run_exitfuncs()  # pylint: disable=protected-access  (logging's shutdown among them)
+  buffered = (io.TextIOWrapper, io.BufferedWriter, io.BufferedRandom)  # By type: 0.1 s, where
+  # isinstance of io.IOBase took 0.2 s over the ~450,000 objects of train.py's process.
+  for f in [*(o for o in gc.get_objects() if type(o) in buffered), sys.stdout, sys.stderr]:
+    if not f.closed:  # Files a library left open, and the streams.
+      try:
+        f.flush()
+      except (OSError, ValueError):  # A closed pipe, a file not for writing: nothing to flush.
+        pass
+  os._exit(code or 0)
