@@ -1,4 +1,5 @@
-"""Process set-up shared by the entry points: flags, distributed runtime, caches, TF."""
+"""Process set-up shared by the entry points (flags, distributed runtime, caches, TF) and
+their end (`exit_without_teardown`)."""
 
 import atexit
 import contextlib
@@ -252,8 +253,9 @@ def exit_without_teardown(run) -> typing.NoReturn:
   """Calls `run` (an entry point's `app.run(...)`), then ends the process as Python would (the
   other threads joined, the exit handlers run, open files and the streams flushed, `run`'s exit
   status) but without tearing its modules down one by one: after TensorFlow's import that
-  teardown took 1.0-1.3 s of CPU time at the end of every train.py, eval.py and predict.py run
-  (2 cores, 2026-12-07). An exception other than SystemExit takes Python's own way out."""
+  teardown took 1.0-1.3 s of CPU time at the end of every run of train.py, eval.py, predict.py
+  and the `python -m jaxpose....` tools (2 cores, 2026-12-07). An exception other than
+  SystemExit takes Python's own way out (its traceback, then the teardown)."""
   try:
     run()
     code = 0

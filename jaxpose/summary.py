@@ -114,4 +114,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
   from jaxpose import runtime  # pylint: disable=g-import-not-at-top
-  runtime.clean_errors(main, "jaxpose.summary")(sys.argv)
+  runtime.exit_without_teardown(lambda: runtime.clean_errors(main, "jaxpose.summary")(sys.argv))

@@ -215,4 +215,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  from jaxpose import runtime  # pylint: disable=g-import-not-at-top
+  runtime.exit_without_teardown(main)
