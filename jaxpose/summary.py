@@ -10,6 +10,7 @@ lowered (not compiled) forward pass (elementwise work included, a loop's body co
 Both count a multiply-add as 2 FLOPs; papers that quote "FLOPs" often mean multiply-adds (half).
 """
 
+import argparse
 import importlib.util
 import math
 import sys
@@ -96,9 +97,11 @@ def summarize(config) -> dict:
 
 
 def main(argv) -> None:
-  if len(argv) != 2:
-    sys.exit("usage: python -m jaxpose.summary CONFIG_FILE[:ARG]")
-  config = load_config(argv[1])
+  parser = argparse.ArgumentParser(prog="python -m jaxpose.summary", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("config", metavar="CONFIG_FILE[:ARG]", help="a config file, with the "
+                      "argument of its get_config after ':' (e.g. configs/hourglass_mpii.py:2)")
+  config = load_config(parser.parse_args(argv[1:]).config)
   s = summarize(config)
   print(f"model: {config.model.name} {dict(config.model)}")
   print(f"input: {s['input_shape']}  predicts: joints {s['output_shapes'][0]}, "

@@ -35,6 +35,16 @@ def test_cli_names_a_bad_config_in_one_line(spec, culprit):
   assert proc.stderr.startswith("jaxpose.summary: error: ") and culprit in proc.stderr
 
 
+def test_cli_help_and_usage():
+  """--help is the usage and the docstring, not a config file's name; no config is a usage
+  error."""
+  proc = helpers.run_script("-m", "jaxpose.summary", "--help", timeout=120)
+  assert proc.returncode == 0 and proc.stdout.startswith("usage: python -m jaxpose.summary")
+  assert "CONFIG_FILE[:ARG]" in proc.stdout and "multiply-add" in proc.stdout
+  proc = helpers.run_script("-m", "jaxpose.summary", timeout=120)
+  assert proc.returncode == 2 and "required: CONFIG_FILE[:ARG]" in proc.stderr
+
+
 def test_missing_config_file_is_named():
   try:
     summary.load_config("configs/nope.py")
