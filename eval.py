@@ -108,4 +108,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  runtime.exit_without_teardown(lambda: app.run(runtime.clean_errors(main, "eval.py")))
+  runtime.run_main(main, "eval.py")

@@ -93,4 +93,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  runtime.exit_without_teardown(lambda: app.run(runtime.clean_errors(main, "predict.py")))
+  runtime.run_main(main, "predict.py")

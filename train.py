@@ -45,5 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  runtime.exit_without_teardown(lambda: app.run(
-      runtime.clean_errors(main, "train.py"), flags_parser=runtime.config_flags_parser("train.py")))
+  runtime.run_main(main, "train.py", flags_parser=runtime.config_flags_parser("train.py"))

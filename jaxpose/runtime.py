@@ -249,6 +249,12 @@ def clean_errors(main, program: str):
   return wrapped
 
 
+def run_main(main, program: str, **app_run_kwargs) -> typing.NoReturn:
+  """An absl entry point's whole life: `app.run` of `clean_errors(main, program)`, then
+  `exit_without_teardown`."""
+  exit_without_teardown(lambda: app.run(clean_errors(main, program), **app_run_kwargs))
+
+
 def exit_without_teardown(run) -> typing.NoReturn:
   """Calls `run` (an entry point's `app.run(...)`), then ends the process as Python would (the
   other threads joined, the exit handlers run, open files and the streams flushed, `run`'s exit
