@@ -1,7 +1,9 @@
 """The Family interface (documented in jaxpose/families/__init__.py) and the pieces several
 families share: model state handling, heat-map losses, flip-back and decoding."""
 
+import collections
 import dataclasses
+import math
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -253,6 +255,19 @@ INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 # too: 6.1 s for the 2-stack.)
 EAGER_INIT_MIN_EQUATIONS = 3000
 
+# Op by op, each nested program (a draw) compiles once, then runs for every layer of its shape:
+# where those calls draw many numbers, XLA's backend level 1 pays for the time it adds to the
+# compilation. Measured (2026-12-07, AMD EPYC, 2 cores; `run_init` op by op alone, its 15 draws
+# compiled into an empty persistent cache, then a second process reading them), every draw at
+# level 0 / 1 / XLA's default: the 8-stack hourglass (25.5M numbers drawn) cold 3.66 / 3.04 /
+# 2.99-4.19 s, warm 1.79 / 0.94 / 0.88-0.99 s; the 2-stack (6.7M) cold 2.65-2.79 / 2.66-3.25 /
+# 3.91 s, warm 0.92-0.95 / 0.65-0.77 / 0.73 s. So level 0 runs a draw ~33 ns a number slower,
+# and level 1 compiles one 15-27 ms slower: it pays from ~0.5-0.8M numbers a program. Level 1
+# for the programs whose calls draw at least OP_BY_OP_OPTIMISED_MIN_NUMBERS (the 2-stack's 3
+# largest of 15, 6.4M of its 6.7M numbers; the 8-stack's 4), INIT_COMPILER_OPTIONS for the rest.
+OP_BY_OP_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
+OP_BY_OP_OPTIMISED_MIN_NUMBERS = 500_000
+
 
 def _equations(jaxpr):
   """Every equation of `jaxpr` and of its nested programs (remat, custom gradients, jit,
@@ -263,10 +278,11 @@ def _equations(jaxpr):
       yield from _equations(sub)
 
 
-def compile_init(init: Callable[..., Any], *args, out_shardings=None):
-  """`init` jitted and compiled with INIT_COMPILER_OPTIONS (the persistent cache applies)."""
+def compile_init(init: Callable[..., Any], *args, out_shardings=None,
+                 options: dict = INIT_COMPILER_OPTIONS):
+  """`init` jitted and compiled with XLA's `options` (the persistent cache applies)."""
   traced = jax.jit(init, out_shardings=out_shardings).trace(*args)
-  return traced.lower().compile(compiler_options=INIT_COMPILER_OPTIONS)
+  return traced.lower().compile(compiler_options=options)
 
 
 def _mode_of(jaxpr) -> str:
@@ -319,13 +335,16 @@ def run_init(init: Callable[..., Any], *args, out_shardings=None, mode: str = "a
 def _op_by_op(program: jax_core.ClosedJaxpr, args) -> list[Any]:
   """`program`'s outputs for `args`, equation by equation as `jax_core.jaxpr_as_fun` computes
   them, except that each nested program (an initialiser's jitted draw, `jax.random.normal` and
-  the like, a Threefry hash inlined) is compiled with INIT_COMPILER_OPTIONS, once per program
-  and argument types, instead of at XLA's default. Nested programs of other kinds (remat's, a
-  loop's body) are bound whole, as before. Measured (2-stack hourglass, 204 calls of 15
-  distinct nested programs, one process each, no persistent cache, 2026-12-06): `run_init`
-  op by op in 3.3-4.4 s instead of 4.9-6.3 s; 64 of its 588 arrays differ from the default's
-  by rounding (7.5e-9 at most), as the compiled initialiser's do."""
+  the like, a Threefry hash inlined) is compiled once per program and argument types, at XLA's
+  backend level 0 (INIT_COMPILER_OPTIONS) or, where its calls draw many numbers, level 1
+  (OP_BY_OP_COMPILER_OPTIONS), instead of at XLA's default. Nested programs of other kinds
+  (remat's, a loop's body) are bound whole, as before. Measured (2-stack hourglass, 204 calls
+  of 15 distinct nested programs, one process each, no persistent cache, 2026-12-06): `run_init`
+  op by op in 3.3-4.4 s with every draw at level 0 instead of 4.9-6.3 s at the default; 64 of
+  its 588 arrays differ from the default's by rounding (7.5e-9 at most), as the compiled
+  initialiser's do."""
   jaxpr, compiled, env = program.jaxpr, {}, {}
+  drawn = _numbers_drawn(jaxpr)
   env.update(zip(jaxpr.constvars, program.consts))
   env.update(zip(jaxpr.invars, args))
   read = lambda v: v.val if isinstance(v, jax_core.Literal) else env[v]
@@ -335,13 +354,25 @@ def _op_by_op(program: jax_core.ClosedJaxpr, args) -> list[Any]:
       nested = eqn.params["jaxpr"]  # Kept in `compiled` beside its id, which stays its own.
       key = (id(nested), tuple(jax.typeof(x) for x in ins))
       if key not in compiled:
-        compiled[key] = nested, compile_init(jax_core.jaxpr_as_fun(nested), *ins)
+        many = drawn[id(nested)] >= OP_BY_OP_OPTIMISED_MIN_NUMBERS
+        draw = compile_init(jax_core.jaxpr_as_fun(nested), *ins,
+                            options=OP_BY_OP_COMPILER_OPTIONS if many else INIT_COMPILER_OPTIONS)
+        compiled[key] = nested, draw
       outs = compiled[key][1](*ins)
     else:
       outs = eqn.primitive.bind(*ins, **eqn.primitive.get_bind_params(eqn.params))
       outs = outs if eqn.primitive.multiple_results else [outs]
     env.update(zip(eqn.outvars, outs))
   return [read(v) for v in jaxpr.outvars]
+
+
+def _numbers_drawn(jaxpr) -> collections.Counter:
+  """id(nested program) -> the numbers that all its calls in `jaxpr` output."""
+  drawn = collections.Counter()
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name in ("jit", "pjit"):
+      drawn[id(eqn.params["jaxpr"])] += sum(math.prod(v.aval.shape) for v in eqn.outvars)
+  return drawn
 
 
 def release_compiled_programs() -> None:

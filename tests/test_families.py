@@ -68,8 +68,9 @@ def test_tiny_family_trains_and_predicts(name):
 def test_both_ways_to_initialise_give_the_optimised_programs_values(mode, remat, monkeypatch):
   """families.run_init compiles without XLA's backend optimisation (code that runs once), or
   runs op by op (through remat's nested programs too), its nested programs (the initialisers'
-  draws) compiled that way too, each once: the same variables as the default compilation, to
-  rounding, placed as asked."""
+  draws) compiled that way too, each once, but at backend level 1 where its calls draw many
+  numbers (here: above the median program's): the same variables as the default compilation,
+  to rounding, placed as asked."""
   config = _tiny("hourglass")
   config.remat = remat
   family = families.create_family(config)
@@ -77,15 +78,22 @@ def test_both_ways_to_initialise_give_the_optimised_programs_values(mode, remat,
   mesh = parallel.make_mesh()
   compiled = []
   compile_init = family_lib.compile_init
-  monkeypatch.setattr(family_lib, "compile_init",
-                      lambda *a, **k: compiled.append(a[0]) or compile_init(*a, **k))
+  options = []
+  program = family_lib._needed(jax.jit(family.init).trace(key))
+  drawn = family_lib._numbers_drawn(program.jaxpr)
+  monkeypatch.setattr(family_lib, "OP_BY_OP_OPTIMISED_MIN_NUMBERS",
+                      int(np.median(list(drawn.values()))) + 1)
+  monkeypatch.setattr(family_lib, "compile_init", lambda *a, **k: (
+      compiled.append(a[0]) or options.append(k.get("options")) or compile_init(*a, **k)))
   ours = families.run_init(family.init, key, out_shardings=parallel.replicated(mesh), mode=mode)
   if mode == "eager":  # A program per distinct draw, not per parameter.
-    program = family_lib._needed(jax.jit(family.init).trace(key))
     draws = sum(eqn.primitive.name in ("jit", "pjit") for eqn in program.jaxpr.eqns)
     assert 1 < len(compiled) < draws, (len(compiled), draws)
+    levels = [o["xla_backend_optimization_level"] for o in options]
+    assert 0 < levels.count(1) < len(levels) and set(levels) == {0, 1}, levels
   else:
-    assert len(compiled) == 1
+    assert len(compiled) == 1 and options == [None]  # compile_init's default: level 0.
+    assert family_lib.INIT_COMPILER_OPTIONS == {"xla_backend_optimization_level": 0}
   default = jax.jit(family.init)(key)
   assert jax.tree.structure(ours) == jax.tree.structure(default)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), ours, default)
