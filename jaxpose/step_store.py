@@ -5,7 +5,8 @@ step (2.0 s for the 2-stack hourglass, 6 s for the 8-stack, on a 2-core CPU) bef
 look the program up and read it back (2.4-2.6 s / 23-30 s): the cache's key is the lowered
 program. `StepStore` keeps each first step's executable (`jax.experimental.serialize_executable`)
 under a name known before tracing: the caller's label for the program (the config, the phase)
-and the shapes, dtypes and shardings of its arguments (`name`). A later process starts reading
+and the shapes, dtypes and shardings of its arguments, or of the step's for a program of a
+segmented step (`name`). A later process starts reading
 it on a thread (XLA's deserialisation does not hold Python's lock) while it traces and lowers
 the step itself, and uses what it read only if the lowered program is the one stored
 (`host_memory.program_key`, its SHA-256): the name only says where to look, the program decides.
@@ -70,7 +71,13 @@ def name(label: str, args) -> str:
   """The name a program is stored under, from what is known before tracing it: `label`, the
   arguments' paths, shapes, dtypes and shardings (arrays or `jax.ShapeDtypeStruct`s), JAX's
   version and flags, XLA's flags and the devices."""
-  parts = [f"format {_FORMAT}", label, jax.__version__, os.environ.get("XLA_FLAGS", ""),
+  return names([label], args)[0]
+
+
+def names(labels: list[str], args) -> list[str]:
+  """`name(label, args)` for each of `labels`, the arguments described once (the 8-stack
+  hourglass's train step's: 40 ms)."""
+  parts = [f"format {_FORMAT}", jax.__version__, os.environ.get("XLA_FLAGS", ""),
            str([(d.platform, d.device_kind, d.id) for d in jax.devices()]),
            str(jax.devices()[0].client.platform_version)]
   parts += [f"{k}={v!r}" for k, v in sorted(jax.config.values.items())
@@ -80,7 +87,8 @@ def name(label: str, args) -> str:
     spec = getattr(sharding, "spec", sharding)
     parts.append(f"{jax.tree_util.keystr(path)} {getattr(leaf, 'shape', None)} "
                  f"{getattr(leaf, 'dtype', type(leaf).__name__)} {spec}")
-  return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+  described = "\n".join(parts)
+  return [hashlib.sha256(f"{label}\n{described}".encode()).hexdigest() for label in labels]
 
 
 class StepStore:
@@ -110,9 +118,10 @@ class StepStore:
   def _path(self, key: str) -> str:
     return os.path.join(self.directory, key + ".step")
 
-  def read(self, key: str) -> "Reading | None":
+  def read(self, key: str, submit=None) -> "Reading | None":
     """Starts reading the executable stored as `key`: its program's key at once, XLA's
-    deserialisation on a thread. None if there is no such entry, or it cannot be read."""
+    deserialisation on a thread of its own or by `submit` (e.g. a one-thread pool's, reading
+    several in turn). None if there is no such entry, or it cannot be read."""
     path = self._path(key)
     try:
       with open(path, "rb") as f:
@@ -126,7 +135,7 @@ class StepStore:
         or not isinstance(entry.get("program"), str)
         or not isinstance(entry.get("payload"), bytes)):
       return None
-    return Reading(entry["program"], entry["payload"], path)
+    return Reading(entry["program"], entry["payload"], path, submit)
 
   def put(self, key: str, program: str, compiled: jax.stages.Compiled) -> bool:
     """Stores `compiled` (compiled here from the program whose key is `program`) as `key`, then
@@ -162,13 +171,14 @@ class StepStore:
 
 class Reading:
   """A stored step being read: `program`, the key of the lowered program it was compiled from,
-  at once; `compiled(lowered)`, the executable, deserialised on a thread of its own meanwhile
-  (None if that failed)."""
+  at once; `compiled(lowered)`, the executable, deserialised meanwhile on a thread of its own
+  or by `submit` (None if that failed)."""
 
-  def __init__(self, program: str, payload: bytes, path: str):
+  def __init__(self, program: str, payload: bytes, path: str, submit=None):
     self.program, self.path = program, path
     self.seconds = None  # The deserialisation's, once done.
-    self._future = host_memory.on_thread("step_store", self._deserialise, payload)
+    submit = submit or functools.partial(host_memory.on_thread, "step_store")
+    self._future = submit(self._deserialise, payload)
 
   def _deserialise(self, payload: bytes):
     start = time.perf_counter()

@@ -237,9 +237,11 @@ def test_a_kept_programs_memory_is_touched_from_before_lowering(cache_dir, monke
   jax.tree.map(np.testing.assert_array_equal, other(x, y), jax.jit(_other)(x, y))
 
 
-def test_a_train_steps_two_programs_are_kept_read_back_and_step_as_train_step(cache_dir):
+def test_a_train_steps_two_programs_are_kept_read_back_and_step_as_train_step(cache_dir,
+                                                                            monkeypatch):
   """steps.TrainStep: the gradients and the optimiser's update, each kept and read back (the
-  update's laps apart); the step is train_step's, the state donated."""
+  update's laps apart), both looked up before either is traced and read on one thread in the
+  order the step runs them; the step is train_step's, the state donated."""
   from configs import quickstart  # pylint: disable=g-import-not-at-top
   from jaxpose import families, optim, parallel  # pylint: disable=g-import-not-at-top
   config = quickstart.get_config("tiny")
@@ -264,10 +266,24 @@ def test_a_train_steps_two_programs_are_kept_read_back_and_step_as_train_step(ca
   for program in first.programs:
     program.after_done.result()
   assert len(_stored(cache_dir)) == 2  # The gradients' program and the update's.
-  laps = {}
+  laps, log = {}, []
+  read, deserialise, timed = (step_store.StepStore.read, step_store.Reading._deserialise,
+                              steps._timed)
+  monkeypatch.setattr(step_store.StepStore, "read", lambda self, key, submit=None: (
+      log.append("look up") or read(self, key, submit)))
+  monkeypatch.setattr(step_store.Reading, "_deserialise", lambda self, payload: (
+      log.append(("read", threading.current_thread().name, os.path.basename(self.path)))
+      or deserialise(self, payload)))
+  monkeypatch.setattr(steps, "_timed", lambda laps, name, fn, *args: (
+      log.append(name) or timed(laps, name, fn, *args)))
   second = steps.compile_ahead(steps.make_train_step(family, mesh, phase), abstract, batch, key,
                                laps=laps, keep="a step").result()
   assert "stored_read" in laps and "stored_read" in laps["update"]
+  assert [e for e in log if isinstance(e, str)][:3] == ["look up", "look up", "trace"], log
+  reads = [entry for entry in log if not isinstance(entry, str)]
+  assert len({thread for _, thread, _ in reads}) == 1 and reads[0][1].startswith("step_store")
+  names = step_store.names(["a step\ngradients", "a step\nupdate"], (abstract, batch, key))
+  assert [f for _, _, f in reads] == [f"{n}.step" for n in names], (reads, names)
   for got in (out, second(fresh(), batch, key)):
     got = jax.device_get(got)  # The same values; rounding may differ where XLA fuses apart.
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), got,
