@@ -28,7 +28,11 @@ and peak memory never carry over between measurements. Per model and framework:
   first step   seconds from the process's start (/proc/self/stat) to its first training step
                done, imports included: cold (jaxpose: a fresh, empty persistent compilation
                cache) and warm (a second process on the same cache; PyTorch has no such cache,
-               its second process only finds its files in the OS page cache). jaxpose's
+               its second process only finds its files in the OS page cache). The records
+               also give `ready_*_s`, from the start to the step in hand (the state made, the
+               step compiled or read, its first call not yet made): the first call's time on
+               a fresh process's memory varies by seconds on a virtual machine, which hides
+               start-up changes of less. jaxpose's
                records also time the stages, as train.py starts: the step is traced and
                lowered, then compiles on a thread while the state is initialised
                (`startup_stages_*_s`: the abstract state, tracing and lowering, the
@@ -684,8 +688,10 @@ def measure(task: dict) -> dict:
   info, run = build(config, host, task)
   record.update(info)
   if task["kind"] == "startup":
+    ready = seconds_since_start()  # The step in hand: the first call's own time is apart.
     run()
-    return dict(record, first_step_s=seconds_since_start(), peak_rss_mb=peak_rss_mb())
+    return dict(record, ready_s=ready, first_step_s=seconds_since_start(),
+                peak_rss_mb=peak_rss_mb())
   times = time_calls(run, task["warmup"], task["steps"])
   record.update(median_s=statistics.median(times), times_s=times, peak_rss_mb=peak_rss_mb())
   return dict(record, **getattr(run, "report", dict)())  # What the builder adds afterwards.
@@ -742,6 +748,9 @@ def measure_framework(framework: str, spec: str, args, label: str) -> dict:
          "inference_times_s": infer.get("times_s"), "peak_rss_mb": train.get("peak_rss_mb"),
          "first_step_cold_s": cold.get("first_step_s"),
          "first_step_warm_s": warm.get("first_step_s"), "import_s": cold.get("import_s"),
+         # From the process's start to the step in hand (state made, step compiled or read),
+         # before its first call, whose time on a fresh process's memory varies by seconds.
+         "ready_cold_s": cold.get("ready_s"), "ready_warm_s": warm.get("ready_s"),
          # Peak RSS up to the first step done (the warm start's with its prefault, if any).
          "first_step_cold_peak_rss_mb": cold.get("peak_rss_mb"),
          "first_step_warm_peak_rss_mb": warm.get("peak_rss_mb"),
