@@ -36,7 +36,7 @@ def test_the_suite_compiles_into_its_own_cache_and_so_do_the_programs_it_starts(
 
 
 _ENDS = textwrap.dedent("""
-    import atexit, sys, threading, time
+    import atexit, concurrent.futures, sys, threading, time
     from jaxpose import runtime
 
     def main():
@@ -46,6 +46,9 @@ _ENDS = textwrap.dedent("""
         with open(out + ".thread", "w") as f:
           f.write("thread")
       threading.Thread(target=later).start()
+      pool = concurrent.futures.ThreadPoolExecutor(1)  # Left open, its worker idle.
+      pool.submit(int).result()
+      globals()["pool"] = pool
       atexit.register(lambda: open(out + ".atexit", "w").write("atexit"))
       unclosed = open(out + ".unclosed", "w")  # Neither closed nor flushed.
       unclosed.write("x" * 100)
@@ -62,12 +65,13 @@ _ENDS = textwrap.dedent("""
 @pytest.mark.parametrize("code,status", [("none", 0), ("3", 3), ("a message", 1)])
 def test_an_entry_point_ends_with_its_status_and_everything_written(tmp_path, code, status):
   """`runtime.exit_without_teardown` skips Python's teardown of the modules, not what that
-  teardown would have finished: the other threads, the exit handlers, unflushed files."""
+  teardown would have finished: the other threads (an idle pool's told to end, as Python
+  does), the exit handlers, unflushed files."""
   script = tmp_path / "ends.py"
   script.write_text(_ENDS)
   out = tmp_path / "out"
   proc = subprocess.run([sys.executable, str(script), str(out), code], capture_output=True,
-                        text=True, timeout=120, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
+                        text=True, timeout=60, cwd=REPO, env={**os.environ, "PYTHONPATH": REPO})
   assert proc.returncode == status, proc.stderr[-2000:]
   assert proc.stdout == "no newline"
   assert (proc.stderr.strip().splitlines() or [""])[-1] == ("a message" if status == 1 else "")
