@@ -4,11 +4,11 @@ With the persistent compilation cache warm, a training process still traces and 
 step (2.0 s for the 2-stack hourglass, 6 s for the 8-stack, on a 2-core CPU) before XLA can
 look the program up and read it back (2.4-2.6 s / 23-30 s): the cache's key is the lowered
 program. `StepStore` keeps each first step's executable (`jax.experimental.serialize_executable`)
-under a name known before tracing: the caller's label for the program (the config, the phase)
-and the shapes, dtypes and shardings of its arguments, or of the step's for a program of a
-segmented step (`name`). A later process starts reading
-it on a thread (XLA's deserialisation does not hold Python's lock) while it traces and lowers
-the step itself, and uses what it read only if the lowered program is the one stored
+under a name known before tracing: the caller's label for the program (the config, the phase,
+the program's part of the step) and the shapes, dtypes and shardings of the step's arguments
+(`name`). A later process starts reading it on a thread (XLA's deserialisation does not hold
+Python's lock; a step's programs one after another, `steps.compile_ahead`) while it traces and
+lowers the step itself, and uses what it read only if the lowered program is the one stored
 (`host_memory.program_key`, its SHA-256): the name only says where to look, the program decides.
 A stale entry (the code changed) costs a read beside the trace, then the step compiles as before.
 
