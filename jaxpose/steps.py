@@ -638,14 +638,14 @@ def compile_ahead(step_fn, *args, laps: dict | None = None, prefault: bool = Fal
   if isinstance(step_fn, SegmentedStep):
     return _segments_ahead(step_fn, args, laps, keep)
   if not isinstance(step_fn, TrainStep):
-    return _program_ahead(step_fn, args, laps, prefault, keep)[0]
-  kept = _start_reads(("gradients", "update"), keep, args)
+    return _program_ahead(step_fn, args, laps, prefault, _start_reads(keep, args)[None])[0]
+  kept = _start_reads(keep, args, ("gradients", "update"))
   gradients, out_info = _program_ahead(step_fn.gradients, TrainStep.gradients_args(*args), laps,
-                                       prefault, None, kept=kept["gradients"])
+                                       prefault, kept["gradients"])
   laps["update"] = {}  # The update's own laps; never prefaulted (its temporaries: ~0).
   _, grads_info, _ = out_info  # (model state, gradients, metrics): `gradients_step`'s.
   update, _ = _program_ahead(step_fn.update, TrainStep.update_args(args[0], grads_info),
-                             laps["update"], False, None, kept=kept["update"])
+                             laps["update"], False, kept["update"])
   return host_memory.on_thread("compile_ahead",
                                lambda: TrainStep(gradients.result(), update.result()))
 
@@ -655,13 +655,13 @@ def _segments_ahead(step: SegmentedStep, args, laps: dict, keep: str | None):
   step runs them (`SegmentedStep.trace`), then compiled on as many threads as the process has
   cores, each kept as "KEEP\nNAME" (`keep`) for the step's `args` and its laps in laps[NAME].
   Never prefaulted: the programs run one after another, each with temporaries of its own."""
-  kept = _start_reads(tuple(step.jitted), keep, args)
+  kept = _start_reads(keep, args, tuple(step.jitted))
   plan = _timed(laps, "trace", step.trace, *args)
   threads = max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
   pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="compile_ahead")
   try:
     futures = {name: _program_ahead(jitted, program_args, laps.setdefault(name, {}), False,
-                                    None, traced=traced, submit=pool.submit, kept=kept[name])[0]
+                                    kept[name], traced=traced, submit=pool.submit)[0]
                for name, jitted, program_args, traced in plan}
   finally:
     pool.shutdown(wait=False)
@@ -669,35 +669,32 @@ def _segments_ahead(step: SegmentedStep, args, laps: dict, keep: str | None):
       {name: future.result() for name, future in futures.items()}))
 
 
-def _start_reads(names: tuple[str, ...], keep: str | None, args) -> dict:
-  """{name: (the store, the name the step's program `name` is kept under, its
-  `step_store.Reading` or None)}, each kept as "KEEP\nNAME" for the step's `args` (known before
-  its programs are traced), all read beside the trace, in `names`' order, on one thread: on a
-  thread each, they took the main thread's core too (8-stack hourglass, warm: tracing and
-  lowering 5.0-5.4 s against ~3.8 alone; docs/performance_log.md). (None, None, None) each
-  where nothing is kept (`keep` None, or no store: `step_store.StepStore.beside_cache`)."""
+def _start_reads(keep: str | None, args, parts: tuple = (None,)) -> dict:
+  """{part: (the store, the name the program is kept under, its `step_store.Reading` or None)}
+  for the program labelled `keep` (part None) or each of a step's `parts`, kept as
+  "KEEP\nPART", all named by the step's `args` (known before its programs are traced) and read
+  beside the trace, in `parts`' order, on one thread: on a thread each, they took the main
+  thread's core too (8-stack hourglass, warm: tracing and lowering 5.0-5.4 s against ~3.8
+  alone; docs/performance_log.md). (None, None, None) each where nothing is kept (`keep` None,
+  or no store: `step_store.StepStore.beside_cache`)."""
   store = step_store.StepStore.beside_cache() if keep is not None else None
   if store is None:
-    return dict.fromkeys(names, (None, None, None))
+    return dict.fromkeys(parts, (None, None, None))
   reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="step_store")
   try:
-    stored = step_store.names([f"{keep}\n{name}" for name in names], args)
-    return {name: (store, stored_as, store.read(stored_as, reader.submit))
-            for name, stored_as in zip(names, stored)}
+    labels = [keep if part is None else f"{keep}\n{part}" for part in parts]
+    return {part: (store, stored_as, store.read(stored_as, reader.submit))
+            for part, stored_as in zip(parts, step_store.names(labels, args))}
   finally:
     reader.shutdown(wait=False)
 
 
-def _program_ahead(step_fn, args, laps: dict, prefault: bool, keep: str | None, traced=None,
-                   submit=None, kept=None):
+def _program_ahead(step_fn, args, laps: dict, prefault: bool, kept: tuple, traced=None,
+                   submit=None):
   """(a future of the compiled program, its outputs' shapes): `compile_ahead` for one jitted
   function, traced here unless `traced` is given (its trace), compiled on a thread of its own
-  or by `submit` (e.g. a pool's); its kept copy, labelled `keep`, looked up here unless `kept`
-  is given: (the store, the name it is kept under, its `step_store.Reading` or None)."""
-  if kept is None:
-    store = step_store.StepStore.beside_cache() if keep is not None else None
-    stored_as = step_store.name(keep, args) if store is not None else None
-    kept = store, stored_as, store.read(stored_as) if store is not None else None
+  or by `submit` (e.g. a pool's); `kept`: its kept copy's (store, name, reading), as
+  `_start_reads` gives them."""
   store, stored_as, reading = kept
   record = host_memory.TemporariesRecord.beside_cache() if prefault else None
   early = None
