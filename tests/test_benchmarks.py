@@ -595,7 +595,10 @@ def test_conv_gradient_times_the_kernel_gradients_and_counts_the_work_a_tap():
   assert out["work"] == 2 * 5 * 5 * 16 * 8
   assert out["xla"] > 0 and out["taps"] > 0 and "winograd" not in out
   out = conv_gradient.measure(2, 9, 16, 8, 3, 1)  # Stride 1: Winograd's too.
-  assert out["work"] == 2 * 9 * 9 * 16 * 8 and out["winograd"] > 0
+  assert out["work"] == 2 * 9 * 9 * 16 * 8 and out["winograd"] > 0 and "fft" not in out
+  out = conv_gradient.measure(1, 12, 16, 8, 7, 1)  # A 7x7 kernel at stride 1: the FFT's too.
+  assert out["fft"] > 0 and "winograd" not in out
+  assert "fft" not in conv_gradient.measure(1, 12, 16, 8, 7, 2)
 
 
 @pytest.mark.parametrize("image_format", ["jpeg", "raw"])

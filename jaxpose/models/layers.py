@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxpose.models import fft_conv
 from jaxpose.models import winograd
 
 Dtype = Any
@@ -220,6 +221,36 @@ TAP_PRODUCT_PARTS = 2
 WINOGRAD = True
 
 
+# A convolution with an odd kernel of at least FFT_MIN_KERNEL at stride 1 and "same" padding,
+# and at least FFT_MIN_WORK multiply-adds a tap (`tap_work`), by the FFT
+# (`jaxpose.models.fft_conv`) under differentiation: its value and both gradients. Measured on
+# the AMD EPYC (2 cores, batch 8, 2026-12-07; docs/performance_log.md, "Large kernels by the
+# FFT, in training"), both gradients against the taps' kernel gradient and XLA's input
+# gradient: CPM's 9x9 at 184 px on 128 channels 2.74 against 9.33 s, at 92 px 0.72 against
+# 2.34 s, its 11x11 at 46 px 0.45-0.53x, its 9x9 to 512 channels 0.64x, its VGG variant's 7x7
+# 0.52-0.56x, Tompson's 9x9 bank 0.45x; the Tompson quickstart's 7x7 on 32 channels (2^24 a
+# tap) 0.93x, 5x5 kernels 0.88-3.7x. The value alone: CPM's 9x9 at 184 px 1.37 against XLA's
+# 3.6 s, its 11x11 at 46 px 1.5x faster; but where the overlapping tiles hold more than
+# FFT_VALUE_MAX_EXPANSION times the map's pixels (`fft_conv.expansion`: CPM's 46 px layers, 7.7)
+# the value stays XLA's: by the FFT there, CPM's step held 630 MiB more temporaries for ~1.6 s
+# of its ~25 s.
+FFT = True
+FFT_MIN_KERNEL = 7
+FFT_MIN_WORK = 1 << 26
+FFT_VALUE_MAX_EXPANSION = 2.0
+
+
+def fft_pays(x_shape, kernel_shape, dy_shape, stride: int, padding: int) -> bool:
+  """Whether conv2d is computed by the FFT under differentiation (on CPUs) for these shapes:
+  FFT, a large odd kernel (FFT_MIN_KERNEL, up to what `fft_conv.TILES` fit) at stride 1 with
+  "same" padding, enough work (FFT_MIN_WORK), where the taps pay too."""
+  k = kernel_shape[0]
+  return (FFT and k == kernel_shape[1] and k % 2 == 1
+          and FFT_MIN_KERNEL <= k <= max(fft_conv.TILES) - 3
+          and stride == 1 and padding == k // 2 and taps_pay(x_shape, kernel_shape, dy_shape)
+          and tap_work(kernel_shape, dy_shape) >= FFT_MIN_WORK)
+
+
 def tap_work(kernel_shape, dy_shape) -> int:
   """Multiply-adds of one tap's product in conv2d's kernel gradient: N*H'*W' * Cin * Cout."""
   return math.prod(dy_shape[:-1]) * kernel_shape[2] * kernel_shape[3]
@@ -239,12 +270,24 @@ def conv2d(x, kernel, stride: int, padding: int):
   of strided input windows with the output gradient (a sum over N*H'*W' each): the whole
   gradient in 0.74-0.76x nn.Conv's time at the hourglass's 3x3 on 128 channels (`python
   benchmarks/backward.py`); for a 3x3 kernel at stride 1 and padding 1, by Winograd's F(4x4,
-  3x3) instead (WINOGRAD). Lowered for other platforms, XLA's own gradient."""
+  3x3) instead (WINOGRAD); for larger odd kernels at stride 1 and "same" padding (`fft_pays`),
+  both gradients, and on large maps the value the gradient is taken of, by the FFT (FFT).
+  Called without differentiation (inference: the predictions), the value is always lax's.
+  Lowered for other platforms, XLA's own convolution and gradient."""
   return jax.lax.conv_general_dilated(x, kernel, (stride, stride), [(padding, padding)] * 2,
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 def _conv2d_fwd(x, kernel, stride, padding):
+  """The value under differentiation (training): by the FFT where its gradients are and the
+  tiles are not much larger than the map (FFT_VALUE_MAX_EXPANSION)."""
+  y_shape, k = (*x.shape[:3], kernel.shape[-1]), kernel.shape[0]
+  tile = fft_conv.tile_for(x.shape, k) if fft_pays(x.shape, kernel.shape, y_shape, stride,
+                                                   padding) else None
+  if tile and fft_conv.expansion(x.shape, k, tile) <= FFT_VALUE_MAX_EXPANSION:
+    fft = lambda x, kernel: fft_conv.correlate(x, kernel, tile).astype(x.dtype)  # noqa: E731
+    return on_cpu(fft, functools.partial(conv2d.fun, stride=stride, padding=padding),
+                  x, kernel), (x, kernel)
   return conv2d(x, kernel, stride, padding), (x, kernel)
 
 
@@ -255,6 +298,8 @@ def _conv2d_bwd(stride, padding, residuals, dy):
     return xla(x, kernel, dy)
   if WINOGRAD and (kernel.shape[:2], stride, padding) == ((3, 3), 1, 1):
     return on_cpu(_conv2d_bwd_winograd, xla, x, kernel, dy)
+  if fft_pays(x.shape, kernel.shape, dy.shape, stride, padding):
+    return on_cpu(_conv2d_bwd_fft, xla, x, kernel, dy)
   return on_cpu(functools.partial(_conv2d_bwd_taps, stride, padding), xla, x, kernel, dy)
 
 
@@ -270,6 +315,17 @@ def _conv2d_bwd_winograd(x, kernel, dy):
   dx = _conv2d_input_gradient(1, 1, x, kernel, dy)
   # x after dy: its transform in the backward pass, not kept from the forward (see `after`).
   return dx, winograd.kernel_gradient(after(x, dy), dy).astype(kernel.dtype)
+
+
+def _conv2d_bwd_fft(x, kernel, dy):
+  """A large kernel's gradients at stride 1, "same" padding (CPUs), both by the FFT
+  (`fft_conv`)."""
+  k = kernel.shape[0]
+  tile = fft_conv.tile_for(x.shape, k)
+  dx = fft_conv.input_gradient(dy, kernel, tile)
+  # x after dy: its transform in the backward pass, not kept from the forward (see `after`).
+  dk = fft_conv.kernel_gradient(after(x, dy), dy, k, tile)
+  return dx.astype(x.dtype), dk.astype(kernel.dtype)
 
 
 def _conv2d_bwd_xla(stride, padding, x, kernel, dy):

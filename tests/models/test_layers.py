@@ -17,13 +17,15 @@ from jaxpose.models import hourglass
 from jaxpose.models import layers
 
 MIN_WORK_FOR_TAPS = layers.MIN_WORK_FOR_TAPS  # The library's, before the fixture below.
+FFT_MIN_WORK = layers.FFT_MIN_WORK
 
 
 @pytest.fixture(autouse=True)
 def _taps_at_any_size(monkeypatch):
-  """The tests here use small shapes, below the work at which conv2d takes the tap products:
-  they take them anyway (test_taps_pay_from_the_work_a_tap checks the threshold itself)."""
+  """The tests here use small shapes, below the work at which conv2d takes the tap products or
+  the FFT: they take them anyway (test_taps_pay_from_the_work_a_tap checks the thresholds)."""
   monkeypatch.setattr(layers, "MIN_WORK_FOR_TAPS", 0)
+  monkeypatch.setattr(layers, "FFT_MIN_WORK", 0)
 
 GOLDEN = pathlib.Path(__file__).resolve().parents[1] / "golden" / "torch_reference.npz"
 
@@ -180,6 +182,7 @@ def test_hourglass_defaults_to_pytorch_scheme_with_unchanged_layout():
     (3, 1, 1, 9, 16, 2),  # 3x3, stride 1, padding 1: Winograd's kernel gradient (WINOGRAD).
     (7, 2, 3, 17, 16, 2), (3, 1, 0, 8, 24, 2), (11, 4, 0, 35, 16, 2),
     (3, 1, 1, 9, 16, 1),  # 81 output pixels: not TAP_PRODUCT_PARTS halves, one product a tap.
+    (7, 1, 3, 13, 16, 2),  # 7x7, stride 1, "same": both gradients by the FFT (FFT).
     (7, 2, 3, 17, 3, 2)])  # The last: below MIN_CHANNELS_FOR_TAPS, XLA's own gradient.
 def test_conv_equals_flax_conv_with_its_own_kernel_gradient(kernel, stride, padding, size,
                                                             channels, batch):
@@ -197,7 +200,8 @@ def test_conv_equals_flax_conv_with_its_own_kernel_gradient(kernel, stride, padd
     return jax.grad(lambda v, x: jnp.sum(jnp.sin(module.apply(v, x))), argnums=(0, 1))(
         variables, x)
 
-  # Winograd's kernel gradient is right to ~1e-5 of its largest value (`winograd`'s docstring).
+  # Winograd's kernel gradient is right to ~1e-5 of its largest value (`winograd`'s docstring),
+  # the FFT's gradients likewise (`fft_conv`'s).
   jax.tree.map(lambda a, b: np.testing.assert_allclose(
       a, b, atol=2e-5 * max(1.0, float(np.max(np.abs(b)))), rtol=1e-5),
                grads(ours), grads(flax_conv))
@@ -210,8 +214,10 @@ def test_taps_pay_from_the_work_a_tap(monkeypatch):
   """conv2d's kernel gradient is written out from MIN_WORK_FOR_TAPS multiply-adds a tap
   (N*H'*W'*Cin*Cout) and MIN_CHANNELS_FOR_TAPS input channels, XLA's own below either: in the
   CPU program exactly then, Winograd's 36 products for a 3x3 kernel at stride 1 and padding 1,
-  the taps' loop for other kernels (and for that one with WINOGRAD off)."""
+  the FFT for a 7x7 one with "same" padding from FFT_MIN_WORK, the taps' loop for other
+  kernels (and for those with WINOGRAD and FFT off)."""
   monkeypatch.setattr(layers, "MIN_WORK_FOR_TAPS", MIN_WORK_FOR_TAPS)
+  monkeypatch.setattr(layers, "FFT_MIN_WORK", FFT_MIN_WORK)
   big = ((8, 64, 64, 128), (3, 3, 128, 128), (8, 64, 64, 128))  # The hourglass's 3x3: 5.4e8.
   small = ((8, 4, 4, 128), (3, 3, 128, 128), (8, 4, 4, 128))  # Its 4 px level: 2.1e6.
   edge = ((1, 64, 64, 64), (3, 3, 64, 64), (1, 64, 64, 64))  # 2^24 exactly.
@@ -219,9 +225,15 @@ def test_taps_pay_from_the_work_a_tap(monkeypatch):
   assert layers.taps_pay(*big) and layers.taps_pay(*edge)
   assert not layers.taps_pay(*small) and not layers.taps_pay(*thin)
   five = ((1, 64, 64, 64), (5, 5, 64, 64), (1, 64, 64, 64))  # 2^24 exactly, a 5x5 kernel.
-  for shapes, winograd_on, kind in ((small, True, "xla"), (edge, True, "winograd"),
-                                    (edge, False, "taps"), (five, True, "taps")):
-    monkeypatch.setattr(layers, "WINOGRAD", winograd_on)
+  seven = ((4, 64, 64, 64), (7, 7, 64, 64), (4, 64, 64, 64))  # FFT_MIN_KERNEL, 2^26 a tap.
+  seven_less = ((1, 64, 64, 64), (7, 7, 64, 64), (1, 64, 64, 64))  # 2^24: the taps still.
+  seven_small = ((1, 32, 32, 64), (7, 7, 64, 64), (1, 32, 32, 64))  # 2^22: XLA's.
+  for shapes, on, kind in ((small, True, "xla"), (edge, True, "winograd"),
+                           (edge, False, "taps"), (five, True, "taps"), (seven, True, "fft"),
+                           (seven, False, "taps"), (seven_less, True, "taps"),
+                           (seven_small, True, "xla")):
+    monkeypatch.setattr(layers, "WINOGRAD", on)
+    monkeypatch.setattr(layers, "FFT", on)
     x, kernel = jnp.zeros(shapes[0]), jnp.zeros(shapes[1])
     padding = shapes[1][0] // 2
     loss = lambda x, kernel: jnp.sum(jnp.sin(layers.conv2d(x, kernel, 1, padding)))  # noqa: E731
@@ -230,10 +242,12 @@ def test_taps_pay_from_the_work_a_tap(monkeypatch):
 
 def _kernel_gradient_kind(program: str) -> str:
   """Which kernel gradient a gradient program of one convolution holds: "taps" (their loop),
-  "winograd" (its 36 products, one batched dot_general) or "xla" (a second convolution)."""
+  "winograd" (its 36 products, one batched dot_general), "fft" (transforms) or "xla" (a second
+  convolution)."""
   batched_36 = re.search(r"stablehlo\.dot_general.*batching_dims = \[0\] x \[0\].*"
                          r"-> tensor<36x", program)
   kinds = {"taps": "stablehlo.while" in program, "winograd": batched_36 is not None,
+           "fft": "stablehlo.fft" in program,
            "xla": program.count("stablehlo.convolution") == 3}
   assert sum(kinds.values()) == 1, kinds
   return next(kind for kind, found in kinds.items() if found)
@@ -274,6 +288,19 @@ def test_written_out_gradients_are_lowered_for_cpus_only(platform, stride):
     expected = "xla" if not cpu else "winograd" if stride == 1 else "taps"
     assert _kernel_gradient_kind(program) == expected, fn.__name__
     assert ("optimization_barrier" in program) == cpu, fn.__name__
+
+
+@pytest.mark.parametrize("platform", ["cpu", "cuda", "tpu"])
+def test_large_kernels_gradients_are_by_the_fft_on_cpus_only(platform):
+  """A 7x7 convolution at stride 1 with "same" padding: both gradients by the FFT in a program
+  lowered for CPUs (its input gradient then no convolution either), XLA's own on a GPU or
+  TPU."""
+  x, kernel = jnp.zeros((2, 12, 12, 16)), jnp.zeros((7, 7, 16, 8))
+  loss = lambda x, kernel: jnp.sum(jnp.sin(layers.conv2d(x, kernel, 1, 3)))  # noqa: E731
+  program = _gradient_program(platform, loss, x, kernel)
+  cpu = platform == "cpu"
+  assert _kernel_gradient_kind(program) == ("fft" if cpu else "xla")
+  assert program.count("stablehlo.convolution") == (1 if cpu else 3)
 
 
 def test_gradients_for_other_platforms_equal_the_cpu_ones():
