@@ -2,18 +2,25 @@
 
 A k x k convolution costs k^2 multiply-adds per output pixel and channel pair; in Fourier space
 it is one complex product per frequency and channel pair, for the transforms. The maps are cut
-into tiles of T x T (T: `tile_for`), so one kernel transform of T x T serves every tile:
-overlapping input windows of T, each giving T - k + 1 rows and columns of output (overlap-save),
-for the value; the output gradient's T - k + 1 rows and columns a tile, zero-padded to T, for
-both gradients (one transform of it serves the two). Per frequency the sum over channels is a
-matrix product, [tiles x Cin] by [Cin x Cout]. CPM's 9x9 layers on 128 channels take ~4
-complex multiply-adds per output pixel and channel pair where the direct sum takes 81.
+into overlapping tiles (overlap-save): each T x T input window gives T - k + 1 rows and columns
+of output, so one kernel transform of T x T serves every tile (T: `tile_for`). Per frequency
+the sum over channels is a matrix product, [tiles x Cin] by [Cin x Cout]. CPM's 9x9 layers on
+128 channels take ~4 complex multiply-adds per output pixel and channel pair where the direct
+sum takes 81.
 
 `layers.conv2d` computes such layers from here on CPUs when it is differentiated (training;
-`layers.fft_pays`): the value (`correlate`, on large maps) and both gradients (`gradients`).
-Without differentiation (inference) the value is XLA's convolution, so the predictions do not
-move. The FFT rounds differently: values and input gradients differ from XLA's by ~1e-6 of
-their largest value in float32, kernel gradients (sums over the whole batch) by up to ~2e-5.
+`layers.fft_pays`): the value (`correlate`, on large maps), the input's gradient (a convolution
+of the output gradient with the kernel turned round) and the kernel's (a correlation of the
+input with the output gradient, summed over the tiles per frequency, then transformed back and
+cut to k x k). Without differentiation (inference) the value is XLA's convolution, so the
+predictions do not move. The FFT rounds differently: values and input gradients differ from
+XLA's by ~1e-6 of their largest value in float32, kernel gradients (sums over the whole batch)
+by up to ~2e-5.
+
+Measured and not kept (docs/performance_log.md, "Large kernels by the FFT, in training"): one
+transform of the output gradient's tiles for both gradients, the input's by overlap-add (0.82x
+Tompson's 9x9 layer alone, but 4,261 against 3,760 MiB of CPM's step's temporaries); the batch
+in groups of images (less memory for a layer alone, more for the step).
 """
 
 import jax
@@ -90,61 +97,23 @@ def correlate(x, kernel, tile: int):
   return y[:, :h, :w]
 
 
-def gradients(x, kernel, dy, tile: int):
-  """(input gradient, kernel gradient) of `correlate(x, kernel)` given dy, from one transform
-  of dy: its tiles of `tile` - k + 1 outputs (zero beyond), whose spectra serve both. The
-  input's gradient is each tile's full convolution with the kernel (`tile` x `tile`, no
-  wrap-around), the tiles' overlaps added (overlap-add); the kernel's, per frequency x's tiles
-  (`correlate`'s) against dy's, summed over tiles and the batch, then transformed back: the
-  first k x k lags. Against the input gradient as `correlate` of dy with the kernel turned
-  round (overlapping tiles of dy, a second transform): 0.82x the time at Tompson's 9x9 to 512
-  channels on 64 px, 0.89x at 32 px, 0.93-0.96x on CPM's layers."""
-  x, kernel, dy = (a.astype(jnp.float32) for a in (x, kernel, dy))
-  k = kernel.shape[0]
-  ds = _output_spectra(dy, k, tile)
-  return _overlap_add(dy, kernel, ds, tile), _kernel_lags(x, ds, k, tile)
+def input_gradient(dy, kernel, tile: int):
+  """The gradient of `correlate(x, kernel)` for x, given its output's dy: dy correlated with the
+  kernel turned by 180 degrees, its channels swapped."""
+  return correlate(dy, jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2), tile)
 
 
-def _output_spectra(dy, k: int, tile: int):
-  """[frequencies, tiles, O]: dy cut into tiles of `tile` - k + 1 outputs a side, each
-  zero-padded to `tile` x `tile`, transformed."""
+def kernel_gradient(x, dy, k: int, tile: int):
+  """The gradient of `correlate(x, kernel)` for its k x k kernel, given dy: per frequency, the
+  tiles of x against those of dy (zero beyond each tile's outputs), summed over tiles and the
+  batch, then transformed back; the first k x k lags are the kernel's."""
+  x, dy = x.astype(jnp.float32), dy.astype(jnp.float32)
   n, h, w, out = dy.shape
   (nh, step), (nw, _) = _grid(h, k, tile), _grid(w, k, tile)
+  xs = _spectra(_input_tiles(x, k, tile))
   dyp = jnp.pad(dy, ((0, 0), (0, nh * step - h), (0, nw * step - w), (0, 0)))
   dyt = dyp.reshape(n, nh, step, nw, step, out).transpose(0, 1, 3, 2, 4, 5)
-  return _spectra(jnp.pad(dyt, ((0, 0),) * 3 + ((0, tile - step), (0, tile - step), (0, 0))))
-
-
-def _kernel_lags(x, ds, k: int, tile: int):
-  """The kernel gradient from x and dy's tiles' spectra `ds` (`_output_spectra`)."""
-  r = jnp.einsum("fmc,fmo->fco", _spectra(_input_tiles(x, k, tile)), jnp.conj(ds))
+  dyt = jnp.pad(dyt, ((0, 0),) * 3 + ((0, tile - step), (0, tile - step), (0, 0)))
+  r = jnp.einsum("fmc,fmo->fco", xs, jnp.conj(_spectra(dyt)))
   r = r.reshape(tile, tile // 2 + 1, *r.shape[1:])
   return jnp.fft.irfft2(r, s=(tile, tile), axes=(0, 1))[:k, :k]
-
-
-def _overlap_add(dy, kernel, ds, tile: int):
-  """The input gradient from dy's tiles' spectra `ds`: each tile's full convolution with the
-  kernel covers `tile` rows and columns from its first output's k - 1 before; the sum of the
-  tiles' blocks, cut to the input's size."""
-  n, h, w, _ = dy.shape
-  k, c = kernel.shape[0], kernel.shape[2]
-  (nh, step), (nw, _) = _grid(h, k, tile), _grid(w, k, tile)
-  pad = ((0, tile - k), (0, tile - k), (0, 0), (0, 0))
-  ks = jnp.fft.rfft2(jnp.pad(kernel, pad), axes=(0, 1))  # Convolution: not conjugated.
-  blocks = jnp.einsum("fmo,fco->fmc", ds, ks.reshape(-1, c, kernel.shape[-1]))
-  blocks = blocks.reshape(tile, tile // 2 + 1, n, nh, nw, c).transpose(2, 3, 4, 0, 1, 5)
-  blocks = jnp.fft.irfft2(blocks, s=(tile, tile), axes=(3, 4))  # [N, nh, nw, T, T, C]
-  # Each block as m x m pieces of step x step (m * step >= tile), piece (a, b) added one tile
-  # further down a times and right b times.
-  m = -(-tile // step)
-  blocks = jnp.pad(blocks, ((0, 0),) * 3 + ((0, m * step - tile), (0, m * step - tile), (0, 0)))
-  blocks = blocks.reshape(n, nh, nw, m, step, m, step, c)
-  total = jnp.zeros((n, (nh + m - 1) * step, (nw + m - 1) * step, c), jnp.float32)
-  for a in range(m):
-    for b in range(m):
-      piece = blocks[:, :, :, a, :, b].transpose(0, 1, 3, 2, 4, 5).reshape(
-          n, nh * step, nw * step, c)
-      total = total + jnp.pad(piece, ((0, 0), (a * step, (m - 1 - a) * step),
-                                      (b * step, (m - 1 - b) * step), (0, 0)))
-  p = k // 2  # The block's first row is the tile's first output's, k - 1 before: p before x's.
-  return total[:, k - 1 - p:k - 1 - p + h, k - 1 - p:k - 1 - p + w]

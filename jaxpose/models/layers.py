@@ -320,9 +320,11 @@ def _conv2d_bwd_winograd(x, kernel, dy):
 def _conv2d_bwd_fft(x, kernel, dy):
   """A large kernel's gradients at stride 1, "same" padding (CPUs), both by the FFT
   (`fft_conv`)."""
+  k = kernel.shape[0]
+  tile = fft_conv.tile_for(x.shape, k)
+  dx = fft_conv.input_gradient(dy, kernel, tile)
   # x after dy: its transform in the backward pass, not kept from the forward (see `after`).
-  tile = fft_conv.tile_for(x.shape, kernel.shape[0])
-  dx, dk = fft_conv.gradients(after(x, dy), kernel, dy, tile)
+  dk = fft_conv.kernel_gradient(after(x, dy), dy, k, tile)
   return dx.astype(x.dtype), dk.astype(kernel.dtype)
 
 
