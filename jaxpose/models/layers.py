@@ -233,20 +233,27 @@ WINOGRAD = True
 # 3.6 s, its 11x11 at 46 px 1.5x faster; but where the overlapping tiles hold more than
 # FFT_VALUE_MAX_EXPANSION times the map's pixels (`fft_conv.expansion`: CPM's 46 px layers, 7.7)
 # the value stays XLA's: by the FFT there, CPM's step held 630 MiB more temporaries for ~1.6 s
-# of its ~25 s.
+# of its ~25 s. Nor where the output has more than FFT_MAX_WIDENING times the input's channels:
+# the output gradient's transforms are then the largest buffers (Tompson's 9x9 layers to 512
+# channels from 128: its step 0.70x, but its training process's peak RSS 2,102 -> 3,976 MB).
+# CPM's train step (`benchmarks/models.py --models cpm --measure train`): 58.2 -> 27.7 s, its
+# peak RSS 4,815 -> 6,739 MB (the FFT's transforms beside the activations).
 FFT = True
 FFT_MIN_KERNEL = 7
 FFT_MIN_WORK = 1 << 26
 FFT_VALUE_MAX_EXPANSION = 2.0
+FFT_MAX_WIDENING = 3
 
 
 def fft_pays(x_shape, kernel_shape, dy_shape, stride: int, padding: int) -> bool:
   """Whether conv2d is computed by the FFT under differentiation (on CPUs) for these shapes:
   FFT, a large odd kernel (FFT_MIN_KERNEL, up to what `fft_conv.TILES` fit) at stride 1 with
-  "same" padding, enough work (FFT_MIN_WORK), where the taps pay too."""
+  "same" padding, enough work (FFT_MIN_WORK), no more than FFT_MAX_WIDENING times the input's
+  channels out, where the taps pay too."""
   k = kernel_shape[0]
   return (FFT and k == kernel_shape[1] and k % 2 == 1
           and FFT_MIN_KERNEL <= k <= max(fft_conv.TILES) - 3
+          and kernel_shape[3] <= FFT_MAX_WIDENING * kernel_shape[2]
           and stride == 1 and padding == k // 2 and taps_pay(x_shape, kernel_shape, dy_shape)
           and tap_work(kernel_shape, dy_shape) >= FFT_MIN_WORK)
 

@@ -214,8 +214,9 @@ def test_taps_pay_from_the_work_a_tap(monkeypatch):
   """conv2d's kernel gradient is written out from MIN_WORK_FOR_TAPS multiply-adds a tap
   (N*H'*W'*Cin*Cout) and MIN_CHANNELS_FOR_TAPS input channels, XLA's own below either: in the
   CPU program exactly then, Winograd's 36 products for a 3x3 kernel at stride 1 and padding 1,
-  the FFT for a 7x7 one with "same" padding from FFT_MIN_WORK, the taps' loop for other
-  kernels (and for those with WINOGRAD and FFT off)."""
+  the FFT for a 7x7 one with "same" padding from FFT_MIN_WORK (and at most FFT_MAX_WIDENING
+  times its input's channels out), the taps' loop for other kernels (and for those with
+  WINOGRAD and FFT off)."""
   monkeypatch.setattr(layers, "MIN_WORK_FOR_TAPS", MIN_WORK_FOR_TAPS)
   monkeypatch.setattr(layers, "FFT_MIN_WORK", FFT_MIN_WORK)
   big = ((8, 64, 64, 128), (3, 3, 128, 128), (8, 64, 64, 128))  # The hourglass's 3x3: 5.4e8.
@@ -228,10 +229,11 @@ def test_taps_pay_from_the_work_a_tap(monkeypatch):
   seven = ((4, 64, 64, 64), (7, 7, 64, 64), (4, 64, 64, 64))  # FFT_MIN_KERNEL, 2^26 a tap.
   seven_less = ((1, 64, 64, 64), (7, 7, 64, 64), (1, 64, 64, 64))  # 2^24: the taps still.
   seven_small = ((1, 32, 32, 64), (7, 7, 64, 64), (1, 32, 32, 64))  # 2^22: XLA's.
+  widening = ((4, 32, 32, 64), (7, 7, 64, 256), (4, 32, 32, 256))  # 4x the channels out.
   for shapes, on, kind in ((small, True, "xla"), (edge, True, "winograd"),
                            (edge, False, "taps"), (five, True, "taps"), (seven, True, "fft"),
                            (seven, False, "taps"), (seven_less, True, "taps"),
-                           (seven_small, True, "xla")):
+                           (seven_small, True, "xla"), (widening, True, "taps")):
     monkeypatch.setattr(layers, "WINOGRAD", on)
     monkeypatch.setattr(layers, "FFT", on)
     x, kernel = jnp.zeros(shapes[0]), jnp.zeros(shapes[1])
