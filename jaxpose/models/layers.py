@@ -227,9 +227,10 @@ WINOGRAD = True
 # the AMD EPYC (2 cores, batch 8, 2026-12-07; docs/performance_log.md, "Large kernels by the
 # FFT, in training"), both gradients against the taps' kernel gradient and XLA's input
 # gradient: CPM's 9x9 at 184 px on 128 channels 2.74 against 9.33 s, at 92 px 0.72 against
-# 2.34 s, its 11x11 at 46 px 0.45-0.53x, its 9x9 to 512 channels 0.64x, its VGG variant's 7x7
-# 0.52-0.56x, Tompson's 9x9 bank 0.45x; the Tompson quickstart's 7x7 on 32 channels (2^24 a
-# tap) 0.93x, 5x5 kernels 0.88-3.7x. The value alone: CPM's 9x9 at 184 px 1.37 against XLA's
+# 2.34 s, its 11x11 at 46 px 0.45-0.53x, its VGG variant's 7x7 0.52-0.56x, its 9x9 from 32 to
+# 512 channels 0.64x and Tompson's 9x9 bank (128 to 512) 0.45x (both left out since, by
+# FFT_MAX_WIDENING below); the Tompson quickstart's 7x7 on 32 channels (2^24 a tap) 0.93x, 5x5
+# kernels 0.88-3.7x. The value alone: CPM's 9x9 at 184 px 1.37 against XLA's
 # 3.6 s, its 11x11 at 46 px 1.5x faster; but where the overlapping tiles hold more than
 # FFT_VALUE_MAX_EXPANSION times the map's pixels (`fft_conv.expansion`: CPM's 46 px layers, 7.7)
 # the value stays XLA's: by the FFT there, CPM's step held 630 MiB more temporaries for ~1.6 s
