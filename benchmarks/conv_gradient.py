@@ -52,7 +52,7 @@ def measure(n, h, cin, cout, kernel, stride) -> dict:
   at stride 1 (padding k // 2)."""
   import jax  # pylint: disable=g-import-not-at-top
   from benchmarks import backward  # pylint: disable=g-import-not-at-top
-  from jaxpose.models import layers  # pylint: disable=g-import-not-at-top
+  from jaxpose.models import fft_conv, layers  # pylint: disable=g-import-not-at-top
   kx, kk, kg = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(kx, (n, h, h, cin))
   k = jax.random.normal(kk, (kernel, kernel, cin, cout)) * 0.05
@@ -63,7 +63,7 @@ def measure(n, h, cin, cout, kernel, stride) -> dict:
   gradients = {"taps": layers._conv2d_bwd_taps, "xla": layers._conv2d_bwd_xla}
   if (kernel, stride, pad) == (3, 1, 1):
     gradients["winograd"] = lambda stride, pad, x, k, dy: layers._conv2d_bwd_winograd(x, k, dy)
-  if kernel % 2 == 1 and kernel >= layers.FFT_MIN_KERNEL and stride == 1:
+  if stride == 1 and kernel % 2 == 1 and kernel >= layers.FFT_MIN_KERNEL and fft_conv.fits(kernel):
     gradients["fft"] = lambda stride, pad, x, k, dy: layers._conv2d_bwd_fft(x, k, dy)
   best = {}
   for order in (tuple(gradients), tuple(reversed(gradients))):

@@ -34,16 +34,22 @@ import jax.numpy as jnp
 # at 32.
 TILES = (16, 32)
 MIN_ROWS = 128
+MIN_OUTPUTS = 4  # A tile's outputs a side, at least.
+
+
+def fits(k: int) -> bool:
+  """Whether some side of TILES gives a k x k kernel MIN_OUTPUTS outputs a tile."""
+  return max(TILES) - k + 1 >= MIN_OUTPUTS
 
 
 def tile_for(shape, k: int) -> int:
   """The transforms' side for a k x k kernel on [N, H, W, C] maps: the largest of TILES that
-  cuts the batch into at least MIN_ROWS tiles (each at least 4 outputs wide), else the
-  smallest that fits the kernel."""
+  cuts the batch into at least MIN_ROWS tiles (each MIN_OUTPUTS outputs wide or more), else
+  the smallest that fits the kernel (`fits`)."""
   n, h, w = shape[:3]
-  fits = [t for t in TILES if t - k + 1 >= 4]
-  good = [t for t in fits if n * _grid(h, k, t)[0] * _grid(w, k, t)[0] >= MIN_ROWS]
-  return max(good) if good else min(fits)
+  sides = [t for t in TILES if t - k + 1 >= MIN_OUTPUTS]
+  good = [t for t in sides if n * _grid(h, k, t)[0] * _grid(w, k, t)[0] >= MIN_ROWS]
+  return max(good) if good else min(sides)
 
 
 def expansion(shape, k: int, tile: int) -> float:

@@ -248,12 +248,12 @@ FFT_MAX_WIDENING = 3
 
 def fft_pays(x_shape, kernel_shape, dy_shape, stride: int, padding: int) -> bool:
   """Whether conv2d is computed by the FFT under differentiation (on CPUs) for these shapes:
-  FFT, a large odd kernel (FFT_MIN_KERNEL, up to what `fft_conv.TILES` fit) at stride 1 with
+  FFT, a large odd kernel (FFT_MIN_KERNEL, up to what `fft_conv.fits`) at stride 1 with
   "same" padding, enough work (FFT_MIN_WORK), no more than FFT_MAX_WIDENING times the input's
   channels out, where the taps pay too."""
   k = kernel_shape[0]
   return (FFT and k == kernel_shape[1] and k % 2 == 1
-          and FFT_MIN_KERNEL <= k <= max(fft_conv.TILES) - 3
+          and k >= FFT_MIN_KERNEL and fft_conv.fits(k)
           and kernel_shape[3] <= FFT_MAX_WIDENING * kernel_shape[2]
           and stride == 1 and padding == k // 2 and taps_pay(x_shape, kernel_shape, dy_shape)
           and tap_work(kernel_shape, dy_shape) >= FFT_MIN_WORK)
