@@ -230,19 +230,21 @@ WINOGRAD = True
 # 2.34 s, its 11x11 at 46 px 0.45-0.53x, its VGG variant's 7x7 0.52-0.56x, its 9x9 from 32 to
 # 512 channels 0.64x and Tompson's 9x9 bank (128 to 512) 0.45x (both left out since, by
 # FFT_MAX_WIDENING below); the Tompson quickstart's 7x7 on 32 channels (2^24 a tap) 0.93x, 5x5
-# kernels 0.88-3.7x. The value alone: CPM's 9x9 at 184 px 1.37 against XLA's
-# 3.6 s, its 11x11 at 46 px 1.5x faster; but where the overlapping tiles hold more than
-# FFT_VALUE_MAX_EXPANSION times the map's pixels (`fft_conv.expansion`: CPM's 46 px layers, 7.7)
-# the value stays XLA's: by the FFT there, CPM's step held 630 MiB more temporaries for ~1.6 s
-# of its ~25 s. Nor where the output has more than FFT_MAX_WIDENING times the input's channels:
-# the output gradient's transforms are then the largest buffers (Tompson's 9x9 layers to 512
-# channels from 128: its step 0.70x, but its training process's peak RSS 2,102 -> 3,976 MB).
-# CPM's train step (`benchmarks/models.py --models cpm --measure train`): 58.2 -> 27.7 s, its
-# peak RSS 4,815 -> 6,739 MB (the FFT's transforms beside the activations).
+# kernels 0.88-3.7x. The value alone: CPM's 9x9 at 184 px 1.37 against XLA's 3.6 s, its 11x11
+# at 46 px 1.5x faster. Not where the output has more than FFT_MAX_WIDENING times the input's
+# channels: the output gradient's transforms are then the largest buffers (Tompson's 9x9
+# layers to 512 channels from 128: its step 0.70x, but its training process's peak RSS 2,102
+# -> 3,976 MB). FFT_GROUPS: the transforms a few images at a time (`fft_conv.image_group`), so
+# that one group's are alive at once (False: the whole batch's). CPM's train step
+# (`benchmarks/paired_configs.py --config configs/cpm_mpii.py`): by the FFT over the whole
+# batch, with the value on its 184 and 92 px maps only, 0.45x XLA's and the taps' step, and
+# its peak RSS 4,710 -> 6,792 MB; in groups, 0.90x that step and 5,278 MB; then with the
+# value on its 46 px maps too (their tiles hold 7.7x their pixels, which over the whole batch
+# had cost 630 MiB of temporaries), 0.97x, +41 MB.
 FFT = True
+FFT_GROUPS = True
 FFT_MIN_KERNEL = 7
 FFT_MIN_WORK = 1 << 26
-FFT_VALUE_MAX_EXPANSION = 2.0
 FFT_MAX_WIDENING = 3
 
 
@@ -287,16 +289,16 @@ def conv2d(x, kernel, stride: int, padding: int):
 
 
 def _conv2d_fwd(x, kernel, stride, padding):
-  """The value under differentiation (training): by the FFT where its gradients are and the
-  tiles are not much larger than the map (FFT_VALUE_MAX_EXPANSION)."""
-  y_shape, k = (*x.shape[:3], kernel.shape[-1]), kernel.shape[0]
-  tile = fft_conv.tile_for(x.shape, k) if fft_pays(x.shape, kernel.shape, y_shape, stride,
-                                                   padding) else None
-  if tile and fft_conv.expansion(x.shape, k, tile) <= FFT_VALUE_MAX_EXPANSION:
-    fft = lambda x, kernel: fft_conv.correlate(x, kernel, tile).astype(x.dtype)  # noqa: E731
-    return on_cpu(fft, functools.partial(conv2d.fun, stride=stride, padding=padding),
-                  x, kernel), (x, kernel)
-  return conv2d(x, kernel, stride, padding), (x, kernel)
+  """The value under differentiation (training): by the FFT where its gradients are."""
+  xla = functools.partial(conv2d.fun, stride=stride, padding=padding)
+  if not fft_pays(x.shape, kernel.shape, (*x.shape[:3], kernel.shape[-1]), stride, padding):
+    return xla(x, kernel), (x, kernel)
+  tile = fft_conv.tile_for(x.shape, kernel.shape[0])
+
+  def fft(x, kernel):
+    return fft_conv.correlate(x, kernel, tile, _fft_group(x.shape)).astype(x.dtype)
+
+  return on_cpu(fft, xla, x, kernel), (x, kernel)
 
 
 def _conv2d_bwd(stride, padding, residuals, dy):
@@ -330,10 +332,15 @@ def _conv2d_bwd_fft(x, kernel, dy):
   (`fft_conv`)."""
   k = kernel.shape[0]
   tile = fft_conv.tile_for(x.shape, k)
-  dx = fft_conv.input_gradient(dy, kernel, tile)
+  dx = fft_conv.input_gradient(dy, kernel, tile, _fft_group(x.shape))
   # x after dy: its transform in the backward pass, not kept from the forward (see `after`).
-  dk = fft_conv.kernel_gradient(after(x, dy), dy, k, tile)
+  dk = fft_conv.kernel_gradient(after(x, dy), dy, k, tile, _fft_group(x.shape))
   return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+def _fft_group(x_shape) -> int | None:
+  """The FFT's images at a time: `fft_conv.image_group`'s (None) or, without FFT_GROUPS, all."""
+  return None if FFT_GROUPS else x_shape[0]
 
 
 def _conv2d_bwd_xla(stride, padding, x, kernel, dy):

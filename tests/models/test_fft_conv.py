@@ -24,14 +24,16 @@ def _close(got, expected, scale: float = 1e-5):
 
 
 @settings(max_examples=10, deadline=None)
-@given(batch=st.integers(1, 3), height=st.integers(1, 40), width=st.integers(1, 40),
-       channels=st.integers(1, 4), out_channels=st.integers(1, 4),
+@given(batch=st.sampled_from([1, 2, 3, 4, 6]), height=st.integers(1, 40),
+       width=st.integers(1, 40), channels=st.integers(1, 4), out_channels=st.integers(1, 4),
        kernel=st.sampled_from([7, 9, 11]), tile=st.sampled_from([16, 32]),
-       seed=st.integers(0, 99))
+       groups=st.sampled_from([1, 2, 3]), seed=st.integers(0, 99))
 def test_convolution_and_gradients_are_xlas(batch, height, width, channels, out_channels,
-                                            kernel, tile, seed):
-  """Maps smaller than a tile, sizes that leave the last tile cut, both tile sides: the
-  convolution and both its gradients equal XLA's to ~1e-5 of their largest value."""
+                                            kernel, tile, groups, seed):
+  """Maps smaller than a tile, sizes that leave the last tile cut, both tile sides, the batch
+  whole or in groups of images: the convolution and both its gradients equal XLA's to ~1e-5
+  of their largest value."""
+  group = batch // groups if batch % groups == 0 else batch
   kx, kk, kg = jax.random.split(jax.random.key(seed), 3)
   x = jax.random.normal(kx, (batch, height, width, channels))
   k = jax.random.normal(kk, (kernel, kernel, channels, out_channels))
@@ -41,8 +43,8 @@ def test_convolution_and_gradients_are_xlas(batch, height, width, channels, out_
 
   @jax.jit  # One compile: faster than op by op.
   def ours(x, k, dy):
-    return (fft_conv.correlate(x, k, tile), fft_conv.input_gradient(dy, k, tile),
-            fft_conv.kernel_gradient(x, dy, kernel, tile))
+    return (fft_conv.correlate(x, k, tile, group), fft_conv.input_gradient(dy, k, tile, group),
+            fft_conv.kernel_gradient(x, dy, kernel, tile, group))
 
   for got, expected in zip(ours(x, k, dy), (y, dx, dk)):
     _close(got, expected)
@@ -56,12 +58,21 @@ def test_takes_bfloat16_and_computes_in_float32():
                    k.astype(jnp.bfloat16).astype(jnp.float32)))
 
 
-@pytest.mark.parametrize("shape,kernel,tiles_pixels", [
-    ((8, 184, 184, 128), 9, 64 * 32 * 32 / 184**2),  # 8 x 8 tiles of 32 an image.
-    ((8, 92, 92, 128), 9, 16 * 32 * 32 / 92**2),  # 4 x 4: 96 x 96 pixels' outputs for 92.
-    ((8, 46, 46, 128), 11, 64 * 16 * 16 / 46**2)])  # 8 x 8 tiles of 16 (6 outputs a side).
-def test_expansion_is_the_tiles_pixels_over_the_maps(shape, kernel, tiles_pixels):
-  assert fft_conv.expansion(shape, kernel, fft_conv.tile_for(shape, kernel)) == tiles_pixels
+@pytest.mark.parametrize("shape,kernel,group", [
+    ((8, 184, 184, 128), 9, 2),  # 64 tiles of 32 an image: 128 rows in 2 images.
+    ((8, 92, 92, 128), 9, 8),  # 16 an image: the whole batch has 128.
+    ((8, 46, 46, 128), 11, 2),  # 64 tiles of 16 an image.
+    ((6, 184, 184, 128), 9, 2),  # A divisor of the batch.
+    ((7, 184, 184, 128), 9, 7),  # 7 is prime: the whole batch.
+    ((2, 32, 32, 8), 9, 2)])  # Fewer than MIN_ROWS tiles in the batch: the whole batch.
+def test_image_group_is_the_fewest_images_that_fill_a_product(shape, kernel, group):
+  assert fft_conv.image_group(shape, kernel, fft_conv.tile_for(shape, kernel)) == group
+
+
+def test_a_group_that_does_not_divide_the_batch_is_refused():
+  x = jnp.zeros((3, 20, 20, 2))
+  with pytest.raises(ValueError, match="2 images does not divide the batch of 3"):
+    fft_conv.correlate(x, jnp.zeros((7, 7, 2, 2)), 16, group=2)
 
 
 @pytest.mark.parametrize("shape,kernel,tile", [
