@@ -9,18 +9,20 @@ the sum over channels is a matrix product, [tiles x Cin] by [Cin x Cout]. CPM's 
 sum takes 81.
 
 `layers.conv2d` computes such layers from here on CPUs when it is differentiated (training;
-`layers.fft_pays`): the value (`correlate`, on large maps), the input's gradient (a convolution
+`layers.fft_pays`): the value (`correlate`), the input's gradient (a convolution
 of the output gradient with the kernel turned round) and the kernel's (a correlation of the
 input with the output gradient, summed over the tiles per frequency, then transformed back and
 cut to k x k). Without differentiation (inference) the value is XLA's convolution, so the
 predictions do not move. The FFT rounds differently: values and input gradients differ from
 XLA's by ~1e-6 of their largest value in float32, kernel gradients (sums over the whole batch)
-by up to ~2e-5.
+by up to ~2e-5. Each goes over the batch a few images at a time (`image_group`), so that one
+group's transforms are alive at once: CPM's step 0.90x the whole batch's time, its training
+process's peak RSS 6,792 -> 5,278 MB (docs/performance_log.md, "The FFT a few images at a time").
 
 Measured and not kept (docs/performance_log.md, "Large kernels by the FFT, in training"): one
 transform of the output gradient's tiles for both gradients, the input's by overlap-add (0.82x
-Tompson's 9x9 layer alone, but 4,261 against 3,760 MiB of CPM's step's temporaries); the batch
-in groups of images (less memory for a layer alone, more for the step).
+Tompson's 9x9 layer alone, but 4,261 against 3,760 MiB of CPM's step's temporaries); the groups
+by `lax.map` instead of a loop (more of the step's temporaries than the whole batch's).
 """
 
 import functools
