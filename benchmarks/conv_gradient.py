@@ -1,7 +1,9 @@
 r"""A convolution's value and gradient: `layers.conv2d`'s kernel gradient as tap products against
 XLA's own, shape by shape, on this machine (what `layers.taps_pay` decides from), and for 3x3
-kernels at stride 1 and padding 1 by Winograd's F(4x4, 3x3) (`layers.WINOGRAD`), and for odd
-kernels of FFT_MIN_KERNEL and more at stride 1 both gradients by the FFT (`layers.FFT`).
+kernels at stride 1 and padding 1 by Winograd's F(4x4, 3x3) (`layers.WINOGRAD`), for odd
+kernels of FFT_MIN_KERNEL and more at stride 1 both gradients by the FFT (`layers.FFT`), and
+for kernels of PATCHES_MIN_KERNEL and more at stride 1 the kernel gradient as the patches'
+product (`layers.PATCHES`, taken for thin inputs).
 
   python benchmarks/conv_gradient.py                        # the five families' layer shapes
   python benchmarks/conv_gradient.py --shape 8,64,128,128,3,1   # N,H,Cin,Cout,kernel,stride
@@ -10,7 +12,7 @@ Each shape is timed jitted (value and both gradients of sum(conv(x, k) * g)), th
 calls after one, twice in alternating order, keeping each side's faster median. Prints the
 per-tap work N*H'*W'*Cin*Cout beside the ratio taps / XLA, so the threshold
 (`layers.MIN_WORK_FOR_TAPS`) can be checked on another machine; and Winograd / taps and FFT /
-taps where they apply ("-" elsewhere).
+taps and patches / XLA where they apply ("-" elsewhere).
 """
 
 import argparse
@@ -32,10 +34,13 @@ SHAPES = (
     ("hourglass 3x3 at 16 px", 8, 16, 128, 128, 3, 1),
     ("CPM stage 7x7 at 46 px", 8, 46, 128, 128, 7, 1),
     ("CPM stage 2+ first 7x7", 8, 46, 185, 128, 7, 1),
+    ("CPM first 9x9, on the image", 8, 368, 3, 128, 9, 1),
     ("CPM trunk 9x9 at 184 px", 2, 184, 128, 128, 9, 1),
     ("CPM trunk 9x9 at 92 px", 8, 92, 128, 128, 9, 1),
     ("CPM stage 11x11 at 46 px", 8, 46, 128, 128, 11, 1),
     ("Tompson bank 5x5 at 64 px", 8, 64, 128, 128, 5, 1),
+    ("Tompson first 5x5 at 256 px", 8, 256, 3, 128, 5, 1),
+    ("hourglass stem 7x7 / 2", 8, 256, 3, 64, 7, 2),
     ("Tompson bank 9x9 to 512", 8, 32, 128, 512, 9, 1),
     ("quickstart 5x5, 16 -> 32", 8, 64, 16, 32, 5, 1),
     ("quickstart 5x5, 32 -> 32", 8, 32, 32, 32, 5, 1),
@@ -49,7 +54,8 @@ SHAPES = (
 def measure(n, h, cin, cout, kernel, stride) -> dict:
   """{"xla": s, "taps": s, "work": N*H'*W'*Cin*Cout} for one shape, "winograd": s for a 3x3
   kernel at stride 1 (padding 1), "fft": s for an odd kernel of `layers.FFT_MIN_KERNEL` or more
-  at stride 1 (padding k // 2)."""
+  at stride 1 (padding k // 2), "patches": s for a kernel of `layers.PATCHES_MIN_KERNEL` or more
+  at stride 1."""
   import jax  # pylint: disable=g-import-not-at-top
   from benchmarks import backward  # pylint: disable=g-import-not-at-top
   from jaxpose.models import fft_conv, layers  # pylint: disable=g-import-not-at-top
@@ -65,6 +71,8 @@ def measure(n, h, cin, cout, kernel, stride) -> dict:
     gradients["winograd"] = lambda stride, pad, x, k, dy: layers._conv2d_bwd_winograd(x, k, dy)
   if stride == 1 and kernel % 2 == 1 and kernel >= layers.FFT_MIN_KERNEL and fft_conv.fits(kernel):
     gradients["fft"] = lambda stride, pad, x, k, dy: layers._conv2d_bwd_fft(x, k, dy)
+  if stride == 1 and kernel >= layers.PATCHES_MIN_KERNEL:
+    gradients["patches"] = lambda stride, pad, x, k, dy: layers._conv2d_bwd_patches(pad, x, k, dy)
   best = {}
   for order in (tuple(gradients), tuple(reversed(gradients))):
     for side in order:
@@ -87,15 +95,17 @@ def main(argv=None):
   from jaxpose.models import layers  # pylint: disable=g-import-not-at-top
   print(f"layers.MIN_WORK_FOR_TAPS = {layers.MIN_WORK_FOR_TAPS:,}")
   print("| layer | N, H, Cin -> Cout, kernel / stride | work a tap | XLA ms | taps ms | "
-        "taps / XLA | Winograd ms | Winograd / taps | FFT ms | FFT / taps |")
-  print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        "taps / XLA | Winograd ms | Winograd / taps | FFT ms | FFT / taps | patches ms | "
+        "patches / XLA |")
+  print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
   for name, n, h, cin, cout, kernel, stride in shapes:
     r = measure(n, h, cin, cout, kernel, stride)
-    winograd, fft = (f"{r[m] * 1e3:.1f} | {r[m] / r['taps']:.2f}" if m in r else "- | -"
-                     for m in ("winograd", "fft"))
+    winograd, fft, patches = (
+        f"{r[m] * 1e3:.1f} | {r[m] / r['xla' if m == 'patches' else 'taps']:.2f}"
+        if m in r else "- | -" for m in ("winograd", "fft", "patches"))
     print(f"| {name} | {n}, {h}, {cin} -> {cout}, {kernel} / {stride} | {r['work']:.2e} | "
           f"{r['xla'] * 1e3:.1f} | {r['taps'] * 1e3:.1f} | {r['taps'] / r['xla']:.2f} | "
-          f"{winograd} | {fft} |", flush=True)
+          f"{winograd} | {fft} | {patches} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -596,9 +596,11 @@ def test_conv_gradient_times_the_kernel_gradients_and_counts_the_work_a_tap():
   assert out["xla"] > 0 and out["taps"] > 0 and "winograd" not in out
   out = conv_gradient.measure(2, 9, 16, 8, 3, 1)  # Stride 1: Winograd's too.
   assert out["work"] == 2 * 9 * 9 * 16 * 8 and out["winograd"] > 0 and "fft" not in out
+  assert "patches" not in out  # 3x3: below PATCHES_MIN_KERNEL.
   out = conv_gradient.measure(1, 12, 16, 8, 7, 1)  # A 7x7 kernel at stride 1: the FFT's too.
-  assert out["fft"] > 0 and "winograd" not in out
-  assert "fft" not in conv_gradient.measure(1, 12, 16, 8, 7, 2)
+  assert out["fft"] > 0 and out["patches"] > 0 and "winograd" not in out
+  out = conv_gradient.measure(1, 12, 16, 8, 7, 2)  # Stride 2: neither.
+  assert "fft" not in out and "patches" not in out
 
 
 @pytest.mark.parametrize("image_format", ["jpeg", "raw"])

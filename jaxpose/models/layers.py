@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxpose.models import fft_conv
+from jaxpose.models import patches
 from jaxpose.models import winograd
 
 Dtype = Any
@@ -248,6 +249,29 @@ FFT_MIN_WORK = 1 << 26
 FFT_MAX_WIDENING = 3
 
 
+# Below MIN_CHANNELS_FOR_TAPS input channels (an image's 3), a kernel of PATCHES_MIN_KERNEL or
+# more at stride 1, at least PATCHES_MIN_WORK multiply-adds in all: the kernel gradient as one
+# product of the input's k*k*Cin patches with the output gradient (`jaxpose.models.patches`).
+# Measured alone on the AMD EPYC (2 cores, batch 8, 2026-12-07; docs/performance_log.md, "A thin
+# input's kernel gradient from its patches"), against XLA's: CPM's 9x9 on the 368 px image 0.92
+# against 2.1-2.4 s, Tompson's 5x5 banks at 256, 128 and 64 px 0.13-0.18 against 0.36 s, 39-49
+# against 99 ms, 8 against 16 ms. Not at stride 2 or 4 (the hourglass's 7x7 stem 53-72 against
+# 66 ms, DeepPose's 11x11 22-32 against 18 ms) nor for 3x3 kernels (CPM's VGG trunk at 368 px,
+# 103-170 against 122 ms). PATCHES_MIN_WORK keeps the quickstarts' layers (up to 1.6e8) XLA's.
+PATCHES = True
+PATCHES_MIN_KERNEL = 5
+PATCHES_MIN_WORK = 1 << 28
+
+
+def patches_pay(x_shape, kernel_shape, dy_shape, stride: int) -> bool:
+  """Whether conv2d's kernel gradient is the patches' product (on CPUs) for these shapes: thin
+  inputs, a large kernel at stride 1 and enough work (PATCHES_*)."""
+  k = kernel_shape[0]
+  return (PATCHES and x_shape[-1] < MIN_CHANNELS_FOR_TAPS and stride == 1
+          and k == kernel_shape[1] and k >= PATCHES_MIN_KERNEL
+          and tap_work(kernel_shape, dy_shape) * k * k >= PATCHES_MIN_WORK)
+
+
 def fft_pays(x_shape, kernel_shape, dy_shape, stride: int, padding: int) -> bool:
   """Whether conv2d is computed by the FFT under differentiation (on CPUs) for these shapes:
   FFT, a large odd kernel (FFT_MIN_KERNEL, up to what `fft_conv.fits`) at stride 1 with
@@ -304,6 +328,8 @@ def _conv2d_fwd(x, kernel, stride, padding):
 def _conv2d_bwd(stride, padding, residuals, dy):
   x, kernel = residuals
   xla = functools.partial(_conv2d_bwd_xla, stride, padding)
+  if patches_pay(x.shape, kernel.shape, dy.shape, stride):
+    return on_cpu(functools.partial(_conv2d_bwd_patches, padding), xla, x, kernel, dy)
   if not taps_pay(x.shape, kernel.shape, dy.shape):  # Thin or small: XLA's own is faster.
     return xla(x, kernel, dy)
   if WINOGRAD and (kernel.shape[:2], stride, padding) == ((3, 3), 1, 1):
@@ -325,6 +351,14 @@ def _conv2d_bwd_winograd(x, kernel, dy):
   dx = _conv2d_input_gradient(1, 1, x, kernel, dy)
   # x after dy: its transform in the backward pass, not kept from the forward (see `after`).
   return dx, winograd.kernel_gradient(after(x, dy), dy).astype(kernel.dtype)
+
+
+def _conv2d_bwd_patches(padding, x, kernel, dy):
+  """A thin input's gradients at stride 1 (CPUs): the input's XLA's, the kernel's the patches'
+  product (`patches.kernel_gradient`)."""
+  dx = _conv2d_input_gradient(1, padding, x, kernel, dy)
+  dk = patches.kernel_gradient(after(x, dy), dy, kernel.shape[0], padding)
+  return dx, dk.astype(kernel.dtype)
 
 
 def _conv2d_bwd_fft(x, kernel, dy):

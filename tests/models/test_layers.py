@@ -18,14 +18,17 @@ from jaxpose.models import layers
 
 MIN_WORK_FOR_TAPS = layers.MIN_WORK_FOR_TAPS  # The library's, before the fixture below.
 FFT_MIN_WORK = layers.FFT_MIN_WORK
+PATCHES_MIN_WORK = layers.PATCHES_MIN_WORK
 
 
 @pytest.fixture(autouse=True)
 def _taps_at_any_size(monkeypatch):
-  """The tests here use small shapes, below the work at which conv2d takes the tap products or
-  the FFT: they take them anyway (test_taps_pay_from_the_work_a_tap checks the thresholds)."""
+  """The tests here use small shapes, below the work at which conv2d takes the tap products, the
+  FFT or the patches: they take them anyway (test_taps_pay_from_the_work_a_tap and
+  test_patches_pay_for_thin_large_kernels_at_stride_1 check the thresholds)."""
   monkeypatch.setattr(layers, "MIN_WORK_FOR_TAPS", 0)
   monkeypatch.setattr(layers, "FFT_MIN_WORK", 0)
+  monkeypatch.setattr(layers, "PATCHES_MIN_WORK", 0)
 
 GOLDEN = pathlib.Path(__file__).resolve().parents[1] / "golden" / "torch_reference.npz"
 
@@ -183,6 +186,7 @@ def test_hourglass_defaults_to_pytorch_scheme_with_unchanged_layout():
     (7, 2, 3, 17, 16, 2), (3, 1, 0, 8, 24, 2), (11, 4, 0, 35, 16, 2),
     (3, 1, 1, 9, 16, 1),  # 81 output pixels: not TAP_PRODUCT_PARTS halves, one product a tap.
     (7, 1, 3, 13, 16, 2),  # 7x7, stride 1, "same": both gradients by the FFT (FFT).
+    (5, 1, 2, 12, 3, 2),  # 3 channels, 5x5 at stride 1: the patches' product (PATCHES).
     (7, 2, 3, 17, 3, 2)])  # The last: below MIN_CHANNELS_FOR_TAPS, XLA's own gradient.
 def test_conv_equals_flax_conv_with_its_own_kernel_gradient(kernel, stride, padding, size,
                                                             channels, batch):
@@ -240,6 +244,39 @@ def test_taps_pay_from_the_work_a_tap(monkeypatch):
     padding = shapes[1][0] // 2
     loss = lambda x, kernel: jnp.sum(jnp.sin(layers.conv2d(x, kernel, 1, padding)))  # noqa: E731
     assert _kernel_gradient_kind(_gradient_program("cpu", loss, x, kernel)) == kind, shapes
+
+
+def test_patches_pay_for_thin_large_kernels_at_stride_1(monkeypatch):
+  """The patches' product from PATCHES_MIN_WORK multiply-adds (N*H'*W' * k*k*Cin * Cout), for
+  inputs below MIN_CHANNELS_FOR_TAPS, kernels from PATCHES_MIN_KERNEL, stride 1 only."""
+  monkeypatch.setattr(layers, "PATCHES_MIN_WORK", PATCHES_MIN_WORK)
+  cpm = ((8, 368, 368, 3), (9, 9, 3, 128), (8, 368, 368, 128))  # CPM's first layer: 3.4e10.
+  tompson = ((8, 64, 64, 3), (5, 5, 3, 128), (8, 64, 64, 128))  # Tompson's smallest bank: 3.1e8.
+  quickstart = ((8, 128, 128, 3), (5, 5, 3, 16), (8, 128, 128, 16))  # 1.6e8: XLA's.
+  three = ((8, 368, 368, 3), (3, 3, 3, 64), (8, 368, 368, 64))  # 3x3: XLA's.
+  wide = ((8, 368, 368, 16), (9, 9, 16, 128), (8, 368, 368, 128))  # The taps' width: theirs.
+  assert layers.patches_pay(*cpm, 1) and layers.patches_pay(*tompson, 1)
+  assert not layers.patches_pay(*cpm, 2)  # The strided stems: XLA's (measured no faster).
+  for shapes in (quickstart, three, wide):
+    assert not layers.patches_pay(*shapes, 1), shapes
+  monkeypatch.setattr(layers, "PATCHES", False)
+  assert not layers.patches_pay(*cpm, 1)
+
+
+@pytest.mark.parametrize("platform", ["cpu", "cuda", "tpu"])
+def test_thin_inputs_kernel_gradient_is_the_patches_product_on_cpus_only(platform):
+  """CPM's first layer (9x9 on the 368 px image, 3 -> 128 channels): in a program lowered for
+  CPUs its kernel gradient is one product of 243 patch values by 128 output channels (two
+  groups of images at a time, a loop), its value and input gradient convolutions; XLA's own
+  (a third convolution) on a GPU or TPU."""
+  x, kernel = jnp.zeros((8, 368, 368, 3)), jnp.zeros((9, 9, 3, 128))
+  loss = lambda x, kernel: jnp.sum(jnp.sin(layers.conv2d(x, kernel, 1, 4)))  # noqa: E731
+  program = _gradient_program(platform, loss, x, kernel)
+  cpu = platform == "cpu"
+  product = re.search(r"stablehlo\.dot_general.*-> tensor<243x128xf32>", program)
+  assert (product is not None) == cpu
+  assert ("stablehlo.while" in program) == cpu
+  assert program.count("stablehlo.convolution") == (2 if cpu else 3)
 
 
 def _kernel_gradient_kind(program: str) -> str:
