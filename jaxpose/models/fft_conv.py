@@ -111,8 +111,8 @@ def correlate(x, kernel, tile: int, group: int | None = None):
   pad = ((0, tile - k), (0, tile - k), (0, 0), (0, 0))
   ks = jnp.conj(jnp.fft.rfft2(jnp.pad(kernel, pad), axes=(0, 1)))
   ks = ks.reshape(-1, *kernel.shape[2:])
-  # A Python loop, not `lax.map`: XLA runs the groups one after another either way, and the
-  # loop's step had ~900 MiB fewer temporaries than the map's in CPM's step (performance log).
+  # A Python loop, not `lax.map`: in CPM's step the loop's groups held ~900 MiB fewer
+  # temporaries than the map's (docs/performance_log.md, "The FFT a few images at a time").
   return jnp.concatenate([_correlate_spectra(xg, ks, k, tile)
                           for (xg,) in _groups(group, (x,), k, tile)])
 

@@ -237,11 +237,11 @@ WINOGRAD = True
 # layers to 512 channels from 128: its step 0.70x, but its training process's peak RSS 2,102
 # -> 3,976 MB). FFT_GROUPS: the transforms a few images at a time (`fft_conv.image_group`), so
 # that one group's are alive at once (False: the whole batch's). CPM's train step
-# (`benchmarks/paired_configs.py --config configs/cpm_mpii.py`): by the FFT over the whole
-# batch, with the value on its 184 and 92 px maps only, 0.45x XLA's and the taps' step, and
-# its peak RSS 4,710 -> 6,792 MB; in groups, 0.90x that step and 5,278 MB; then with the
-# value on its 46 px maps too (their tiles hold 7.7x their pixels, which over the whole batch
-# had cost 630 MiB of temporaries), 0.97x, +41 MB.
+# (`benchmarks/paired_configs.py --config configs/cpm_mpii.py`; its training process's peak RSS
+# one process each): by the FFT over the whole batch, with the value on its 184 and 92 px maps
+# only, 0.45x XLA's and the taps' step, its peak RSS 4,710 -> 6,792 MB; in groups, 0.90x that
+# step and 5,278 MB; then with the value on its 46 px maps too (their tiles hold 7.7x their
+# pixels, which over the whole batch had cost 630 MiB of temporaries), 0.97x, +41 MB.
 FFT = True
 FFT_GROUPS = True
 FFT_MIN_KERNEL = 7

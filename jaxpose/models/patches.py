@@ -2,8 +2,8 @@
 
 The kernel gradient of a k x k convolution of x [N, H, W, Cin] is a sum over the output pixels
 of each input window (k * k * Cin values, a "patch") times the output gradient there. With the
-patches as the rows' columns of a matrix [N * H' * W', k * k * Cin], it is one matrix product
-with dy [N * H' * W', Cout]. Where Cin is the image's 3 channels, the taps' k * k products
+patches as the rows of a matrix [N * H' * W', k * k * Cin], it is one matrix product with dy
+[N * H' * W', Cout]. Where Cin is the image's 3 channels, the taps' k * k products
 (`layers.taps_pay`) are each only [3 x pixels] by [pixels x Cout], and XLA's own gradient ran at
 ~30 GFLOP/s on this 2-core CPU: CPM's 9x9 on the 368 px image (batch 8, 3 -> 128) 2.1-2.4 s
 alone, here 0.92 s; Tompson's 5x5 at 256 px 0.36 s against 0.13-0.16 s (docs/performance_log.md,
