@@ -43,7 +43,12 @@ MIN_OUTPUTS = 4  # A tile's outputs a side, at least.
 
 def fits(k: int) -> bool:
   """Whether some side of TILES gives a k x k kernel MIN_OUTPUTS outputs a tile."""
-  return max(TILES) - k + 1 >= MIN_OUTPUTS
+  return bool(_sides(k))
+
+
+def _sides(k: int) -> list[int]:
+  """The sides of TILES that give a k x k kernel MIN_OUTPUTS outputs a tile."""
+  return [t for t in TILES if t - k + 1 >= MIN_OUTPUTS]
 
 
 def tile_for(shape, k: int) -> int:
@@ -51,7 +56,7 @@ def tile_for(shape, k: int) -> int:
   cuts the batch into at least MIN_ROWS tiles (each MIN_OUTPUTS outputs wide or more), else
   the smallest that fits the kernel (`fits`)."""
   n, h, w = shape[:3]
-  sides = [t for t in TILES if t - k + 1 >= MIN_OUTPUTS]
+  sides = _sides(k)
   good = [t for t in sides if n * _grid(h, k, t)[0] * _grid(w, k, t)[0] >= MIN_ROWS]
   return max(good) if good else min(sides)
 

@@ -10,14 +10,16 @@ alone, here 0.92 s; Tompson's 5x5 at 256 px 0.36 s against 0.13-0.16 s (docs/per
 "A thin input's kernel gradient from its patches").
 
 The patches hold k * k times the input (81x for CPM's 9x9), so they are built over groups of
-images (`group`), at most MAX_GROUP_BYTES each, in a `lax.scan` that keeps one group's alive; a
+images (`group`), at most MAX_GROUP_BYTES each, in a `lax.scan` that keeps one group's alive
+(`image_groups.scan_sum`, as Winograd's transforms); a
 Python loop let XLA build every group's at once (CPM's layer in groups of 2: 1,787 against 634
 MiB of temporaries). The sums run in a different order from XLA's: kernel gradients within
 ~4e-5 of their largest value in float32.
 """
 
-import jax
 import jax.numpy as jnp
+
+from jaxpose.models import image_groups
 
 MAX_GROUP_BYTES = 1 << 28  # CPM's 9x9 on the 368 px image: 2 images a group (0.92 s; 1: 1.39 s).
 
@@ -54,10 +56,4 @@ def kernel_gradient(x, dy, k: int, padding: int, images: int | None = None):
   def product(x, dy):
     return jnp.einsum("pk,po->ko", _patches(x, k, padding, (h, w)), dy.reshape(-1, cout))
 
-  if images == n:
-    total = product(x, dy)
-  else:
-    split = lambda a: a.reshape(n // images, images, *a.shape[1:])  # noqa: E731
-    total = jax.lax.scan(lambda acc, xy: (acc + product(*xy), None),
-                         jnp.zeros((k * k * cin, cout), jnp.float32), (split(x), split(dy)))[0]
-  return total.reshape(k, k, cin, cout)
+  return image_groups.scan_sum(product, n // images, x, dy).reshape(k, k, cin, cout)

@@ -27,6 +27,8 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
+from jaxpose.models import image_groups
+
 TILE = 4  # The output tile's side (m): F(m x m, 3 x 3).
 WINDOW = TILE + 2  # The input window's side (m + k - 1).
 # `kernel_gradient` takes the batch in groups of images of at least this many tiles in all, one
@@ -112,15 +114,7 @@ def kernel_gradient(x, dy):
   """The gradient for the kernel [3, 3, Cin, Cout] (float32) of the convolution of x
   [N,H,W,Cin] at stride 1 and zero padding 1, given its output's gradient dy [N,H,W,Cout]:
   summed over `batch_chunks` groups of images, one after the other."""
-  chunks = batch_chunks(x.shape)
-  if chunks == 1:
-    du = _transformed_kernel_gradient(x, dy)
-  else:
-    split = lambda a: a.reshape(chunks, a.shape[0] // chunks, *a.shape[1:])  # noqa: E731
-    # A scan, so that one group's transforms are alive at a time.
-    du = jax.lax.scan(lambda du, group: (du + _transformed_kernel_gradient(*group), None),
-                      jnp.zeros((WINDOW * WINDOW, x.shape[-1], dy.shape[-1]), jnp.float32),
-                      (split(x), split(dy)))[0]
+  du = image_groups.scan_sum(_transformed_kernel_gradient, batch_chunks(x.shape), x, dy)
   return jnp.einsum("ai,abco,bj->ijco", G, du.reshape(WINDOW, WINDOW, *du.shape[1:]), G)
 
 
