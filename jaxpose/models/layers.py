@@ -188,8 +188,9 @@ class Conv1x1(nn.Module):
                  **inits).weights(in_features)
 
 
-# Below this many input channels, conv2d's kernel gradient is XLA's (measured: on the 7x7 stem's
-# 3 channels, 49 thin products took 1.15x XLA's time).
+# Below this many input channels, conv2d's kernel gradient is XLA's, or the patches' product
+# (PATCHES, below) (measured: on the 7x7 stem's 3 channels, 49 thin products took 1.15x XLA's
+# time).
 MIN_CHANNELS_FOR_TAPS = 16
 # Nor for small layers: below N*H'*W' * Cin * Cout = 2^24 multiply-adds a tap, copying the k*k
 # windows costs more than the products gain. `python benchmarks/conv_gradient.py` (value and
@@ -305,7 +306,8 @@ def conv2d(x, kernel, stride: int, padding: int):
   gradient in 0.74-0.76x nn.Conv's time at the hourglass's 3x3 on 128 channels (`python
   benchmarks/backward.py`); for a 3x3 kernel at stride 1 and padding 1, by Winograd's F(4x4,
   3x3) instead (WINOGRAD); for larger odd kernels at stride 1 and "same" padding (`fft_pays`),
-  both gradients, and on large maps the value the gradient is taken of, by the FFT (FFT).
+  both gradients and the value the gradient is taken of by the FFT (FFT); for thin inputs
+  (`patches_pay`), the kernel gradient as one product of the input's patches (PATCHES).
   Called without differentiation (inference: the predictions), the value is always lax's.
   Lowered for other platforms, XLA's own convolution and gradient."""
   return jax.lax.conv_general_dilated(x, kernel, (stride, stride), [(padding, padding)] * 2,
