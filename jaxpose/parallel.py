@@ -5,6 +5,7 @@ share of every batch; `global_batch` assembles the shares into one `jax.Array` s
 batch axis over all devices of all hosts. Parameters are replicated.
 """
 
+import functools
 import os
 
 from absl import logging
@@ -49,6 +50,48 @@ def make_mesh() -> Mesh:
 def is_cpu_mesh(mesh: Mesh) -> bool:
   """Whether `mesh`'s devices are CPUs (a mesh holds devices of one platform)."""
   return mesh.devices.flat[0].platform == "cpu"
+
+
+def tracing_on(mesh: Mesh, fn):
+  """`fn`, traced with `mesh` as JAX's abstract mesh (`jax.sharding.use_abstract_mesh`): what
+  it calls then knows the data axis at trace time and can split its work over it by hand
+  (`per_device`). The trainer's jitted programs. On one device, `fn` itself."""
+  if mesh.devices.size == 1:
+    return fn
+
+  @functools.wraps(fn)
+  def traced(*args, **kwargs):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return fn(*args, **kwargs)
+
+  return traced
+
+
+def data_devices() -> int:
+  """The devices over which the current trace splits the batch by hand: the size of the data
+  axis of JAX's abstract mesh (`tracing_on`), 1 with none, or inside `jax.shard_map` over it."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or DATA_AXIS not in mesh.axis_names or DATA_AXIS in mesh.manual_axes:
+    return 1
+  return mesh.shape[DATA_AXIS]
+
+
+def per_device(fn, *args, batched: tuple[bool, ...], summed: bool):
+  """fn(*args), each device of the data axis (`data_devices`) calling it on its own images:
+  the leading axis of the `batched` arguments split over the axis, the others whole on every
+  device. Its result is the sum over the devices (`summed`; e.g. a kernel gradient) or their
+  results along the leading axis. For work XLA's partitioner does not split over a batch (an
+  FFT, a loop over groups of images): it would gather the whole batch onto every device, and
+  each would do all of the work. fn(*args) itself where nothing is split (one device, or a
+  batch the devices do not divide)."""
+  n = data_devices()
+  if n == 1 or any(b and x.shape[0] % n for x, b in zip(args, batched)):
+    return fn(*args)
+  specs = tuple(P(DATA_AXIS) if b else P() for b in batched)
+  if summed:
+    return jax.shard_map(lambda *a: jax.lax.psum(fn(*a), DATA_AXIS), in_specs=specs,
+                         out_specs=P())(*args)
+  return jax.shard_map(fn, in_specs=specs, out_specs=P(DATA_AXIS))(*args)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

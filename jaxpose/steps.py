@@ -232,8 +232,9 @@ class SegmentedStep:
     self.family, self.segments, self.trainable = family, family.segments.segments, trainable
     self.rep, self.data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     prepare = functools.partial(_prepare_segments, family, self._place)
-    self.jitted, self._forward_work = {"prepare": jax.jit(prepare)}, {}
-    reserve = jax.jit(functools.partial(_reserve, self._place), static_argnums=(0, 1))
+    jit = functools.partial(_jit_on, mesh)
+    self.jitted, self._forward_work = {"prepare": jit(prepare)}, {}
+    reserve = jit(functools.partial(_reserve, self._place), static_argnums=(0, 1))
     for segment in self.segments:
       if f"forward {segment.kind}" not in self.jitted:  # Its kind's first: the kind's apply.
         self.jitted[f"reserve {segment.kind}"] = reserve
@@ -241,14 +242,14 @@ class SegmentedStep:
         # `_reserve_args` traces it for the residuals' shapes, and the program's trace then
         # finds it in JAX's cache rather than tracing the segment again (the 8-stack
         # hourglass's three kinds: 1.15 of its 4.5 s of tracing).
-        self._forward_work[segment.kind] = jax.jit(functools.partial(
+        self._forward_work[segment.kind] = jit(functools.partial(
             _segment_forward_work, segment.apply, phase, self._place))
-        self.jitted[f"forward {segment.kind}"] = jax.jit(functools.partial(
+        self.jitted[f"forward {segment.kind}"] = jit(functools.partial(
             _segment_forward, self._forward_work[segment.kind]), donate_argnums=(1, 5),
             keep_unused=True)  # `reuse`, unread, still in the program, to be written over.
-        self.jitted[f"backward {segment.kind}"] = jax.jit(
+        self.jitted[f"backward {segment.kind}"] = jit(
             functools.partial(_segment_backward, self._place))
-    self.jitted["metrics"] = jax.jit(_segment_metrics, out_shardings=self.rep)
+    self.jitted["metrics"] = jit(_segment_metrics, out_shardings=self.rep)
     self.jitted["update"] = update
     self.compiled = {}  # Program name -> compiled (`with_programs`).
     self._kept = _Kept()
@@ -551,11 +552,18 @@ def make_train_step(family, mesh, phase: int | optim.Phase = 0,
   if segmented:
     return SegmentedStep(family, mesh, index, trainable, update)
   if not update_apart:
-    return jax.jit(functools.partial(train_step, **static), in_shardings=(rep, data, rep),
+    return _jit_on(mesh, functools.partial(train_step, **static), in_shardings=(rep, data, rep),
                    out_shardings=(rep, rep), donate_argnums=0)
   return TrainStep(
-      jax.jit(functools.partial(gradients_step, **static), in_shardings=(rep, rep, data, rep),
-              out_shardings=(rep, rep, rep), donate_argnums=1), update)
+      _jit_on(mesh, functools.partial(gradients_step, **static),
+              in_shardings=(rep, rep, data, rep), out_shardings=(rep, rep, rep),
+              donate_argnums=1), update)
+
+
+def _jit_on(mesh, fn, **kwargs):
+  """jax.jit of `fn` traced on `mesh` (`parallel.tracing_on`): the step's layers may then split
+  their work over its data axis by hand (`layers.PER_DEVICE`)."""
+  return jax.jit(parallel.tracing_on(mesh, fn), **kwargs)
 
 
 def make_batch_moments_step(family, mesh, phase: int | optim.Phase = 0):

@@ -251,6 +251,73 @@ def test_two_processes_match_one_and_read_disjoint_halves(tmp_path):
     assert not set(a) & set(b)
 
 
+_LAYERS_PER_DEVICE = textwrap.dedent("""
+    import re
+    import jax, jax.numpy as jnp, numpy as np
+    from jaxpose import parallel
+    from jaxpose.models import fft_conv, layers, patches, winograd
+    # Each device's share of every layer below in groups of images, as the paper-sized layers
+    # go: Winograd's 64 px layer by its own rule, the FFT's and the patches' by smaller bounds.
+    patches.MAX_GROUP_BYTES, fft_conv.MIN_ROWS = 1 << 22, 16
+    mesh = parallel.make_mesh()
+    assert mesh.devices.size == 2, jax.devices()
+    data, rep = parallel.batch_sharded(mesh), parallel.replicated(mesh)
+    seen = []
+    jax.jit(parallel.tracing_on(mesh, lambda x: seen.append(parallel.data_devices()) or x))(1.0)
+    parallel.per_device(lambda x: seen.append(parallel.data_devices()) or x, jnp.ones(2),
+                        batched=(True,), summed=False)
+    assert seen == [2, 1] and parallel.data_devices() == 1, seen
+    # (x, kernel, padding, the written-out branch that layers' rules pick for them)
+    cases = [((8, 64, 64, 64), (3, 3, 64, 64), 1, "winograd"),
+             ((4, 32, 32, 128), (7, 7, 128, 128), 3, "fft"),
+             ((4, 72, 72, 3), (9, 9, 3, 64), 4, "patches")]
+    rng = np.random.default_rng(0)
+    for x_shape, k_shape, padding, branch in cases:
+      y_shape = (*x_shape[:3], k_shape[-1])
+      assert {"winograd": layers.taps_pay(x_shape, k_shape, y_shape),
+              "fft": layers.fft_pays(x_shape, k_shape, y_shape, 1, padding),
+              "patches": layers.patches_pay(x_shape, k_shape, y_shape, 1)}[branch], branch
+      local, k_size = (x_shape[0] // 2, *x_shape[1:]), k_shape[0]
+      assert {"winograd": winograd.batch_chunks(local),
+              "fft": local[0] // fft_conv.image_group(
+                  local, k_size, fft_conv.tile_for(local, k_size)),
+              "patches": local[0] // patches.group(local, y_shape, k_size)}[branch] > 1, branch
+      x, k, w = (rng.standard_normal(s, np.float32) for s in (x_shape, k_shape, y_shape))
+      k *= 0.05
+      def loss(conv, x, k):
+        y = conv(x, k, 1, padding)
+        return jnp.sum(y * w), y
+      # The reference: lax's convolution and XLA's gradients, on one device.
+      (_, y_ref), g_ref = jax.value_and_grad(lambda *a: loss(layers.conv2d.fun, *a),
+                                             (0, 1), has_aux=True)(x, k)
+      step = jax.jit(parallel.tracing_on(mesh, jax.value_and_grad(
+          lambda *a: loss(layers.conv2d, *a), (0, 1), has_aux=True)),
+          in_shardings=(data, rep), out_shardings=((rep, data), (data, rep)))
+      compiled = step.lower(jax.device_put(x, data), jax.device_put(k, rep)).compile()
+      # Each device does its own images' work: nothing is gathered, only the kernel
+      # gradient and the loss are summed.
+      assert "all-gather" not in compiled.as_text(), branch
+      (_, y), g = compiled(jax.device_put(x, data), jax.device_put(k, rep))
+      for got, want in ((y, y_ref), *zip(g, g_ref)):
+        err = np.abs(np.asarray(got) - np.asarray(want)).max() / np.abs(want).max()
+        assert err < 1e-4, (branch, err)
+      print(branch, "ok")
+""")
+
+
+def test_layers_split_their_written_out_work_over_devices(tmp_path):
+  """Winograd's, the FFT's and the patches' work on a batch split over 2 devices: each device
+  on its own images, with the values and gradients of lax's convolution."""
+  out = _wait(_run_script(_LAYERS_PER_DEVICE, tmp_path, 2))
+  assert all(f"{b} ok" in out for b in ("winograd", "fft", "patches")), out[-3000:]
+
+
+def test_tracing_on_one_device_is_the_function_itself():
+  mesh = parallel.make_mesh()
+  fn = lambda x: x  # noqa: E731
+  assert mesh.devices.size == 1 and parallel.tracing_on(mesh, fn) is fn
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
   return tmp_path_factory.mktemp("tfds")

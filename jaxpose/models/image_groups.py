@@ -16,5 +16,10 @@ def scan_sum(fn, groups: int, *arrays):
     return fn(*arrays)
   split = [a.reshape(groups, a.shape[0] // groups, *a.shape[1:]) for a in arrays]
   one = jax.eval_shape(fn, *(jax.ShapeDtypeStruct(a.shape[1:], a.dtype) for a in split))
-  return jax.lax.scan(lambda total, group: (total + fn(*group), None),
-                      jnp.zeros(one.shape, one.dtype), split)[0]
+  total = jnp.zeros(one.shape, one.dtype)
+  # Inside `jax.shard_map` (`parallel.per_device`) the sum varies over the mesh axes the arrays
+  # vary over, and a scan's carry must start as it goes on.
+  varying = tuple(sorted(set().union(*(jax.typeof(a).manual_axis_type.varying for a in arrays))))
+  if varying:
+    total = jax.lax.pcast(total, varying, to="varying")
+  return jax.lax.scan(lambda total, group: (total + fn(*group), None), total, split)[0]

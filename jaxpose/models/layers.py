@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxpose import parallel
 from jaxpose.models import fft_conv
 from jaxpose.models import patches
 from jaxpose.models import winograd
@@ -264,6 +265,14 @@ PATCHES_MIN_KERNEL = 5
 PATCHES_MIN_WORK = 1 << 28
 
 
+# The FFT's, Winograd's and the patches' work above, on a batch split over devices
+# (`parallel.tracing_on`: the trainer's data axis), by each device on its own images
+# (`jax.shard_map`), the kernel gradients summed over the devices after. XLA's partitioner
+# splits neither an FFT nor a loop over groups of images over their batch: it gathered the
+# whole batch onto every device, and each did all of these layers' work.
+PER_DEVICE = True
+
+
 def patches_pay(x_shape, kernel_shape, dy_shape, stride: int) -> bool:
   """Whether conv2d's kernel gradient is the patches' product (on CPUs) for these shapes: thin
   inputs, a large kernel at stride 1 and enough work (PATCHES_*)."""
@@ -319,12 +328,13 @@ def _conv2d_fwd(x, kernel, stride, padding):
   xla = functools.partial(conv2d.fun, stride=stride, padding=padding)
   if not fft_pays(x.shape, kernel.shape, (*x.shape[:3], kernel.shape[-1]), stride, padding):
     return xla(x, kernel), (x, kernel)
-  tile = fft_conv.tile_for(x.shape, kernel.shape[0])
 
-  def fft(x, kernel):
+  def fft(x, kernel):  # Each device's images (`_per_device`).
+    tile = fft_conv.tile_for(x.shape, kernel.shape[0])
     return fft_conv.correlate(x, kernel, tile, _fft_group(x.shape)).astype(x.dtype)
 
-  return on_cpu(fft, xla, x, kernel), (x, kernel)
+  return on_cpu(functools.partial(_per_device, fft, batched=(True, False), summed=False), xla,
+                x, kernel), (x, kernel)
 
 
 def _conv2d_bwd(stride, padding, residuals, dy):
@@ -352,14 +362,16 @@ def _conv2d_bwd_winograd(x, kernel, dy):
   kernel's by Winograd's F(4x4, 3x3) (`winograd.kernel_gradient`)."""
   dx = _conv2d_input_gradient(1, 1, x, kernel, dy)
   # x after dy: its transform in the backward pass, not kept from the forward (see `after`).
-  return dx, winograd.kernel_gradient(after(x, dy), dy).astype(kernel.dtype)
+  dk = _per_device(winograd.kernel_gradient, after(x, dy), dy, batched=(True, True), summed=True)
+  return dx, dk.astype(kernel.dtype)
 
 
 def _conv2d_bwd_patches(padding, x, kernel, dy):
   """A thin input's gradients at stride 1 (CPUs): the input's XLA's, the kernel's the patches'
   product (`patches.kernel_gradient`)."""
   dx = _conv2d_input_gradient(1, padding, x, kernel, dy)
-  dk = patches.kernel_gradient(after(x, dy), dy, kernel.shape[0], padding)
+  dk = _per_device(functools.partial(patches.kernel_gradient, k=kernel.shape[0], padding=padding),
+                   after(x, dy), dy, batched=(True, True), summed=True)
   return dx, dk.astype(kernel.dtype)
 
 
@@ -367,11 +379,26 @@ def _conv2d_bwd_fft(x, kernel, dy):
   """A large kernel's gradients at stride 1, "same" padding (CPUs), both by the FFT
   (`fft_conv`)."""
   k = kernel.shape[0]
-  tile = fft_conv.tile_for(x.shape, k)
-  dx = fft_conv.input_gradient(dy, kernel, tile, _fft_group(x.shape))
+
+  def input_gradient(dy, kernel):  # Each device's images (`_per_device`), as the next.
+    return fft_conv.input_gradient(dy, kernel, fft_conv.tile_for(dy.shape, k),
+                                   _fft_group(dy.shape))
+
+  def kernel_gradient(x, dy):
+    return fft_conv.kernel_gradient(x, dy, k, fft_conv.tile_for(x.shape, k), _fft_group(x.shape))
+
+  dx = _per_device(input_gradient, dy, kernel, batched=(True, False), summed=False)
   # x after dy: its transform in the backward pass, not kept from the forward (see `after`).
-  dk = fft_conv.kernel_gradient(after(x, dy), dy, k, tile, _fft_group(x.shape))
+  dk = _per_device(kernel_gradient, after(x, dy), dy, batched=(True, True), summed=True)
   return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+def _per_device(fn, *args, batched: tuple[bool, ...], summed: bool):
+  """fn(*args) on each device's images of a batch split over devices
+  (`parallel.per_device`), where PER_DEVICE; else XLA's partitioner's way."""
+  if not PER_DEVICE:
+    return fn(*args)
+  return parallel.per_device(fn, *args, batched=batched, summed=summed)
 
 
 def _fft_group(x_shape) -> int | None:
