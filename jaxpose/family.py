@@ -324,7 +324,13 @@ def run_init(init: Callable[..., Any], *args, out_shardings=None, mode: str = "a
 
   if mode == "compiled" or (mode == "auto" and _mode_of(program.jaxpr) == "compiled"):
     return compile_init(needed_init, *args, out_shardings=out_shardings)(*args)
-  values = jax.tree.unflatten(treedef, _op_by_op(program, jax.tree.leaves(args)))
+  # Outputs that are constants of the program come back as JAX's host-side literals (the
+  # train state's step, 0): as arrays of their own type, which `jax.device_put` can place on
+  # other processes' devices too (it refused the literals there, so every multi-process run
+  # of an op-by-op initialiser failed before its first step).
+  values = [x if isinstance(x, jax.Array) else jnp.asarray(x)
+            for x in _op_by_op(program, jax.tree.leaves(args))]
+  values = jax.tree.unflatten(treedef, values)
   values = values if out_shardings is None else jax.device_put(values, out_shardings)
   if release_caches:
     jax.block_until_ready(values)
