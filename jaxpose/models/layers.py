@@ -231,13 +231,16 @@ WINOGRAD = True
 # FFT, in training"), both gradients against the taps' kernel gradient and XLA's input
 # gradient: CPM's 9x9 at 184 px on 128 channels 2.74 against 9.33 s, at 92 px 0.72 against
 # 2.34 s, its 11x11 at 46 px 0.45-0.53x, its VGG variant's 7x7 0.52-0.56x, its 9x9 from 32 to
-# 512 channels 0.64x and Tompson's 9x9 bank (128 to 512) 0.45x (both left out since, by
-# FFT_MAX_WIDENING below); the Tompson quickstart's 7x7 on 32 channels (2^24 a tap) 0.93x, 5x5
+# 512 channels 0.64x (left out, by FFT_MAX_WIDENING below) and Tompson's 9x9 bank (128 to 512)
+# 0.45x; the Tompson quickstart's 7x7 on 32 channels (2^24 a tap) 0.93x, 5x5
 # kernels 0.88-3.7x. The value alone: CPM's 9x9 at 184 px 1.37 against XLA's 3.6 s, its 11x11
 # at 46 px 1.5x faster. Not where the output has more than FFT_MAX_WIDENING times the input's
-# channels: the output gradient's transforms are then the largest buffers (Tompson's 9x9
-# layers to 512 channels from 128: its step 0.70x, but its training process's peak RSS 2,102
-# -> 3,976 MB). FFT_GROUPS: the transforms a few images at a time (`fft_conv.image_group`), so
+# channels: the kernel's and the output gradient's transforms are then the largest buffers.
+# Tompson's 9x9 layers (128 to 512 channels, 4x) are in: its train step 0.60x (14.6 -> 8.7 s),
+# its training process's peak RSS 1,916 -> 3,014 MB (docs/performance_log.md, "Tompson's
+# widening layers by the FFT"; before FFT_GROUPS, 0.70x for 2,102 -> 3,976 MB, and they were
+# left out). CPM's 9x9 from 32 to 512 channels (16x) is out: 0.45 s of its ~21 s step, for
+# 420 MiB more of the layer's temporaries. FFT_GROUPS: the transforms a few images at a time (`fft_conv.image_group`), so
 # that one group's are alive at once (False: the whole batch's). CPM's train step
 # (`benchmarks/paired_configs.py --config configs/cpm_mpii.py`; its training process's peak RSS
 # one process each): by the FFT over the whole batch, with the value on its 184 and 92 px maps
@@ -248,7 +251,7 @@ FFT = True
 FFT_GROUPS = True
 FFT_MIN_KERNEL = 7
 FFT_MIN_WORK = 1 << 26
-FFT_MAX_WIDENING = 3
+FFT_MAX_WIDENING = 4
 
 
 # Below MIN_CHANNELS_FOR_TAPS input channels (an image's 3), a kernel of PATCHES_MIN_KERNEL or

@@ -233,11 +233,13 @@ def test_taps_pay_from_the_work_a_tap(monkeypatch):
   seven = ((4, 64, 64, 64), (7, 7, 64, 64), (4, 64, 64, 64))  # FFT_MIN_KERNEL, 2^26 a tap.
   seven_less = ((1, 64, 64, 64), (7, 7, 64, 64), (1, 64, 64, 64))  # 2^24: the taps still.
   seven_small = ((1, 32, 32, 64), (7, 7, 64, 64), (1, 32, 32, 64))  # 2^22: XLA's.
-  widening = ((4, 32, 32, 64), (7, 7, 64, 256), (4, 32, 32, 256))  # 4x the channels out.
+  four = ((4, 32, 32, 64), (7, 7, 64, 256), (4, 32, 32, 256))  # 4x out (Tompson's 9x9): the FFT.
+  widening = ((4, 32, 32, 64), (7, 7, 64, 320), (4, 32, 32, 320))  # 5x the channels out.
   for shapes, on, kind in ((small, True, "xla"), (edge, True, "winograd"),
                            (edge, False, "taps"), (five, True, "taps"), (seven, True, "fft"),
                            (seven, False, "taps"), (seven_less, True, "taps"),
-                           (seven_small, True, "xla"), (widening, True, "taps")):
+                           (seven_small, True, "xla"), (four, True, "fft"),
+                           (widening, True, "taps")):
     monkeypatch.setattr(layers, "WINOGRAD", on)
     monkeypatch.setattr(layers, "FFT", on)
     x, kernel = jnp.zeros(shapes[0]), jnp.zeros(shapes[1])
