@@ -263,7 +263,6 @@ def test_two_processes_match_one_and_read_disjoint_halves(tmp_path):
 
 
 _LAYERS_PER_DEVICE = textwrap.dedent("""
-    import re
     import jax, jax.numpy as jnp, numpy as np
     from jaxpose import parallel
     from jaxpose.models import fft_conv, layers, patches, winograd
