@@ -30,6 +30,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jaxpose.models import image_groups
+
 # The transforms' sides tried (`tile_for`): 32 where it leaves at least MIN_ROWS tiles in the
 # batch (each frequency's product then has that many rows), else 16. Measured on the AMD EPYC
 # (2 cores, batch 8, 2026-12-07; both gradients, against the taps' and XLA's): CPM's 9x9 at
@@ -68,7 +70,7 @@ def image_group(shape, k: int, tile: int) -> int:
   184 px layers go in 4 groups of 2 images (64 tiles each), its 92 px ones whole (16 each)."""
   n, h, w = shape[:3]
   tiles = _grid(h, k, tile)[0] * _grid(w, k, tile)[0]
-  return min([g for g in range(1, n + 1) if n % g == 0 and g * tiles >= MIN_ROWS], default=n)
+  return min([g for g in image_groups.sizes(n) if g * tiles >= MIN_ROWS], default=n)
 
 
 def _grid(size: int, k: int, tile: int) -> tuple[int, int]:
@@ -99,11 +101,9 @@ def _spectra(tiles):
 
 def _groups(group: int | None, arrays, k: int, tile: int):
   """The arrays' slices of `group` images (None: `image_group`'s), one tuple a group."""
-  n = arrays[0].shape[0]
   group = image_group(arrays[0].shape, k, tile) if group is None else group
-  if n % group:
-    raise ValueError(f"A group of {group} images does not divide the batch of {n}.")
-  return [tuple(a[i:i + group] for a in arrays) for i in range(0, n, group)]
+  return [tuple(a[i * group:(i + 1) * group] for a in arrays)
+          for i in range(image_groups.count(arrays[0].shape[0], group))]
 
 
 def correlate(x, kernel, tile: int, group: int | None = None):

@@ -1,4 +1,5 @@
-"""A sum over a batch taken a few images at a time, one group after another.
+"""A batch taken a few images at a time: the group sizes it allows, and a sum over the groups
+one after another.
 
 The CPU branches of `layers.conv2d` whose intermediates are many times their inputs' size
 (Winograd's transforms, the patches) sum a function over groups of images in a `lax.scan`, so
@@ -7,6 +8,18 @@ that one group's intermediates are alive at a time.
 
 import jax
 import jax.numpy as jnp
+
+
+def sizes(n: int) -> list[int]:
+  """The group sizes that split a batch of n images evenly: n's divisors, smallest first."""
+  return [g for g in range(1, n + 1) if n % g == 0]
+
+
+def count(n: int, images: int) -> int:
+  """How many groups of `images` a batch of n makes; a size that does not divide n is refused."""
+  if n % images:
+    raise ValueError(f"A group of {images} images does not divide the batch of {n}.")
+  return n // images
 
 
 def scan_sum(fn, groups: int, *arrays):

@@ -29,8 +29,7 @@ def group(x_shape, dy_shape, k: int) -> int:
   at least."""
   n, cin = x_shape[0], x_shape[-1]
   per_image = dy_shape[1] * dy_shape[2] * k * k * cin * 4
-  return max([g for g in range(1, n + 1) if n % g == 0 and g * per_image <= MAX_GROUP_BYTES],
-             default=1)
+  return max([g for g in image_groups.sizes(n) if g * per_image <= MAX_GROUP_BYTES], default=1)
 
 
 def _patches(x, k: int, padding: int, out_hw):
@@ -50,10 +49,9 @@ def kernel_gradient(x, dy, k: int, padding: int, images: int | None = None):
   x, dy = x.astype(jnp.float32), dy.astype(jnp.float32)
   n, cin, (h, w, cout) = x.shape[0], x.shape[-1], dy.shape[1:]
   images = group(x.shape, dy.shape, k) if images is None else images
-  if n % images:
-    raise ValueError(f"A group of {images} images does not divide the batch of {n}.")
 
   def product(x, dy):
     return jnp.einsum("pk,po->ko", _patches(x, k, padding, (h, w)), dy.reshape(-1, cout))
 
-  return image_groups.scan_sum(product, n // images, x, dy).reshape(k, k, cin, cout)
+  return image_groups.scan_sum(product, image_groups.count(n, images), x, dy).reshape(
+      k, k, cin, cout)

@@ -123,7 +123,7 @@ def batch_chunks(x_shape) -> int:
   each at least MIN_TILES_PER_CHUNK tiles."""
   n, h, w, _ = x_shape
   tiles = _tiles(h) * _tiles(w)
-  return max([k for k in range(1, n + 1) if n % k == 0 and n // k * tiles >= MIN_TILES_PER_CHUNK],
+  return max([k for k in image_groups.sizes(n) if n // k * tiles >= MIN_TILES_PER_CHUNK],
              default=1)
 
 
