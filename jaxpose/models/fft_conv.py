@@ -106,13 +106,14 @@ def _groups(group: int | None, arrays, k: int, tile: int):
           for i in range(image_groups.count(arrays[0].shape[0], group))]
 
 
-def correlate(x, kernel, tile: int, group: int | None = None):
+def correlate(x, kernel, tile: int | None = None, group: int | None = None):
   """[N, H, W, C] * [k, k, C, O] -> [N, H, W, O]: the convolution (deep learning's, a
   correlation) at stride 1, zero padding k // 2 (k odd), as `lax.conv_general_dilated` gives
-  it, through `tile` x `tile` transforms (`tile` - k + 1 outputs a tile and side), `group`
-  images at a time (default `image_group`)."""
+  it, through `tile` x `tile` transforms (`tile` - k + 1 outputs a tile and side; default
+  `tile_for` x's shape), `group` images at a time (default `image_group`)."""
   x, kernel = x.astype(jnp.float32), kernel.astype(jnp.float32)  # What the FFT takes.
   k = kernel.shape[0]
+  tile = tile_for(x.shape, k) if tile is None else tile
   pad = ((0, tile - k), (0, tile - k), (0, 0), (0, 0))
   ks = jnp.conj(jnp.fft.rfft2(jnp.pad(kernel, pad), axes=(0, 1)))
   ks = ks.reshape(-1, *kernel.shape[2:])
@@ -135,18 +136,19 @@ def _correlate_spectra(x, ks, k: int, tile: int):
   return y[:, :h, :w]
 
 
-def input_gradient(dy, kernel, tile: int, group: int | None = None):
+def input_gradient(dy, kernel, tile: int | None = None, group: int | None = None):
   """The gradient of `correlate(x, kernel)` for x, given its output's dy: dy correlated with the
   kernel turned by 180 degrees, its channels swapped."""
   return correlate(dy, jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2), tile, group)
 
 
-def kernel_gradient(x, dy, k: int, tile: int, group: int | None = None):
+def kernel_gradient(x, dy, k: int, tile: int | None = None, group: int | None = None):
   """The gradient of `correlate(x, kernel)` for its k x k kernel, given dy: per frequency, the
   tiles of x against those of dy (zero beyond each tile's outputs), summed over tiles and the
-  batch (`group` images at a time, as `correlate`), then transformed back; the first k x k
-  lags are the kernel's."""
+  batch (`tile` and `group` images at a time as `correlate`'s), then transformed back; the
+  first k x k lags are the kernel's."""
   x, dy = x.astype(jnp.float32), dy.astype(jnp.float32)
+  tile = tile_for(x.shape, k) if tile is None else tile
   r = functools.reduce(jnp.add, [_kernel_spectra(xg, dyg, k, tile)
                                  for xg, dyg in _groups(group, (x, dy), k, tile)])
   r = r.reshape(tile, tile // 2 + 1, *r.shape[1:])

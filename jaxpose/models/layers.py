@@ -331,9 +331,8 @@ def _conv2d_fwd(x, kernel, stride, padding):
   if not fft_pays(x.shape, kernel.shape, (*x.shape[:3], kernel.shape[-1]), stride, padding):
     return xla(x, kernel), (x, kernel)
 
-  def fft(x, kernel):  # Each device's images (`_per_device`).
-    tile = fft_conv.tile_for(x.shape, kernel.shape[0])
-    return fft_conv.correlate(x, kernel, tile, _fft_group(x.shape)).astype(x.dtype)
+  def fft(x, kernel):  # Each device's images (`_per_device`): tiles and groups for them.
+    return fft_conv.correlate(x, kernel, group=_fft_group(x.shape)).astype(x.dtype)
 
   return on_cpu(functools.partial(_per_device, fft, batched=(True, False), summed=False), xla,
                 x, kernel), (x, kernel)
@@ -380,14 +379,12 @@ def _conv2d_bwd_patches(padding, x, kernel, dy):
 def _conv2d_bwd_fft(x, kernel, dy):
   """A large kernel's gradients at stride 1, "same" padding (CPUs), both by the FFT
   (`fft_conv`)."""
-  k = kernel.shape[0]
-
-  def input_gradient(dy, kernel):  # Each device's images (`_per_device`), as the next.
-    return fft_conv.input_gradient(dy, kernel, fft_conv.tile_for(dy.shape, k),
-                                   _fft_group(dy.shape))
+  # Each device's images (`_per_device`): the tiles and groups chosen for them.
+  def input_gradient(dy, kernel):
+    return fft_conv.input_gradient(dy, kernel, group=_fft_group(dy.shape))
 
   def kernel_gradient(x, dy):
-    return fft_conv.kernel_gradient(x, dy, k, fft_conv.tile_for(x.shape, k), _fft_group(x.shape))
+    return fft_conv.kernel_gradient(x, dy, kernel.shape[0], group=_fft_group(x.shape))
 
   dx = _per_device(input_gradient, dy, kernel, batched=(True, False), summed=False)
   # x after dy: its transform in the backward pass, not kept from the forward (see `after`).
