@@ -76,6 +76,17 @@ def data_devices() -> int:
   return mesh.shape[DATA_AXIS]
 
 
+def device_shares(x):
+  """Batch-leading `x` [N, ...] as [devices, N / devices, ...]: each device's share of a batch
+  split over the data axis (`data_devices`) on a leading axis of its own, which XLA's
+  partitioner leaves on its device, so reducing the other axes needs no communication. None
+  where nothing is split (one device, or a batch the devices do not divide)."""
+  n = data_devices()
+  if n == 1 or x.shape[0] % n:
+    return None
+  return x.reshape(n, x.shape[0] // n, *x.shape[1:])
+
+
 def per_device(fn, *args, batched: tuple[bool, ...], summed: bool):
   """fn(*args), each device of the data axis (`data_devices`) calling it on its own images:
   the leading axis of the `batched` arguments split over the axis, the others whole on every

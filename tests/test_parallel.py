@@ -328,6 +328,59 @@ def test_layers_split_their_written_out_work_over_devices(tmp_path):
   assert all(f"{b} ok" in out for b in ("winograd", "fft", "patches")), out[-3000:]
 
 
+_BATCH_NORM_PER_DEVICE = textwrap.dedent("""
+    import re
+    import jax, jax.numpy as jnp, numpy as np
+    from jaxpose import parallel
+    from jaxpose.models import layers
+    mesh = parallel.make_mesh()
+    data, rep = parallel.batch_sharded(mesh), parallel.replicated(mesh)
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 8, 8, 64)).astype(np.float32)
+    means = np.linspace(-10, 10, 32)
+    # (spread, the first layer's running mean): channels 10 spreads from their means, about
+    # the running mean's start; then 200 spreads, about a running mean near the batch's.
+    cases = [(1.0, np.zeros(32)), (0.05, means + 0.01 * rng.standard_normal(32))]
+    for recompute in (False, True):
+      block = layers.Bottleneck(64, recompute=recompute)
+      for spread, running_mean in cases:
+        x = (rng.standard_normal((4, 8, 8, 32)) * spread + means).astype(np.float32)
+        variables = block.init(jax.random.key(0), x, train=True)
+        stats = variables["batch_stats"]
+        stats = {**stats, "bn1": {**stats["bn1"], "mean": jnp.asarray(running_mean, jnp.float32)}}
+        def loss(params, x):
+          y, state = block.apply({"params": params, "batch_stats": stats}, x, train=True,
+                                 mutable=["batch_stats"])
+          return jnp.sum(y * w), state
+        grad = jax.grad(loss, has_aux=True)
+        want = jax.jit(grad)(variables["params"], x)  # One device.
+        step = jax.jit(parallel.tracing_on(mesh, grad), in_shardings=(rep, data),
+                       out_shardings=rep)
+        x_spec = jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=data)
+        text = step.lower(variables["params"], x_spec).compile().as_text()
+        # Each BatchNorm layer (3): one all-reduce of its statistics, stacked [2, C], one of
+        # its gradients' (XLA may join the last with the weights' gradients); the partitioner
+        # alone made 2 and 2, and 1 more for each written-out gradient's wait on its output
+        # gradient (`layers.after`).
+        reduced = re.findall(r"= (.*) all-reduce(?:-start)?\\(", text)
+        stacked = re.findall(r"f32\\[2,(?:32|64)\\]", " ".join(reduced))
+        assert len(reduced) <= 6 and len(stacked) == 6, reduced
+        assert "all-gather" not in text
+        got = step(variables["params"], jax.device_put(x, data))
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+          a, b = np.asarray(a), np.asarray(b)
+          assert np.abs(a - b).max() <= 1e-4 * max(np.abs(b).max(), 1.0), (spread, a, b)
+      print("recompute", recompute, "ok")
+""")
+
+
+def test_batch_norm_takes_one_all_reduce_each_way_over_devices(tmp_path):
+  """Synchronised BatchNorm on a batch split over 2 devices: the statistics in one all-reduce,
+  the gradients in one, with one device's values."""
+  out = _wait(_run_script(_BATCH_NORM_PER_DEVICE, tmp_path, 2))
+  assert "recompute False ok" in out and "recompute True ok" in out, out[-3000:]
+
+
 def test_tracing_on_one_device_is_the_function_itself():
   mesh = parallel.make_mesh()
   fn = lambda x: x  # noqa: E731

@@ -82,8 +82,19 @@ def after(x, dy):
   computes such work (BatchNorm's normalised input, a convolution's padded input) in the forward
   pass and keeps the result alive beside x until the backward pass: the 2-stack hourglass's
   training step held 2,314 MiB of temporaries, 1,484 MiB with it (8-stack: 6,683 -> 4,192 MiB;
-  batch 8, 256 px), at the same speed (`python benchmarks/step_memory.py`)."""
-  return x + (0 * dy.reshape(-1)[0]).astype(x.dtype)
+  batch 8, 256 px), at the same speed (`python benchmarks/step_memory.py`).
+
+  On a batch split over devices (`parallel.device_shares`; x and dy batch-leading), each
+  device's share of x waits for the first element of its own share of dy: dy's first element
+  lives on one device, and the partitioner sent it to the others in an all-reduce per call
+  (half of the 2-stack's 387 all-reduces a step on two devices were these and the next two
+  functions')."""
+  x_shares, dy_shares = parallel.device_shares(x), parallel.device_shares(dy)
+  if x_shares is None or dy_shares is None:
+    return x + (0 * dy.reshape(-1)[0]).astype(x.dtype)
+  first = dy_shares.reshape(len(dy_shares), -1)[:, 0]  # Each device's first element.
+  zeros = (0 * first).astype(x.dtype).reshape(-1, *(1,) * x.ndim)
+  return (x_shares + zeros).reshape(x.shape)
 
 
 def on_cpu(cpu_fn, other_fn, *args):
@@ -482,10 +493,8 @@ def _normalize_fwd(x, mean, var, scale, bias, epsilon):
 def _normalize_bwd(epsilon, residuals, dy):
   del epsilon  # In rstd already.
   x, mean, rstd, scale = residuals
-  axes = tuple(range(x.ndim - 1))
   xhat = (after(x, dy) - mean) * rstd
-  dbias = jnp.sum(dy, axes)
-  dscale = jnp.sum(dy * xhat, axes)
+  dbias, dscale = scale_bias_gradients(dy, xhat)
   n = x.size // x.shape[-1]
   dx = (scale * rstd / n) * (n * dy - dbias - xhat * dscale)
   zero = jnp.zeros_like(mean)
@@ -493,6 +502,49 @@ def _normalize_bwd(epsilon, residuals, dy):
 
 
 _normalize.defvjp(_normalize_fwd, _normalize_bwd)
+
+
+def batch_moments(x, shift):
+  """(mean, biased variance) of float32 `x` over all but its last axis, [C] each, by two passes
+  over x. On a batch split over devices (`parallel.device_shares`), each device takes the
+  two-pass moments of its own images, and the devices' moments are combined about `shift` in
+  one all-reduce (Chan, Golub & LeVeque's pairwise formula), where XLA's partitioner made two,
+  the second waiting for the first: synchronised BatchNorm pays a round trip between devices
+  per all-reduce, layer after layer (the 2-stack hourglass's step on two processes of one core
+  each, gloo: 0.73-0.84x; docs/performance_log.md, "BatchNorm's statistics in one all-reduce").
+
+  Precision: the combination subtracts the squared offset of the batch's mean from `shift`, so
+  the variance loses ~1e-7 x (mean - shift)^2 to rounding. BatchNorm passes its running mean:
+  close to the batch's mean after the first steps, 0 before. Flax's BatchNorm over an axis
+  name (use_fast_variance) makes the same single all-reduce about 0, from one-pass moments on
+  each device too."""
+  shares = parallel.device_shares(x)
+  if shares is None:
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axes)
+    return mean, jnp.mean(jnp.square(x - mean), axes)
+  inner = tuple(range(1, shares.ndim - 1))
+  local_mean = jnp.mean(shares, inner, keepdims=True)
+  local_var = jnp.mean(jnp.square(shares - local_mean), inner)
+  offset = local_mean.reshape(len(shares), -1) - shift
+  # Over the devices (equal shares): the mean's offset, and the mean square about the shift.
+  offset_mean, square = jnp.mean(jnp.stack([offset, local_var + jnp.square(offset)]), axis=1)
+  return shift + offset_mean, jnp.maximum(square - jnp.square(offset_mean), 0.0)
+
+
+def scale_bias_gradients(dy, xhat):
+  """(sum of dy, sum of dy * xhat) over all but the last axis: BatchNorm's bias and scale
+  gradients. On a batch split over devices (`parallel.device_shares`), the devices' sums go in
+  one all-reduce, where XLA's partitioner made one each."""
+  dy_shares = parallel.device_shares(dy)
+  if dy_shares is None:
+    axes = tuple(range(dy.ndim - 1))
+    return jnp.sum(dy, axes), jnp.sum(dy * xhat, axes)
+  inner = tuple(range(1, dy_shares.ndim - 1))
+  products = parallel.device_shares(dy * xhat)
+  dbias, dscale = jnp.sum(jnp.stack([jnp.sum(dy_shares, inner), jnp.sum(products, inner)]),
+                          axis=1)
+  return dbias, dscale
 
 
 # The collection into which BatchNorm layers in training put the statistics of each call
@@ -506,7 +558,8 @@ class BatchNorm(nn.Module):
 
   Variables as Flax's nn.BatchNorm (params `scale`, `bias`; batch_stats `mean`, `var`), so
   checkpoints and weight converters treat both alike. Statistics are computed in float32 with
-  the two-pass variance. Normalisation uses the biased batch variance, as both frameworks do;
+  the two-pass variance (`batch_moments`), over the whole batch however many devices share
+  it. Normalisation uses the biased batch variance, as both frameworks do;
   with `unbiased_running_var` the running variance is updated with the unbiased one
   (x n/(n-1), n values per channel), as PyTorch's BatchNorm2d does, which matters at small
   feature maps (the hourglass's 4x4 bottom at batch 6: n = 96, 1% of every update).
@@ -546,9 +599,7 @@ class BatchNorm(nn.Module):
     # train step 15.1 -> 12.0 s on 2 cores; docs/performance_log.md). Callers that differentiate
     # the returned statistics themselves get no gradient from them.
     x32 = jax.lax.stop_gradient(x.astype(jnp.float32))
-    axes = tuple(range(x.ndim - 1))
-    mean = jnp.mean(x32, axes)
-    var = jnp.mean(jnp.square(x32 - mean), axes)
+    mean, var = batch_moments(x32, ra_mean.value)
     if not self.is_initializing():
       n = x.size // c
       running_var = var * (n / max(n - 1, 1)) if self.unbiased_running_var else var

@@ -403,7 +403,7 @@ def test_batchnorm_statistics_keep_nothing_for_the_backward_pass(capsys):
 
   ad_checkpoint.print_saved_residuals(loss, x)
   saved = capsys.readouterr().out.splitlines()
-  statistics = [line for line in saved if "BatchNorm.statistics" in line]
+  statistics = [line for line in saved if "(batch_moments)" in line]
   assert statistics and all(line.startswith("f32[5] ") for line in statistics), saved
   assert sum(line.startswith("f32[4,6,6,5] ") for line in saved) == 2, saved  # x, cos(y).
 
