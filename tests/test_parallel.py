@@ -338,8 +338,8 @@ _BATCH_NORM_PER_DEVICE = textwrap.dedent("""
     rng = np.random.default_rng(0)
     w = rng.standard_normal((4, 8, 8, 64)).astype(np.float32)
     means = np.linspace(-10, 10, 32)
-    # (spread, the first layer's running mean): channels 10 spreads from their means, about
-    # the running mean's start; then 200 spreads, about a running mean near the batch's.
+    # (spread, the first layer's running mean): the channels' means up to 10 spreads from 0,
+    # the running mean's start; then up to 200 spreads, about a running mean near them.
     cases = [(1.0, np.zeros(32)), (0.05, means + 0.01 * rng.standard_normal(32))]
     for recompute in (False, True):
       block = layers.Bottleneck(64, recompute=recompute)
