@@ -63,7 +63,7 @@ def measure(n, h, cin, cout, kernel, stride) -> dict:
   x = jax.random.normal(kx, (n, h, h, cin))
   k = jax.random.normal(kk, (kernel, kernel, cin, cout)) * 0.05
   pad = kernel // 2
-  y = layers.conv2d.fun(x, k, stride, pad)
+  y = layers.lax_conv2d(x, k, stride, pad)
   g = jax.random.normal(kg, y.shape)
   # pylint: disable=protected-access
   gradients = {"taps": layers._conv2d_bwd_taps, "xla": layers._conv2d_bwd_xla}
@@ -76,7 +76,7 @@ def measure(n, h, cin, cout, kernel, stride) -> dict:
   best = {}
   for order in (tuple(gradients), tuple(reversed(gradients))):
     for side in order:
-      fn = jax.jit(lambda x, k, bwd=gradients[side]: (layers.conv2d.fun(x, k, stride, pad),
+      fn = jax.jit(lambda x, k, bwd=gradients[side]: (layers.lax_conv2d(x, k, stride, pad),
                                                       bwd(stride, pad, x, k, g)))
       t = backward._seconds(fn, (x, k), 7)
       best[side] = min(best.get(side, t), t)

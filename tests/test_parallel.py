@@ -298,7 +298,7 @@ _LAYERS_PER_DEVICE = textwrap.dedent("""
         y = conv(x, k, 1, padding)
         return jnp.sum(y * w), y
       # The reference: lax's convolution and XLA's gradients, on one device.
-      (_, y_ref), g_ref = jax.value_and_grad(lambda *a: loss(layers.conv2d.fun, *a),
+      (_, y_ref), g_ref = jax.value_and_grad(lambda *a: loss(layers.lax_conv2d, *a),
                                              (0, 1), has_aux=True)(x, k)
       step = jax.jit(parallel.tracing_on(mesh, jax.value_and_grad(
           lambda *a: loss(layers.conv2d, *a), (0, 1), has_aux=True)),

@@ -8,14 +8,15 @@ the sum over channels is a matrix product, [tiles x Cin] by [Cin x Cout]. CPM's 
 128 channels take ~4 complex multiply-adds per output pixel and channel pair where the direct
 sum takes 81.
 
-`layers.conv2d` computes such layers from here on CPUs when it is differentiated (training;
-`layers.fft_pays`): the value (`correlate`), the input's gradient (a convolution
-of the output gradient with the kernel turned round) and the kernel's (a correlation of the
-input with the output gradient, summed over the tiles per frequency, then transformed back and
-cut to k x k). Without differentiation (inference) the value is XLA's convolution, so the
-predictions do not move. The FFT rounds differently: values and input gradients differ from
-XLA's by ~1e-6 of their largest value in float32, kernel gradients (sums over the whole batch)
-by up to ~2e-5. Each goes over the batch a few images at a time (`image_group`), so that one
+`layers.conv2d` computes such layers from here on CPUs (`layers.fft_pays`): the value
+(`correlate`), in training and in inference alike, and when it is differentiated the input's
+gradient (a convolution of the output gradient with the kernel turned round) and the kernel's
+(a correlation of the input with the output gradient, summed over the tiles per frequency, then
+transformed back and cut to k x k). The FFT rounds differently: values and input gradients
+differ from XLA's by ~1e-6 of their largest value in float32, kernel gradients (sums over the
+whole batch) by up to ~2e-5. Until 2026-12-07 inference kept XLA's convolution, so that
+predictions would not move by that rounding; CPM's inference took 2.2x as long for it
+(docs/performance_log.md, "Large kernels by the FFT, in inference too"). Each goes over the batch a few images at a time (`image_group`), so that one
 group's transforms are alive at once: CPM's step 0.90x the whole batch's time, its training
 process's peak RSS 6,792 -> 5,278 MB (docs/performance_log.md, "The FFT a few images at a time").
 

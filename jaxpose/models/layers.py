@@ -296,10 +296,10 @@ def patches_pay(x_shape, kernel_shape, dy_shape, stride: int) -> bool:
 
 
 def fft_pays(x_shape, kernel_shape, dy_shape, stride: int, padding: int) -> bool:
-  """Whether conv2d is computed by the FFT under differentiation (on CPUs) for these shapes:
-  FFT, a large odd kernel (FFT_MIN_KERNEL, up to what `fft_conv.fits`) at stride 1 with
-  "same" padding, enough work (FFT_MIN_WORK), no more than FFT_MAX_WIDENING times the input's
-  channels out, where the taps pay too."""
+  """Whether conv2d's value, and under differentiation its gradients, are computed by the FFT
+  (on CPUs) for these shapes: FFT, a large odd kernel (FFT_MIN_KERNEL, up to what
+  `fft_conv.fits`) at stride 1 with "same" padding, enough work (FFT_MIN_WORK), no more than
+  FFT_MAX_WIDENING times the input's channels out, where the taps pay too."""
   k = kernel_shape[0]
   return (FFT and k == kernel_shape[1] and k % 2 == 1
           and k >= FFT_MIN_KERNEL and fft_conv.fits(k)
@@ -320,6 +320,13 @@ def taps_pay(x_shape, kernel_shape, dy_shape) -> bool:
           and tap_work(kernel_shape, dy_shape) >= MIN_WORK_FOR_TAPS)
 
 
+def lax_conv2d(x, kernel, stride: int, padding: int):
+  """lax's convolution, [N,H,W,Cin] * [k,k,Cin,Cout] -> [N,H',W',Cout], symmetric zero
+  padding: XLA's own, on every platform."""
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), [(padding, padding)] * 2,
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv2d(x, kernel, stride: int, padding: int):
   """[N,H,W,Cin] * [k,k,Cin,Cout] -> [N,H',W',Cout], symmetric zero padding: lax's convolution,
@@ -328,25 +335,28 @@ def conv2d(x, kernel, stride: int, padding: int):
   gradient in 0.74-0.76x nn.Conv's time at the hourglass's 3x3 on 128 channels (`python
   benchmarks/backward.py`); for a 3x3 kernel at stride 1 and padding 1, by Winograd's F(4x4,
   3x3) instead (WINOGRAD); for larger odd kernels at stride 1 and "same" padding (`fft_pays`),
-  both gradients and the value the gradient is taken of by the FFT (FFT); for thin inputs
-  (`patches_pay`), the kernel gradient as one product of the input's patches (PATCHES).
-  Called without differentiation (inference: the predictions), the value is always lax's.
-  Lowered for other platforms, XLA's own convolution and gradient."""
-  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), [(padding, padding)] * 2,
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  the value and both gradients by the FFT (FFT), in inference as in training, so a model
+  computes the same function in both; for thin inputs (`patches_pay`), the kernel gradient as
+  one product of the input's patches (PATCHES). Lowered for other platforms, XLA's own
+  convolution and gradient."""
+  return _conv2d_value(x, kernel, stride, padding)
 
 
-def _conv2d_fwd(x, kernel, stride, padding):
-  """The value under differentiation (training): by the FFT where its gradients are."""
-  xla = functools.partial(conv2d.fun, stride=stride, padding=padding)
+def _conv2d_value(x, kernel, stride, padding):
+  """conv2d's value: by the FFT where `fft_pays` (CPUs), else lax's convolution."""
+  xla = functools.partial(lax_conv2d, stride=stride, padding=padding)
   if not fft_pays(x.shape, kernel.shape, (*x.shape[:3], kernel.shape[-1]), stride, padding):
-    return xla(x, kernel), (x, kernel)
+    return xla(x, kernel)
 
   def fft(x, kernel):  # Each device's images (`_per_device`): tiles and groups for them.
     return fft_conv.correlate(x, kernel, group=_fft_group(x.shape)).astype(x.dtype)
 
   return on_cpu(functools.partial(_per_device, fft, batched=(True, False), summed=False), xla,
-                x, kernel), (x, kernel)
+                x, kernel)
+
+
+def _conv2d_fwd(x, kernel, stride, padding):
+  return _conv2d_value(x, kernel, stride, padding), (x, kernel)
 
 
 def _conv2d_bwd(stride, padding, residuals, dy):
@@ -365,7 +375,7 @@ def _conv2d_bwd(stride, padding, residuals, dy):
 
 def _conv2d_input_gradient(stride, padding, x, kernel, dy):
   """XLA's gradient of the convolution for its input, beside a written-out kernel gradient."""
-  _, input_vjp = jax.vjp(lambda x: conv2d.fun(x, kernel, stride, padding), x)
+  _, input_vjp = jax.vjp(lambda x: lax_conv2d(x, kernel, stride, padding), x)
   return input_vjp(dy)[0]
 
 
@@ -418,7 +428,7 @@ def _fft_group(x_shape) -> int | None:
 
 def _conv2d_bwd_xla(stride, padding, x, kernel, dy):
   """XLA's own gradient of the convolution (thin inputs on CPUs; GPUs and TPUs)."""
-  _, vjp = jax.vjp(functools.partial(conv2d.fun, stride=stride, padding=padding), x, kernel)
+  _, vjp = jax.vjp(functools.partial(lax_conv2d, stride=stride, padding=padding), x, kernel)
   return vjp(dy)
 
 
