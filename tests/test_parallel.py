@@ -357,7 +357,8 @@ _BATCH_NORM_PER_DEVICE = textwrap.dedent("""
         step = jax.jit(parallel.tracing_on(mesh, grad), in_shardings=(rep, data),
                        out_shardings=rep)
         x_spec = jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=data)
-        text = step.lower(variables["params"], x_spec).compile().as_text()
+        compiled = step.lower(variables["params"], x_spec).compile()
+        text = compiled.as_text()
         # Each BatchNorm layer (3): one all-reduce of its statistics, stacked [2, C], one of
         # its gradients' (XLA may join the last with the weights' gradients); the partitioner
         # alone made 2 and 2, and 1 more for each written-out gradient's wait on its output
@@ -366,7 +367,7 @@ _BATCH_NORM_PER_DEVICE = textwrap.dedent("""
         stacked = re.findall(r"f32\\[2,(?:32|64)\\]", " ".join(reduced))
         assert len(reduced) <= 6 and len(stacked) == 6, reduced
         assert "all-gather" not in text
-        got = step(variables["params"], jax.device_put(x, data))
+        got = compiled(variables["params"], jax.device_put(x, data))
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
           a, b = np.asarray(a), np.asarray(b)
           assert np.abs(a - b).max() <= 1e-4 * max(np.abs(b).max(), 1.0), (spread, a, b)

@@ -14,12 +14,12 @@ gradient (a convolution of the output gradient with the kernel turned round) and
 (a correlation of the input with the output gradient, summed over the tiles per frequency, then
 transformed back and cut to k x k). The FFT rounds differently: values and input gradients
 differ from XLA's by ~1e-6 of their largest value in float32, kernel gradients (sums over the
-whole batch) by up to ~2e-5. Until 2026-12-07 inference kept XLA's convolution, so that
-predictions would not move by that rounding; CPM's inference took 2.2x as long for it
-(docs/performance_log.md, "Large kernels by the FFT, in inference too"). Each goes over the
-batch a few images at a time (`image_group`), so that one group's transforms are alive at once:
-CPM's step 0.90x the whole batch's time, its training process's peak RSS 6,792 -> 5,278 MB
-(docs/performance_log.md, "The FFT a few images at a time").
+whole batch) by up to ~2e-5. Each goes over the batch a few images at a time (`image_group`),
+so that one group's transforms are alive at once: CPM's step 0.90x the whole batch's time, its
+training process's peak RSS 6,792 -> 5,278 MB (docs/performance_log.md, "The FFT a few images
+at a time"). Until 2026-12-07 inference kept XLA's convolution, so that predictions would not
+move by that rounding; CPM's inference took 2.2x as long for it (docs/performance_log.md,
+"Large kernels by the FFT, in inference too").
 
 Measured and not kept (docs/performance_log.md, "Large kernels by the FFT, in training"): one
 transform of the output gradient's tiles for both gradients, the input's by overlap-add (0.82x

@@ -236,11 +236,11 @@ WINOGRAD = True
 
 
 # A convolution with an odd kernel of at least FFT_MIN_KERNEL at stride 1 and "same" padding, and at
-# least FFT_MIN_WORK multiply-adds a tap (`tap_work`), by the FFT (`jaxpose.models.fft_conv`) under
-# differentiation: its value and both gradients. Measured on the AMD EPYC (2 cores, batch 8,
-# 2026-12-07; docs/performance_log.md, "Large kernels by the FFT, in training"), both gradients
-# against the taps' kernel gradient and XLA's input gradient: CPM's 9x9 at 184 px on 128 channels
-# 2.74 against 9.33 s, at 92 px 0.72 against 2.34 s, its 11x11 at 46 px 0.45-0.53x, its VGG
+# least FFT_MIN_WORK multiply-adds a tap (`tap_work`), by the FFT (`jaxpose.models.fft_conv`): its
+# value, in training and inference alike, and both gradients. Measured on the AMD EPYC (2 cores,
+# batch 8, 2026-12-07; docs/performance_log.md, "Large kernels by the FFT, in training"), both
+# gradients against the taps' kernel gradient and XLA's input gradient: CPM's 9x9 at 184 px on 128
+# channels 2.74 against 9.33 s, at 92 px 0.72 against 2.34 s, its 11x11 at 46 px 0.45-0.53x, its VGG
 # variant's 7x7 0.52-0.56x, its 9x9 from 32 to 512 channels 0.64x (left out, by FFT_MAX_WIDENING
 # below) and Tompson's 9x9 bank (128 to 512) 0.45x; the Tompson quickstart's 7x7 on 32 channels
 # (2^24 a tap) 0.93x, 5x5 kernels 0.88-3.7x. The value alone: CPM's 9x9 at 184 px 1.37 against XLA's
@@ -256,7 +256,9 @@ WINOGRAD = True
 # peak RSS one process each): by the FFT over the whole batch, with the value on its 184 and 92 px
 # maps only, 0.45x XLA's and the taps' step, its peak RSS 4,710 -> 6,792 MB; in groups, 0.90x that
 # step and 5,278 MB; then with the value on its 46 px maps too (their tiles hold 7.7x their pixels,
-# which over the whole batch had cost 630 MiB of temporaries), 0.97x, +41 MB.
+# which over the whole batch had cost 630 MiB of temporaries), 0.97x, +41 MB. In inference, CPM's
+# forward pass 0.41-0.46x XLA's (docs/performance_log.md, "Large kernels by the FFT, in inference
+# too").
 FFT = True
 FFT_GROUPS = True
 FFT_MIN_KERNEL = 7
@@ -642,7 +644,7 @@ def bn_relu_conv(x, mean, var, scale, bias, kernel, epsilon: float, geometry):
 
 
 def _product(geometry, y, kernel):
-  return dense.fun(y, kernel) if geometry is None else conv2d.fun(y, kernel, *geometry)
+  return dense.fun(y, kernel) if geometry is None else _conv2d_value(y, kernel, *geometry)
 
 
 def _bn_relu_conv_fwd(x, mean, var, scale, bias, kernel, epsilon, geometry):
