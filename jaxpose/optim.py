@@ -8,8 +8,10 @@ subtrees (e.g. "stage2" or "detector,spatial"), or "*" for all; the others get z
 steps. Without `phases`, one phase trains everything for `total_steps`.
 """
 
+import collections
 import dataclasses
 
+import jax
 import ml_collections
 import optax
 
@@ -102,19 +104,86 @@ def schedule(config, num_steps: int, steps_per_epoch_: int) -> optax.Schedule:
 
 def base_optimizer(config, lr: optax.Schedule,
                    decay_mult: float = 1.0) -> optax.GradientTransformation:
-  """The config's update rule with learning rate `lr` (and weight decay x `decay_mult`)."""
+  """The config's update rule with learning rate `lr` (and weight decay x `decay_mult`).
+  RMSProp and SGD update alike subtrees by one trace (`by_subtree`: the same values); Adam as
+  optax does, since its values would move by rounding that way (its configs, the quickstarts,
+  DeepPose's and Tompson's, have at most 182 parameter leaves to trace)."""
   opt = config.optimizer
   if opt.name == "rmsprop":
     # PyTorch's RMSprop (the reference's): alpha 0.99, eps 1e-8 outside the square root.
-    return optax.rmsprop(lr, decay=0.99, eps=1e-8, eps_in_sqrt=False)
+    return by_subtree(optax.rmsprop(lr, decay=0.99, eps=1e-8, eps_in_sqrt=False))
   if opt.name == "adam":
     return optax.adam(lr)
   if opt.name == "sgd":  # Caffe's SGD: L2 weight decay added to the gradient, then momentum.
-    return optax.chain(
+    return by_subtree(optax.chain(
         optax.add_decayed_weights(opt.get("weight_decay", 0.0) * decay_mult),
-        optax.sgd(lr, momentum=opt.get("momentum", 0.9)))
+        optax.sgd(lr, momentum=opt.get("momentum", 0.9))))
   raise ValueError(f"Unknown config.optimizer.name {opt.name!r}; known: 'rmsprop', 'adam', "
                    "'sgd'.")
+
+
+def by_subtree(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`tx` updating each top-level subtree of a parameter dict that has alike ones (the same
+  structure, shapes and dtypes: the hourglass's stacks, CPM's stages) by one jitted function,
+  so that they are traced and lowered once and the program calls that function again; the
+  other subtrees together, as `tx` does. Only for rules that update each parameter from its
+  own gradient, state and value and the state's shared leaves (a step count), which every
+  call advances alike (the first call's are kept). The state is `tx`'s (the same
+  checkpoints).
+
+  Why: jit traces and lowers a parameter's few operations one by one, ~1 ms a leaf on a CPU.
+  The 8-stack hourglass's update (1,464 leaves, 7 stacks alike) took 1.2 s to trace and
+  0.7 s to lower on the main thread of every start, now 0.6 and 0.5 s; XLA inlines the calls
+  and compiles the same program. Its values are `tx`'s to the bit for RMSProp and SGD (the
+  release configs'; tests/test_optim.py); not for Adam, where a few elements of the CPM
+  quickstart's alike stages came out 1 ulp apart a step (XLA fuses the bias corrections
+  otherwise; docs/performance_log.md, "The optimiser's update traced once per kind of
+  subtree")."""
+
+  @jax.jit
+  def update_subtree(updates, state, params):
+    return tx.update(updates, state, params)
+
+  def update(updates, state, params=None):
+    if not isinstance(updates, dict):
+      return tx.update(updates, state, params)
+    # Under optax.multi_transform, a group's trees hold optax.MaskedNode where other groups'
+    # leaves are: a subtree without a leaf of this group's is no kind.
+    kinds = {k: _kind(u) for k, u in updates.items() if jax.tree.leaves(u)}
+    count = collections.Counter(kinds.values())
+    alike = [k for k, kind in kinds.items() if count[kind] > 1]
+    if not alike:
+      return tx.update(updates, state, params)
+    rest = [k for k in updates if k not in alike]
+    # The state's parameter-shaped trees (moments) have the updates' structure; its other
+    # leaves are shared.
+    structure = jax.tree.structure(updates)
+    per_param = lambda x: jax.tree.structure(x) == structure
+    parts, state_def = jax.tree.flatten(state, is_leaf=per_param)
+
+    def run(fn, part):  # `fn` on the subtrees `part` picks of a parameter-shaped tree.
+      state_part = state_def.unflatten([part(x) if per_param(x) else x for x in parts])
+      new_updates, new_state = fn(part(updates), state_part,
+                                  None if params is None else part(params))
+      return new_updates, state_def.flatten_up_to(new_state)
+
+    done = {k: run(update_subtree, lambda tree, k=k: tree[k]) for k in alike}
+    rest_done = run(tx.update, lambda tree: {k: tree[k] for k in rest}) if rest else ({}, None)
+
+    def new_part(i, x):
+      if not per_param(x):
+        return done[alike[0]][1][i]
+      return {**{k: done[k][1][i] for k in alike}, **(rest_done[1][i] if rest else {})}
+
+    new_updates = {**{k: done[k][0] for k in alike}, **rest_done[0]}
+    return new_updates, state_def.unflatten([new_part(i, x) for i, x in enumerate(parts)])
+
+  return optax.GradientTransformation(tx.init, update)
+
+
+def _kind(tree) -> tuple:
+  """What makes two subtrees alike to jit: their structure and their leaves' shapes and dtypes."""
+  return jax.tree.structure(tree), tuple((x.shape, x.dtype) for x in jax.tree.leaves(tree))
 
 
 def create_optimizer(config: ml_collections.ConfigDict, num_train_examples: int,

@@ -93,3 +93,64 @@ def test_unknown_optimizer_and_schedule_are_named():
     optim.base_optimizer(_config(name="lamb"), 1e-3)
   with pytest.raises(ValueError, match="'linear'"):
     optim.schedule(_config(schedule="linear"), 10, 1)
+
+
+def _alike_subtrees(seed: int) -> dict:
+  """Parameters with two alike top-level subtrees ("s0", "s1"), one unlike them ("t") and a
+  leaf at the top ("g")."""
+  k = iter(jax.random.split(jax.random.key(seed), 8))
+  block = lambda: {"conv": {"kernel": jax.random.normal(next(k), (3, 3, 4, 4))},
+                   "bn": {"scale": jax.random.normal(next(k), (4,))}}
+  return {"s0": block(), "s1": block(), "t": {"w": jax.random.normal(next(k), (5,))},
+          "g": jax.random.normal(next(k), (2,))}
+
+
+@pytest.mark.parametrize("rule, phases, groups", [
+    ("rmsprop", None, False), ("sgd", None, False), ("sgd", None, True),
+    ("rmsprop", (("p", 3, "s0,s1"),), False)])
+def test_by_subtree_updates_as_the_rule_does_to_the_bit(monkeypatch, rule, phases, groups):
+  c = _config(name=rule, learning_rate=0.01, warmup_steps=2, decay_epochs=(0.1,))
+  c.optimizer.weight_decay = 0.1
+  if phases:
+    c.phases = phases
+  layer_groups = ((lambda p: {k: "x2" if k.startswith("s") else "x1" for k in p},
+                   {"x2": (2.0, 0.0), "x1": (1.0, 1.0)}) if groups else None)
+  phase = optim.phases(c, 20)[0]
+  params = _alike_subtrees(0)
+
+  def run(tx):
+    state = tx.init(params)
+
+    @jax.jit
+    def step(p, s, g):
+      u, s = tx.update(g, s, p)
+      return optax.apply_updates(p, u), s
+
+    p = params
+    for i in range(4):  # Across the warm-up's end and the piecewise boundary (step 2).
+      p, state = step(p, state, _alike_subtrees(i + 1))
+    return p, state
+
+  tx = optim.create_optimizer(c, 20, phase, layer_groups=layer_groups)
+  assert "update_subtree" in str(jax.make_jaxpr(tx.update)(params, tx.init(params), params))
+  got = run(tx)
+  with monkeypatch.context() as m:
+    m.setattr(optim, "by_subtree", lambda tx: tx)
+    want = run(optim.create_optimizer(c, 20, phase, layer_groups=layer_groups))
+  assert jax.tree.structure(got) == jax.tree.structure(want)  # The same state: checkpoints.
+  jax.tree.map(np.testing.assert_array_equal, got, want)
+  if phases:  # Frozen subtrees stay put.
+    np.testing.assert_array_equal(got[0]["t"]["w"], params["t"]["w"])
+
+
+def test_by_subtree_traces_alike_subtrees_once():
+  tx = optim.by_subtree(optax.rmsprop(0.01))
+  params = _alike_subtrees(0)
+  jaxpr = jax.make_jaxpr(tx.update)(params, tx.init(params), params)
+  calls = [e.params["jaxpr"] for e in jaxpr.eqns if e.primitive.name in ("jit", "pjit")
+           and e.params["name"] == "update_subtree"]
+  assert len(calls) == 2 and calls[0] is calls[1]  # "s1" finds the trace "s0" made.
+  # "t" and "g", alike to nothing, are traced as tx traces them: none of their own.
+  unlike = {k: params[k] for k in ("t", "g")}
+  assert not [e for e in jax.make_jaxpr(tx.update)(unlike, tx.init(unlike), unlike).eqns
+              if e.primitive.name in ("jit", "pjit") and e.params["name"] == "update_subtree"]
