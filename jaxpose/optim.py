@@ -155,28 +155,27 @@ def by_subtree(tx: optax.GradientTransformation) -> optax.GradientTransformation
     if not alike:
       return tx.update(updates, state, params)
     rest = [k for k in updates if k not in alike]
+    # Each call: its function, what it takes of a parameter-shaped tree, and how its result
+    # goes back into one (an alike subtree alone, so that its kind's calls share one trace).
+    calls = [(update_subtree, lambda tree, k=k: tree[k], lambda out, k=k: {k: out})
+             for k in alike]
+    if rest:
+      calls.append((tx.update, lambda tree: {k: tree[k] for k in rest}, lambda out: out))
     # The state's parameter-shaped trees (moments) have the updates' structure; its other
-    # leaves are shared.
+    # leaves are shared: every call advances them alike, and the first call's are kept.
     structure = jax.tree.structure(updates)
     per_param = lambda x: jax.tree.structure(x) == structure
     parts, state_def = jax.tree.flatten(state, is_leaf=per_param)
-
-    def run(fn, part):  # `fn` on the subtrees `part` picks of a parameter-shaped tree.
-      state_part = state_def.unflatten([part(x) if per_param(x) else x for x in parts])
-      new_updates, new_state = fn(part(updates), state_part,
-                                  None if params is None else part(params))
-      return new_updates, state_def.flatten_up_to(new_state)
-
-    done = {k: run(update_subtree, lambda tree, k=k: tree[k]) for k in alike}
-    rest_done = run(tx.update, lambda tree: {k: tree[k] for k in rest}) if rest else ({}, None)
-
-    def new_part(i, x):
-      if not per_param(x):
-        return done[alike[0]][1][i]
-      return {**{k: done[k][1][i] for k in alike}, **(rest_done[1][i] if rest else {})}
-
-    new_updates = {**{k: done[k][0] for k in alike}, **rest_done[0]}
-    return new_updates, state_def.unflatten([new_part(i, x) for i, x in enumerate(parts)])
+    new_updates, new_parts = {}, [[] for _ in parts]
+    for fn, take, put in calls:
+      state_part = state_def.unflatten([take(x) if per_param(x) else x for x in parts])
+      out, out_state = fn(take(updates), state_part, None if params is None else take(params))
+      new_updates.update(put(out))
+      for new, x, y in zip(new_parts, parts, state_def.flatten_up_to(out_state)):
+        new.append(put(y) if per_param(x) else y)
+    parts = [{k: v for d in new for k, v in d.items()} if per_param(x) else new[0]
+             for x, new in zip(parts, new_parts)]
+    return new_updates, state_def.unflatten(parts)
 
   return optax.GradientTransformation(tx.init, update)
 

@@ -81,10 +81,15 @@ def device_shares(x):
   split over the data axis (`data_devices`) on a leading axis of its own, which XLA's
   partitioner leaves on its device, so reducing the other axes needs no communication. None
   where nothing is split (one device, or a batch the devices do not divide)."""
+  n = _splitting(x.shape[0])
+  return None if n is None else x.reshape(n, x.shape[0] // n, *x.shape[1:])
+
+
+def _splitting(batch: int) -> int | None:
+  """The devices of the data axis a batch of `batch` is split over: None where it is not split
+  (one device, or a batch they do not divide)."""
   n = data_devices()
-  if n == 1 or x.shape[0] % n:
-    return None
-  return x.reshape(n, x.shape[0] // n, *x.shape[1:])
+  return None if n == 1 or batch % n else n
 
 
 def per_device(fn, *args, batched: tuple[bool, ...], summed: bool):
@@ -95,8 +100,8 @@ def per_device(fn, *args, batched: tuple[bool, ...], summed: bool):
   FFT, a loop over groups of images): it would gather the whole batch onto every device, and
   each would do all of the work. fn(*args) itself where nothing is split (one device, or a
   batch the devices do not divide)."""
-  n = data_devices()
-  if n == 1 or any(b and x.shape[0] % n for x, b in zip(args, batched)):
+  if data_devices() == 1 or any(b and _splitting(x.shape[0]) is None
+                                for x, b in zip(args, batched)):
     return fn(*args)
   specs = tuple(P(DATA_AXIS) if b else P() for b in batched)
   if summed:

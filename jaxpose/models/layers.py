@@ -554,9 +554,8 @@ def scale_bias_gradients(dy, xhat):
     return jnp.sum(dy, axes), jnp.sum(dy * xhat, axes)
   inner = tuple(range(1, dy_shares.ndim - 1))
   products = parallel.device_shares(dy * xhat)
-  dbias, dscale = jnp.sum(jnp.stack([jnp.sum(dy_shares, inner), jnp.sum(products, inner)]),
-                          axis=1)
-  return dbias, dscale
+  sums = jnp.stack([jnp.sum(dy_shares, inner), jnp.sum(products, inner)])  # [2, devices, C]
+  return tuple(jnp.sum(sums, axis=1))
 
 
 # The collection into which BatchNorm layers in training put the statistics of each call
