@@ -38,7 +38,9 @@ and peak memory never carry over between measurements. Per model and framework:
                (`startup_stages_*_s`: the abstract state, tracing and lowering, the
                initialiser, the wait for the compilation, releasing the initialiser's programs;
                `startup_step_stages_*_s`: the step's tracing, lowering and compiling, warm:
-               reading it from the cache).
+               reading it from the cache). A segmented step with programs kept (warm) is in
+               hand before it is traced: its first call traces it, beside the programs it runs
+               (`trace_beside`, the lowering included), so `ready_warm_s` leaves that out.
   temporaries  `step_temporaries_mb`: what XLA's buffer assignment gives the compiled step
                beside its arguments and outputs (its memory analysis), most of peak RSS.
   fusions      `step_library_fusions`: the step's fusions that XLA's CPU backend hands to a

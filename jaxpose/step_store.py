@@ -11,6 +11,8 @@ Python's lock; a step's programs one after another, `steps.compile_ahead`) while
 lowers the step itself, and uses what it read only if the lowered program is the one stored
 (`host_memory.program_key`, its SHA-256): the name only says where to look, the program decides.
 A stale entry (the code changed) costs a read beside the trace, then the step compiles as before.
+A segmented step (`steps.SegmentedStep`) with programs kept is traced beside its first call
+instead, each program run once it is read and found to be the one traced (`steps._TracedBeside`).
 
 An entry is written only from a program XLA compiled in this process, and only if it took at
 least the persistent cache's threshold to compile: an executable read from the persistent cache

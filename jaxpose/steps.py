@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import functools
 import os
+import threading
 import time
 from typing import Any
 
@@ -252,6 +253,7 @@ class SegmentedStep:
     self.jitted["metrics"] = jit(_segment_metrics, out_shardings=self.rep)
     self.jitted["update"] = update
     self.compiled = {}  # Program name -> compiled (`with_programs`).
+    self._beside = None  # Where the programs not in `compiled` come from, if not jitted.
     self._kept = _Kept()
     self._trims = parallel.is_cpu_mesh(mesh)
 
@@ -270,6 +272,8 @@ class SegmentedStep:
         x.shape, x.dtype, sharding=self._sharding(x, batch_size)), tree)
 
   def _program(self, name: str):
+    if name not in self.compiled and self._beside is not None:
+      self.compiled[name] = self._beside.program(name)
     return self.compiled.get(name, self.jitted[name])
 
   def __call__(self, state: TrainState, batch, rng):
@@ -305,8 +309,8 @@ class SegmentedStep:
     """Buffers for a segment's residuals where no earlier step left any (zeros, written once):
     "reserve KIND", compiled for the forward's residuals at `args`."""
     name = f"reserve {segment.kind}"
-    if name in self.compiled:
-      return self.compiled[name]()
+    if name in self.compiled or self._beside is not None:
+      return self._program(name)()
     return self.jitted[name](*self._reserve_args(segment, args))
 
   def _reserve_args(self, segment, args) -> tuple:
@@ -317,16 +321,19 @@ class SegmentedStep:
     residuals = jax.tree.leaves(self._forward_work[segment.kind].trace(*args).out_info[3])
     return _batch_size(batch), tuple((x.shape, x.dtype.name) for x in residuals)
 
-  def trace(self, state: TrainState, batch, rng) -> list[tuple[str, Any, tuple, Any]]:
+  def trace(self, state: TrainState, batch, rng, each=None) -> list[tuple[str, Any, tuple, Any]]:
     """[(name, jitted, args, traced)]: each program traced once, in the order a step first
     runs it, from the shapes (shardings included) of its arguments: `state`, `batch` and `rng`
-    (arrays or `jax.ShapeDtypeStruct`s; nothing runs). What `compile_ahead` compiles."""
+    (arrays or `jax.ShapeDtypeStruct`s; nothing runs). What `compile_ahead` compiles.
+    `each`, when given, is called with each (name, jitted, args, traced) as it is traced."""
     _check_segments(self.family, state.params)
     plan, size = [], _batch_size(batch)
 
     def add(name, *args):
       traced = self.jitted[name].trace(*args)
       plan.append((name, self.jitted[name], args, traced))
+      if each is not None:
+        each(plan[-1])
       return traced.out_info
 
     batch, keys = add("prepare", batch, rng)
@@ -350,10 +357,12 @@ class SegmentedStep:
     add("update", *TrainStep.update_args(state, grads))
     return plan
 
-  def with_programs(self, compiled: dict) -> "SegmentedStep":
-    """This step, calling `compiled` ({name: compiled program}) instead of its jitted ones."""
+  def with_programs(self, compiled: dict, beside: "_TracedBeside | None" = None
+                    ) -> "SegmentedStep":
+    """This step, calling `compiled` ({name: compiled program}) instead of its jitted ones,
+    and those `beside` gives (`_TracedBeside`) for the others."""
     step = copy.copy(self)
-    step.compiled, step._kept = dict(compiled), _Kept()
+    step.compiled, step._kept, step._beside = dict(compiled), _Kept(), beside
     return step
 
   @property
@@ -363,7 +372,7 @@ class SegmentedStep:
   def release(self) -> None:
     """As `TrainStep.release`; also lets go of the residuals' buffers kept between steps."""
     self._kept = _Kept()
-    _release_first_calls(self.programs)
+    _release_first_calls(self.compiled.values())
 
 
 class _Kept(dict):
@@ -615,7 +624,8 @@ def compile_ahead(step_fn, *args, laps: dict | None = None, prefault: bool = Fal
   `TrainStep`'s two programs are each traced and lowered here, then compiled on two threads
   (the update's laps under laps["update"]); the future's result is a `TrainStep` of them. A
   `SegmentedStep`'s programs likewise, on a thread per core (`_segments_ahead`; each program's
-  laps under laps[its name]; never prefaulted); the result, that step calling them.
+  laps under laps[its name]; never prefaulted); the result, that step calling them; where some
+  of them were kept (`keep`, below), the step at once, tracing them beside its first call.
 
   XLA does not hold Python's lock while it compiles, so what the caller does meanwhile (the
   initialiser, restoring a checkpoint, the input pipeline's first batches) overlaps the
@@ -662,11 +672,18 @@ def _segments_ahead(step: SegmentedStep, args, laps: dict, keep: str | None):
   """`compile_ahead` for a `SegmentedStep`: its programs traced and lowered here in the order a
   step runs them (`SegmentedStep.trace`), then compiled on as many threads as the process has
   cores, each kept as "KEEP\nNAME" (`keep`) for the step's `args` and its laps in laps[NAME].
-  Never prefaulted: the programs run one after another, each with temporaries of its own."""
+  Never prefaulted: the programs run one after another, each with temporaries of its own.
+
+  Where this process finds any of them kept (a warm start), nothing is traced here: the step
+  comes at once, and its first call traces its programs on a thread, each run as soon as it is
+  read back (`_TracedBeside`)."""
   kept = _start_reads(keep, args, tuple(step.jitted))
+  if any(reading is not None for _, _, reading in kept.values()):
+    done = concurrent.futures.Future()
+    done.set_result(step.with_programs({}, _TracedBeside(step, args, laps, kept)))
+    return done
   plan = _timed(laps, "trace", step.trace, *args)
-  threads = max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
-  pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="compile_ahead")
+  pool = _compile_pool()
   try:
     futures = {name: _program_ahead(jitted, program_args, laps.setdefault(name, {}), False,
                                     kept[name], traced=traced, submit=pool.submit)[0]
@@ -675,6 +692,66 @@ def _segments_ahead(step: SegmentedStep, args, laps: dict, keep: str | None):
     pool.shutdown(wait=False)
   return host_memory.on_thread("compile_ahead", lambda: step.with_programs(
       {name: future.result() for name, future in futures.items()}))
+
+
+def _compile_pool() -> concurrent.futures.ThreadPoolExecutor:
+  """Threads to compile a step's programs on: as many as the process has cores (at least 2)."""
+  threads = max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
+  return concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="compile_ahead")
+
+
+class _TracedBeside:
+  """A `SegmentedStep`'s programs, traced and lowered on a thread that the step's first call
+  starts (`program`), in the order that call runs them, then each read back (or compiled, where
+  what was kept is another program: `_program_ahead`). The call runs each program as soon as it
+  is in hand, so the trace, Python on one core, goes on beside the programs before it, which
+  XLA runs on its own threads. Traced before the state is made instead (`compile_ahead`'s other
+  steps), it is Python the first step waits for: the 8-stack hourglass's 4.4 s of its 20.5 s
+  warm start on 2 cores. Not at `compile_ahead` itself: beside the initialiser, Python too, both
+  would take longer (docs/performance_log.md, "Traced beside the first step"). Traced on
+  another thread, the programs do not see the caller's thread-local JAX settings (a `with
+  jax.default_device(...)` block); jaxpose's steps place everything by their mesh."""
+
+  def __init__(self, step: SegmentedStep, args, laps: dict, kept: dict):
+    self._work = functools.partial(self._trace, step, args, laps, kept)
+    self._futures = {name: concurrent.futures.Future() for name in step.jitted}
+    self._lock = threading.Lock()
+    self._started = False
+
+  def program(self, name: str):
+    """The program `name`, compiled, once in hand (starting the trace at the first ask)."""
+    with self._lock:
+      if not self._started:
+        self._started = True
+        host_memory.on_thread("compile_ahead", self._work)
+    return self._futures[name].result()
+
+  def _trace(self, step: SegmentedStep, args, laps: dict, kept: dict) -> None:
+    pool, handed = _compile_pool(), set()
+
+    def each(entry):
+      name, jitted, program_args, traced = entry
+      future, _ = _program_ahead(jitted, program_args, laps.setdefault(name, {}), False,
+                                 kept[name], traced=traced, submit=pool.submit)
+      handed.add(name)
+      future.add_done_callback(functools.partial(_pass_on, self._futures[name]))
+
+    try:
+      _timed(laps, "trace_beside", step.trace, *args, each)  # The lowering included.
+    except BaseException as e:  # pylint: disable=broad-except  # The step's call raises it.
+      for name, future in self._futures.items():
+        if name not in handed:
+          future.set_exception(e)
+    finally:
+      pool.shutdown(wait=False)
+
+
+def _pass_on(target: concurrent.futures.Future, source: concurrent.futures.Future) -> None:
+  """`source`'s result, or its exception, set on `target`."""
+  if source.exception() is not None:
+    target.set_exception(source.exception())
+  else:
+    target.set_result(source.result())
 
 
 def _start_reads(keep: str | None, args, parts: tuple = (None,)) -> dict:

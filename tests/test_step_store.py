@@ -289,3 +289,75 @@ def test_a_train_steps_two_programs_are_kept_read_back_and_step_as_train_step(ca
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), got,
                  expected)
     assert int(got[0].step) == 1 and set(got[1]) == set(expected[1])
+
+
+def _segmented_setup():
+  """A 3-stack hourglass's segmented step (jitted), its abstract state, a fresh-state maker,
+  a batch and a key."""
+  from configs import quickstart  # pylint: disable=g-import-not-at-top
+  from jaxpose import families, parallel  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  config = quickstart.get_config("tiny")
+  config.model.num_stacks = 3
+  family, mesh, tx = families.create_family(config), parallel.make_mesh(), optax.sgd(0.02)
+  make = lambda: steps.make_train_step(family, mesh, segmented=True)  # noqa: E731
+  fresh = lambda: steps.create_train_state(family, tx, jax.random.key(0), mesh)  # noqa: E731
+  rng, n, size = np.random.default_rng(0), config.batch_size, config.input_size
+  batch = parallel.global_batch(
+      {"image": rng.uniform(-0.5, 0.5, (n, size, size, 3)).astype(np.float32),
+       "joints": rng.uniform(8, size - 8, (n, 16, 2)).astype(np.float32),
+       "visible": np.ones((n, 16), np.float32)}, mesh)
+  abstract = steps.create_train_state(family, tx, jax.random.key(0), mesh, abstract=True)
+  return make, abstract, fresh, batch, jax.random.key(1)
+
+
+def test_a_kept_segmented_step_is_traced_beside_its_first_call_and_steps_the_same(cache_dir):
+  """steps.SegmentedStep with programs kept (a warm start): `compile_ahead` traces nothing and
+  hands the step over at once; its first call traces the programs on a thread, in the order it
+  runs them, and runs each as soon as it is read back: the same values to the bit as the step
+  that compiled them, over two steps."""
+  make, abstract, fresh, batch, key = _segmented_setup()
+  first = steps.compile_ahead(make(), abstract, batch, key, keep="a step").result()
+  assert sorted(first.compiled) == sorted(first.jitted)  # Cold: compiled before the call.
+  expected = []
+  state = fresh()
+  for i in range(2):
+    state, metrics = first(state, batch, jax.random.fold_in(key, i))
+    expected.append(jax.device_get((state, metrics)))
+  for program in first.compiled.values():
+    if isinstance(program, host_memory.FirstCall):
+      program.after_done.result()
+  kept = len(_stored(cache_dir))
+  assert kept == len(first.jitted)  # All 12 (StepStore.min_compile_s is 0 here).
+
+  laps = {}
+  second = steps.compile_ahead(make(), abstract, batch, key, laps=laps, keep="a step").result()
+  assert second.compiled == {} and "trace" not in laps and "trace_beside" not in laps
+  state = fresh()
+  for i in range(2):
+    state, metrics = second(state, batch, jax.random.fold_in(key, i))
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get((state, metrics)), expected[i])
+  assert laps["trace_beside"] > 0
+  assert sum("stored_read" in laps[name] for name in second.jitted) == kept
+  assert sorted(second.compiled) == sorted(second.jitted)
+  assert not any(isinstance(p, host_memory.FirstCall) for p in second.compiled.values())
+
+
+def test_a_failed_trace_beside_the_first_call_is_raised_by_the_call(cache_dir, monkeypatch):
+  """Where tracing fails on the thread, the step's call raises that error (not waits)."""
+  make, abstract, fresh, batch, key = _segmented_setup()
+  state = fresh()
+  steps.compile_ahead(make(), abstract, batch, key, keep="a step").result()(state, batch, key)
+  trace = steps.SegmentedStep.trace
+
+  def failing(self, state, batch, rng, each):
+    def each_until_metrics(entry):
+      if entry[0] == "metrics":
+        raise ValueError("the metrics' trace failed")
+      each(entry)
+    return trace(self, state, batch, rng, each_until_metrics)
+
+  monkeypatch.setattr(steps.SegmentedStep, "trace", failing)
+  second = steps.compile_ahead(make(), abstract, batch, key, keep="a step").result()
+  with pytest.raises(ValueError, match="the metrics' trace failed"):
+    second(fresh(), batch, key)
