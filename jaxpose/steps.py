@@ -680,7 +680,8 @@ def _segments_ahead(step: SegmentedStep, args, laps: dict, keep: str | None):
   kept = _start_reads(keep, args, tuple(step.jitted))
   if any(reading is not None for _, _, reading in kept.values()):
     done = concurrent.futures.Future()
-    done.set_result(step.with_programs({}, _TracedBeside(step, args, laps, kept)))
+    done.set_result(step.with_programs({}, _TracedBeside(
+        tuple(step.jitted), functools.partial(step.trace, *args), laps, kept)))
     return done
   plan = _timed(laps, "trace", step.trace, *args)
   pool = _compile_pool()
@@ -701,32 +702,43 @@ def _compile_pool() -> concurrent.futures.ThreadPoolExecutor:
 
 
 class _TracedBeside:
-  """A `SegmentedStep`'s programs, traced and lowered on a thread that the step's first call
-  starts (`program`), in the order that call runs them, then each read back (or compiled, where
-  what was kept is another program: `_program_ahead`). The call runs each program as soon as it
-  is in hand, so the trace, Python on one core, goes on beside the programs before it, which
-  XLA runs on its own threads. Traced before the state is made instead (`compile_ahead`'s other
-  steps), it is Python the first step waits for: the 8-stack hourglass's 4.4 s of its 20.5 s
-  warm start on 2 cores. Not at `compile_ahead` itself: beside the initialiser, Python too, both
-  would take longer (docs/performance_log.md, "Traced beside the first step"). Traced on
+  """Programs of a step traced and lowered on a thread that the step's first call starts
+  (`start`), in the order that call runs them, then each read back (or compiled, where what was
+  kept is another program: `_program_ahead`). The call runs each program as soon as it is in
+  hand (`program`), so the trace, Python on one core, goes on beside the programs before it,
+  which XLA runs on its own threads: a `SegmentedStep`'s programs, where some were kept.
+  Traced before the state is made instead (as `compile_ahead` traces what no process kept), it
+  is Python the first step waits for: the 8-stack hourglass's 5.6-7.2 s of its 27-31 s warm
+  start on 2 cores of an Intel Xeon. Not from `compile_ahead` itself: beside the initialiser,
+  Python too, both would take longer. Not a `TrainStep`'s update beside its gradients' program:
+  a second of Python at the step's end, which the two cores' work took back (the 2-stack's
+  warm start the same; docs/performance_log.md, "Traced beside the first step"). Traced on
   another thread, the programs do not see the caller's thread-local JAX settings (a `with
-  jax.default_device(...)` block); jaxpose's steps place everything by their mesh."""
+  jax.default_device(...)` block); jaxpose's steps place everything by their mesh.
 
-  def __init__(self, step: SegmentedStep, args, laps: dict, kept: dict):
-    self._work = functools.partial(self._trace, step, args, laps, kept)
-    self._futures = {name: concurrent.futures.Future() for name in step.jitted}
+  `trace(each)` traces the programs, calling `each((name, jitted, args, traced))` for each in
+  turn; `names`, theirs; laps[NAME] gets each one's laps and laps["trace_beside"] the trace's
+  seconds (the lowering included); `kept`: `_start_reads`'s."""
+
+  def __init__(self, names: tuple, trace, laps: dict, kept: dict):
+    self._work = functools.partial(self._trace, trace, laps, kept)
+    self._futures = {name: concurrent.futures.Future() for name in names}
     self._lock = threading.Lock()
     self._started = False
 
-  def program(self, name: str):
-    """The program `name`, compiled, once in hand (starting the trace at the first ask)."""
+  def start(self) -> None:
+    """Starts the trace (idempotent)."""
     with self._lock:
       if not self._started:
         self._started = True
         host_memory.on_thread("compile_ahead", self._work)
+
+  def program(self, name: str):
+    """The program `name`, compiled, once in hand (starting the trace if need be)."""
+    self.start()
     return self._futures[name].result()
 
-  def _trace(self, step: SegmentedStep, args, laps: dict, kept: dict) -> None:
+  def _trace(self, trace, laps: dict, kept: dict) -> None:
     pool, handed = _compile_pool(), set()
 
     def each(entry):
@@ -737,7 +749,7 @@ class _TracedBeside:
       future.add_done_callback(functools.partial(_pass_on, self._futures[name]))
 
     try:
-      _timed(laps, "trace_beside", step.trace, *args, each)  # The lowering included.
+      _timed(laps, "trace_beside", trace, each)
     except BaseException as e:  # pylint: disable=broad-except  # The step's call raises it.
       for name, future in self._futures.items():
         if name not in handed:
