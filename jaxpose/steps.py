@@ -710,10 +710,9 @@ class _TracedBeside:
   Traced before the state is made instead (as `compile_ahead` traces what no process kept), it
   is Python the first step waits for: the 8-stack hourglass's 5.6-7.2 s of its 27-31 s warm
   start on 2 cores of an Intel Xeon. Not from `compile_ahead` itself: beside the initialiser,
-  Python too, both would take longer. Not a `TrainStep`'s update beside its gradients' program:
-  a second of Python at the step's end, which the two cores' work took back (the 2-stack's
-  warm start the same; docs/performance_log.md, "Traced beside the first step"). Traced on
-  another thread, the programs do not see the caller's thread-local JAX settings (a `with
+  Python too, both would take longer. Measured, with what was not kept (a `TrainStep`'s
+  update): docs/performance_log.md, "Traced beside the first step". Traced on another thread,
+  the programs do not see the caller's thread-local JAX settings (a `with
   jax.default_device(...)` block); jaxpose's steps place everything by their mesh.
 
   `trace(each)` traces the programs, calling `each((name, jitted, args, traced))` for each in
