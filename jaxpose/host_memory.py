@@ -283,14 +283,31 @@ class Prefault:
     return self.seconds
 
 
+def _wait_for(out) -> None:
+  """Waits until `out`'s arrays are ready, those no program dispatched since has taken (donated):
+  that program comes after them."""
+  try:
+    jax.block_until_ready(out)
+  except jax.errors.JaxRuntimeError:
+    for leaf in jax.tree.leaves(out):
+      if isinstance(leaf, jax.Array) and not leaf.is_deleted():
+        try:
+          leaf.block_until_ready()
+        except jax.errors.JaxRuntimeError:
+          if not leaf.is_deleted():
+            raise
+
+
 class FirstCall:
   """A compiled step with work around its first call: `prefault` (a `Prefault`) released just
   before it, so that the call's temporaries reuse the pages; `after(peak_rss)` run on a thread
   of its own once the call's outputs are ready, with the process's peak RSS then, off the way
   to the first step's result (`after_done`: its future). The second call waits until those
-  outputs were seen ready (it may donate them). `laps`, when given, receives the MB the
-  prefault touched and its seconds ("prefault_mb", "prefault_s") at the release. Otherwise the
-  compiled step itself (attributes too)."""
+  outputs were seen ready (it may donate them); another program may have taken (donated) some
+  already, as a segmented step's forward takes its "reserve" program's buffers
+  (`steps.SegmentedStep`): those count as ready (`_wait_for`). `laps`, when given, receives
+  the MB the prefault touched and its seconds ("prefault_mb", "prefault_s") at the release.
+  Otherwise the compiled step itself (attributes too)."""
 
   def __init__(self, compiled, prefault: Prefault | None = None, after=None,
                laps: dict | None = None):
@@ -321,7 +338,7 @@ class FirstCall:
 
       def run_after():
         try:
-          jax.block_until_ready(out)
+          _wait_for(out)
           peak = peak_resident_bytes()
         finally:
           seen.set()

@@ -160,6 +160,20 @@ def test_the_record_is_made_even_when_the_next_step_donates_the_first_ones_outpu
                              rtol=1e-5)
 
 
+def test_a_first_calls_outputs_another_program_took_count_as_ready():
+  """What a first call's after-work waits for (`FirstCall`): outputs another program took
+  (donated) before it looked, as a segmented step's forward takes its "reserve" program's
+  buffers, count as ready; the rest are waited for."""
+  taken = jnp.arange(4.0)
+  kept = jax.jit(lambda a: a * 2)(taken)
+  jax.jit(lambda a: a + 1, donate_argnums=0)(taken)
+  assert taken.is_deleted()
+  with pytest.raises(jax.errors.JaxRuntimeError):
+    jax.block_until_ready((taken, kept))
+  host_memory._wait_for((taken, {"kept": kept}))
+  np.testing.assert_array_equal(kept, [0.0, 2.0, 4.0, 6.0])
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux's")
 def test_the_peak_is_the_memory_maps_own_high_water_mark():
   now, peak = host_memory.resident_bytes(), host_memory.peak_resident_bytes()

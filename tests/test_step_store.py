@@ -311,11 +311,12 @@ def _segmented_setup():
   return make, abstract, fresh, batch, jax.random.key(1)
 
 
-def test_a_kept_segmented_step_is_traced_beside_its_first_call_and_steps_the_same(cache_dir):
+def test_a_kept_segmented_step_is_traced_beside_its_first_call_and_steps_the_same(
+    cache_dir, monkeypatch):
   """steps.SegmentedStep with programs kept (a warm start): `compile_ahead` traces nothing and
   hands the step over at once; its first call traces the programs on a thread, in the order it
   runs them, and runs each as soon as it is read back: the same values to the bit as the step
-  that compiled them, over two steps."""
+  that compiled them, over two steps. A trace that fails on the thread fails the call."""
   make, abstract, fresh, batch, key = _segmented_setup()
   first = steps.compile_ahead(make(), abstract, batch, key, keep="a step").result()
   assert sorted(first.compiled) == sorted(first.jitted)  # Cold: compiled before the call.
@@ -342,12 +343,7 @@ def test_a_kept_segmented_step_is_traced_beside_its_first_call_and_steps_the_sam
   assert sorted(second.compiled) == sorted(second.jitted)
   assert not any(isinstance(p, host_memory.FirstCall) for p in second.compiled.values())
 
-
-def test_a_failed_trace_beside_the_first_call_is_raised_by_the_call(cache_dir, monkeypatch):
-  """Where tracing fails on the thread, the step's call raises that error (not waits)."""
-  make, abstract, fresh, batch, key = _segmented_setup()
-  state = fresh()
-  steps.compile_ahead(make(), abstract, batch, key, keep="a step").result()(state, batch, key)
+  # Where tracing fails on the thread, the step's call raises that error (it does not wait).
   trace = steps.SegmentedStep.trace
 
   def failing(self, state, batch, rng, each):
@@ -358,6 +354,6 @@ def test_a_failed_trace_beside_the_first_call_is_raised_by_the_call(cache_dir, m
     return trace(self, state, batch, rng, each_until_metrics)
 
   monkeypatch.setattr(steps.SegmentedStep, "trace", failing)
-  second = steps.compile_ahead(make(), abstract, batch, key, keep="a step").result()
+  third = steps.compile_ahead(make(), abstract, batch, key, keep="a step").result()
   with pytest.raises(ValueError, match="the metrics' trace failed"):
-    second(fresh(), batch, key)
+    third(fresh(), batch, key)

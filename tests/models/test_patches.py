@@ -1,5 +1,6 @@
 """A thin input's kernel gradient from its patches against XLA's, for any size and padding."""
 
+from hypothesis import example
 from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -22,10 +23,15 @@ def _xla_kernel_gradient(x, kernel, dy, padding):
        channels=st.integers(1, 4), out_channels=st.integers(1, 5),
        kernel=st.sampled_from([1, 3, 5, 9]), pad=st.integers(0, 4),
        groups=st.sampled_from([1, 2, 3]), seed=st.integers(0, 99))
+@example(batch=6, height=9, width=9, channels=1, out_channels=1, kernel=1, pad=0, groups=1,
+         seed=92)  # Many terms that cancel (below).
 def test_kernel_gradient_is_xlas(batch, height, width, channels, out_channels, kernel, pad,
                                  groups, seed):
   """Any padding (outputs smaller or larger than the input), the batch whole or in groups of
-  images: the kernel gradient equals XLA's to ~1e-5 of its largest value."""
+  images: the kernel gradient equals XLA's to ~1e-6 of the sum of its terms' magnitudes. Not
+  of its own largest value: a sum of many terms that cancel (a 1x1 kernel over 6x9x9 pixels,
+  one output of -0.27) may round by more than that (XLA and the patches each 6e-6 from the
+  float64 sum, 1.2e-5 apart: 4e-8 of the sum of its 486 terms' magnitudes, 301)."""
   padding = min(pad, kernel - 1)
   out_h, out_w = height + 2 * padding - kernel + 1, width + 2 * padding - kernel + 1
   if out_h < 1 or out_w < 1:
@@ -39,8 +45,9 @@ def test_kernel_gradient_is_xlas(batch, height, width, channels, out_channels, k
   got = jax.jit(patches.kernel_gradient, static_argnums=(2, 3, 4))(x, dy, kernel, padding,
                                                                     images)
   assert got.shape == expected.shape and got.dtype == jnp.float32
+  magnitudes = _xla_kernel_gradient(jnp.abs(x), k, jnp.abs(dy), padding)
   np.testing.assert_allclose(got, expected, rtol=0,
-                             atol=1e-5 * float(np.max(np.abs(expected))))
+                             atol=1e-6 * float(np.max(magnitudes)))
 
 
 @pytest.mark.parametrize("x_shape,dy_shape,k,images", [
