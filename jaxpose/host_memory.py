@@ -286,16 +286,13 @@ class Prefault:
 def _wait_for(out) -> None:
   """Waits until `out`'s arrays are ready, those no program dispatched since has taken (donated):
   that program comes after them."""
-  try:
-    jax.block_until_ready(out)
-  except jax.errors.JaxRuntimeError:
-    for leaf in jax.tree.leaves(out):
-      if isinstance(leaf, jax.Array) and not leaf.is_deleted():
-        try:
-          leaf.block_until_ready()
-        except jax.errors.JaxRuntimeError:
-          if not leaf.is_deleted():
-            raise
+  for leaf in jax.tree.leaves(out):
+    if isinstance(leaf, jax.Array):
+      try:
+        leaf.block_until_ready()
+      except jax.errors.JaxRuntimeError:
+        if not leaf.is_deleted():
+          raise
 
 
 class FirstCall:

@@ -686,13 +686,20 @@ def _segments_ahead(step: SegmentedStep, args, laps: dict, keep: str | None):
   plan = _timed(laps, "trace", step.trace, *args)
   pool = _compile_pool()
   try:
-    futures = {name: _program_ahead(jitted, program_args, laps.setdefault(name, {}), False,
-                                    kept[name], traced=traced, submit=pool.submit)[0]
-               for name, jitted, program_args, traced in plan}
+    futures = {entry[0]: _segment_program_ahead(pool, laps, kept, entry) for entry in plan}
   finally:
     pool.shutdown(wait=False)
   return host_memory.on_thread("compile_ahead", lambda: step.with_programs(
       {name: future.result() for name, future in futures.items()}))
+
+
+def _segment_program_ahead(pool, laps: dict, kept: dict, entry) -> concurrent.futures.Future:
+  """A future of one program of `SegmentedStep.trace`'s plan (`entry`: name, jitted, args,
+  traced), lowered here, then read back or compiled by `pool` (`_program_ahead`); its laps in
+  laps[name]."""
+  name, jitted, program_args, traced = entry
+  return _program_ahead(jitted, program_args, laps.setdefault(name, {}), False, kept[name],
+                        traced=traced, submit=pool.submit)[0]
 
 
 def _compile_pool() -> concurrent.futures.ThreadPoolExecutor:
@@ -741,11 +748,9 @@ class _TracedBeside:
     pool, handed = _compile_pool(), set()
 
     def each(entry):
-      name, jitted, program_args, traced = entry
-      future, _ = _program_ahead(jitted, program_args, laps.setdefault(name, {}), False,
-                                 kept[name], traced=traced, submit=pool.submit)
-      handed.add(name)
-      future.add_done_callback(functools.partial(_pass_on, self._futures[name]))
+      future = _segment_program_ahead(pool, laps, kept, entry)
+      handed.add(entry[0])
+      future.add_done_callback(functools.partial(_pass_on, self._futures[entry[0]]))
 
     try:
       _timed(laps, "trace_beside", trace, each)
